@@ -1,0 +1,3 @@
+from rerankit.cli import main
+
+main()

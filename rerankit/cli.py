@@ -1,0 +1,116 @@
+"""The ``rerankit`` command line (click). Every RerankitError becomes one line on stderr and exit 2."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from rerankit.errors import RerankitError
+
+
+def _friendly(func):
+    """Turn rerankit's own errors into a one-line message and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except RerankitError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(package_name="rerankit")
+@click.option("-v", "--verbose", is_flag=True, help="Show debug logs.")
+def main(verbose: bool) -> None:
+    """Train, evaluate and serve cross-encoder rerankers."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="YAML training config, e.g. configs/train_qlora.yaml.")
+@click.option("--output-dir", default=None, help="Run folder (overrides output.dir).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. --set training.epochs=2 (repeatable).")
+@click.option("--resume", is_flag=True, help="Continue the run from its newest checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace a run already in the output folder.")
+@_friendly
+def train(config_path: str, output_dir: str | None, overrides: tuple[str, ...], resume: bool,
+          overwrite: bool) -> None:
+    """Fine-tune a cross-encoder (LoRA/QLoRA) and write a run folder."""
+    from rerankit.config import parse_override
+    from rerankit.report import metrics_table, verdict
+    from rerankit.training import fit
+
+    parsed = dict((".".join(k), v) for k, v in map(parse_override, overrides))
+    result = fit(config_path, output_dir=output_dir, resume=resume, overwrite=overwrite,
+                 overrides=parsed)
+    m = result.metrics
+    recall = next((k for k in m["baseline"] if k.startswith("recall@")), None)
+    click.echo("\n" + metrics_table([("BM25 (first stage)", m["first_stage"]),
+                                     ("untrained model", m["baseline"]),
+                                     ("trained (best)", m["best"])], recall))
+    click.echo("\n" + verdict(m))
+    click.echo(f"\nrun folder: {result.output_dir} ({m['wall_time_s']:.0f} s)")
+
+
+def _read_docs(path: str) -> list[str]:
+    """Documents from a .jsonl file (objects with "text", or strings) or one per line of text."""
+    from rerankit.data import iter_jsonl
+    from rerankit.errors import DataError
+
+    docs = []
+    for number, line in iter_jsonl(path):
+        if not path.endswith(".jsonl"):
+            docs.append(line.rstrip("\n"))
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"not valid JSON: {exc.msg}", path=path, line=number) from None
+        text = item.get("text") if isinstance(item, dict) else item
+        if not isinstance(text, str):
+            raise DataError("expected a string or an object with a string 'text'", path=path,
+                            line=number, field="text")
+        docs.append(text)
+    return docs
+
+
+@main.command()
+@click.option("--model", "model_path", required=True, help="Run folder, exported folder or HF id.")
+@click.option("--query", required=True, help="The query.")
+@click.option("--docs", "docs_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Documents: .jsonl with a 'text' field, or a text file with one per line.")
+@click.option("--top-k", type=int, default=None, help="Show only the best K.")
+@click.option("--raw", is_flag=True, help="Raw logits instead of sigmoid scores.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_friendly
+def rerank(model_path: str, query: str, docs_path: str, top_k: int | None, raw: bool,
+           as_json: bool) -> None:
+    """Rank documents for one query."""
+    from rerankit.inference import Reranker
+
+    docs = _read_docs(docs_path)
+    results = Reranker.load(model_path).rerank(query, docs, top_k=top_k, raw=raw)
+    if as_json:
+        click.echo(json.dumps([{"rank": r.rank, "index": r.index, "score": r.score,
+                                "text": r.text} for r in results], ensure_ascii=False, indent=2))
+        return
+    click.echo(f"query: {query}")
+    for r in results:
+        text = r.text if len(r.text) <= 100 else r.text[:97] + "..."
+        click.echo(f"{r.rank + 1:>3}. [{r.index:>3}] {r.score:8.4f}  {text}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

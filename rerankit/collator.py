@@ -1,0 +1,61 @@
+"""The training dataset (one query group per item, re-drawn per epoch) and its collator."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from rerankit.modeling import encode_pairs
+from rerankit.sampling import Group, NegativeSampler
+
+
+class EpochGroupDataset:
+    """Map-style dataset: item i is query i's group for the current epoch.
+
+    ``set_epoch`` is called by :class:`~rerankit.training.EpochCallback` at the start of
+    each epoch, so the negatives change every epoch while staying a pure function of
+    (seed, epoch, query).
+    """
+
+    def __init__(self, sampler: NegativeSampler) -> None:
+        self.sampler = sampler
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __getitem__(self, index: int) -> Group:
+        return self.sampler.group(index, self.epoch)
+
+
+class GroupCollator:
+    """Turns a list of groups into one batch of pairs plus the group layout.
+
+    Returns the tokenized pairs (only real ones, no padding slots) and
+    ``group_labels``/``group_mask`` of shape (queries, longest group) with ``pair_slots``,
+    the flat position of each pair in that grid.
+    """
+
+    def __init__(self, tokenizer, max_length: int) -> None:
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def __call__(self, groups: Sequence[Group]) -> dict:
+        import torch
+
+        width = max(len(g.docs) for g in groups)
+        queries, docs, slots = [], [], []
+        labels = torch.zeros(len(groups), width, dtype=torch.long)
+        mask = torch.zeros(len(groups), width, dtype=torch.bool)
+        for row, group in enumerate(groups):
+            for col, (doc, label) in enumerate(zip(group.docs, group.labels)):
+                queries.append(group.query)
+                docs.append(doc)
+                slots.append(row * width + col)
+                labels[row, col] = label
+                mask[row, col] = True
+        batch = dict(encode_pairs(self.tokenizer, queries, docs, self.max_length))
+        batch.update(group_labels=labels, group_mask=mask,
+                     pair_slots=torch.tensor(slots, dtype=torch.long))
+        return batch

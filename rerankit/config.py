@@ -1,0 +1,262 @@
+"""The training config: one YAML file, typed and validated by pydantic.
+
+Every section is a pydantic model that forbids unknown keys, so a misspelled key is an
+error naming its key path and the closest valid name. ``load_config`` reads a YAML file,
+applies ``--set a.b=c`` style overrides and returns a :class:`TrainConfig`;
+``config_hash`` gives a stable short hash of the resolved values.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rerankit.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    # Hub id or local path; the hub id of all-MiniLM-L6-v2 resolves to the packaged copy.
+    name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2"
+    revision: str | None = None
+    # Longest (query, document) pair in tokens; the document is truncated, never the query.
+    max_length: int = Field(256, ge=8)
+    # Never run model code from the hub unless the user says so.
+    trust_remote_code: bool = False
+    # Override every dropout probability of the backbone (hidden, attention); null keeps the
+    # checkpoint's. 0 trains ~2x faster on CPU: attention without dropout runs the fused SDPA kernel.
+    dropout: float | None = Field(None, ge=0.0, lt=1.0)
+
+
+class QuantizationConfig(_Section):
+    # none: full-precision base; 4bit: QLoRA (bitsandbytes NF4/FP4); 8bit: LLM.int8.
+    mode: Literal["none", "4bit", "8bit"] = "4bit"
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    # dtype the 4-bit weights are dequantized to for the matmul.
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+
+
+class LoraConfig(_Section):
+    # false trains every weight of the backbone (no adapter); quantization needs LoRA.
+    enabled: bool = True
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    # "auto" picks the linear layers per architecture (see modeling.DEFAULT_TARGETS).
+    target_modules: Literal["auto"] | list[str] = "auto"
+    # Train BERT's pooler too: bi-encoder checkpoints never tuned it for classification.
+    train_pooler: bool = True
+    # Extra modules trained in full and saved with the adapter (the score head always is).
+    modules_to_save: list[str] = Field(default_factory=list)
+
+
+class DataConfig(_Section):
+    train: str
+    # A given validation file wins over valid_ratio.
+    valid: str | None = None
+    valid_ratio: float = Field(0.1, gt=0.0, lt=1.0)
+    # Keep every line of a query (or also of a source chunk) on one side of the split.
+    group_by: Literal["query", "source_chunk"] = "query"
+    # raise: stop at the first bad line; skip: leave bad lines out and report the count.
+    on_error: Literal["raise", "skip"] = "raise"
+    # Cap on validation queries (first N after a seeded shuffle); null keeps them all.
+    max_valid_queries: int | None = Field(None, ge=1)
+
+
+class SamplingConfig(_Section):
+    # Negatives per query and epoch, re-drawn every epoch.
+    num_negatives: int = Field(7, ge=1)
+    # Share of them taken from the line's mined hard negatives; the rest are random
+    # documents of other queries.
+    hard_ratio: float = Field(0.75, ge=0.0, le=1.0)
+    # Positives per query and epoch (all of them when the query has fewer).
+    max_positives: int = Field(4, ge=1)
+
+
+class LossConfig(_Section):
+    name: Literal["margin", "ranknet", "listwise", "bce"] = "margin"
+    # margin: hinge margin between a positive and a negative score.
+    margin: float = Field(1.0, ge=0.0)
+    # listwise/ranknet: scores are divided by it before softmax/softplus.
+    temperature: float = Field(1.0, gt=0.0)
+    # bce: weight of positive pairs; null uses negatives/positives of the group shape.
+    pos_weight: float | None = Field(None, gt=0.0)
+
+
+class TrainingConfig(_Section):
+    epochs: float = Field(2, gt=0)
+    # Queries per device batch; each brings its positives and negatives.
+    batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    # Learning rate of the fully trained modules (score head, pooler); null = learning_rate.
+    head_learning_rate: float | None = Field(None, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    max_grad_norm: float = Field(1.0, gt=0)
+    # auto: bf16 where the device supports it (CUDA), else fp32.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    gradient_checkpointing: bool = False
+    logging_steps: int = Field(10, ge=1)
+    # Checkpoints kept for --resume (the best one is always kept).
+    save_total_limit: int = Field(2, ge=1)
+    # Stop after this many evaluations without improvement; null never stops early.
+    early_stopping_patience: int | None = Field(None, ge=1)
+    dataloader_num_workers: int = Field(0, ge=0)
+    # Trainer integrations to log to ("tensorboard", "wandb", ...); [] for none.
+    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
+    # Force the CPU even where a GPU is present.
+    use_cpu: bool = False
+
+
+class EvaluationConfig(_Section):
+    # Evaluate every N optimizer steps; null evaluates once per epoch.
+    eval_steps: int | None = Field(None, ge=1)
+    # Pairs scored per forward pass during evaluation.
+    batch_size: int = Field(64, ge=1)
+    # Cut-off of Recall@k (NDCG@10 and MRR@10 are always reported).
+    recall_at: int = Field(10, ge=1)
+    # Metric that picks the best checkpoint.
+    metric_for_best: Literal["ndcg@10", "mrr@10", "map", "recall", "pairwise_accuracy"] = "ndcg@10"
+
+
+class OutputConfig(_Section):
+    dir: str = "outputs/run"
+
+
+class TrainConfig(_Section):
+    seed: int = 42
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    data: DataConfig
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _quantization_needs_lora(self) -> "TrainConfig":
+        if self.quantization.mode != "none" and not self.lora.enabled:
+            raise ValueError(
+                "quantization.mode is '%s' but lora.enabled is false: quantized weights cannot "
+                "be trained directly; enable LoRA or set quantization.mode: none"
+                % self.quantization.mode
+            )
+        return self
+
+
+def _known_keys(model: type[BaseModel], path: tuple[str, ...]) -> list[str]:
+    """Valid key names at ``path`` inside ``model`` (for 'did you mean' hints)."""
+    for part in path:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    loc = tuple(str(p) for p in error["loc"])
+    key = ".".join(loc) or "<config>"
+    if error["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(loc[-1], _known_keys(TrainConfig, loc[:-1]), n=1)
+        hint = f" (did you mean '{'.'.join(loc[:-1] + (close[0],))}'?)" if close else ""
+        return f"{key}: unknown key{hint}"
+    if error["type"] == "missing":
+        return f"{key}: required key is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{key}: {message} (got {error.get('input')!r})"
+
+
+def validate_config(raw: Mapping[str, Any], source: str = "<config>") -> TrainConfig:
+    """Validate a plain mapping; raise ConfigError listing every problem by key path."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(raw).__name__}")
+    try:
+        return TrainConfig.model_validate(dict(raw))
+    except ValidationError as exc:
+        lines = "\n  ".join(_describe(e) for e in exc.errors())
+        raise ConfigError(f"{source}: invalid config\n  {lines}") from None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``'training.epochs=2'`` -> (['training', 'epochs'], 2); the value is read as YAML."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r}: expected KEY.PATH=VALUE")
+    return key.strip().split("."), yaml.safe_load(value)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (``{'training.epochs': 2}``) in a nested dict, returning a copy."""
+    result = json.loads(json.dumps(raw))
+    for dotted, value in overrides.items():
+        node = result
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {dotted}: '{part}' is not a section")
+            node = child
+        node[leaf] = value
+    return result
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def load_config(source: str | Path | Mapping[str, Any] | TrainConfig,
+                overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Read a config (YAML path, mapping or TrainConfig) and apply dotted overrides.
+
+    Relative data paths in a YAML file are resolved against the current directory first
+    and, when they do not exist there, against the config file's folder.
+    """
+    if isinstance(source, TrainConfig):
+        raw, name, base = source.model_dump(), "<config>", None
+    elif isinstance(source, Mapping):
+        raw, name, base = dict(source), "<config>", None
+    else:
+        raw, name, base = read_yaml(source), str(source), Path(source).resolve().parent
+    config = validate_config(apply_overrides(raw, overrides or {}), name)
+    if base is not None:
+        for field in ("train", "valid"):
+            value = getattr(config.data, field)
+            if value and not Path(value).is_absolute() and not Path(value).exists() \
+                    and (base / value).exists():
+                setattr(config.data, field, str(base / value))
+    return config
+
+
+def config_hash(config: TrainConfig) -> str:
+    """Short, stable hash of the resolved config (key order does not matter)."""
+    payload = json.dumps(config.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

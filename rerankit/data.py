@@ -1,0 +1,259 @@
+"""Reading the seed JSONL format into query records.
+
+One line is one query::
+
+    {"query_text": "...", "positives": [{"doc_id": "p1", "text": "..."}],
+     "negatives": [{"doc_id": "n1", "text": "..."}], "source_chunk": "c1", "meta": {...}}
+
+``negatives`` (mined hard negatives), ``source_chunk`` and ``meta`` are optional.
+A line that breaks the format raises :class:`DataError` naming file, line and field
+(or, with ``on_error="skip"``, is left out and counted). Lines that are well formed but
+need cleaning have a defined behaviour, counted in :class:`DataReport`:
+
+- a document with empty text is dropped;
+- a doc_id repeated within a line keeps its first occurrence;
+- a negative that is also a positive (same doc_id or same text) is dropped;
+- a line with no positive left is dropped;
+- lines whose normalized query text is the same are merged into one record.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal
+
+from rerankit.errors import DataError
+
+
+@dataclass(frozen=True)
+class Doc:
+    doc_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class QueryRecord:
+    """One query with its positives and mined (hard) negatives."""
+
+    query: str
+    positives: tuple[Doc, ...]
+    negatives: tuple[Doc, ...] = ()
+    source_chunk: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def key(self) -> str:
+        return normalize_query(self.query)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as a seed-format line (round-trips through read_records)."""
+        line: dict[str, Any] = {
+            "query_text": self.query,
+            "positives": [asdict(d) for d in self.positives],
+            "negatives": [asdict(d) for d in self.negatives],
+        }
+        if self.source_chunk is not None:
+            line["source_chunk"] = self.source_chunk
+        if self.meta:
+            line["meta"] = self.meta
+        return line
+
+
+@dataclass
+class DataReport:
+    """What reading a file found and did; every dropped item is counted here."""
+
+    path: str
+    lines: int = 0
+    records: int = 0
+    skipped_bad_lines: int = 0
+    dropped_empty_text_docs: int = 0
+    dropped_duplicate_doc_ids: int = 0
+    dropped_negatives_equal_to_positive: int = 0
+    dropped_lines_without_positive: int = 0
+    merged_duplicate_queries: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        changes = {k: v for k, v in asdict(self).items()
+                   if k.startswith(("skipped", "dropped", "merged")) and v}
+        text = f"{self.path}: {self.records} queries from {self.lines} lines"
+        if changes:
+            text += " (" + ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in changes.items()) + ")"
+        return text
+
+
+_SPACE = re.compile(r"\s+")
+
+
+def normalize_query(text: str) -> str:
+    """Key under which two query texts count as the same query (for merging and splitting).
+
+    Unicode NFKC, case-folded, whitespace collapsed, trailing punctuation removed.
+    """
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return _SPACE.sub(" ", text).strip().rstrip("?!.。 ")
+
+
+def _docs(value: Any, name: str, where: dict[str, Any], report: DataReport) -> list[Doc]:
+    if not isinstance(value, list):
+        raise DataError(f"expected a list of {{doc_id, text}} objects, got {type(value).__name__}",
+                        field=name, **where)
+    docs: list[Doc] = []
+    for i, item in enumerate(value):
+        label = f"{name}[{i}]"
+        if not isinstance(item, dict):
+            raise DataError(f"expected an object, got {type(item).__name__}", field=label, **where)
+        unknown = set(item) - {"doc_id", "text"}
+        if unknown:
+            raise DataError(f"unknown key(s) {sorted(unknown)}", field=label, **where)
+        doc_id, text = item.get("doc_id"), item.get("text")
+        if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)) or doc_id == "":
+            raise DataError(f"doc_id must be a non-empty string, got {doc_id!r}",
+                            field=f"{label}.doc_id", **where)
+        if not isinstance(text, str):
+            raise DataError(f"text must be a string, got {type(text).__name__}",
+                            field=f"{label}.text", **where)
+        if not text.strip():
+            report.dropped_empty_text_docs += 1
+            continue
+        docs.append(Doc(str(doc_id), text))
+    return docs
+
+
+def _dedupe(docs: Iterable[Doc], seen_ids: set[str], report: DataReport) -> list[Doc]:
+    kept = []
+    for doc in docs:
+        if doc.doc_id in seen_ids:
+            report.dropped_duplicate_doc_ids += 1
+            continue
+        seen_ids.add(doc.doc_id)
+        kept.append(doc)
+    return kept
+
+
+_KEYS = {"query_text", "positives", "negatives", "source_chunk", "meta"}
+
+
+def parse_line(obj: Any, report: DataReport, where: dict[str, Any]) -> QueryRecord | None:
+    """Validate one decoded line; None when it has no positive left after cleaning."""
+    if not isinstance(obj, dict):
+        raise DataError(f"expected a JSON object, got {type(obj).__name__}", **where)
+    unknown = set(obj) - _KEYS
+    if unknown:
+        raise DataError(f"unknown key(s) {sorted(unknown)}; expected {sorted(_KEYS)}", **where)
+    query = obj.get("query_text")
+    if not isinstance(query, str) or not query.strip():
+        raise DataError(f"must be a non-empty string, got {query!r}", field="query_text", **where)
+    if "positives" not in obj:
+        raise DataError("required key is missing", field="positives", **where)
+    positives = _docs(obj["positives"], "positives", where, report)
+    negatives = _docs(obj.get("negatives") or [], "negatives", where, report)
+    chunk = obj.get("source_chunk")
+    if chunk is not None and not isinstance(chunk, (str, int)):
+        raise DataError(f"must be a string or null, got {type(chunk).__name__}",
+                        field="source_chunk", **where)
+    meta = obj.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise DataError(f"must be an object, got {type(meta).__name__}", field="meta", **where)
+
+    seen: set[str] = set()
+    positives = _dedupe(positives, seen, report)
+    positive_texts = {d.text for d in positives}
+    clean_negatives = []
+    for doc in negatives:
+        if doc.doc_id in {p.doc_id for p in positives} or doc.text in positive_texts:
+            report.dropped_negatives_equal_to_positive += 1
+        else:
+            clean_negatives.append(doc)
+    negatives = _dedupe(clean_negatives, seen, report)
+    if not positives:
+        report.dropped_lines_without_positive += 1
+        return None
+    return QueryRecord(query.strip(), tuple(positives), tuple(negatives),
+                       None if chunk is None else str(chunk), meta)
+
+
+def _merge(records: list[QueryRecord], report: DataReport) -> list[QueryRecord]:
+    """Merge records of the same normalized query, keeping first-seen order."""
+    by_key: dict[str, QueryRecord] = {}
+    for rec in records:
+        first = by_key.get(rec.key)
+        if first is None:
+            by_key[rec.key] = rec
+            continue
+        report.merged_duplicate_queries += 1
+        seen = {d.doc_id for d in first.positives}
+        positives = first.positives + tuple(d for d in rec.positives if d.doc_id not in seen)
+        pos_ids, pos_texts = {d.doc_id for d in positives}, {d.text for d in positives}
+        negatives, neg_ids = [], set()
+        for doc in first.negatives + rec.negatives:
+            if doc.doc_id in pos_ids or doc.text in pos_texts or doc.doc_id in neg_ids:
+                continue
+            neg_ids.add(doc.doc_id)
+            negatives.append(doc)
+        by_key[rec.key] = QueryRecord(first.query, positives, tuple(negatives),
+                                      first.source_chunk, first.meta)
+    return list(by_key.values())
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line; DataError if the file cannot be read."""
+    path = Path(path)
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"cannot open: {exc.strerror or exc}", path=str(path)) from None
+    with handle:
+        try:
+            for number, text in enumerate(handle, start=1):
+                if text.strip():
+                    yield number, text
+        except UnicodeDecodeError as exc:
+            raise DataError(f"not UTF-8 text: {exc.reason}", path=str(path)) from None
+
+
+def read_records(path: str | Path, on_error: Literal["raise", "skip"] = "raise"
+                 ) -> tuple[list[QueryRecord], DataReport]:
+    """Read a seed-format JSONL file into merged, cleaned query records."""
+    report = DataReport(path=str(path))
+    records: list[QueryRecord] = []
+    for number, text in iter_jsonl(path):
+        report.lines += 1
+        where = {"path": str(path), "line": number}
+        try:
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"not valid JSON: {exc.msg} at column {exc.colno}", **where) from None
+            record = parse_line(obj, report, where)
+        except DataError as exc:
+            if on_error == "raise":
+                raise
+            report.skipped_bad_lines += 1
+            report.errors.append(str(exc))
+            continue
+        if record is not None:
+            records.append(record)
+    records = _merge(records, report)
+    report.records = len(records)
+    if not records:
+        raise DataError("no usable query (every line was empty, bad or without a positive)",
+                        path=str(path))
+    return records, report
+
+
+def write_records(records: Iterable[QueryRecord], path: str | Path) -> int:
+    """Write records as seed-format JSONL; returns the number of lines written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with path.open("w", encoding="utf-8") as handle:
+        for rec in records:
+            handle.write(json.dumps(rec.to_json(), ensure_ascii=False) + "\n")
+            count += 1
+    return count

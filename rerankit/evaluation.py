@@ -1,0 +1,83 @@
+"""Validation: the fixed, full candidate set of each validation query, never sampled.
+
+Each validation query is ranked over every one of its positives and given negatives. The
+same set scores the first stage (BM25 over the candidates), the untrained model (baseline)
+and every evaluation during training, so the numbers are comparable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from rerankit.data import QueryRecord
+from rerankit.metrics import ranking_metrics
+
+
+@dataclass(frozen=True)
+class ValidationSet:
+    queries: tuple[str, ...]
+    candidates: tuple[tuple[tuple[str, str], ...], ...]   # per query: (doc_id, text)
+    relevant: tuple[frozenset[str], ...]                  # per query: positive doc_ids
+
+    @classmethod
+    def from_records(cls, records: Sequence[QueryRecord]) -> "ValidationSet":
+        return cls(
+            tuple(r.query for r in records),
+            tuple(tuple((d.doc_id, d.text) for d in r.positives + r.negatives) for r in records),
+            tuple(frozenset(d.doc_id for d in r.positives) for r in records),
+        )
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    @property
+    def num_pairs(self) -> int:
+        return sum(len(c) for c in self.candidates)
+
+    def flat_pairs(self) -> tuple[list[str], list[str]]:
+        queries = [q for q, docs in zip(self.queries, self.candidates) for _ in docs]
+        docs = [text for docs in self.candidates for _, text in docs]
+        return queries, docs
+
+    def split_scores(self, flat: Sequence[float]) -> list[np.ndarray]:
+        flat = np.asarray(flat, dtype=np.float64)
+        bounds = np.cumsum([0] + [len(c) for c in self.candidates])
+        return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def metrics(self, scores: Sequence[np.ndarray], recall_at: int = 10) -> dict[str, float]:
+        """Metrics of per-query scores (one array per query, candidates' order)."""
+        qrels, run = {}, {}
+        for i, (docs, rel, s) in enumerate(zip(self.candidates, self.relevant, scores)):
+            qid = str(i)
+            qrels[qid] = {d: int(d in rel) for d, _ in docs}
+            run[qid] = {d: float(x) for (d, _), x in zip(docs, s)}
+        return ranking_metrics(qrels, run, recall_at)
+
+
+class Validator:
+    """Scores a ValidationSet with a model and returns its metrics."""
+
+    def __init__(self, vset: ValidationSet, tokenizer, max_length: int, recall_at: int = 10,
+                 batch_size: int = 64) -> None:
+        self.vset, self.tokenizer = vset, tokenizer
+        self.max_length, self.recall_at, self.batch_size = max_length, recall_at, batch_size
+
+    def scores(self, model) -> np.ndarray:
+        from rerankit.scoring import score_pairs
+
+        queries, docs = self.vset.flat_pairs()
+        return score_pairs(model, self.tokenizer, queries, docs, max_length=self.max_length,
+                           max_tokens=self.batch_size * self.max_length,
+                           max_batch=self.batch_size)
+
+    def evaluate(self, model) -> dict[str, float]:
+        return self.vset.metrics(self.vset.split_scores(self.scores(model)), self.recall_at)
+
+    def first_stage(self) -> dict[str, float]:
+        from rerankit.first_stage import bm25_candidate_scores
+
+        return self.vset.metrics(bm25_candidate_scores(self.vset.queries, self.vset.candidates),
+                                 self.recall_at)

@@ -1,0 +1,35 @@
+"""BM25 through ``bm25s``: the lexical first stage that a reranker must beat."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def bm25_candidate_scores(queries: Sequence[str], candidates: Sequence[Sequence[tuple[str, str]]]
+                          ) -> list[np.ndarray]:
+    """BM25 score of each query's own candidates ``[(doc_id, text), ...]``.
+
+    The index holds every distinct candidate document of all queries, so IDF reflects the
+    whole candidate pool rather than one query's short list.
+    """
+    import bm25s
+
+    corpus: dict[str, int] = {}
+    texts: list[str] = []
+    for docs in candidates:
+        for doc_id, text in docs:
+            if doc_id not in corpus:
+                corpus[doc_id] = len(texts)
+                texts.append(text)
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False),
+                    show_progress=False)
+    query_tokens = bm25s.tokenize(list(queries), stopwords="en", show_progress=False,
+                                  return_ids=False) if queries else []
+    result = []
+    for tokens, docs in zip(query_tokens, candidates):
+        all_scores = retriever.get_scores(tokens) if tokens else np.zeros(len(texts))
+        result.append(np.asarray([all_scores[corpus[d]] for d, _ in docs], dtype=np.float32))
+    return result

@@ -1,0 +1,169 @@
+"""Inference: ``Reranker.load(path)`` and ``rerank``/``score``.
+
+A run folder's LoRA adapter is merged into its base (``peft``'s ``merge_and_unload``) in
+full or half precision — never the 4-bit training weights — with the trained score head
+restored from the adapter. An exported (merged) folder, or any Hugging Face
+sequence-classification cross-encoder path or hub id, loads the same way.
+
+Scores: ``raw=False`` (the default) gives ``sigmoid(logit)`` in [0, 1], as
+sentence-transformers' ``CrossEncoder`` does for one-label models; ``raw=True`` the logit.
+Either is computed in fp32 and does not depend on the other documents of the call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from rerankit import run_folder
+from rerankit.errors import ModelLoadError
+from rerankit.modeling import load_tokenizer, resolve_model_path, torch_dtype
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    """One ranked document: its position in the input, its score, its text and its rank (0 = best)."""
+
+    index: int
+    score: float
+    text: str
+    rank: int
+
+
+class RerankResults(tuple):
+    """Results best first; iterable, indexable, with ``top_k``."""
+
+    def top_k(self, k: int) -> "RerankResults":
+        return RerankResults(self[:k])
+
+    @property
+    def indices(self) -> list[int]:
+        return [r.index for r in self]
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _default_dtype(device: str):
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+class Reranker:
+    """A cross-encoder ready to rank; build it with :meth:`load`."""
+
+    def __init__(self, model, tokenizer, *, max_length: int = 512, max_tokens: int = 16384,
+                 max_batch: int = 128, source: str = "") -> None:
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.max_length, self.max_tokens, self.max_batch = max_length, max_tokens, max_batch
+        self.source = source
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | None = None, dtype=None,
+             max_length: int | None = None, trust_remote_code: bool = False) -> "Reranker":
+        """Load a run folder, an exported folder, or any HF cross-encoder path or hub id.
+
+        ``device`` defaults to CUDA when present; ``dtype`` ("float32", "bfloat16",
+        "float16" or a torch dtype) to bf16 on a GPU that has it and fp32 elsewhere.
+        """
+        import torch
+
+        device = device or default_device()
+        dtype = torch_dtype(dtype) if isinstance(dtype, str) or dtype is None else dtype
+        dtype = dtype or _default_dtype(device)
+        path = Path(path)
+        if (path / run_folder.MANIFEST).exists() or (path / run_folder.CONFIG_FILE).exists():
+            manifest = run_folder.read_manifest(path)
+            model_dir = path / manifest["model_dir"]
+            trust = manifest.get("trust_remote_code", False) or trust_remote_code
+            tokenizer = load_tokenizer(str(model_dir), trust)
+            if manifest["adapter"]:
+                model = _merged(resolve_model_path(manifest["base_model"]), model_dir, tokenizer,
+                                dtype, trust, manifest.get("base_revision"))
+            else:
+                model = _plain(str(model_dir), tokenizer, dtype, trust)
+            max_length = max_length or manifest["max_length"]
+        elif (path / "adapter_config.json").exists():
+            from peft import PeftConfig
+
+            base = PeftConfig.from_pretrained(str(path)).base_model_name_or_path
+            tokenizer = load_tokenizer(str(path), trust_remote_code)
+            model = _merged(resolve_model_path(base), path, tokenizer, dtype, trust_remote_code)
+        else:
+            name = resolve_model_path(str(path))
+            tokenizer = load_tokenizer(name, trust_remote_code)
+            model = _plain(name, tokenizer, dtype, trust_remote_code)
+        max_length = max_length or min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
+        return cls(model.to(device), tokenizer, max_length=max_length, source=str(path))
+
+    def score(self, pairs: Sequence[tuple[str, str]], *, raw: bool = False) -> list[float]:
+        """Scores of (query, document) pairs, in input order."""
+        if not pairs:
+            return []
+        queries, docs = zip(*pairs)
+        logits = self._logits(queries, docs)
+        return (logits if raw else _sigmoid(logits)).tolist()
+
+    def rerank(self, query: str, docs: Sequence[str], top_k: int | None = None, *,
+               raw: bool = False) -> RerankResults:
+        """Rank ``docs`` for ``query``, best first (ties keep input order)."""
+        if not docs:
+            return RerankResults()
+        scores = np.asarray(self.score([(query, d) for d in docs], raw=raw))
+        order = np.argsort(-scores, kind="stable")[: top_k if top_k is not None else len(docs)]
+        return RerankResults(RerankResult(int(i), float(scores[i]), docs[i], rank)
+                             for rank, i in enumerate(order))
+
+    def _logits(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+        from rerankit.scoring import score_pairs
+
+        return score_pairs(self.model, self.tokenizer, queries, docs, max_length=self.max_length,
+                           max_tokens=self.max_tokens, max_batch=self.max_batch)
+
+    def __repr__(self) -> str:
+        return f"Reranker({self.source!r}, max_length={self.max_length})"
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+
+
+def _plain(name: str, tokenizer, dtype, trust_remote_code: bool):
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            name, dtype=dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load a cross-encoder from {name!r}: {exc}") from exc
+    if model.config.num_labels != 1:
+        raise ModelLoadError(f"{name!r} has {model.config.num_labels} output labels; a "
+                             "reranker needs exactly one")
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def _merged(base: str, adapter_dir: Path, tokenizer, dtype, trust_remote_code: bool,
+            revision: str | None = None):
+    """Base model in ``dtype`` with the adapter (and its trained head) merged in."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            base, num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code,
+            revision=revision, pad_token_id=tokenizer.pad_token_id)
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load the adapter in {adapter_dir} onto {base!r}: {exc}") from exc
+    return model.merge_and_unload()

@@ -1,0 +1,45 @@
+"""Ranking metrics.
+
+NDCG@10, MRR@10 (RR@10), MAP (AP) and Recall@k come from ``ir_measures`` (backed by
+``pytrec_eval``, the reference trec_eval implementation). Pairwise accuracy — the share of
+(positive, negative) pairs of a query that the scores order correctly, ties counting half —
+is computed here, since trec_eval has no such measure.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+
+def ranking_metrics(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]],
+                    recall_at: int = 10) -> dict[str, float]:
+    """Mean metrics over the queries of ``qrels`` (a query missing from ``run`` scores 0)."""
+    import ir_measures
+    from ir_measures import AP, RR, R, nDCG
+
+    measures = {"ndcg@10": nDCG @ 10, "mrr@10": RR @ 10, "map": AP,
+                f"recall@{recall_at}": R @ recall_at}
+    per_query: dict[str, dict[str, float]] = {}
+    for m in ir_measures.iter_calc(list(measures.values()), qrels, run):
+        per_query.setdefault(str(m.measure), {})[m.query_id] = m.value
+    n = len(qrels)
+    result = {name: sum(per_query.get(str(measure), {}).values()) / n
+              for name, measure in measures.items()}
+    result["pairwise_accuracy"] = pairwise_accuracy(qrels, run)
+    return result
+
+
+def pairwise_accuracy(qrels: Mapping[str, Mapping[str, int]],
+                      run: Mapping[str, Mapping[str, float]]) -> float:
+    """Mean over queries of the share of (positive, negative) pairs with s_pos > s_neg."""
+    values = []
+    for qid, judged in qrels.items():
+        scores = run.get(qid, {})
+        pos = np.array([s for d, s in scores.items() if judged.get(d, 0) > 0])
+        neg = np.array([s for d, s in scores.items() if judged.get(d, 0) <= 0])
+        if len(pos) and len(neg):
+            diff = pos[:, None] - neg[None, :]
+            values.append(float(((diff > 0) + 0.5 * (diff == 0)).mean()))
+    return float(np.mean(values)) if values else 0.0

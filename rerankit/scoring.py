@@ -1,0 +1,71 @@
+"""Scoring (query, document) pairs with a cross-encoder in token-budget batches.
+
+Pairs are tokenized once without padding, sorted by length and cut into batches whose
+padded size (pairs × longest pair) stays under ``max_tokens``: short pairs travel in large
+batches, long ones in small, and little compute goes to padding. Scores come back in input
+order as fp32 (logits are upcast before anything else touches them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import numpy as np
+
+from rerankit.modeling import encode_pairs
+
+
+def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_batch: int
+                         ) -> list[list[int]]:
+    """Indices grouped into batches, longest first, each within the token budget."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        # Sorted longest first, so the first pair of a batch sets its padded length.
+        width = lengths[current[0]] if current else lengths[index]
+        if current and ((len(current) + 1) * width > max_tokens or len(current) >= max_batch):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def score_pairs(model, tokenizer, queries: Sequence[str], docs: Sequence[str], *,
+                max_length: int = 512, max_tokens: int = 16384, max_batch: int = 128,
+                autocast_dtype=None, progress: bool = False) -> np.ndarray:
+    """Raw scores (logits) of each (queries[i], docs[i]) pair, fp32, in input order."""
+    import torch
+
+    if len(queries) != len(docs):
+        raise ValueError(f"got {len(queries)} queries but {len(docs)} documents")
+    if not queries:
+        return np.zeros(0, dtype=np.float32)
+    encoded = encode_pairs(tokenizer, queries, docs, max_length, padding=False,
+                           return_tensors=None)
+    lengths = [len(ids) for ids in encoded["input_ids"]]
+    device = next(model.parameters()).device
+    scores = np.empty(len(queries), dtype=np.float32)
+    batches = token_budget_batches(lengths, max_tokens, max_batch)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="scoring", unit="batch")
+    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                else contextlib.nullcontext())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), autocast:
+            for batch in batches:
+                features = tokenizer.pad({k: [v[i] for i in batch] for k, v in encoded.items()},
+                                         return_tensors="pt")
+                features = {k: v.to(device) for k, v in features.items()}
+                logits = model(**features).logits
+                scores[batch] = logits.float().view(len(batch), -1)[:, 0].cpu().numpy()
+    finally:
+        model.train(was_training)
+    return scores

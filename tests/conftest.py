@@ -1,0 +1,137 @@
+"""Shared fixtures: tiny random BERT and Qwen2 cross-encoders built locally, and toy data.
+
+The toy task is learnable by a tiny model in a few dozen steps: each query names a topic
+word, its positives contain that word, its negatives are about other topics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TOPICS = ["apple", "river", "engine", "violin", "planet", "castle", "tiger", "bridge",
+          "coffee", "glacier", "piano", "desert", "harbor", "rocket", "forest", "marble"]
+FILLER = ["the", "a", "of", "and", "is", "in", "about", "story", "with", "this", "old",
+          "new", "big", "small", "many", "people", "often", "see", "near", "what", "where",
+          "tell", "me", "why", "how", "does", "work"]
+WORDS = TOPICS + FILLER
+
+
+def _toy_doc(rng: random.Random, topic: str) -> str:
+    words = [rng.choice(FILLER) for _ in range(8)]
+    for _ in range(2):
+        words.insert(rng.randrange(len(words)), topic)
+    return " ".join(words)
+
+
+def toy_lines(n_queries: int = 48, seed: int = 0, positives: int = 2, negatives: int = 4) -> list[dict]:
+    """Seed-format lines for the toy task (several positives per query)."""
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n_queries):
+        topic = TOPICS[i % len(TOPICS)]
+        others = [t for t in TOPICS if t != topic]
+        lines.append({
+            "query_text": f"tell me about {topic} number {i}",
+            "positives": [{"doc_id": f"q{i}p{j}", "text": _toy_doc(rng, topic)}
+                          for j in range(positives)],
+            "negatives": [{"doc_id": f"q{i}n{j}", "text": _toy_doc(rng, rng.choice(others))}
+                          for j in range(negatives)],
+            "source_chunk": f"chunk{i // 2}",
+        })
+    return lines
+
+
+def write_jsonl(path: Path, lines: list) -> Path:
+    path.write_text("".join(json.dumps(l) + "\n" for l in lines), encoding="utf-8")
+    return path
+
+
+def _bert_tokenizer(folder: Path):
+    from transformers import BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + [str(d) for d in range(10)]
+    vocab_file = folder / "vocab.txt"
+    vocab_file.write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    return BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+
+
+def _decoder_tokenizer():
+    """A word-level tokenizer with an EOS but no pad token, like decoder LLMs ship."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<unk>", "<eos>"] + WORDS + [str(d) for d in range(10)])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", eos_token="<eos>")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = _bert_tokenizer(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=128,
+                        max_position_embeddings=128, num_labels=1)
+    model = BertForSequenceClassification(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_dir(tmp_path_factory) -> Path:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-qwen2")
+    tokenizer = _decoder_tokenizer()
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=128, eos_token_id=tokenizer.eos_token_id,
+                         tie_word_embeddings=False)
+    # Saved as a causal LM, as decoder checkpoints are: the score head is new at load time.
+    Qwen2ForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def toy_data(tmp_path) -> tuple[Path, Path]:
+    train = write_jsonl(tmp_path / "train.jsonl", toy_lines(48, seed=1))
+    valid = write_jsonl(tmp_path / "valid.jsonl",
+                        [dict(l, query_text="valid " + l["query_text"]) for l in toy_lines(16, seed=2)])
+    return train, valid
+
+
+def tiny_config(model_dir: Path, train: Path, valid: Path | None, out: Path, **sections) -> dict:
+    """A config for the tiny models that trains in seconds on CPU."""
+    config = {
+        "seed": 7,
+        "model": {"name_or_path": str(model_dir), "max_length": 48},
+        "quantization": {"mode": "4bit", "compute_dtype": "float32"},
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "data": {"train": str(train), "valid": str(valid) if valid else None},
+        "sampling": {"num_negatives": 3, "hard_ratio": 0.67},
+        "loss": {"name": "margin"},
+        "training": {"epochs": 3, "batch_size": 8, "learning_rate": 5e-3, "logging_steps": 2,
+                     "report_to": [], "precision": "fp32", "head_learning_rate": 1e-2},
+        "evaluation": {"batch_size": 32},
+        "output": {"dir": str(out)},
+    }
+    for name, values in sections.items():
+        config.setdefault(name, {}).update(values)
+    return config
