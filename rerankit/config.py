@@ -195,10 +195,17 @@ def validate_config(raw: Mapping[str, Any], source: str = "<config>") -> TrainCo
 
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``'training.epochs=2'`` -> (['training', 'epochs'], 2); the value is read as YAML."""
-    key, sep, value = item.partition("=")
+    key, sep, text = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {item!r}: expected KEY.PATH=VALUE")
-    return key.strip().split("."), yaml.safe_load(value)
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        # YAML 1.1 reads "1e-3" as a string; a number is meant.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return key.strip().split("."), value
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

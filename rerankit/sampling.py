@@ -48,12 +48,13 @@ class NegativeSampler:
         self.hard_ratio = hard_ratio
         self.max_positives = max_positives
         self.seed = seed
-        # Every document of the training set, once per doc_id, in file order.
+        # Every document of the training set, once per doc_id, sorted by doc_id so that the
+        # draw does not depend on the order of the file.
         pool: dict[str, Doc] = {}
         for rec in self.records:
             for doc in rec.positives + rec.negatives:
                 pool.setdefault(doc.doc_id, doc)
-        self.pool = list(pool.values())
+        self.pool = [pool[k] for k in sorted(pool)]
 
     def __len__(self) -> int:
         return len(self.records)

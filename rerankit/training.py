@@ -105,6 +105,9 @@ class FitResult:
     metrics: dict[str, Any]
     config: TrainConfig
     data: dict[str, Any] = field(default_factory=dict)
+    # The trained (best) model as it is in memory, e.g. 4-bit base + adapter, and its tokenizer.
+    model: Any = field(default=None, repr=False)
+    tokenizer: Any = field(default=None, repr=False)
 
     @property
     def model_dir(self) -> Path:
@@ -285,7 +288,7 @@ def fit(config: str | Path | Mapping[str, Any] | TrainConfig, *, output_dir: str
         "data": {name: r.__dict__ for name, r in reports.items()},
     }
     run_folder.finish(out, trainer.model, built.tokenizer, cfg, digest, built, metrics)
-    return FitResult(out, metrics, cfg, metrics["data"])
+    return FitResult(out, metrics, cfg, metrics["data"], trainer.model, built.tokenizer)
 
 
 def clean_checkpoints(output_dir: str | Path) -> None:

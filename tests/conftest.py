@@ -84,7 +84,9 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
                         num_attention_heads=4, intermediate_size=128,
-                        max_position_embeddings=128, num_labels=1)
+                        max_position_embeddings=128, num_labels=1,
+                        # a wide init gives the random model content-dependent features to tune
+                        initializer_range=0.2)
     model = BertForSequenceClassification(config)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -102,7 +104,7 @@ def tiny_qwen_dir(tmp_path_factory) -> Path:
     config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=128, eos_token_id=tokenizer.eos_token_id,
-                         tie_word_embeddings=False)
+                         tie_word_embeddings=False, initializer_range=0.2)
     # Saved as a causal LM, as decoder checkpoints are: the score head is new at load time.
     Qwen2ForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -1,0 +1,57 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from rerankit.cli import main
+
+pytestmark = pytest.mark.smoke
+
+
+def test_bad_config_is_one_line_and_exit_2(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  train: x.jsonl\ntraining:\n  epcohs: 1\n")
+    result = CliRunner().invoke(main, ["train", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "training.epcohs: unknown key (did you mean 'training.epochs'?)" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_override_and_bad_data_file(tmp_path):
+    config = tmp_path / "c.yaml"
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"query_text": "q", "positives": [{"doc_id": "a", "text": "t"}]}\n{oops\n')
+    config.write_text(f"data:\n  train: {data}\n")
+    result = CliRunner().invoke(main, ["train", "--config", str(config), "--set", "seed"])
+    assert result.exit_code == 2 and "KEY.PATH=VALUE" in result.output
+    result = CliRunner().invoke(main, ["train", "--config", str(config),
+                                       "--output-dir", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert f"{data}:2: not valid JSON" in result.output
+
+
+def test_train_and_rerank_from_the_cli(tiny_bert_dir, toy_data, tmp_path):
+    import yaml
+
+    from conftest import tiny_config
+
+    train, valid = toy_data
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(tiny_bert_dir, train, valid, tmp_path / "unused")))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--config", str(config), "--output-dir", str(out),
+                                       "--set", "training.epochs=2", "--set", "quantization.mode=none"])
+    assert result.exit_code == 0, result.output
+    assert "| untrained model |" in result.output and "| trained (best) |" in result.output
+    assert "epochs: 2" in (out / "config.yaml").read_text()
+
+    docs = tmp_path / "docs.jsonl"
+    texts = ["the castle is old", "apple of the apple story", "river near people"]
+    docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    result = CliRunner().invoke(main, ["rerank", "--model", str(out), "--query",
+                                       "tell me about apple", "--docs", str(docs), "--json"])
+    assert result.exit_code == 0, result.output
+    ranked = json.loads(result.output)
+    assert [r["rank"] for r in ranked] == [0, 1, 2]
+    assert ranked[0]["index"] == 1 and ranked[0]["text"] == texts[1]
+    assert all(0 <= r["score"] <= 1 for r in ranked)

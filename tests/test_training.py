@@ -1,0 +1,169 @@
+"""Training end to end on tiny random models (4-bit QLoRA on CPU), and the run folder."""
+
+import json
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+import rerankit
+from rerankit.errors import ModelLoadError, RerankitError
+from rerankit.evaluation import ValidationSet, Validator
+from rerankit.data import read_records
+
+from conftest import tiny_config
+
+pytestmark = pytest.mark.smoke
+
+
+def _fit(model_dir, train, valid, out, **sections):
+    return rerankit.fit(tiny_config(model_dir, train, valid, out, **sections))
+
+
+def _validator(result, valid_path):
+    records, _ = read_records(valid_path)
+    return Validator(ValidationSet.from_records(records), result.tokenizer,
+                     result.config.model.max_length)
+
+
+def _reload_4bit(run_dir, base_dir):
+    """The saved adapter on a fresh 4-bit base, exactly as it trained."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from rerankit.modeling import HEAD_NAMES, quantization_config
+
+    quant = quantization_config("4bit", compute_dtype="float32",
+                                skip_modules=list(HEAD_NAMES) + [".*pooler"])
+    base = AutoModelForSequenceClassification.from_pretrained(
+        base_dir, num_labels=1, quantization_config=quant, dtype=torch.float32)
+    if base.config.pad_token_id is None:
+        base.config.pad_token_id = rerankit.Reranker.load(run_dir, device="cpu").tokenizer.pad_token_id
+    return PeftModel.from_pretrained(base, str(run_dir / "model"))
+
+
+@pytest.fixture(scope="module")
+def bert_run(tiny_bert_dir, tmp_path_factory):
+    from conftest import toy_lines, write_jsonl
+
+    folder = tmp_path_factory.mktemp("bert-run")
+    train = write_jsonl(folder / "train.jsonl", toy_lines(48, seed=1))
+    valid = write_jsonl(folder / "valid.jsonl",
+                        [dict(l, query_text="valid " + l["query_text"]) for l in toy_lines(16, seed=2)])
+    return _fit(tiny_bert_dir, train, valid, folder / "run"), valid
+
+
+def test_qlora_bert_learns_the_task(bert_run):
+    result, _ = bert_run
+    m = result.metrics
+    losses = [e["loss"] for e in m["train_loss"]]
+    assert losses[-1] < 0.6 * losses[0], losses
+    assert m["best"]["ndcg@10"] > m["baseline"]["ndcg@10"] + 0.1, (m["baseline"], m["best"])
+    assert len(m["evaluations"]) == 3            # once per epoch
+    assert m["valid_queries"] == 16 and m["valid_pairs"] == 16 * 6   # full set: 2 pos + 4 neg
+
+
+def test_run_folder_is_complete(bert_run):
+    result, _ = bert_run
+    out = result.output_dir
+    for name in ("run.json", "config.yaml", "metrics.json", "baseline.json", "report.md",
+                 "training_curve.png", "model/adapter_model.safetensors", "model/adapter_config.json"):
+        assert (out / name).is_file(), name
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["adapter"] and manifest["trained_quantization"] == "4bit"
+    assert set(manifest["modules_to_save"]) == {"classifier", "pooler"}
+    with safe_open(out / "model/adapter_model.safetensors", "pt") as f:
+        keys = list(f.keys())
+    assert any("classifier" in k for k in keys) and any("pooler" in k for k in keys)
+    assert any("lora_A" in k for k in keys)
+    report = (out / "report.md").read_text()
+    assert "BM25 (first stage)" in report and "untrained model" in report and "**best**" in report
+    assert (out / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert manifest["config_hash"] in (out / "config.yaml").read_text()
+
+
+def test_reloaded_adapter_scores_like_the_trained_model(bert_run, tiny_bert_dir):
+    result, valid = bert_run
+    validator = _validator(result, valid)
+    trained = validator.scores(result.model)
+    reloaded = validator.scores(_reload_4bit(result.output_dir, tiny_bert_dir))
+    np.testing.assert_allclose(reloaded, trained, atol=1e-5)
+
+
+def test_merged_full_precision_model_ranks_like_the_trained_one(bert_run):
+    result, valid = bert_run
+    validator = _validator(result, valid)
+    vset = validator.vset
+    trained = vset.split_scores(validator.scores(result.model))
+    merged_model = rerankit.Reranker.load(result.output_dir, device="cpu").model
+    merged = vset.split_scores(validator.scores(merged_model))
+    same_top = sum(int(np.argmax(a) == np.argmax(b)) for a, b in zip(trained, merged))
+    assert same_top >= len(trained) - 1
+    assert vset.metrics(merged)["ndcg@10"] == pytest.approx(result.metrics["best"]["ndcg@10"], abs=0.03)
+
+
+def test_finished_run_is_not_overwritten(bert_run, tiny_bert_dir):
+    result, valid = bert_run
+    with pytest.raises(RerankitError, match="already holds a finished run"):
+        _fit(tiny_bert_dir, valid, valid, result.output_dir)
+
+
+def test_qlora_decoder_trains_with_pad_token(tiny_qwen_dir, toy_data, tmp_path):
+    train, valid = toy_data
+    result = _fit(tiny_qwen_dir, train, valid, tmp_path / "run")
+    losses = [e["loss"] for e in result.metrics["train_loss"]]
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert result.tokenizer.pad_token == "<eos>"
+    assert set(json.loads((tmp_path / "run/run.json").read_text())["modules_to_save"]) == {"score"}
+    validator = _validator(result, valid)
+    reloaded = validator.scores(_reload_4bit(result.output_dir, tiny_qwen_dir))
+    np.testing.assert_allclose(reloaded, validator.scores(result.model), atol=1e-5)
+    reranker = rerankit.Reranker.load(result.output_dir, device="cpu")
+    # Last-token pooling with padding: a document scores the same alone and beside a longer one.
+    alone = reranker.score([("tell me about apple", "apple is old")], raw=True)
+    padded = reranker.score([("tell me about apple", "apple is old"),
+                             ("tell me about apple", "apple " * 20)], raw=True)
+    assert alone[0] == pytest.approx(padded[0], abs=1e-4)
+
+
+def test_same_config_gives_same_metrics(tiny_bert_dir, toy_data, tmp_path):
+    train, valid = toy_data
+    sections = dict(training={"epochs": 1})
+    a = _fit(tiny_bert_dir, train, valid, tmp_path / "a", **sections).metrics
+    b = _fit(tiny_bert_dir, train, valid, tmp_path / "b", **sections).metrics
+    assert a["evaluations"][-1]["ndcg@10"] == b["evaluations"][-1]["ndcg@10"]
+    assert [e["loss"] for e in a["train_loss"]] == [e["loss"] for e in b["train_loss"]]
+
+
+def test_interrupted_run_is_not_loadable_and_resumes(tiny_bert_dir, toy_data, tmp_path, monkeypatch):
+    from rerankit.training import RerankTrainer
+
+    train, valid = toy_data
+    out = tmp_path / "run"
+    sections = dict(training={"epochs": 2}, quantization={"mode": "none"})
+    original = RerankTrainer.training_step
+    calls = {"n": 0}
+
+    def crash_after_first_epoch(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 7:   # 6 steps an epoch: the epoch-1 checkpoint exists
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RerankTrainer, "training_step", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tiny_bert_dir, train, valid, out, **sections)
+    monkeypatch.setattr(RerankTrainer, "training_step", original)
+
+    assert not (out / "run.json").exists()
+    with pytest.raises(ModelLoadError, match="not a finished rerankit run.*--resume"):
+        rerankit.Reranker.load(out)
+    with pytest.raises(RerankitError, match="holds an unfinished run"):
+        _fit(tiny_bert_dir, train, valid, out, **sections)
+
+    resumed = rerankit.fit(tiny_config(tiny_bert_dir, train, valid, out, **sections), resume=True)
+    straight = _fit(tiny_bert_dir, train, valid, tmp_path / "straight", **sections)
+    assert resumed.metrics["evaluations"][-1]["ndcg@10"] == pytest.approx(
+        straight.metrics["evaluations"][-1]["ndcg@10"], abs=1e-6)
+    assert (out / "run.json").exists()
