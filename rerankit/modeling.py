@@ -124,6 +124,19 @@ def quantization_config(mode: str, quant_type: str = "nf4", double_quant: bool =
                               llm_int8_skip_modules=skip)
 
 
+def keep_training_layout(model) -> None:
+    """Keep bitsandbytes' 4-bit CPU layers in the layout (and kernel) they train with.
+
+    bitsandbytes repacks 4-bit weights for a faster, lower-precision CPU inference kernel the
+    first time a layer runs in eval mode without grad (our validation); a later training step
+    on the repacked weights fails ("a view of a leaf Variable ... in-place"), and scores from
+    the two kernels differ by ~1e-3. A model that trains keeps one layout throughout.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
 @dataclass
 class BuiltModel:
     model: Any               # a peft PeftModel (LoRA) or the plain transformers model
@@ -148,6 +161,12 @@ def build_model(config) -> BuiltModel:
     tokenizer = load_tokenizer(path, mcfg.trust_remote_code, mcfg.revision)
     if hf_config.pad_token_id is None:
         hf_config.pad_token_id = tokenizer.pad_token_id
+    vocab_size = getattr(hf_config, "vocab_size", None)
+    if vocab_size is not None and hf_config.pad_token_id is not None \
+            and hf_config.pad_token_id >= vocab_size:
+        raise ModelLoadError(
+            f"{mcfg.name_or_path!r}: the pad token id {hf_config.pad_token_id} is outside the "
+            f"model's {vocab_size} embeddings; the tokenizer does not match the model")
     if mcfg.dropout is not None:
         for name, value in hf_config.to_dict().items():
             if "dropout" in name and isinstance(value, float):
@@ -173,13 +192,7 @@ def build_model(config) -> BuiltModel:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if quant is not None:
-        # bitsandbytes repacks 4-bit weights for fast CPU inference the first time a layer
-        # runs in eval mode without grad (our validation), and a later training step on the
-        # repacked weights fails ("a view of a leaf Variable ... in-place"). A model that
-        # trains must keep the training layout.
-        for module in model.modules():
-            if hasattr(module, "support_avx512bf16_for_cpu"):
-                module.support_avx512bf16_for_cpu = False
+        keep_training_layout(model)
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=config.training.gradient_checkpointing)
     targets = (lora_target_modules(model, hf_config.model_type, exclude=modules_to_save)

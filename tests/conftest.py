@@ -1,7 +1,9 @@
 """Shared fixtures: tiny random BERT and Qwen2 cross-encoders built locally, and toy data.
 
-The toy task is learnable by a tiny model in a few dozen steps: each query names a topic
-word, its positives contain that word, its negatives are about other topics.
+The toy task is learnable by a tiny random model in a few dozen steps: each query names a
+topic, its positives contain that topic word, and its mined (hard) negatives are about
+"noise" words that no positive uses. Random negatives (other queries' documents) are harder:
+they are about other topics.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ TOPICS = ["apple", "river", "engine", "violin", "planet", "castle", "tiger", "br
 FILLER = ["the", "a", "of", "and", "is", "in", "about", "story", "with", "this", "old",
           "new", "big", "small", "many", "people", "often", "see", "near", "what", "where",
           "tell", "me", "why", "how", "does", "work"]
-WORDS = TOPICS + FILLER
+NOISE = ["zinc", "quartz", "oxide", "ion", "argon", "boron", "cobalt", "helium"]
+WORDS = TOPICS + FILLER + NOISE
 
 
 def _toy_doc(rng: random.Random, topic: str) -> str:
@@ -37,12 +40,11 @@ def toy_lines(n_queries: int = 48, seed: int = 0, positives: int = 2, negatives:
     lines = []
     for i in range(n_queries):
         topic = TOPICS[i % len(TOPICS)]
-        others = [t for t in TOPICS if t != topic]
         lines.append({
             "query_text": f"tell me about {topic} number {i}",
             "positives": [{"doc_id": f"q{i}p{j}", "text": _toy_doc(rng, topic)}
                           for j in range(positives)],
-            "negatives": [{"doc_id": f"q{i}n{j}", "text": _toy_doc(rng, rng.choice(others))}
+            "negatives": [{"doc_id": f"q{i}n{j}", "text": _toy_doc(rng, rng.choice(NOISE))}
                           for j in range(negatives)],
             "source_chunk": f"chunk{i // 2}",
         })
@@ -54,24 +56,27 @@ def write_jsonl(path: Path, lines: list) -> Path:
     return path
 
 
-def _bert_tokenizer(folder: Path):
-    from transformers import BertTokenizerFast
+def _bert_tokenizer():
+    from transformers import BertTokenizer
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + [str(d) for d in range(10)]
-    vocab_file = folder / "vocab.txt"
-    vocab_file.write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    return BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+    return BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
 
 
 def _decoder_tokenizer():
-    """A word-level tokenizer with an EOS but no pad token, like decoder LLMs ship."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    """A byte-level BPE tokenizer with an EOS but no pad token, as decoder LLMs ship.
+
+    Trained here on the toy vocabulary; its EOS is Qwen's "<|endoftext|>", so that
+    AutoTokenizer's Qwen2 class (chosen from the model type) reads it back unchanged.
+    """
+    from tokenizers import ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {w: i for i, w in enumerate(["<unk>", "<eos>"] + WORDS + [str(d) for d in range(10)])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", eos_token="<eos>")
+    bpe = ByteLevelBPETokenizer()
+    text = " ".join(WORDS + [str(d) for d in range(10)])
+    bpe.train_from_iterator([text] * 10, vocab_size=400, min_frequency=1,
+                            special_tokens=["<|endoftext|>"], show_progress=False)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>")
 
 
 @pytest.fixture(scope="session")
@@ -80,13 +85,11 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     from transformers import BertConfig, BertForSequenceClassification
 
     folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = _bert_tokenizer(folder)
+    tokenizer = _bert_tokenizer()
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
                         num_attention_heads=4, intermediate_size=128,
-                        max_position_embeddings=128, num_labels=1,
-                        # a wide init gives the random model content-dependent features to tune
-                        initializer_range=0.2)
+                        max_position_embeddings=128, num_labels=1)
     model = BertForSequenceClassification(config)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -104,7 +107,7 @@ def tiny_qwen_dir(tmp_path_factory) -> Path:
     config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=128, eos_token_id=tokenizer.eos_token_id,
-                         tie_word_embeddings=False, initializer_range=0.2)
+                         tie_word_embeddings=False)
     # Saved as a causal LM, as decoder checkpoints are: the score head is new at load time.
     Qwen2ForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -123,13 +126,13 @@ def tiny_config(model_dir: Path, train: Path, valid: Path | None, out: Path, **s
     """A config for the tiny models that trains in seconds on CPU."""
     config = {
         "seed": 7,
-        "model": {"name_or_path": str(model_dir), "max_length": 48},
+        "model": {"name_or_path": str(model_dir), "max_length": 48, "dropout": 0.0},
         "quantization": {"mode": "4bit", "compute_dtype": "float32"},
         "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
         "data": {"train": str(train), "valid": str(valid) if valid else None},
-        "sampling": {"num_negatives": 3, "hard_ratio": 0.67},
+        "sampling": {"num_negatives": 3, "hard_ratio": 1.0},
         "loss": {"name": "margin"},
-        "training": {"epochs": 3, "batch_size": 8, "learning_rate": 5e-3, "logging_steps": 2,
+        "training": {"epochs": 3, "batch_size": 8, "learning_rate": 1e-2, "logging_steps": 2,
                      "report_to": [], "precision": "fp32", "head_learning_rate": 1e-2},
         "evaluation": {"batch_size": 32},
         "output": {"dir": str(out)},

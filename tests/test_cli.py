@@ -51,7 +51,7 @@ def test_train_and_rerank_from_the_cli(tiny_bert_dir, toy_data, tmp_path):
     result = CliRunner().invoke(main, ["rerank", "--model", str(out), "--query",
                                        "tell me about apple", "--docs", str(docs), "--json"])
     assert result.exit_code == 0, result.output
-    ranked = json.loads(result.output)
+    ranked = json.loads(result.stdout)
     assert [r["rank"] for r in ranked] == [0, 1, 2]
     assert ranked[0]["index"] == 1 and ranked[0]["text"] == texts[1]
     assert all(0 <= r["score"] <= 1 for r in ranked)

@@ -27,12 +27,12 @@ def _validator(result, valid_path):
 
 
 def _reload_4bit(run_dir, base_dir):
-    """The saved adapter on a fresh 4-bit base, exactly as it trained."""
+    """The saved adapter on a fresh 4-bit base, with the same 4-bit kernel it trained with."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from rerankit.modeling import HEAD_NAMES, quantization_config
+    from rerankit.modeling import HEAD_NAMES, keep_training_layout, quantization_config
 
     quant = quantization_config("4bit", compute_dtype="float32",
                                 skip_modules=list(HEAD_NAMES) + [".*pooler"])
@@ -40,6 +40,7 @@ def _reload_4bit(run_dir, base_dir):
         base_dir, num_labels=1, quantization_config=quant, dtype=torch.float32)
     if base.config.pad_token_id is None:
         base.config.pad_token_id = rerankit.Reranker.load(run_dir, device="cpu").tokenizer.pad_token_id
+    keep_training_layout(base)
     return PeftModel.from_pretrained(base, str(run_dir / "model"))
 
 
@@ -114,7 +115,7 @@ def test_qlora_decoder_trains_with_pad_token(tiny_qwen_dir, toy_data, tmp_path):
     result = _fit(tiny_qwen_dir, train, valid, tmp_path / "run")
     losses = [e["loss"] for e in result.metrics["train_loss"]]
     assert losses[-1] < 0.8 * losses[0], losses
-    assert result.tokenizer.pad_token == "<eos>"
+    assert result.tokenizer.pad_token_id == result.tokenizer.eos_token_id == 0
     assert set(json.loads((tmp_path / "run/run.json").read_text())["modules_to_save"]) == {"score"}
     validator = _validator(result, valid)
     reloaded = validator.scores(_reload_4bit(result.output_dir, tiny_qwen_dir))
