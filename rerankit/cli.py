@@ -112,5 +112,60 @@ def rerank(model_path: str, query: str, docs_path: str, top_k: int | None, raw: 
         click.echo(f"{r.rank + 1:>3}. [{r.index:>3}] {r.score:8.4f}  {text}")
 
 
+@main.command(name="export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, help="Folder for the merged model.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
+              show_default=True, help="Precision of the merged weights.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@_friendly
+def export_command(run_dir: str, out: str, dtype: str, overwrite: bool) -> None:
+    """Merge a run's adapter into a plain Hugging Face cross-encoder (safetensors)."""
+    from rerankit.export import export
+
+    path = export(run_dir, out, dtype=dtype, overwrite=overwrite)
+    click.echo(f"merged model written to {path} (load it with Reranker.load or "
+               "sentence_transformers.CrossEncoder)")
+
+
+@main.command(name="eval")
+@click.option("--model", "model_path", required=True, help="Run folder, exported folder or HF id.")
+@click.option("--data", "data_path", required=True, type=click.Path(exists=True),
+              help="Seed-format JSONL, or a BEIR folder (corpus.jsonl, queries.jsonl, qrels/).")
+@click.option("--first-stage", type=click.Choice(["bm25"]), default="bm25", show_default=True,
+              help="First stage for a BEIR folder.")
+@click.option("--top-k", type=int, default=30, show_default=True,
+              help="Candidates the first stage hands the reranker (BEIR folder).")
+@click.option("--split", default="test", show_default=True, help="qrels file of a BEIR folder.")
+@click.option("--recall-at", type=int, default=10, show_default=True)
+@click.option("--max-queries", type=int, default=None, help="Evaluate only the first N queries.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the results as JSON here.")
+@_friendly
+def eval_command(model_path: str, data_path: str, first_stage: str, top_k: int, split: str,
+                 recall_at: int, max_queries: int | None, out_path: str | None) -> None:
+    """Compare a reranker with its first stage (BM25) on held-out data."""
+    from rerankit.eval_data import evaluate_beir, evaluate_seed_file
+    from rerankit.inference import Reranker
+    from rerankit.report import metrics_table
+
+    reranker = Reranker.load(model_path)
+    if Path(data_path).is_dir():
+        result = evaluate_beir(reranker, data_path, top_k=top_k, split=split,
+                               recall_at=recall_at, max_queries=max_queries)
+    else:
+        result = evaluate_seed_file(reranker, data_path, recall_at=recall_at)
+    result["model"] = model_path
+    click.echo(metrics_table([(result["first_stage"]["name"], result["first_stage"]),
+                              (f"reranked by {model_path}", result["reranked"])],
+                             f"recall@{recall_at}"))
+    delta = result["reranked"]["ndcg@10"] - result["first_stage"]["ndcg@10"]
+    click.echo(f"\nndcg@10 {delta:+.4f} over the first stage on {result['queries']} queries")
+    if delta < 0:
+        click.echo("WARNING: the reranker ranks WORSE than the first stage on this data.", err=True)
+    if out_path:
+        Path(out_path).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

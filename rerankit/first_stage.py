@@ -33,3 +33,26 @@ def bm25_candidate_scores(queries: Sequence[str], candidates: Sequence[Sequence[
         all_scores = retriever.get_scores(tokens) if tokens else np.zeros(len(texts))
         result.append(np.asarray([all_scores[corpus[d]] for d, _ in docs], dtype=np.float32))
     return result
+
+
+class BM25Retriever:
+    """BM25 (bm25s, English stopwords) over a corpus of ``{doc_id: text}``."""
+
+    def __init__(self, corpus: dict[str, str]) -> None:
+        import bm25s
+
+        self.doc_ids = list(corpus)
+        self.texts = [corpus[d] for d in self.doc_ids]
+        self.retriever = bm25s.BM25()
+        self.retriever.index(bm25s.tokenize(self.texts, stopwords="en", show_progress=False),
+                             show_progress=False)
+
+    def retrieve(self, queries: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
+        """Top ``k`` (doc_id, score) per query, best first."""
+        import bm25s
+
+        k = min(k, len(self.doc_ids))
+        tokens = bm25s.tokenize(list(queries), stopwords="en", show_progress=False)
+        ids, scores = self.retriever.retrieve(tokens, k=k, show_progress=False)
+        return [[(self.doc_ids[i], float(s)) for i, s in zip(row_ids, row_scores)]
+                for row_ids, row_scores in zip(ids, scores)]

@@ -159,6 +159,11 @@ def _merged(base: str, adapter_dir: Path, tokenizer, dtype, trust_remote_code: b
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    # The base's load report lists the score head as missing: the adapter brings it.
+    hf_logging.set_verbosity_error()
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             base, num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code,
@@ -166,4 +171,6 @@ def _merged(base: str, adapter_dir: Path, tokenizer, dtype, trust_remote_code: b
         model = PeftModel.from_pretrained(model, str(adapter_dir))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load the adapter in {adapter_dir} onto {base!r}: {exc}") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
     return model.merge_and_unload()

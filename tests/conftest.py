@@ -140,3 +140,15 @@ def tiny_config(model_dir: Path, train: Path, valid: Path | None, out: Path, **s
     for name, values in sections.items():
         config.setdefault(name, {}).update(values)
     return config
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_run(tiny_bert_dir, tmp_path_factory):
+    """A finished 4-bit QLoRA run of the tiny BERT on the toy task: (FitResult, valid path)."""
+    import rerankit
+
+    folder = tmp_path_factory.mktemp("bert-run")
+    train = write_jsonl(folder / "train.jsonl", toy_lines(48, seed=1))
+    valid = write_jsonl(folder / "valid.jsonl",
+                        [dict(l, query_text="valid " + l["query_text"]) for l in toy_lines(16, seed=2)])
+    return rerankit.fit(tiny_config(tiny_bert_dir, train, valid, folder / "run")), valid

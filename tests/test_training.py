@@ -44,19 +44,8 @@ def _reload_4bit(run_dir, base_dir):
     return PeftModel.from_pretrained(base, str(run_dir / "model"))
 
 
-@pytest.fixture(scope="module")
-def bert_run(tiny_bert_dir, tmp_path_factory):
-    from conftest import toy_lines, write_jsonl
-
-    folder = tmp_path_factory.mktemp("bert-run")
-    train = write_jsonl(folder / "train.jsonl", toy_lines(48, seed=1))
-    valid = write_jsonl(folder / "valid.jsonl",
-                        [dict(l, query_text="valid " + l["query_text"]) for l in toy_lines(16, seed=2)])
-    return _fit(tiny_bert_dir, train, valid, folder / "run"), valid
-
-
-def test_qlora_bert_learns_the_task(bert_run):
-    result, _ = bert_run
+def test_qlora_bert_learns_the_task(tiny_bert_run):
+    result, _ = tiny_bert_run
     m = result.metrics
     losses = [e["loss"] for e in m["train_loss"]]
     assert losses[-1] < 0.6 * losses[0], losses
@@ -65,8 +54,8 @@ def test_qlora_bert_learns_the_task(bert_run):
     assert m["valid_queries"] == 16 and m["valid_pairs"] == 16 * 6   # full set: 2 pos + 4 neg
 
 
-def test_run_folder_is_complete(bert_run):
-    result, _ = bert_run
+def test_run_folder_is_complete(tiny_bert_run):
+    result, _ = tiny_bert_run
     out = result.output_dir
     for name in ("run.json", "config.yaml", "metrics.json", "baseline.json", "report.md",
                  "training_curve.png", "model/adapter_model.safetensors", "model/adapter_config.json"):
@@ -84,16 +73,16 @@ def test_run_folder_is_complete(bert_run):
     assert manifest["config_hash"] in (out / "config.yaml").read_text()
 
 
-def test_reloaded_adapter_scores_like_the_trained_model(bert_run, tiny_bert_dir):
-    result, valid = bert_run
+def test_reloaded_adapter_scores_like_the_trained_model(tiny_bert_run, tiny_bert_dir):
+    result, valid = tiny_bert_run
     validator = _validator(result, valid)
     trained = validator.scores(result.model)
     reloaded = validator.scores(_reload_4bit(result.output_dir, tiny_bert_dir))
     np.testing.assert_allclose(reloaded, trained, atol=1e-5)
 
 
-def test_merged_full_precision_model_ranks_like_the_trained_one(bert_run):
-    result, valid = bert_run
+def test_merged_full_precision_model_ranks_like_the_trained_one(tiny_bert_run):
+    result, valid = tiny_bert_run
     validator = _validator(result, valid)
     vset = validator.vset
     trained = vset.split_scores(validator.scores(result.model))
@@ -104,8 +93,8 @@ def test_merged_full_precision_model_ranks_like_the_trained_one(bert_run):
     assert vset.metrics(merged)["ndcg@10"] == pytest.approx(result.metrics["best"]["ndcg@10"], abs=0.03)
 
 
-def test_finished_run_is_not_overwritten(bert_run, tiny_bert_dir):
-    result, valid = bert_run
+def test_finished_run_is_not_overwritten(tiny_bert_run, tiny_bert_dir):
+    result, valid = tiny_bert_run
     with pytest.raises(RerankitError, match="already holds a finished run"):
         _fit(tiny_bert_dir, valid, valid, result.output_dir)
 

@@ -1,0 +1,87 @@
+"""``rerankit eval``: a reranker against its first stage on held-out data.
+
+Two inputs:
+
+- a seed-format JSONL file: each query's positives and given negatives are the candidates;
+  the first stage is BM25 over those candidates (as in training validation);
+- a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``): BM25 retrieves
+  the top ``k`` of the whole corpus for each judged query and the reranker reorders them.
+  Metrics are over the full qrels, so a positive BM25 missed counts against both.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from rerankit.data import iter_jsonl, read_records
+from rerankit.errors import DataError
+from rerankit.evaluation import ValidationSet
+from rerankit.metrics import ranking_metrics
+
+
+def _read_beir(folder: Path, split: str) -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
+    def load(name: str) -> dict[str, dict]:
+        rows = {}
+        for number, line in iter_jsonl(folder / name):
+            try:
+                row = json.loads(line)
+                rows[str(row["_id"])] = row
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise DataError(f"expected a JSON object with '_id': {exc}", path=str(folder / name),
+                                line=number) from None
+        return rows
+
+    corpus = {i: " ".join(filter(None, [r.get("title"), r.get("text")])) for i, r in load("corpus.jsonl").items()}
+    queries = {i: r.get("text", "") for i, r in load("queries.jsonl").items()}
+    qrels: dict[str, dict[str, int]] = {}
+    path = folder / "qrels" / f"{split}.tsv"
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for number, row in enumerate(csv.reader(handle, delimiter="\t"), start=1):
+                if number == 1 and row and row[0] == "query-id":
+                    continue
+                if len(row) != 3:
+                    raise DataError("expected query-id, corpus-id, score", path=str(path), line=number)
+                qrels.setdefault(row[0], {})[row[1]] = int(row[2])
+    except OSError as exc:
+        raise DataError(f"cannot open: {exc.strerror or exc}", path=str(path)) from None
+    qrels = {q: d for q, d in qrels.items() if q in queries and any(v > 0 for v in d.values())}
+    return corpus, queries, qrels
+
+
+def evaluate_beir(reranker, folder: str | Path, *, top_k: int = 30, split: str = "test",
+                  recall_at: int = 10, max_queries: int | None = None) -> dict[str, Any]:
+    """BM25 top-k over the corpus vs the reranker's order of the same top-k."""
+    from tqdm.auto import tqdm
+
+    from rerankit.first_stage import BM25Retriever
+
+    corpus, queries, qrels = _read_beir(Path(folder), split)
+    qids = sorted(qrels)[:max_queries] if max_queries else sorted(qrels)
+    qrels = {q: qrels[q] for q in qids}
+    hits = BM25Retriever(corpus).retrieve([queries[q] for q in qids], top_k)
+    first, reranked = {}, {}
+    for qid, ranked in tqdm(list(zip(qids, hits)), desc="reranking", unit="query"):
+        first[qid] = {d: s for d, s in ranked}
+        scores = reranker.score([(queries[qid], corpus[d]) for d, _ in ranked], raw=True)
+        reranked[qid] = {d: s for (d, _), s in zip(ranked, scores)}
+    return {"data": str(folder), "kind": "beir", "queries": len(qids), "top_k": top_k,
+            "first_stage": {"name": f"bm25 top-{top_k}", **ranking_metrics(qrels, first, recall_at)},
+            "reranked": ranking_metrics(qrels, reranked, recall_at)}
+
+
+def evaluate_seed_file(reranker, path: str | Path, *, recall_at: int = 10) -> dict[str, Any]:
+    """Each query's positives + negatives, ranked by BM25 and by the reranker."""
+    from rerankit.first_stage import bm25_candidate_scores
+
+    records, report = read_records(path)
+    vset = ValidationSet.from_records(records)
+    queries, docs = vset.flat_pairs()
+    scores = vset.split_scores(reranker.score(list(zip(queries, docs)), raw=True))
+    return {"data": str(path), "kind": "seed", "queries": len(vset), "pairs": vset.num_pairs,
+            "first_stage": {"name": "bm25 over the candidates",
+                            **vset.metrics(bm25_candidate_scores(vset.queries, vset.candidates), recall_at)},
+            "reranked": vset.metrics(scores, recall_at), "data_report": report.summary()}

@@ -1,0 +1,65 @@
+"""`rerankit eval` on seed JSONL and on a BEIR folder, against BM25."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from rerankit.cli import main
+from rerankit.eval_data import evaluate_beir
+
+pytestmark = pytest.mark.smoke
+
+
+@pytest.fixture
+def beir_folder(tmp_path):
+    from conftest import toy_lines
+
+    folder = tmp_path / "beir"
+    (folder / "qrels").mkdir(parents=True)
+    corpus, queries, qrels = [], [], ["query-id\tcorpus-id\tscore"]
+    for i, line in enumerate(toy_lines(12, seed=5)):
+        queries.append({"_id": f"q{i}", "text": line["query_text"]})
+        for doc in line["positives"]:
+            corpus.append({"_id": doc["doc_id"], "title": "", "text": doc["text"]})
+            qrels.append(f"q{i}\t{doc['doc_id']}\t1")
+        corpus += [{"_id": d["doc_id"], "title": "", "text": d["text"]} for d in line["negatives"]]
+    queries.append({"_id": "unjudged", "text": "apple"})
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(c) + "\n" for c in corpus))
+    (folder / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    (folder / "qrels/test.tsv").write_text("\n".join(qrels) + "\n")
+    return folder
+
+
+def test_eval_seed_file_prints_both_rows_and_writes_json(tiny_bert_run, tmp_path):
+    result, valid = tiny_bert_run
+    out = tmp_path / "eval.json"
+    cli = CliRunner().invoke(main, ["eval", "--model", str(result.output_dir), "--data", str(valid),
+                                    "--out", str(out)])
+    assert cli.exit_code == 0, cli.output
+    assert "bm25 over the candidates" in cli.stdout and "reranked by" in cli.stdout
+    saved = json.loads(out.read_text())
+    assert saved["queries"] == 16 and saved["kind"] == "seed"
+    # the same candidates as training validation: the numbers agree with the run's best
+    assert saved["reranked"]["ndcg@10"] == pytest.approx(result.metrics["best"]["ndcg@10"], abs=0.03)
+    assert saved["first_stage"]["ndcg@10"] == pytest.approx(result.metrics["first_stage"]["ndcg@10"])
+
+
+def test_eval_beir_reranks_bm25_top_k(tiny_bert_run, beir_folder):
+    from rerankit import Reranker
+
+    reranker = Reranker.load(tiny_bert_run[0].output_dir, device="cpu")
+    result = evaluate_beir(reranker, beir_folder, top_k=5, recall_at=5)
+    assert result["queries"] == 12          # the unjudged query is not evaluated
+    for side in ("first_stage", "reranked"):
+        assert set(result[side]) >= {"ndcg@10", "mrr@10", "map", "recall@5"}
+    # reranking reorders the same top-5: recall@5 cannot change
+    assert result["reranked"]["recall@5"] == pytest.approx(result["first_stage"]["recall@5"])
+
+
+def test_eval_bad_beir_file_names_it(tiny_bert_run, beir_folder):
+    (beir_folder / "queries.jsonl").write_text('{"_id": "q0", "text": "a"}\nnot json\n')
+    cli = CliRunner().invoke(main, ["eval", "--model", str(tiny_bert_run[0].output_dir),
+                                    "--data", str(beir_folder)])
+    assert cli.exit_code == 2
+    assert "queries.jsonl:2" in cli.output

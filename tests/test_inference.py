@@ -1,0 +1,83 @@
+"""Reranker.load / rerank / score and the merged export, on the tiny trained BERT run."""
+
+import numpy as np
+import pytest
+
+from rerankit import Reranker
+from rerankit.export import export
+from rerankit.errors import ModelLoadError, RerankitError
+
+pytestmark = pytest.mark.smoke
+
+QUERY = "tell me about apple"
+DOCS = ["zinc of the old quartz", "apple story with apple", "the river and the river is old",
+        "many people see the apple near the apple", "zinc " * 60]
+
+
+@pytest.fixture(scope="module")
+def reranker(tiny_bert_run):
+    return Reranker.load(tiny_bert_run[0].output_dir, device="cpu")
+
+
+def test_rerank_orders_results_best_first(reranker):
+    results = reranker.rerank(QUERY, DOCS)
+    assert [r.rank for r in results] == list(range(len(DOCS)))
+    assert sorted(r.index for r in results) == list(range(len(DOCS)))
+    scores = [r.score for r in results]
+    assert scores == sorted(scores, reverse=True)
+    assert all(r.text == DOCS[r.index] for r in results)
+    # the toy task taught it that "noise" words (zinc, quartz) mark negatives
+    assert {results[-1].index, results[-2].index} == {0, 4}
+    top = reranker.rerank(QUERY, DOCS, top_k=2)
+    assert list(top) == list(results[:2]) and top.indices == results.indices[:2]
+    assert reranker.rerank(QUERY, []) == () and reranker.score([]) == []
+
+
+def test_scores_are_sigmoid_of_raw_and_independent_of_neighbours(reranker):
+    pairs = [(QUERY, d) for d in DOCS]
+    raw = np.array(reranker.score(pairs, raw=True))
+    assert np.allclose(reranker.score(pairs), 1 / (1 + np.exp(-raw)), atol=1e-7)
+    alone = [reranker.score([p], raw=True)[0] for p in pairs]
+    np.testing.assert_allclose(alone, raw, atol=1e-5)
+    reversed_scores = reranker.score(pairs[::-1], raw=True)[::-1]
+    np.testing.assert_allclose(reversed_scores, raw, atol=1e-5)
+
+
+def test_document_is_truncated_never_the_query(reranker):
+    from rerankit.modeling import encode_pairs
+
+    batch = encode_pairs(reranker.tokenizer, [QUERY], ["apple " * 500], reranker.max_length)
+    assert batch["input_ids"].shape[1] == reranker.max_length
+    tokens = reranker.tokenizer.convert_ids_to_tokens(batch["input_ids"][0])
+    assert tokens[1:5] == ["tell", "me", "about", "apple"]
+    with pytest.raises(ValueError, match="leaves no room for the document"):
+        reranker.score([("apple " * 100, "short")])
+
+
+def test_bf16_load_scores_in_fp32_and_ranks_alike(tiny_bert_run, reranker):
+    import torch
+
+    half = Reranker.load(tiny_bert_run[0].output_dir, device="cpu", dtype="bfloat16")
+    assert next(half.model.parameters()).dtype == torch.bfloat16
+    assert set(half.rerank(QUERY, DOCS).indices[-2:]) == {0, 4}
+    assert all(isinstance(s, float) for s in half.score([(QUERY, d) for d in DOCS]))
+
+
+def test_export_loads_in_sentence_transformers_with_the_same_scores(tiny_bert_run, reranker, tmp_path):
+    from sentence_transformers import CrossEncoder
+
+    out = export(tiny_bert_run[0].output_dir, tmp_path / "merged")
+    assert (out / "model.safetensors").is_file() and not list(out.glob("adapter_*"))
+    pairs = [(QUERY, d) for d in DOCS]
+    ours = np.array(reranker.score(pairs))
+    theirs = CrossEncoder(str(out), device="cpu").predict(pairs)
+    assert np.max(np.abs(ours - theirs)) <= 1e-4
+    again = Reranker.load(out, device="cpu")
+    np.testing.assert_allclose(again.score(pairs), ours, atol=1e-5)
+    with pytest.raises(RerankitError, match="exists; pass --overwrite"):
+        export(tiny_bert_run[0].output_dir, out)
+
+
+def test_load_errors_are_clear(tmp_path):
+    with pytest.raises(ModelLoadError, match="cannot load"):
+        Reranker.load(tmp_path / "nothing-here")
