@@ -54,6 +54,9 @@ class RerankTrainer(Trainer):
     def __init__(self, *args, loss_fn, validator: Validator, modules_to_save: list[str],
                  head_learning_rate: float | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        # Our loss is a mean over the batch's pairs: the Trainer must divide it by the
+        # accumulation steps itself (it skips that for models that take loss kwargs).
+        self.model_accepts_loss_kwargs = False
         self.loss_fn, self.validator = loss_fn, validator
         self.modules_to_save, self.head_learning_rate = modules_to_save, head_learning_rate
 
@@ -226,8 +229,11 @@ def fit(config: str | Path | Mapping[str, Any] | TrainConfig, *, output_dir: str
     cfg = load_config(config, all_overrides)
     out = Path(cfg.output.dir)
     digest = config_hash(cfg)
-    run_folder.prepare(out, resume=resume, overwrite=overwrite,
-                       config_text=run_folder.config_text(cfg, digest))
+    # Under torchrun/accelerate only the main process touches the run folder.
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if main_process:
+        run_folder.prepare(out, resume=resume, overwrite=overwrite,
+                           config_text=run_folder.config_text(cfg, digest))
     started = time.perf_counter()
 
     train, valid, reports = _load_data(cfg)
@@ -261,7 +267,8 @@ def fit(config: str | Path | Mapping[str, Any] | TrainConfig, *, output_dir: str
         log.info("evaluating the untrained model on %d validation queries (%d pairs)",
                  len(vset), vset.num_pairs)
         baseline = validator.evaluate(built.model)
-        run_folder.write_json(out / run_folder.BASELINE_FILE, baseline)
+        if main_process:
+            run_folder.write_json(out / run_folder.BASELINE_FILE, baseline)
     resume_from = run_folder.last_checkpoint(out) if resume else None
     trainer.train(resume_from_checkpoint=resume_from)
 
@@ -287,7 +294,8 @@ def fit(config: str | Path | Mapping[str, Any] | TrainConfig, *, output_dir: str
         "wall_time_s": round(time.perf_counter() - started, 1),
         "data": {name: r.__dict__ for name, r in reports.items()},
     }
-    run_folder.finish(out, trainer.model, built.tokenizer, cfg, digest, built, metrics)
+    if trainer.is_world_process_zero():
+        run_folder.finish(out, trainer.model, built.tokenizer, cfg, digest, built, metrics)
     return FitResult(out, metrics, cfg, metrics["data"], trainer.model, built.tokenizer)
 
 
