@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data" / "squad-v1.1-dev"
 
 
-def load_pairs(n_queries: int, top_k: int, seed: int = 0) -> tuple[list[str], list[list[str]]]:
-    """n_queries SQuAD questions, each with its BM25 top_k paragraphs."""
+def load_pairs(n_queries: int, top_k: int, seed: int = 0):
+    """n_queries SQuAD questions, their BM25 top_k paragraphs, and qrels over those."""
     import random
 
     from rerankit.first_stage import BM25Retriever
@@ -40,10 +40,18 @@ def load_pairs(n_queries: int, top_k: int, seed: int = 0) -> tuple[list[str], li
             row = json.loads(line)
             corpus[row["_id"]] = row["text"]
     with (DATA / "queries.jsonl").open() as handle:
-        queries = [json.loads(line)["text"] for line in handle]
-    queries = random.Random(seed).sample(queries, n_queries)
-    hits = BM25Retriever(corpus).retrieve(queries, top_k)
-    return queries, [[corpus[d] for d, _ in row] for row in hits]
+        queries = {row["_id"]: row["text"] for row in map(json.loads, handle)}
+    positive = {}
+    with (DATA / "qrels" / "test.tsv").open() as handle:
+        for row in list(handle)[1:]:
+            qid, doc_id, _ = row.split("\t")
+            positive[qid] = doc_id
+    qids = random.Random(seed).sample(sorted(positive), n_queries)
+    hits = BM25Retriever(corpus).retrieve([queries[q] for q in qids], top_k)
+    qrels = {str(i): {d: int(d == positive[q]) for d, _ in row} | {positive[q]: 1}
+             for i, (q, row) in enumerate(zip(qids, hits))}
+    doc_ids = [[d for d, _ in row] for row in hits]
+    return [queries[q] for q in qids], [[corpus[d] for d in row] for row in doc_ids], doc_ids, qrels
 
 
 def prepare_model(model: str | None) -> str:
@@ -76,7 +84,7 @@ def top10_agreement(reference: list[np.ndarray], other: list[np.ndarray]) -> int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "outputs/demo") if (ROOT / "outputs/demo/run.json").exists() else None)
-    parser.add_argument("--queries", type=int, default=50)
+    parser.add_argument("--queries", type=int, default=42)
     parser.add_argument("--top-k", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-length", type=int, default=256)
@@ -90,7 +98,9 @@ def main() -> None:
     from rerankit import Reranker
 
     path = prepare_model(args.model)
-    queries, candidates = load_pairs(args.queries, args.top_k)
+    from rerankit.metrics import ranking_metrics
+
+    queries, candidates, doc_ids, qrels = load_pairs(args.queries, args.top_k)
     pairs = [(q, d) for q, docs in zip(queries, candidates) for d in docs]
     bounds = np.cumsum([0] + [len(c) for c in candidates])
 
@@ -131,15 +141,22 @@ def main() -> None:
             "speedup_vs_st": round(statistics.median(timings[reference_name]) / median, 2),
             "same_top10_queries": f"{top10_agreement(reference, per_query(outputs[name]))}/{len(queries)}",
             "max_abs_score_diff": float(np.max(np.abs(outputs[name] - outputs[reference_name]))),
+            "ndcg@10": round(ranking_metrics(qrels, {
+                str(i): dict(zip(ids, s)) for i, (ids, s) in enumerate(zip(doc_ids, per_query(outputs[name])))
+            })["ndcg@10"], 4),
         })
     meta = {"pairs": len(pairs), "queries": len(queries), "top_k": args.top_k,
             "max_length": args.max_length, "repeats": args.repeats, "model": args.model or "MiniLM (seeded head)",
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
-    table = ["| contender | median s | pairs/s | × ST | same top-10 | max |Δscore| |",
-             "|---|---:|---:|---:|---:|---:|"]
+    bm25 = ranking_metrics(qrels, {str(i): {d: -rank for rank, d in enumerate(ids)}
+                                   for i, ids in enumerate(doc_ids)})["ndcg@10"]
+    meta["bm25_ndcg@10"] = round(bm25, 4)
+    table = ["| contender | median s | pairs/s | × ST | same top-10 order as ST | max abs Δ score | NDCG@10 |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     table += [f"| {r['contender']} | {r['median_s']} | {r['pairs_per_s']} | {r['speedup_vs_st']} | "
-              f"{r['same_top10_queries']} | {r['max_abs_score_diff']:.2e} |" for r in rows]
+              f"{r['same_top10_queries']} | {r['max_abs_score_diff']:.2e} | {r['ndcg@10']} |" for r in rows]
+    table.append(f"| (BM25 order, for reference) | | | | | | {bm25:.4f} |")
     text = "\n".join(table)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)

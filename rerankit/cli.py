@@ -92,16 +92,18 @@ def _read_docs(path: str) -> list[str]:
 @click.option("--docs", "docs_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Documents: .jsonl with a 'text' field, or a text file with one per line.")
 @click.option("--top-k", type=int, default=None, help="Show only the best K.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              show_default=True, help="Inference precision (auto: bf16 where the hardware has it).")
 @click.option("--raw", is_flag=True, help="Raw logits instead of sigmoid scores.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @_friendly
-def rerank(model_path: str, query: str, docs_path: str, top_k: int | None, raw: bool,
+def rerank(model_path: str, query: str, docs_path: str, top_k: int | None, dtype: str, raw: bool,
            as_json: bool) -> None:
     """Rank documents for one query."""
     from rerankit.inference import Reranker
 
     docs = _read_docs(docs_path)
-    results = Reranker.load(model_path).rerank(query, docs, top_k=top_k, raw=raw)
+    results = Reranker.load(model_path, dtype=dtype).rerank(query, docs, top_k=top_k, raw=raw)
     if as_json:
         click.echo(json.dumps([{"rank": r.rank, "index": r.index, "score": r.score,
                                 "text": r.text} for r in results], ensure_ascii=False, indent=2))
@@ -139,17 +141,19 @@ def export_command(run_dir: str, out: str, dtype: str, overwrite: bool) -> None:
 @click.option("--split", default="test", show_default=True, help="qrels file of a BEIR folder.")
 @click.option("--recall-at", type=int, default=10, show_default=True)
 @click.option("--max-queries", type=int, default=None, help="Evaluate only the first N queries.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              show_default=True, help="Inference precision (auto: bf16 where the hardware has it).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Write the results as JSON here.")
 @_friendly
 def eval_command(model_path: str, data_path: str, first_stage: str, top_k: int, split: str,
-                 recall_at: int, max_queries: int | None, out_path: str | None) -> None:
+                 recall_at: int, max_queries: int | None, dtype: str, out_path: str | None) -> None:
     """Compare a reranker with its first stage (BM25) on held-out data."""
     from rerankit.eval_data import evaluate_beir, evaluate_seed_file
     from rerankit.inference import Reranker
     from rerankit.report import metrics_table
 
-    reranker = Reranker.load(model_path)
+    reranker = Reranker.load(model_path, dtype=dtype)
     if Path(data_path).is_dir():
         result = evaluate_beir(reranker, data_path, top_k=top_k, split=split,
                                recall_at=recall_at, max_queries=max_queries)

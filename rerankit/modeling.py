@@ -57,9 +57,12 @@ def resolve_model_path(name_or_path: str) -> str:
 def torch_dtype(name: str | None):
     import torch
 
-    return {None: None, "float32": torch.float32, "fp32": torch.float32,
+    known = {None: None, "float32": torch.float32, "fp32": torch.float32,
             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-            "float16": torch.float16, "fp16": torch.float16}[name]
+            "float16": torch.float16, "fp16": torch.float16}
+    if name not in known:
+        raise ValueError(f"unknown dtype {name!r}; expected one of float32, bfloat16, float16")
+    return known[name]
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False, revision: str | None = None):

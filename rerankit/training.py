@@ -13,9 +13,10 @@ multi-process training. rerankit adds three things:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-import shutil
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,6 +210,34 @@ def _metric_key(config: TrainConfig) -> str:
     return f"recall@{config.evaluation.recall_at}" if name == "recall" else name
 
 
+@contextlib.contextmanager
+def _environ(**values: str):
+    """Set environment variables for the duration of a block (the Trainer's TensorBoard
+    callback reads its log folder from one when it is built)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _make_trainer(cfg: TrainConfig, out: Path, built, dataset, vset, validator, callbacks):
+    return RerankTrainer(
+        model=built.model, args=training_arguments(cfg, out), train_dataset=dataset,
+        eval_dataset=vset,  # scored by the validator; given so the Trainer schedules evaluations
+        data_collator=GroupCollator(built.tokenizer, cfg.model.max_length),
+        callbacks=callbacks, loss_fn=build_loss(cfg.loss.name, margin=cfg.loss.margin,
+                                               temperature=cfg.loss.temperature,
+                                               pos_weight=cfg.loss.pos_weight),
+        validator=validator, modules_to_save=built.modules_to_save,
+        head_learning_rate=cfg.training.head_learning_rate)
+
+
 def fit(config: str | Path | Mapping[str, Any] | TrainConfig, *, output_dir: str | Path | None = None,
         resume: bool = False, overwrite: bool = False,
         overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> FitResult:
@@ -219,8 +248,6 @@ def fit(config: str | Path | Mapping[str, Any] | TrainConfig, *, output_dir: str
     ``training__epochs=1``). ``resume`` continues from the newest checkpoint of the run
     folder; ``overwrite`` replaces a finished run there.
     """
-    import os
-
     from transformers import set_seed
 
     all_overrides = {**(overrides or {}), **_overrides_from_kwargs(kwargs)}
@@ -250,16 +277,9 @@ def fit(config: str | Path | Mapping[str, Any] | TrainConfig, *, output_dir: str
     callbacks: list[TrainerCallback] = [EpochCallback(dataset)]
     if cfg.training.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(cfg.training.early_stopping_patience))
-    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / run_folder.LOGS_DIR))
-    trainer = RerankTrainer(
-        model=built.model, args=training_arguments(cfg, out), train_dataset=dataset,
-        eval_dataset=vset,  # scored by the validator; given so the Trainer schedules evaluations
-        data_collator=GroupCollator(built.tokenizer, cfg.model.max_length),
-        callbacks=callbacks, loss_fn=build_loss(cfg.loss.name, margin=cfg.loss.margin,
-                                               temperature=cfg.loss.temperature,
-                                               pos_weight=cfg.loss.pos_weight),
-        validator=validator, modules_to_save=built.modules_to_save,
-        head_learning_rate=cfg.training.head_learning_rate)
+    with _environ(TENSORBOARD_LOGGING_DIR=str(out / run_folder.LOGS_DIR)):
+        trainer = _make_trainer(cfg, out, built, dataset, vset, validator, callbacks)
+
 
     first_stage = validator.first_stage()
     baseline = run_folder.read_json(out / run_folder.BASELINE_FILE)
@@ -279,12 +299,12 @@ def fit(config: str | Path | Mapping[str, Any] | TrainConfig, *, output_dir: str
     key = _metric_key(cfg)
     best = max(evals, key=lambda e: e[key]) if evals else None
     if best is None or best[key] < baseline[key]:
-        # Training made things worse: the untrained model stays the best, and it is said so.
+        # The best checkpoint is still saved; the report and the CLI say it lost.
         log.warning("no evaluation beat the untrained model on %s", key)
     metrics = {
         "first_stage": {"name": "bm25 (over the validation candidates)", **first_stage},
         "baseline": baseline,
-        "best": {k: v for k, v in (best or {}).items()},
+        "best": dict(best or {}),
         "evaluations": evals,
         "train_loss": losses,
         "metric_for_best": key,
@@ -298,7 +318,3 @@ def fit(config: str | Path | Mapping[str, Any] | TrainConfig, *, output_dir: str
         run_folder.finish(out, trainer.model, built.tokenizer, cfg, digest, built, metrics)
     return FitResult(out, metrics, cfg, metrics["data"], trainer.model, built.tokenizer)
 
-
-def clean_checkpoints(output_dir: str | Path) -> None:
-    """Remove the resumable checkpoints of a finished run (the final model stays)."""
-    shutil.rmtree(Path(output_dir) / run_folder.CHECKPOINTS_DIR, ignore_errors=True)

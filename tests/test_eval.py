@@ -35,7 +35,7 @@ def test_eval_seed_file_prints_both_rows_and_writes_json(tiny_bert_run, tmp_path
     result, valid = tiny_bert_run
     out = tmp_path / "eval.json"
     cli = CliRunner().invoke(main, ["eval", "--model", str(result.output_dir), "--data", str(valid),
-                                    "--out", str(out)])
+                                    "--dtype", "float32", "--out", str(out)])
     assert cli.exit_code == 0, cli.output
     assert "bm25 over the candidates" in cli.stdout and "reranked by" in cli.stdout
     saved = json.loads(out.read_text())
@@ -48,7 +48,7 @@ def test_eval_seed_file_prints_both_rows_and_writes_json(tiny_bert_run, tmp_path
 def test_eval_beir_reranks_bm25_top_k(tiny_bert_run, beir_folder):
     from rerankit import Reranker
 
-    reranker = Reranker.load(tiny_bert_run[0].output_dir, device="cpu")
+    reranker = Reranker.load(tiny_bert_run[0].output_dir, device="cpu", dtype="float32")
     result = evaluate_beir(reranker, beir_folder, top_k=5, recall_at=5)
     assert result["queries"] == 12          # the unjudged query is not evaluated
     for side in ("first_stage", "reranked"):

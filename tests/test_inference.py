@@ -16,7 +16,7 @@ DOCS = ["zinc of the old quartz", "apple story with apple", "the river and the r
 
 @pytest.fixture(scope="module")
 def reranker(tiny_bert_run):
-    return Reranker.load(tiny_bert_run[0].output_dir, device="cpu")
+    return Reranker.load(tiny_bert_run[0].output_dir, device="cpu", dtype="float32")
 
 
 def test_rerank_orders_results_best_first(reranker):
@@ -72,7 +72,7 @@ def test_export_loads_in_sentence_transformers_with_the_same_scores(tiny_bert_ru
     ours = np.array(reranker.score(pairs))
     theirs = CrossEncoder(str(out), device="cpu").predict(pairs)
     assert np.max(np.abs(ours - theirs)) <= 1e-4
-    again = Reranker.load(out, device="cpu")
+    again = Reranker.load(out, device="cpu", dtype="float32")
     np.testing.assert_allclose(again.score(pairs), ours, atol=1e-5)
     with pytest.raises(RerankitError, match="exists; pass --overwrite"):
         export(tiny_bert_run[0].output_dir, out)

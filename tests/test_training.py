@@ -32,14 +32,14 @@ def _reload_4bit(run_dir, base_dir):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from rerankit.modeling import HEAD_NAMES, keep_training_layout, quantization_config
+    from rerankit.modeling import HEAD_NAMES, keep_training_layout, load_tokenizer, quantization_config
 
     quant = quantization_config("4bit", compute_dtype="float32",
                                 skip_modules=list(HEAD_NAMES) + [".*pooler"])
     base = AutoModelForSequenceClassification.from_pretrained(
         base_dir, num_labels=1, quantization_config=quant, dtype=torch.float32)
     if base.config.pad_token_id is None:
-        base.config.pad_token_id = rerankit.Reranker.load(run_dir, device="cpu").tokenizer.pad_token_id
+        base.config.pad_token_id = load_tokenizer(str(run_dir / "model")).pad_token_id
     keep_training_layout(base)
     return PeftModel.from_pretrained(base, str(run_dir / "model"))
 
@@ -86,7 +86,7 @@ def test_merged_full_precision_model_ranks_like_the_trained_one(tiny_bert_run):
     validator = _validator(result, valid)
     vset = validator.vset
     trained = vset.split_scores(validator.scores(result.model))
-    merged_model = rerankit.Reranker.load(result.output_dir, device="cpu").model
+    merged_model = rerankit.Reranker.load(result.output_dir, device="cpu", dtype="float32").model
     merged = vset.split_scores(validator.scores(merged_model))
     same_top = sum(int(np.argmax(a) == np.argmax(b)) for a, b in zip(trained, merged))
     assert same_top >= len(trained) - 1
@@ -109,7 +109,7 @@ def test_qlora_decoder_trains_with_pad_token(tiny_qwen_dir, toy_data, tmp_path):
     validator = _validator(result, valid)
     reloaded = validator.scores(_reload_4bit(result.output_dir, tiny_qwen_dir))
     np.testing.assert_allclose(reloaded, validator.scores(result.model), atol=1e-5)
-    reranker = rerankit.Reranker.load(result.output_dir, device="cpu")
+    reranker = rerankit.Reranker.load(result.output_dir, device="cpu", dtype="float32")
     # Last-token pooling with padding: a document scores the same alone and beside a longer one.
     alone = reranker.score([("tell me about apple", "apple is old")], raw=True)
     padded = reranker.score([("tell me about apple", "apple is old"),
