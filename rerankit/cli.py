@@ -171,5 +171,36 @@ def eval_command(model_path: str, data_path: str, first_stage: str, top_k: int, 
         Path(out_path).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
 
+@main.command()
+@click.option("--model", "model_path", required=True, help="Run folder, exported folder or HF id.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind (127.0.0.1: this machine only).")
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--api-key", envvar="RERANKIT_API_KEY", default=None,
+              help="Require 'Authorization: Bearer KEY' on the rerank routes (env RERANKIT_API_KEY).")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              show_default=True, help="Inference precision (auto: bf16 where the hardware has it).")
+@click.option("--max-batch-tokens", type=int, default=None,
+              help="Padded tokens per forward pass (default: 2048 on CPU, 32768 on GPU).")
+@click.option("--max-documents", type=int, default=1000, show_default=True)
+@click.option("--max-queue-pairs", type=int, default=20000, show_default=True,
+              help="Pairs waiting before requests are answered 429.")
+@click.option("--no-cross-batching", is_flag=True, help="Score each request on its own.")
+@click.option("--model-name", default="rerankit", show_default=True, help="Name echoed in responses.")
+@_friendly
+def serve(model_path: str, host: str, port: int, api_key: str | None, dtype: str,
+          max_batch_tokens: int | None, max_documents: int, max_queue_pairs: int,
+          no_cross_batching: bool, model_name: str) -> None:
+    """Serve a reranker over HTTP: POST /v2/rerank (Cohere), /rerank (Cohere or TEI body)."""
+    import uvicorn
+
+    from rerankit.server import ServerSettings, create_app
+
+    settings = ServerSettings(model=model_path, model_name=model_name, dtype=dtype, api_key=api_key,
+                              max_batch_tokens=max_batch_tokens, max_documents=max_documents,
+                              max_queue_pairs=max_queue_pairs, cross_batching=not no_cross_batching)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,281 @@
+"""The Litestar app: ``create_app(settings)``.
+
+Routes: ``POST /v2/rerank`` (Cohere v2), ``POST /v1/rerank`` (alias), ``POST /rerank``
+(Cohere body or text-embeddings-inference body), ``GET /health``, ``GET /ping``,
+``GET /metrics`` (Prometheus) and the OpenAPI schema under ``/schema``.
+
+The model loads in the background at start-up (so ``/health`` answers 503 until it is loaded
+and warmed), then lives in one inference worker thread (``worker.py``). Scores are
+``sigmoid(logit)`` in [0, 1] unless the request asks for raw scores. Bad input answers 4xx
+with a JSON body naming the field; a full queue answers 429 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import re
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any, Sequence
+
+import msgspec
+import numpy as np
+from litestar import Litestar, MediaType, Request, Response, get, post
+from litestar.connection import ASGIConnection
+from litestar.datastructures import State
+from litestar.exceptions import (HTTPException, NotAuthorizedException, ServiceUnavailableException,
+                                 TooManyRequestsException, ValidationException)
+from litestar.handlers import BaseRouteHandler
+from litestar.openapi import OpenAPIConfig
+
+from rerankit.server.metrics import CONTENT_TYPE_LATEST, ServerMetrics
+from rerankit.server.schemas import (RerankRequest, RerankResponse, RerankResultItem,
+                                     ResultDocument, TEIRerankRequest, TEIResultItem)
+from rerankit.server.settings import ServerSettings
+from rerankit.server.worker import InferenceWorker, Overloaded
+
+log = logging.getLogger(__name__)
+WARMUP_PAIRS = [("warm-up query", "a short warm-up document"),
+                ("warm-up query", "a longer warm-up document " * 20)]
+
+
+def _field_error(key: str, message: str) -> ValidationException:
+    return ValidationException(detail=f"{key}: {message}", extra=[{"key": key, "message": message}])
+
+
+def _api_key_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    expected = connection.app.state.settings.api_key
+    if expected is None:
+        return
+    header = connection.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise NotAuthorizedException(detail="missing or wrong API key (Authorization: Bearer ...)")
+
+
+def _ready(state: State):
+    if state.reranker is None:
+        reason = f": {state.load_error}" if state.load_error else " (still loading)"
+        raise ServiceUnavailableException(detail=f"model not ready{reason}",
+                                          headers={"Retry-After": "5"})
+    return state.reranker
+
+
+def _truncate_tokens(tokenizer, texts: Sequence[str], max_tokens: int) -> list[str]:
+    """Each text cut after its first ``max_tokens`` tokens (at a character offset, text kept)."""
+    encoded = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True,
+                        truncation=True, max_length=max_tokens)
+    return [text[: offsets[-1][1]] if len(offsets) >= max_tokens else text
+            for text, offsets in zip(texts, encoded["offset_mapping"])]
+
+
+async def _wait_disconnect(request: Request) -> None:
+    """Resolves when the client goes away (the body has been read already)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _rank(request: Request, state: State, query: str, docs: list[str], *,
+                top_n: int | None, max_tokens_per_doc: int | None, raw: bool,
+                docs_field: str) -> list[tuple[int, float]]:
+    """Validate, score through the worker, and return (index, score) best first."""
+    settings: ServerSettings = state.settings
+    if not query.strip():
+        raise _field_error("query", "must not be empty")
+    if not docs:
+        raise _field_error(docs_field, "must hold at least one document")
+    if len(docs) > settings.max_documents:
+        raise _field_error(docs_field, f"at most {settings.max_documents} documents per request, "
+                                       f"got {len(docs)}")
+    for i, doc in enumerate(docs):
+        if len(doc) > settings.max_document_chars:
+            raise _field_error(f"{docs_field}[{i}]", f"longer than {settings.max_document_chars} "
+                                                     "characters")
+    if top_n is not None and top_n < 1:
+        raise _field_error("top_n", f"must be at least 1, got {top_n}")
+    if max_tokens_per_doc is not None and max_tokens_per_doc < 1:
+        raise _field_error("max_tokens_per_doc", f"must be at least 1, got {max_tokens_per_doc}")
+    reranker = _ready(state)
+    if max_tokens_per_doc is not None:
+        docs = _truncate_tokens(reranker.tokenizer, docs, max_tokens_per_doc)
+    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        scores = await state.worker.score([query] * len(docs), docs, disconnected=watcher)
+    except Overloaded:
+        raise TooManyRequestsException(detail="the inference queue is full; retry later",
+                                       headers={"Retry-After": str(settings.retry_after_s)})
+    except ValueError as exc:      # e.g. a query too long for the model's max length
+        raise _field_error("query", str(exc))
+    finally:
+        watcher.cancel()
+    if scores is None:             # client gone: nobody reads the answer
+        raise HTTPException(status_code=499, detail="client closed the request")
+    if not raw:
+        scores = 1.0 / (1.0 + np.exp(-scores.astype(np.float64)))
+    order = np.argsort(-scores, kind="stable")
+    if top_n is not None:
+        order = order[:top_n]      # larger than the list: clamped
+    return [(int(i), float(scores[i])) for i in order]
+
+
+def _texts(documents: list) -> list[str]:
+    return [d if isinstance(d, str) else d.text for d in documents]
+
+
+async def _cohere(request: Request, state: State, data: RerankRequest) -> RerankResponse:
+    docs = _texts(data.documents)
+    ranked = await _rank(request, state, data.query, docs, top_n=data.top_n,
+                         max_tokens_per_doc=data.max_tokens_per_doc, raw=bool(data.raw_scores),
+                         docs_field="documents")
+    results = [RerankResultItem(i, s, ResultDocument(docs[i]) if data.return_documents else None)
+               for i, s in ranked]
+    return RerankResponse(id=str(uuid.uuid4()), results=results,
+                          meta={"api_version": {"version": "2"},
+                                "billed_units": {"search_units": 1},
+                                "model": state.settings.model_name})
+
+
+@post(["/v2/rerank", "/v1/rerank"], status_code=200, guards=[_api_key_guard],
+      summary="Rerank documents (Cohere v2 shape)")
+async def rerank_cohere(request: Request, state: State, data: RerankRequest) -> RerankResponse:
+    return await _cohere(request, state, data)
+
+
+_MSGSPEC_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+
+
+def _convert(data: dict[str, Any], kind: type):
+    try:
+        return msgspec.convert(data, kind)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        match = _MSGSPEC_PATH.search(message)
+        key = match.group("path") if match else "body"
+        raise _field_error(key or "body", _MSGSPEC_PATH.sub("", message)) from None
+
+
+@post("/rerank", status_code=200, guards=[_api_key_guard],
+      summary="Rerank documents: Cohere body, or text-embeddings-inference body (query, texts)")
+async def rerank_any(request: Request, state: State, data: dict[str, Any]) -> Any:
+    if "texts" not in data:
+        return await _cohere(request, state, _convert(data, RerankRequest))
+    tei = _convert(data, TEIRerankRequest)
+    ranked = await _rank(request, state, tei.query, tei.texts, top_n=None, max_tokens_per_doc=None,
+                         raw=bool(tei.raw_scores), docs_field="texts")
+    return [TEIResultItem(i, s, tei.texts[i] if tei.return_text else None) for i, s in ranked]
+
+
+@get("/health", summary="200 once the model is loaded and warmed, else 503")
+async def health(state: State) -> dict[str, str]:
+    _ready(state)
+    return {"status": "ok", "model": state.settings.model_name}
+
+
+@get("/ping", summary="Liveness")
+async def ping() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/metrics", summary="Prometheus metrics", media_type=CONTENT_TYPE_LATEST)
+async def metrics(state: State) -> Response:
+    state.metrics.queue_pairs.set(state.worker.queued_pairs if state.worker else 0)
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+_MISSING = re.compile(r"missing required field `(?P<key>[^`]+)`")
+
+
+def _validation_error(_: Request, exc: ValidationException) -> Response:
+    """400 with a detail that names every bad field, e.g. ``documents: ... missing``."""
+    extra = []
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        item = dict(item)
+        missing = _MISSING.search(str(item.get("message", "")))
+        if not item.get("key") and missing:
+            item["key"] = missing.group("key")
+        extra.append(item)
+    detail = "; ".join(f"{e.get('key') or 'body'}: {e.get('message')}" for e in extra) or exc.detail
+    return Response({"status_code": 400, "detail": detail, "extra": extra}, status_code=400,
+                    media_type=MediaType.JSON)
+
+
+def _metrics_middleware(app):
+    """Counts and times every HTTP request by path and status."""
+
+    async def middleware(scope, receive, send):
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        status = {"code": 500}
+        start = time.perf_counter()
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await app(scope, receive, send_status)
+        finally:
+            scope["app"].state.metrics.observe_request(scope["path"], status["code"],
+                                                       time.perf_counter() - start)
+
+    return middleware
+
+
+def _load(settings: ServerSettings, reranker=None):
+    from rerankit.inference import Reranker
+
+    if reranker is None:
+        reranker = Reranker.load(settings.model, device=settings.device, dtype=settings.dtype)
+    if settings.max_batch_tokens:
+        reranker.max_tokens = settings.max_batch_tokens
+    reranker.score(WARMUP_PAIRS)
+    return reranker
+
+
+def create_app(settings: ServerSettings, reranker=None) -> Litestar:
+    """The app; ``reranker`` (a loaded Reranker) skips loading ``settings.model``."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar):
+        state = app.state
+
+        async def load() -> None:
+            try:
+                loaded = await asyncio.to_thread(_load, settings, reranker)
+            except Exception as exc:  # reported by /health, never a crash of the server
+                log.exception("could not load %s", settings.model)
+                state.load_error = str(exc)
+                return
+            state.worker = InferenceWorker(
+                lambda q, d: np.asarray(loaded.score(list(zip(q, d)), raw=True)),
+                max_queue_pairs=settings.max_queue_pairs, cross_batching=settings.cross_batching,
+                batch_wait_ms=settings.batch_wait_ms, max_pairs_per_round=settings.max_pairs_per_round,
+                on_batch=state.metrics.observe_batch)
+            state.worker.start()
+            state.reranker = loaded
+            log.info("model %s ready", settings.model)
+
+        task = asyncio.create_task(load())
+        try:
+            yield
+        finally:
+            task.cancel()
+            if state.worker is not None:
+                await asyncio.to_thread(state.worker.stop)
+
+    return Litestar(
+        route_handlers=[rerank_cohere, rerank_any, health, ping, metrics],
+        state=State({"settings": settings, "metrics": ServerMetrics(), "reranker": None,
+                     "worker": None, "load_error": None}),
+        lifespan=[lifespan],
+        middleware=[_metrics_middleware],
+        exception_handlers={ValidationException: _validation_error},
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(title="rerankit", version="2"),
+    )

@@ -1,0 +1,34 @@
+"""Server settings: one small frozen object, filled from ``rerankit serve`` options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    # Run folder, exported folder or HF id of the cross-encoder.
+    model: str
+    # Name echoed in responses and accepted in requests' "model" field (any value is accepted).
+    model_name: str = "rerankit"
+    # "auto": bf16 where the hardware runs it natively, else fp32.
+    dtype: str = "auto"
+    device: str | None = None
+    # Bearer token required on the rerank routes; None leaves them open.
+    api_key: str | None = None
+    # Limits: documents per request, request body size, characters per document.
+    max_documents: int = 1000
+    max_body_bytes: int = 5_000_000
+    max_document_chars: int = 100_000
+    # Pairs waiting in the inference queue before new requests get 429.
+    max_queue_pairs: int = 20_000
+    # Padded tokens per forward pass (None: the Reranker's default for the device).
+    max_batch_tokens: int | None = None
+    # Merge pairs of concurrent requests into shared batches.
+    cross_batching: bool = True
+    # Longest wait for other requests to join a batch, in milliseconds.
+    batch_wait_ms: float = 2.0
+    # Pairs scored at most per worker round (bounds one round's latency).
+    max_pairs_per_round: int = 512
+    # Seconds clients are asked to wait after a 429.
+    retry_after_s: int = 1
