@@ -88,3 +88,19 @@ def test_bounded_concurrent_load_loses_nothing_and_answers_each_its_own(server, 
     rounds = [line for line in metrics.splitlines() if line.startswith("rerankit_batch_requests_count")]
     # 48 requests (+ the earlier one and warm-up-free rounds) in fewer rounds: batches were shared
     assert float(rounds[0].split()[-1]) < float(merged[0].split()[-1])
+
+
+def test_the_cohere_sdk_works_unchanged_with_a_base_url(server, tiny_bert_run):
+    cohere = pytest.importorskip("cohere")
+    reranker = Reranker.load(tiny_bert_run[0].output_dir, device="cpu", dtype="float32")
+    docs = ["zinc quartz oxide", "apple story with apple", "the river", "quartz zinc"]
+    want = np.array(reranker.score([("tell me about apple", d) for d in docs]))
+    v2 = cohere.ClientV2(api_key="k3y", base_url=server)
+    response = v2.rerank(model="rerankit", query="tell me about apple", documents=docs, top_n=2)
+    assert [r.index for r in response.results] == list(np.argsort(-want, kind="stable")[:2])
+    assert response.results[0].relevance_score == pytest.approx(want.max(), abs=1e-5)
+    v1 = cohere.Client(api_key="k3y", base_url=server)
+    response = v1.rerank(model="rerankit", query="tell me about apple", documents=docs,
+                         return_documents=True)
+    assert [r.index for r in response.results] == list(np.argsort(-want, kind="stable"))
+    assert response.results[0].document.text == docs[response.results[0].index]
