@@ -152,3 +152,45 @@ def tiny_bert_run(tiny_bert_dir, tmp_path_factory):
     valid = write_jsonl(folder / "valid.jsonl",
                         [dict(l, query_text="valid " + l["query_text"]) for l in toy_lines(16, seed=2)])
     return rerankit.fit(tiny_config(tiny_bert_dir, train, valid, folder / "run")), valid
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def rerankit_server(tiny_bert_run):
+    """`rerankit serve` on the tiny run as a real process on a loopback port (API key "k3y")."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    port = free_port()
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rerankit", "serve", "--model", str(tiny_bert_run[0].output_dir),
+         "--port", str(port), "--dtype", "float32", "--api-key", "k3y"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise AssertionError("server did not become healthy")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

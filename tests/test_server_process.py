@@ -1,10 +1,6 @@
 """`rerankit serve` as a real process on a loopback port: HTTP end to end and a bounded load test."""
 
 import concurrent.futures
-import os
-import socket
-import subprocess
-import sys
 import time
 
 import httpx
@@ -16,53 +12,20 @@ from rerankit import Reranker
 pytestmark = pytest.mark.smoke
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tiny_bert_run):
-    port = free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rerankit", "serve", "--model", str(tiny_bert_run[0].output_dir),
-         "--port", str(port), "--dtype", "float32", "--api-key", "k3y"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise AssertionError("server did not become healthy")
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-def test_real_process_answers_cohere_requests(server, tiny_bert_run):
+def test_real_process_answers_cohere_requests(rerankit_server, tiny_bert_run):
     reranker = Reranker.load(tiny_bert_run[0].output_dir, device="cpu", dtype="float32")
     docs = ["zinc quartz", "apple story", "the river"]
     headers = {"Authorization": "Bearer k3y"}
-    response = httpx.post(f"{server}/v2/rerank", headers=headers, timeout=30,
+    response = httpx.post(f"{rerankit_server}/v2/rerank", headers=headers, timeout=30,
                           json={"model": "rerankit", "query": "tell me about apple", "documents": docs})
     assert response.status_code == 200
     want = reranker.score([("tell me about apple", d) for d in docs])
     got = {r["index"]: r["relevance_score"] for r in response.json()["results"]}
     assert got == pytest.approx(dict(enumerate(want)), abs=1e-5)
-    assert httpx.post(f"{server}/v2/rerank", json={"query": "q", "documents": ["d"]}).status_code == 401
+    assert httpx.post(f"{rerankit_server}/v2/rerank", json={"query": "q", "documents": ["d"]}).status_code == 401
 
 
-def test_bounded_concurrent_load_loses_nothing_and_answers_each_its_own(server, tiny_bert_run):
+def test_bounded_concurrent_load_loses_nothing_and_answers_each_its_own(rerankit_server, tiny_bert_run):
     reranker = Reranker.load(tiny_bert_run[0].output_dir, device="cpu", dtype="float32")
     words = ["apple", "zinc", "river", "quartz", "castle", "oxide", "piano", "tiger"]
     requests = [(f"tell me about {words[i % 8]}",
@@ -71,7 +34,7 @@ def test_bounded_concurrent_load_loses_nothing_and_answers_each_its_own(server, 
 
     def send(item):
         query, docs = item
-        r = httpx.post(f"{server}/v2/rerank", headers=headers, timeout=60,
+        r = httpx.post(f"{rerankit_server}/v2/rerank", headers=headers, timeout=60,
                        json={"query": query, "documents": docs})
         return r.status_code, {x["index"]: x["relevance_score"] for x in r.json()["results"]}
 
@@ -83,23 +46,23 @@ def test_bounded_concurrent_load_loses_nothing_and_answers_each_its_own(server, 
     for (query, docs), (_, got) in zip(requests, answers):
         want = reranker.score([(query, d) for d in docs])
         assert got == pytest.approx(dict(enumerate(want)), abs=1e-5)
-    metrics = httpx.get(f"{server}/metrics").text
+    metrics = httpx.get(f"{rerankit_server}/metrics").text
     merged = [line for line in metrics.splitlines() if line.startswith("rerankit_batch_requests_sum")]
     rounds = [line for line in metrics.splitlines() if line.startswith("rerankit_batch_requests_count")]
     # 48 requests (+ the earlier one and warm-up-free rounds) in fewer rounds: batches were shared
     assert float(rounds[0].split()[-1]) < float(merged[0].split()[-1])
 
 
-def test_the_cohere_sdk_works_unchanged_with_a_base_url(server, tiny_bert_run):
+def test_the_cohere_sdk_works_unchanged_with_a_base_url(rerankit_server, tiny_bert_run):
     cohere = pytest.importorskip("cohere")
     reranker = Reranker.load(tiny_bert_run[0].output_dir, device="cpu", dtype="float32")
     docs = ["zinc quartz oxide", "apple story with apple", "the river", "quartz zinc"]
     want = np.array(reranker.score([("tell me about apple", d) for d in docs]))
-    v2 = cohere.ClientV2(api_key="k3y", base_url=server)
+    v2 = cohere.ClientV2(api_key="k3y", base_url=rerankit_server)
     response = v2.rerank(model="rerankit", query="tell me about apple", documents=docs, top_n=2)
     assert [r.index for r in response.results] == list(np.argsort(-want, kind="stable")[:2])
     assert response.results[0].relevance_score == pytest.approx(want.max(), abs=1e-5)
-    v1 = cohere.Client(api_key="k3y", base_url=server)
+    v1 = cohere.Client(api_key="k3y", base_url=rerankit_server)
     response = v1.rerank(model="rerankit", query="tell me about apple", documents=docs,
                          return_documents=True)
     assert [r.index for r in response.results] == list(np.argsort(-want, kind="stable"))

@@ -1,0 +1,79 @@
+"""LangChain: ``RerankitCompressor``, a ``langchain_core`` document compressor.
+
+    from rerankit.integrations.langchain import RerankitCompressor
+    compressor = RerankitCompressor(model="outputs/run1", top_n=5)              # in-process
+    compressor = RerankitCompressor(base_url="http://127.0.0.1:8080", top_n=5)  # rerankit server
+    retriever = ContextualCompressionRetriever(base_compressor=compressor, base_retriever=base)
+    chain = {"documents": base, "query": RunnablePassthrough()} | compressor.as_runnable()
+
+Returns copies of the documents, best first, with ``metadata["relevance_score"]``; the
+caller's documents are not changed. Depends on ``langchain-core`` only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from rerankit.errors import require
+
+require("langchain_core", "langchain")
+
+from langchain_core.callbacks import Callbacks  # noqa: E402
+from langchain_core.documents import BaseDocumentCompressor, Document  # noqa: E402
+from langchain_core.runnables import Runnable, RunnableLambda  # noqa: E402
+from pydantic import ConfigDict, PrivateAttr  # noqa: E402
+
+from rerankit.integrations.backend import backend_for  # noqa: E402
+
+
+class RerankitCompressor(BaseDocumentCompressor):
+    """Reranks retrieved documents with a rerankit model, in-process or over HTTP."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    model: Optional[str] = None        # run folder, exported folder or HF id (in-process)
+    base_url: Optional[str] = None     # a rerankit server instead
+    api_key: Optional[str] = None
+    top_n: Optional[int] = 3           # None keeps every document
+    score_threshold: Optional[float] = None
+    timeout: float = 30.0
+    max_retries: int = 3
+    dtype: str = "auto"
+    _backend: Any = PrivateAttr()
+
+    def __init__(self, reranker: Any = None, **data: Any) -> None:
+        super().__init__(**data)
+        self._backend = backend_for(self, reranker)
+
+    def _select(self, documents: Sequence[Document], ranked) -> list[Document]:
+        out = []
+        for index, score in ranked:
+            if self.score_threshold is not None and score < self.score_threshold:
+                continue
+            doc = documents[index]
+            out.append(Document(page_content=doc.page_content, id=doc.id,
+                                metadata={**doc.metadata, "relevance_score": score}))
+        return out
+
+    def compress_documents(self, documents: Sequence[Document], query: str,
+                           callbacks: Callbacks = None) -> Sequence[Document]:
+        if not documents:
+            return []
+        ranked = self._backend.rank(query, [d.page_content for d in documents], self.top_n)
+        return self._select(documents, ranked)
+
+    async def acompress_documents(self, documents: Sequence[Document], query: str,
+                                  callbacks: Callbacks = None) -> Sequence[Document]:
+        if not documents:
+            return []
+        ranked = await self._backend.arank(query, [d.page_content for d in documents], self.top_n)
+        return self._select(documents, ranked)
+
+    def as_runnable(self) -> Runnable:
+        """A Runnable taking ``{"documents": [...], "query": str}`` (sync and async)."""
+        return RunnableLambda(
+            lambda x: list(self.compress_documents(x["documents"], x["query"])),
+            afunc=self._arun, name="RerankitCompressor")
+
+    async def _arun(self, x: dict) -> list[Document]:
+        return list(await self.acompress_documents(x["documents"], x["query"]))

@@ -1,0 +1,83 @@
+"""LlamaIndex: ``RerankitRerank``, a ``llama_index.core`` node postprocessor.
+
+    from rerankit.integrations.llamaindex import RerankitRerank
+    engine = index.as_query_engine(similarity_top_k=20,
+                                   node_postprocessors=[RerankitRerank(model="outputs/run1", top_n=5)])
+
+Sets ``NodeWithScore.score`` to the relevance score, sorts, keeps ``top_n``, optionally keeps
+the retriever's score in ``metadata["retrieval_score"]``, and emits LlamaIndex's
+``ReRankStartEvent``/``ReRankEndEvent``. Depends on ``llama-index-core`` only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+from rerankit.errors import require
+
+require("llama_index.core", "llamaindex")
+
+from llama_index.core.bridge.pydantic import Field, PrivateAttr  # noqa: E402
+from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
+from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent  # noqa: E402
+from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle  # noqa: E402
+
+from rerankit.integrations.backend import backend_for  # noqa: E402
+
+dispatcher = get_dispatcher(__name__)
+
+
+class RerankitRerank(BaseNodePostprocessor):
+    """Reranks retrieved nodes with a rerankit model, in-process or over HTTP."""
+
+    top_n: int = Field(default=3, description="Nodes kept after reranking.")
+    model: Optional[str] = Field(default=None, description="Run folder, export or HF id.")
+    base_url: Optional[str] = Field(default=None, description="A rerankit server instead.")
+    api_key: Optional[str] = Field(default=None)
+    keep_retrieval_score: bool = Field(default=False)
+    timeout: float = Field(default=30.0)
+    max_retries: int = Field(default=3)
+    dtype: str = Field(default="auto")
+    _backend: Any = PrivateAttr()
+
+    def __init__(self, reranker: Any = None, **data: Any) -> None:
+        super().__init__(**data)
+        self._backend = backend_for(self, reranker)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "RerankitRerank"
+
+    def _texts(self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle]) -> list[str]:
+        if query_bundle is None:
+            raise ValueError("RerankitRerank needs the query: pass query_str or query_bundle")
+        dispatcher.event(ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self.top_n,
+                                          model_name=self._backend.name))
+        return [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
+
+    def _apply(self, nodes: List[NodeWithScore], ranked) -> List[NodeWithScore]:
+        out = []
+        for index, score in ranked:
+            node = nodes[index]
+            if self.keep_retrieval_score:
+                node.node.metadata["retrieval_score"] = node.score
+            out.append(NodeWithScore(node=node.node, score=score))
+        dispatcher.event(ReRankEndEvent(nodes=out))
+        return out
+
+    @dispatcher.span
+    def _postprocess_nodes(self, nodes: List[NodeWithScore],
+                           query_bundle: Optional[QueryBundle] = None) -> List[NodeWithScore]:
+        if not nodes:
+            return []
+        texts = self._texts(nodes, query_bundle)
+        return self._apply(nodes, self._backend.rank(query_bundle.query_str, texts, self.top_n))
+
+    @dispatcher.span
+    async def _apostprocess_nodes(self, nodes: List[NodeWithScore],
+                                  query_bundle: Optional[QueryBundle] = None) -> List[NodeWithScore]:
+        if not nodes:
+            return []
+        texts = self._texts(nodes, query_bundle)
+        return self._apply(nodes, await self._backend.arank(query_bundle.query_str, texts, self.top_n))
