@@ -176,7 +176,7 @@ def build_model(config) -> BuiltModel:
                 setattr(hf_config, name, mcfg.dropout)
 
     # transformers matches these as a prefix, a suffix or a regex from the start of the name.
-    skip = list(HEAD_NAMES) + [f".*{name}" for name in POOLER_NAMES] + list(lcfg.modules_to_save)
+    skip = [*HEAD_NAMES, *(f".*{name}" for name in POOLER_NAMES), *lcfg.modules_to_save]
     quant = quantization_config(qcfg.mode, qcfg.quant_type, qcfg.double_quant,
                                 qcfg.compute_dtype, skip)
     try:

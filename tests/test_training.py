@@ -157,3 +157,11 @@ def test_interrupted_run_is_not_loadable_and_resumes(tiny_bert_dir, toy_data, tm
     assert resumed.metrics["evaluations"][-1]["ndcg@10"] == pytest.approx(
         straight.metrics["evaluations"][-1]["ndcg@10"], abs=1e-6)
     assert (out / "run.json").exists()
+
+
+def test_8bit_base_trains_too(tiny_bert_dir, toy_data, tmp_path):
+    train, valid = toy_data
+    result = _fit(tiny_bert_dir, train, valid, tmp_path / "run", quantization={"mode": "8bit"})
+    m = result.metrics
+    assert m["best"]["ndcg@10"] > m["baseline"]["ndcg@10"]
+    assert json.loads((tmp_path / "run/run.json").read_text())["trained_quantization"] == "8bit"
