@@ -172,6 +172,40 @@ def eval_command(model_path: str, data_path: str, first_stage: str, top_k: int, 
 
 
 @main.command()
+@click.argument("data_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--valid-ratio", type=float, default=0.1, show_default=True)
+@click.option("--group-by", type=click.Choice(["query", "source_chunk"]), default="query",
+              show_default=True, help="Keep each query (or also each source chunk) on one side.")
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--out-dir", type=click.Path(file_okay=False), default=None,
+              help="Where train.jsonl and valid.jsonl go (default: beside the input).")
+@_friendly
+def split(data_path: str, valid_ratio: float, group_by: str, seed: int, out_dir: str | None) -> None:
+    """Split seed-format JSONL into train/valid by query, deterministically for the seed."""
+    from rerankit.data import read_records, write_records
+    from rerankit.split import split_records
+
+    records, report = read_records(data_path)
+    try:
+        train, valid = split_records(records, valid_ratio, seed, group_by)
+    except ValueError as exc:
+        raise RerankitError(f"{data_path}: {exc}") from None
+    folder = Path(out_dir) if out_dir else Path(data_path).parent
+    stem = Path(data_path).stem
+    paths = {name: folder / f"{stem}.{name}.jsonl" for name in ("train", "valid")}
+    write_records(train, paths["train"])
+    write_records(valid, paths["valid"])
+    summary = {"input": data_path, "seed": seed, "group_by": group_by, "valid_ratio": valid_ratio,
+               "train": {"path": str(paths["train"]), "queries": len(train)},
+               "valid": {"path": str(paths["valid"]), "queries": len(valid)},
+               "data_report": report.summary()}
+    (folder / f"{stem}.split.json").write_text(json.dumps(summary, indent=2) + "\n")
+    click.echo(report.summary())
+    click.echo(f"train: {len(train)} queries -> {paths['train']}\nvalid: {len(valid)} queries -> "
+               f"{paths['valid']}")
+
+
+@main.command()
 @click.option("--model", "model_path", required=True, help="Run folder, exported folder or HF id.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to bind (127.0.0.1: this machine only).")

@@ -55,3 +55,24 @@ def test_train_and_rerank_from_the_cli(tiny_bert_dir, toy_data, tmp_path):
     assert [r["rank"] for r in ranked] == [0, 1, 2]
     assert ranked[0]["index"] == 1 and ranked[0]["text"] == texts[1]
     assert all(0 <= r["score"] <= 1 for r in ranked)
+
+
+def test_split_writes_disjoint_train_and_valid_files(tmp_path):
+    from conftest import toy_lines, write_jsonl
+    from rerankit.data import read_records
+
+    data = write_jsonl(tmp_path / "all.jsonl", toy_lines(40, seed=3))
+    out = tmp_path / "split"
+    args = ["split", str(data), "--valid-ratio", "0.25", "--group-by", "source_chunk",
+            "--seed", "1", "--out-dir", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    train, _ = read_records(out / "all.train.jsonl")
+    valid, _ = read_records(out / "all.valid.jsonl")
+    assert len(train) + len(valid) == 40 and 8 <= len(valid) <= 12
+    assert {r.source_chunk for r in train}.isdisjoint({r.source_chunk for r in valid})
+    summary = json.loads((out / "all.split.json").read_text())
+    assert summary["valid"]["queries"] == len(valid)
+    first = (out / "all.valid.jsonl").read_text()
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert (out / "all.valid.jsonl").read_text() == first      # same seed, same split
