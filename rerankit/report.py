@@ -48,7 +48,7 @@ def write_report(path: Path, metrics: dict[str, Any], config, digest: str,
         rows.append((f"**best** (step {metrics['best']['step']})", metrics["best"]))
     data = metrics["data"]
     text = [
-        f"# rerankit run report",
+        "# rerankit run report",
         "",
         f"- backbone: `{config.model.name_or_path}`, quantization: {config.quantization.mode}, "
         f"LoRA: {'r=%d' % config.lora.r if config.lora.enabled else 'off'}, "

@@ -29,7 +29,11 @@ class RerankRequest(msgspec.Struct, forbid_unknown_fields=False):
 
 
 class TEIRerankRequest(msgspec.Struct, forbid_unknown_fields=False):
-    """text-embeddings-inference ``POST /rerank`` body."""
+    """text-embeddings-inference ``POST /rerank`` body.
+
+    ``truncate`` and ``truncation_direction`` are accepted for compatibility; rerankit always
+    truncates the document (never the query) to the model's length.
+    """
 
     query: str
     texts: list[str]
@@ -59,9 +63,3 @@ class TEIResultItem(msgspec.Struct, omit_defaults=True):
     index: int
     score: float
     text: Union[str, None] = None
-
-
-class ErrorBody(msgspec.Struct):
-    status_code: int
-    detail: str
-    extra: Union[list[dict[str, Any]], None] = None
