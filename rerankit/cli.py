@@ -172,6 +172,47 @@ def eval_command(model_path: str, data_path: str, first_stage: str, top_k: int, 
 
 
 @main.command()
+@click.option("--corpus", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="corpus.jsonl ({_id, text, title?} or {doc_id, text}).")
+@click.option("--queries", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="queries.jsonl ({_id, text}); only queries with a positive in --qrels are mined.")
+@click.option("--qrels", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="TSV query-id, corpus-id, score; scores > 0 are positives.")
+@click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Seed JSONL lines with positives (instead of queries + qrels).")
+@click.option("--method", type=click.Choice(["bm25", "dense", "hybrid"]), default="bm25",
+              show_default=True)
+@click.option("--num-negatives", type=int, default=15, show_default=True)
+@click.option("--skip-top", type=int, default=0, show_default=True,
+              help="Skip the best N non-positive candidates (likely unlabelled positives).")
+@click.option("--margin", type=float, default=None,
+              help="False-negative guard: drop candidates scoring within this margin of the weakest positive.")
+@click.option("--dense-model", default="sentence-transformers/all-MiniLM-L6-v2", show_default=True,
+              help="Bi-encoder for dense/hybrid (path or hub id; the default is packaged).")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False))
+@_friendly
+def mine(corpus: str | None, queries: str | None, qrels: str | None, input_path: str | None,
+         method: str, num_negatives: int, skip_top: int, margin: float | None, dense_model: str,
+         out_path: str) -> None:
+    """Mine hard negatives and write seed-format JSONL for training."""
+    from rerankit import mining
+    from rerankit.data import write_records
+
+    if input_path:
+        data = mining.from_seed_lines(input_path, corpus)
+    elif corpus and queries and qrels:
+        data = mining.from_beir(corpus, queries, qrels)
+    else:
+        raise RerankitError("give --corpus, --queries and --qrels, or --input (seed lines)")
+    records = mining.mine(data, method=method, num_negatives=num_negatives, skip_top=skip_top,
+                          margin=margin, dense_model=dense_model)
+    write_records(records, out_path)
+    short = sum(len(r.negatives) < num_negatives for r in records)
+    click.echo(f"{len(records)} queries mined by {method} over {len(data.corpus)} documents -> "
+               f"{out_path}" + (f" ({short} with fewer than {num_negatives} negatives)" if short else ""))
+
+
+@main.command()
 @click.argument("data_path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--valid-ratio", type=float, default=0.1, show_default=True)
 @click.option("--group-by", type=click.Choice(["query", "source_chunk"]), default="query",

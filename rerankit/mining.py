@@ -1,0 +1,180 @@
+"""Hard-negative mining: (queries, corpus, qrels) or positive-only seed lines -> seed-format JSONL.
+
+First stages: ``bm25`` (bm25s), ``dense`` (a sentence-transformers bi-encoder; the packaged
+all-MiniLM-L6-v2 by default) and ``hybrid`` (reciprocal-rank fusion of the two, k=60).
+For each query, candidates come from the first stage's ranking, minus:
+
+- every positive of the query, by doc_id and by identical text;
+- the ``skip_top`` best remaining candidates (the usual home of unlabelled positives);
+- with ``margin`` set, candidates the dense model scores within ``margin`` (cosine) of the
+  query's weakest positive (a false-negative guard; bm25 uses its own scores relative to the
+  weakest positive: candidates above ``(1 - margin)`` times it are dropped).
+
+The next ``num_negatives`` candidates become the line's negatives. Rankings are
+deterministic (ties keep corpus order), so the same inputs give the same file.
+
+sentence-transformers' ``util.mine_hard_negatives`` is not used: it works on single
+(anchor, positive) pairs and dense scores only, and rerankit needs several positives per
+query and a lexical first stage.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+
+from rerankit.data import Doc, QueryRecord, iter_jsonl, read_records
+from rerankit.errors import DataError
+
+RRF_K = 60
+
+
+@dataclass
+class MiningInput:
+    corpus: dict[str, str]                # doc_id -> text, in file order
+    queries: dict[str, str]               # query id -> text
+    positives: dict[str, list[str]]       # query id -> positive doc_ids
+
+
+def _jsonl_rows(path: str | Path, required: Sequence[str]) -> list[dict]:
+    rows = []
+    for number, line in iter_jsonl(path):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"not valid JSON: {exc.msg}", path=str(path), line=number) from None
+        for key in required:
+            if not isinstance(row, dict) or key not in row:
+                raise DataError("required key is missing", path=str(path), line=number, field=key)
+        rows.append(row)
+    return rows
+
+
+def read_corpus(path: str | Path) -> dict[str, str]:
+    """BEIR corpus.jsonl (``_id``, ``text``, optional ``title``) or seed-style ``doc_id``/``text``."""
+    corpus = {}
+    for row in _jsonl_rows(path, ["text"]):
+        doc_id = row.get("_id", row.get("doc_id"))
+        if doc_id is None:
+            raise DataError("a document needs '_id' or 'doc_id'", path=str(path), field="_id")
+        corpus[str(doc_id)] = row["text"]
+    return corpus
+
+
+def read_qrels(path: str | Path) -> dict[str, list[str]]:
+    """``query-id  corpus-id  score`` (TSV, optional header); graded scores > 0 are positive."""
+    positives: dict[str, list[str]] = {}
+    try:
+        with Path(path).open(encoding="utf-8") as handle:
+            for number, row in enumerate(csv.reader(handle, delimiter="\t"), start=1):
+                if not row or (number == 1 and row[0] == "query-id"):
+                    continue
+                if len(row) < 3:
+                    raise DataError("expected query-id, corpus-id, score", path=str(path), line=number)
+                try:
+                    score = float(row[2])
+                except ValueError:
+                    raise DataError(f"score must be a number, got {row[2]!r}", path=str(path),
+                                    line=number, field="score") from None
+                if score > 0:
+                    positives.setdefault(row[0], []).append(row[1])
+    except OSError as exc:
+        raise DataError(f"cannot open: {exc.strerror or exc}", path=str(path)) from None
+    return positives
+
+
+def from_beir(corpus: str | Path, queries: str | Path, qrels: str | Path) -> MiningInput:
+    docs = read_corpus(corpus)
+    texts = {str(r["_id"]): r["text"] for r in _jsonl_rows(queries, ["_id", "text"])}
+    positives = {q: [d for d in ids if d in docs] for q, ids in read_qrels(qrels).items() if q in texts}
+    return MiningInput(docs, {q: texts[q] for q in positives if positives[q]},
+                       {q: ids for q, ids in positives.items() if ids})
+
+
+def from_seed_lines(path: str | Path, corpus: str | Path | None = None) -> MiningInput:
+    """Positive-only seed lines; the corpus defaults to every document in the file."""
+    records, _ = read_records(path)
+    docs: dict[str, str] = read_corpus(corpus) if corpus else {}
+    for rec in records:
+        for doc in rec.positives + rec.negatives:
+            docs.setdefault(doc.doc_id, doc.text)
+    return MiningInput(docs, {str(i): r.query for i, r in enumerate(records)},
+                       {str(i): [d.doc_id for d in r.positives] for i, r in enumerate(records)})
+
+
+def _dense_scores(model_name: str, queries: list[str], docs: list[str]) -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    from rerankit.modeling import resolve_model_path
+
+    model = SentenceTransformer(resolve_model_path(model_name))
+    doc_emb = model.encode(docs, normalize_embeddings=True, show_progress_bar=True, batch_size=64)
+    query_emb = model.encode(queries, normalize_embeddings=True, show_progress_bar=False)
+    return query_emb @ doc_emb.T        # [queries, docs] cosine
+
+
+def _bm25_scores(queries: list[str], docs: list[str]) -> np.ndarray:
+    import bm25s
+
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(docs, stopwords="en", show_progress=False), show_progress=False)
+    tokens = bm25s.tokenize(queries, stopwords="en", show_progress=False, return_ids=False)
+    return np.stack([retriever.get_scores(t) if t else np.zeros(len(docs)) for t in tokens])
+
+
+def _ranking(scores: np.ndarray) -> np.ndarray:
+    """Doc indices best first per query; ties keep corpus order."""
+    return np.argsort(-scores, axis=1, kind="stable")
+
+
+def mine(data: MiningInput, *, method: Literal["bm25", "dense", "hybrid"] = "bm25",
+         num_negatives: int = 15, skip_top: int = 0, margin: float | None = None,
+         dense_model: str = "sentence-transformers/all-MiniLM-L6-v2") -> list[QueryRecord]:
+    """Mine negatives for every query with a positive (see the module docstring)."""
+    qids = list(data.positives)
+    doc_ids = list(data.corpus)
+    docs = [data.corpus[d] for d in doc_ids]
+    queries = [data.queries[q] for q in qids]
+    position = {d: i for i, d in enumerate(doc_ids)}
+    dense = _dense_scores(dense_model, queries, docs) if method in ("dense", "hybrid") else None
+    lexical = _bm25_scores(queries, docs) if method in ("bm25", "hybrid") else None
+    if method == "hybrid":
+        # Reciprocal-rank fusion: 1/(k + rank) summed over both rankings.
+        fused = np.zeros_like(dense)
+        for scores in (dense, lexical):
+            ranks = np.empty_like(scores, dtype=np.int64)
+            rows = np.arange(scores.shape[0])[:, None]
+            ranks[rows, _ranking(scores)] = np.arange(scores.shape[1])
+            fused += 1.0 / (RRF_K + ranks + 1)
+        order = _ranking(fused)
+    else:
+        order = _ranking(dense if method == "dense" else lexical)
+    guard = dense if dense is not None else lexical
+
+    records = []
+    for row, qid in enumerate(qids):
+        pos_ids = data.positives[qid]
+        pos_texts = {data.corpus[d] for d in pos_ids}
+        floor = None
+        if margin is not None:
+            weakest = min(guard[row, position[d]] for d in pos_ids)
+            floor = weakest - margin if dense is not None else (1 - margin) * weakest
+        candidates = [i for i in order[row]
+                      if doc_ids[i] not in pos_ids and docs[i] not in pos_texts]
+        negatives = []
+        for i in candidates[skip_top:]:
+            if floor is not None and guard[row, i] >= floor:
+                continue
+            negatives.append(Doc(doc_ids[i], docs[i]))
+            if len(negatives) == num_negatives:
+                break
+        records.append(QueryRecord(
+            data.queries[qid], tuple(Doc(d, data.corpus[d]) for d in pos_ids), tuple(negatives),
+            source_chunk=pos_ids[0] if len(pos_ids) == 1 else None,
+            meta={"query_id": qid, "mined_by": method}))
+    return records

@@ -1,0 +1,87 @@
+"""`rerankit mine`: exclusion of positives, the rank window, the guard, determinism, valid output."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from rerankit import mining
+from rerankit.cli import main
+from rerankit.data import read_records
+
+pytestmark = pytest.mark.smoke
+
+CORPUS = {
+    "d1": "the apple orchard grows red apple trees",
+    "d2": "apple pie recipe with apple and sugar",
+    "d3": "apple pie recipe with apple and sugar",          # same text as d2, another id
+    "d4": "river boats on the river bank",
+    "d5": "apple computers and the apple logo",
+    "d6": "piano lessons for children",
+    "d7": "the castle on the hill",
+}
+
+
+@pytest.fixture
+def beir(tmp_path):
+    (tmp_path / "corpus.jsonl").write_text("".join(
+        json.dumps({"_id": k, "title": "", "text": v}) + "\n" for k, v in CORPUS.items()))
+    queries = [{"_id": "q1", "text": "apple pie recipe"}, {"_id": "q2", "text": "river boats"},
+               {"_id": "q3", "text": "not judged"}]
+    (tmp_path / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td2\t2\nq2\td4\t1\nq2\td6\t0\n")
+    return tmp_path
+
+
+def test_bm25_mining_excludes_positives_by_id_and_text(beir):
+    data = mining.from_beir(beir / "corpus.jsonl", beir / "queries.jsonl", beir / "qrels.tsv")
+    assert set(data.queries) == {"q1", "q2"}          # q3 has no qrels; q2's d6 is graded 0
+    records = mining.mine(data, method="bm25", num_negatives=3)
+    q1 = records[0]
+    assert [d.doc_id for d in q1.positives] == ["d2"]
+    negatives = [d.doc_id for d in q1.negatives]
+    assert "d2" not in negatives and "d3" not in negatives   # same text as the positive
+    assert negatives[:2] == ["d1", "d5"] or negatives[:2] == ["d5", "d1"]
+    assert len(negatives) == 3 and q1.source_chunk == "d2"
+
+
+def test_skip_top_window_and_guard(beir):
+    data = mining.from_beir(beir / "corpus.jsonl", beir / "queries.jsonl", beir / "qrels.tsv")
+    full = [d.doc_id for d in mining.mine(data, num_negatives=4)[0].negatives]
+    skipped = [d.doc_id for d in mining.mine(data, num_negatives=3, skip_top=1)[0].negatives]
+    assert skipped == full[1:4]
+    guarded = mining.mine(data, num_negatives=4, margin=0.9)[0]
+    # bm25 guard: anything above 10% of the positive's score is dropped
+    assert len(guarded.negatives) < len(full)
+
+
+def test_dense_and_hybrid_with_the_packaged_minilm(beir):
+    data = mining.from_beir(beir / "corpus.jsonl", beir / "queries.jsonl", beir / "qrels.tsv")
+    for method in ("dense", "hybrid"):
+        records = mining.mine(data, method=method, num_negatives=2)
+        assert all(len(r.negatives) == 2 for r in records)
+        assert "d3" not in [d.doc_id for d in records[0].negatives]
+        assert records == mining.mine(data, method=method, num_negatives=2)   # deterministic
+
+
+def test_cli_writes_lines_the_training_reader_accepts(beir, tmp_path):
+    out = tmp_path / "mined.jsonl"
+    args = ["mine", "--corpus", str(beir / "corpus.jsonl"), "--queries", str(beir / "queries.jsonl"),
+            "--qrels", str(beir / "qrels.tsv"), "--num-negatives", "2", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    records, report = read_records(out)
+    assert len(records) == 2 and report.dropped_negatives_equal_to_positive == 0
+    first = out.read_text()
+    assert CliRunner().invoke(main, args).exit_code == 0 and out.read_text() == first
+
+    # positive-only seed lines; the corpus is every document in the file
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"query_text": q, "positives": [{"doc_id": d, "text": CORPUS[d]}]})
+                             + "\n" for q, d in [("apple pie", "d2"), ("river", "d4"), ("castle", "d7")]))
+    result = CliRunner().invoke(main, ["mine", "--input", str(pairs), "--num-negatives", "2",
+                                       "--out", str(tmp_path / "m2.jsonl")])
+    assert result.exit_code == 0, result.output
+    mined, _ = read_records(tmp_path / "m2.jsonl")
+    assert [len(r.negatives) for r in mined] == [2, 2, 2]
+    assert CliRunner().invoke(main, ["mine", "--out", str(out)]).exit_code == 2
