@@ -88,7 +88,6 @@ class Reranker:
         natively (CUDA with bf16, CPUs with AVX512-BF16/AMX) and fp32 elsewhere; pass
         ``dtype="float32"`` for scores identical to sentence-transformers' fp32.
         """
-
         device = device or default_device()
         if dtype is None or dtype == "auto":
             dtype = _default_dtype(device)

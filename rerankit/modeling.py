@@ -213,12 +213,12 @@ def encode_pairs(tokenizer, queries: Sequence[str], docs: Sequence[str], max_len
 
     Raises ValueError when a query alone leaves no room for its document.
     """
-    query_lengths = tokenizer(list(queries), add_special_tokens=False)["input_ids"]
-    longest = max((len(ids) for ids in query_lengths), default=0)
+    unique = list(dict.fromkeys(queries))      # one query usually comes with many documents
+    lengths = [len(ids) for ids in tokenizer(unique, add_special_tokens=False)["input_ids"]]
+    longest = max(lengths, default=0)
     if longest > max_length - 8:
-        index = max(range(len(query_lengths)), key=lambda i: len(query_lengths[i]))
         raise ValueError(
             f"query of {longest} tokens leaves no room for the document within max_length="
-            f"{max_length}: {queries[index][:80]!r}")
+            f"{max_length}: {unique[lengths.index(longest)][:80]!r}")
     return tokenizer(list(queries), list(docs), truncation="only_second", max_length=max_length,
                      padding=padding, return_tensors=return_tensors)
