@@ -161,7 +161,8 @@ def eval_command(model_path: str, data_path: str, first_stage: str, top_k: int, 
         result = evaluate_seed_file(reranker, data_path, recall_at=recall_at)
     result["model"] = model_path
     click.echo(metrics_table([(result["first_stage"]["name"], result["first_stage"]),
-                              (f"reranked by {model_path}", result["reranked"])],
+                              (f"reranked by {model_path}", result["reranked"]),
+                              ("fused: RRF(first stage, reranker)", result["fused"])],
                              f"recall@{recall_at}"))
     delta = result["reranked"]["ndcg@10"] - result["first_stage"]["ndcg@10"]
     click.echo(f"\nndcg@10 {delta:+.4f} over the first stage on {result['queries']} queries")

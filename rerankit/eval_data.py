@@ -7,6 +7,8 @@ Two inputs:
 - a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``): BM25 retrieves
   the top ``k`` of the whole corpus for each judged query and the reranker reorders them.
   Metrics are over the full qrels, so a positive BM25 missed counts against both.
+
+Both also report the reciprocal-rank fusion of BM25's order with the reranker's.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from typing import Any
 
 from rerankit.data import iter_jsonl, read_records
 from rerankit.errors import DataError
+import numpy as np
+
 from rerankit.evaluation import ValidationSet
+from rerankit.fusion import rrf
 from rerankit.metrics import ranking_metrics
 
 
@@ -63,14 +68,17 @@ def evaluate_beir(reranker, folder: str | Path, *, top_k: int = 30, split: str =
     qids = sorted(qrels)[:max_queries] if max_queries else sorted(qrels)
     qrels = {q: qrels[q] for q in qids}
     hits = BM25Retriever(corpus).retrieve([queries[q] for q in qids], top_k)
-    first, reranked = {}, {}
+    first, reranked, fused = {}, {}, {}
     for qid, ranked in tqdm(list(zip(qids, hits)), desc="reranking", unit="query"):
-        first[qid] = {d: s for d, s in ranked}
-        scores = reranker.score([(queries[qid], corpus[d]) for d, _ in ranked], raw=True)
-        reranked[qid] = {d: s for (d, _), s in zip(ranked, scores)}
+        ids = [d for d, _ in ranked]
+        bm25 = np.array([s for _, s in ranked])
+        scores = np.asarray(reranker.score([(queries[qid], corpus[d]) for d in ids], raw=True))
+        first[qid], reranked[qid] = dict(zip(ids, bm25)), dict(zip(ids, scores))
+        fused[qid] = dict(zip(ids, rrf([bm25, scores])))
     return {"data": str(folder), "kind": "beir", "queries": len(qids), "top_k": top_k,
             "first_stage": {"name": f"bm25 top-{top_k}", **ranking_metrics(qrels, first, recall_at)},
-            "reranked": ranking_metrics(qrels, reranked, recall_at)}
+            "reranked": ranking_metrics(qrels, reranked, recall_at),
+            "fused": ranking_metrics(qrels, fused, recall_at)}
 
 
 def evaluate_seed_file(reranker, path: str | Path, *, recall_at: int = 10) -> dict[str, Any]:
@@ -81,7 +89,9 @@ def evaluate_seed_file(reranker, path: str | Path, *, recall_at: int = 10) -> di
     vset = ValidationSet.from_records(records)
     queries, docs = vset.flat_pairs()
     scores = vset.split_scores(reranker.score(list(zip(queries, docs)), raw=True))
+    bm25 = bm25_candidate_scores(vset.queries, vset.candidates)
     return {"data": str(path), "kind": "seed", "queries": len(vset), "pairs": vset.num_pairs,
-            "first_stage": {"name": "bm25 over the candidates",
-                            **vset.metrics(bm25_candidate_scores(vset.queries, vset.candidates), recall_at)},
-            "reranked": vset.metrics(scores, recall_at), "data_report": report.summary()}
+            "first_stage": {"name": "bm25 over the candidates", **vset.metrics(bm25, recall_at)},
+            "reranked": vset.metrics(scores, recall_at),
+            "fused": vset.metrics([rrf([b, s]) for b, s in zip(bm25, scores)], recall_at),
+            "data_report": report.summary()}

@@ -30,8 +30,7 @@ import numpy as np
 
 from rerankit.data import Doc, QueryRecord, iter_jsonl, read_records
 from rerankit.errors import DataError
-
-RRF_K = 60
+from rerankit.fusion import rrf
 
 
 @dataclass
@@ -144,14 +143,7 @@ def mine(data: MiningInput, *, method: Literal["bm25", "dense", "hybrid"] = "bm2
     dense = _dense_scores(dense_model, queries, docs) if method in ("dense", "hybrid") else None
     lexical = _bm25_scores(queries, docs) if method in ("bm25", "hybrid") else None
     if method == "hybrid":
-        # Reciprocal-rank fusion: 1/(k + rank) summed over both rankings.
-        fused = np.zeros_like(dense)
-        for scores in (dense, lexical):
-            ranks = np.empty_like(scores, dtype=np.int64)
-            rows = np.arange(scores.shape[0])[:, None]
-            ranks[rows, _ranking(scores)] = np.arange(scores.shape[1])
-            fused += 1.0 / (RRF_K + ranks + 1)
-        order = _ranking(fused)
+        order = _ranking(rrf([dense, lexical]))
     else:
         order = _ranking(dense if method == "dense" else lexical)
     guard = dense if dense is not None else lexical

