@@ -13,47 +13,24 @@ Both also report the reciprocal-rank fusion of BM25's order with the reranker's.
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 from typing import Any
 
-from rerankit.data import iter_jsonl, read_records
-from rerankit.errors import DataError
 import numpy as np
 
+from rerankit.beir import read_corpus, read_qrels, read_queries
+from rerankit.data import read_records
 from rerankit.evaluation import ValidationSet
 from rerankit.fusion import rrf
 from rerankit.metrics import ranking_metrics
 
 
-def _read_beir(folder: Path, split: str) -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
-    def load(name: str) -> dict[str, dict]:
-        rows = {}
-        for number, line in iter_jsonl(folder / name):
-            try:
-                row = json.loads(line)
-                rows[str(row["_id"])] = row
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise DataError(f"expected a JSON object with '_id': {exc}", path=str(folder / name),
-                                line=number) from None
-        return rows
-
-    corpus = {i: " ".join(filter(None, [r.get("title"), r.get("text")])) for i, r in load("corpus.jsonl").items()}
-    queries = {i: r.get("text", "") for i, r in load("queries.jsonl").items()}
-    qrels: dict[str, dict[str, int]] = {}
-    path = folder / "qrels" / f"{split}.tsv"
-    try:
-        with path.open(encoding="utf-8") as handle:
-            for number, row in enumerate(csv.reader(handle, delimiter="\t"), start=1):
-                if number == 1 and row and row[0] == "query-id":
-                    continue
-                if len(row) != 3:
-                    raise DataError("expected query-id, corpus-id, score", path=str(path), line=number)
-                qrels.setdefault(row[0], {})[row[1]] = int(row[2])
-    except OSError as exc:
-        raise DataError(f"cannot open: {exc.strerror or exc}", path=str(path)) from None
-    qrels = {q: d for q, d in qrels.items() if q in queries and any(v > 0 for v in d.values())}
+def _read_beir(folder: Path, split: str):
+    """Corpus (title + text), queries, and the qrels of queries that have a positive."""
+    corpus = read_corpus(folder / "corpus.jsonl", with_title=True)
+    queries = read_queries(folder / "queries.jsonl")
+    qrels = {q: judged for q, judged in read_qrels(folder / "qrels" / f"{split}.tsv").items()
+             if q in queries and any(v > 0 for v in judged.values())}
     return corpus, queries, qrels
 
 

@@ -20,16 +20,14 @@ query and a lexical first stage.
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
-from rerankit.data import Doc, QueryRecord, iter_jsonl, read_records
-from rerankit.errors import DataError
+from rerankit.beir import read_corpus, read_qrels, read_queries
+from rerankit.data import Doc, QueryRecord, read_records
 from rerankit.fusion import rrf
 
 
@@ -40,59 +38,13 @@ class MiningInput:
     positives: dict[str, list[str]]       # query id -> positive doc_ids
 
 
-def _jsonl_rows(path: str | Path, required: Sequence[str]) -> list[dict]:
-    rows = []
-    for number, line in iter_jsonl(path):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"not valid JSON: {exc.msg}", path=str(path), line=number) from None
-        for key in required:
-            if not isinstance(row, dict) or key not in row:
-                raise DataError("required key is missing", path=str(path), line=number, field=key)
-        rows.append(row)
-    return rows
-
-
-def read_corpus(path: str | Path) -> dict[str, str]:
-    """BEIR corpus.jsonl (``_id``, ``text``, optional ``title``) or seed-style ``doc_id``/``text``."""
-    corpus = {}
-    for row in _jsonl_rows(path, ["text"]):
-        doc_id = row.get("_id", row.get("doc_id"))
-        if doc_id is None:
-            raise DataError("a document needs '_id' or 'doc_id'", path=str(path), field="_id")
-        corpus[str(doc_id)] = row["text"]
-    return corpus
-
-
-def read_qrels(path: str | Path) -> dict[str, list[str]]:
-    """``query-id  corpus-id  score`` (TSV, optional header); graded scores > 0 are positive."""
-    positives: dict[str, list[str]] = {}
-    try:
-        with Path(path).open(encoding="utf-8") as handle:
-            for number, row in enumerate(csv.reader(handle, delimiter="\t"), start=1):
-                if not row or (number == 1 and row[0] == "query-id"):
-                    continue
-                if len(row) < 3:
-                    raise DataError("expected query-id, corpus-id, score", path=str(path), line=number)
-                try:
-                    score = float(row[2])
-                except ValueError:
-                    raise DataError(f"score must be a number, got {row[2]!r}", path=str(path),
-                                    line=number, field="score") from None
-                if score > 0:
-                    positives.setdefault(row[0], []).append(row[1])
-    except OSError as exc:
-        raise DataError(f"cannot open: {exc.strerror or exc}", path=str(path)) from None
-    return positives
-
-
 def from_beir(corpus: str | Path, queries: str | Path, qrels: str | Path) -> MiningInput:
-    docs = read_corpus(corpus)
-    texts = {str(r["_id"]): r["text"] for r in _jsonl_rows(queries, ["_id", "text"])}
-    positives = {q: [d for d in ids if d in docs] for q, ids in read_qrels(qrels).items() if q in texts}
-    return MiningInput(docs, {q: texts[q] for q in positives if positives[q]},
-                       {q: ids for q, ids in positives.items() if ids})
+    """Queries with a positive (grade > 0) in the qrels, over the corpus."""
+    docs, texts = read_corpus(corpus), read_queries(queries)
+    positives = {q: [d for d, grade in judged.items() if grade > 0 and d in docs]
+                 for q, judged in read_qrels(qrels).items() if q in texts}
+    positives = {q: ids for q, ids in positives.items() if ids}
+    return MiningInput(docs, {q: texts[q] for q in positives}, positives)
 
 
 def from_seed_lines(path: str | Path, corpus: str | Path | None = None) -> MiningInput:
