@@ -101,8 +101,8 @@ async def _rank(request: Request, state: State, query: str, docs: list[str], *,
     if max_tokens_per_doc is not None and max_tokens_per_doc < 1:
         raise _field_error("max_tokens_per_doc", f"must be at least 1, got {max_tokens_per_doc}")
     reranker = _ready(state)
-    if max_tokens_per_doc is not None:
-        docs = _truncate_tokens(reranker.tokenizer, docs, max_tokens_per_doc)
+    if max_tokens_per_doc is not None:   # tokenizing is CPU work: keep it off the event loop
+        docs = await asyncio.to_thread(_truncate_tokens, reranker.tokenizer, docs, max_tokens_per_doc)
     watcher = asyncio.ensure_future(_wait_disconnect(request))
     try:
         scores = await state.worker.score([query] * len(docs), docs, disconnected=watcher)
