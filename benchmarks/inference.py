@@ -34,18 +34,12 @@ def load_pairs(n_queries: int, top_k: int, seed: int = 0):
 
     from rerankit.first_stage import BM25Retriever
 
-    corpus = {}
-    with (DATA / "corpus.jsonl").open() as handle:
-        for line in handle:
-            row = json.loads(line)
-            corpus[row["_id"]] = row["text"]
-    with (DATA / "queries.jsonl").open() as handle:
-        queries = {row["_id"]: row["text"] for row in map(json.loads, handle)}
-    positive = {}
-    with (DATA / "qrels" / "test.tsv").open() as handle:
-        for row in list(handle)[1:]:
-            qid, doc_id, _ = row.split("\t")
-            positive[qid] = doc_id
+    from rerankit.beir import read_corpus, read_qrels, read_queries
+
+    corpus = read_corpus(DATA / "corpus.jsonl")
+    queries = read_queries(DATA / "queries.jsonl")
+    positive = {q: next(d for d, grade in judged.items() if grade > 0)
+                for q, judged in read_qrels(DATA / "qrels" / "test.tsv").items()}
     qids = random.Random(seed).sample(sorted(positive), n_queries)
     hits = BM25Retriever(corpus).retrieve([queries[q] for q in qids], top_k)
     qrels = {str(i): {d: int(d == positive[q]) for d, _ in row} | {positive[q]: 1}

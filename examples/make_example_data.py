@@ -23,7 +23,7 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
-import bm25s
+from rerankit.first_stage import BM25Retriever
 
 HERE = Path(__file__).resolve().parent
 # Fixed held-out articles (ids are the corpus _id prefix): Super Bowl 50 and Nikola Tesla.
@@ -39,16 +39,14 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 class BM25Index:
+    """rerankit's BM25 retriever over corpus rows, returning the rows themselves."""
+
     def __init__(self, docs: list[dict]) -> None:
-        self.docs = docs
-        self.retriever = bm25s.BM25()
-        self.retriever.index(bm25s.tokenize([d["text"] for d in docs], stopwords="en",
-                                            show_progress=False), show_progress=False)
+        self.rows = {d["_id"]: d for d in docs}
+        self.retriever = BM25Retriever({d["_id"]: d["text"] for d in docs})
 
     def top(self, query: str, k: int) -> list[dict]:
-        tokens = bm25s.tokenize([query], stopwords="en", show_progress=False)
-        ids, _ = self.retriever.retrieve(tokens, k=min(k, len(self.docs)), show_progress=False)
-        return [self.docs[i] for i in ids[0]]
+        return [self.rows[doc_id] for doc_id, _ in self.retriever.retrieve([query], k)[0]]
 
 
 def line_for(query: dict, positive: dict, ranked: list[dict], n_negatives: int) -> dict:

@@ -7,6 +7,19 @@ from typing import Sequence
 import numpy as np
 
 
+def bm25_score_matrix(queries: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+    """BM25 score of every text for every query, shape (queries, texts)."""
+    import bm25s
+
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(list(texts), stopwords="en", show_progress=False),
+                    show_progress=False)
+    tokens = bm25s.tokenize(list(queries), stopwords="en", show_progress=False,
+                            return_ids=False) if queries else []
+    rows = [retriever.get_scores(t) if t else np.zeros(len(texts)) for t in tokens]
+    return np.stack(rows) if rows else np.zeros((0, len(texts)))
+
+
 def bm25_candidate_scores(queries: Sequence[str], candidates: Sequence[Sequence[tuple[str, str]]]
                           ) -> list[np.ndarray]:
     """BM25 score of each query's own candidates ``[(doc_id, text), ...]``.
@@ -14,25 +27,16 @@ def bm25_candidate_scores(queries: Sequence[str], candidates: Sequence[Sequence[
     The index holds every distinct candidate document of all queries, so IDF reflects the
     whole candidate pool rather than one query's short list.
     """
-    import bm25s
-
-    corpus: dict[str, int] = {}
+    position: dict[str, int] = {}
     texts: list[str] = []
     for docs in candidates:
         for doc_id, text in docs:
-            if doc_id not in corpus:
-                corpus[doc_id] = len(texts)
+            if doc_id not in position:
+                position[doc_id] = len(texts)
                 texts.append(text)
-    retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False),
-                    show_progress=False)
-    query_tokens = bm25s.tokenize(list(queries), stopwords="en", show_progress=False,
-                                  return_ids=False) if queries else []
-    result = []
-    for tokens, docs in zip(query_tokens, candidates):
-        all_scores = retriever.get_scores(tokens) if tokens else np.zeros(len(texts))
-        result.append(np.asarray([all_scores[corpus[d]] for d, _ in docs], dtype=np.float32))
-    return result
+    scores = bm25_score_matrix(queries, texts)
+    return [np.asarray([row[position[d]] for d, _ in docs], dtype=np.float32)
+            for row, docs in zip(scores, candidates)]
 
 
 class BM25Retriever:

@@ -28,6 +28,7 @@ import numpy as np
 
 from rerankit.beir import read_corpus, read_qrels, read_queries
 from rerankit.data import Doc, QueryRecord, read_records
+from rerankit.first_stage import bm25_score_matrix
 from rerankit.fusion import rrf
 
 
@@ -69,15 +70,6 @@ def _dense_scores(model_name: str, queries: list[str], docs: list[str]) -> np.nd
     return query_emb @ doc_emb.T        # [queries, docs] cosine
 
 
-def _bm25_scores(queries: list[str], docs: list[str]) -> np.ndarray:
-    import bm25s
-
-    retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize(docs, stopwords="en", show_progress=False), show_progress=False)
-    tokens = bm25s.tokenize(queries, stopwords="en", show_progress=False, return_ids=False)
-    return np.stack([retriever.get_scores(t) if t else np.zeros(len(docs)) for t in tokens])
-
-
 def _ranking(scores: np.ndarray) -> np.ndarray:
     """Doc indices best first per query; ties keep corpus order."""
     return np.argsort(-scores, axis=1, kind="stable")
@@ -93,7 +85,7 @@ def mine(data: MiningInput, *, method: Literal["bm25", "dense", "hybrid"] = "bm2
     queries = [data.queries[q] for q in qids]
     position = {d: i for i, d in enumerate(doc_ids)}
     dense = _dense_scores(dense_model, queries, docs) if method in ("dense", "hybrid") else None
-    lexical = _bm25_scores(queries, docs) if method in ("bm25", "hybrid") else None
+    lexical = bm25_score_matrix(queries, docs) if method in ("bm25", "hybrid") else None
     if method == "hybrid":
         order = _ranking(rrf([dense, lexical]))
     else:

@@ -292,11 +292,11 @@ def fit(config: str | Path | Mapping[str, Any] | TrainConfig, *, output_dir: str
     resume_from = run_folder.last_checkpoint(out) if resume else None
     trainer.train(resume_from_checkpoint=resume_from)
 
+    key = _metric_key(cfg)
     evals = [{k.removeprefix("eval_"): v for k, v in entry.items() if k.startswith("eval_")}
              | {"step": entry["step"], "epoch": entry.get("epoch")}
-             for entry in trainer.state.log_history if f"eval_{_metric_key(cfg)}" in entry]
+             for entry in trainer.state.log_history if f"eval_{key}" in entry]
     losses = [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e]
-    key = _metric_key(cfg)
     best = max(evals, key=lambda e: e[key]) if evals else None
     if best is None or best[key] < baseline[key]:
         # The best checkpoint is still saved; the report and the CLI say it lost.
