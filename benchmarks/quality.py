@@ -1,0 +1,359 @@
+"""Real-data quality: rerankit against BM25, a bi-encoder, the untrained cross-encoder and a
+sentence-transformers ``CrossEncoderTrainer`` peer, on SQuAD split by article.
+
+    python benchmarks/quality.py [--quick] [--train-queries 600] [--test-queries 200]
+                                 [--ablation "name: key=value key=value"] ...
+
+Protocol (all fixed by seeds, so a rerun gives the same table):
+
+- ``../shared/data/squad-v1.1-dev`` (BEIR layout; documents are title + paragraph). Every
+  fifth article (0, 5, ..., 45) is the test side, the other 38 articles the train side; no
+  paragraph or question crosses.
+- Train side: ``--train-queries`` questions sampled from the train articles, negatives mined
+  with ``rerankit.mining`` (BM25 over the train-side paragraphs only), then split by query
+  (10 % validation) with ``rerankit.split``. Both trainers get exactly these two files.
+- rerankit: ``rerankit.fit`` with ``--config`` (the default QLoRA recipe, margin loss,
+  epoch-resampled negatives); validation picks the best epoch.
+- Peer: ``CrossEncoderTrainer`` + ``BinaryCrossEntropyLoss(pos_weight=num_negatives)`` from
+  the same backbone (full fine-tuning, as sentence-transformers trains cross-encoders), on the
+  same queries with the same number of negatives per query (the top mined ones) and the same
+  epochs, pairs per step and precision; ``CrossEncoderRerankingEvaluator`` on the same
+  validation file picks its best epoch (``load_best_model_at_end``).
+- Test side: ``--test-queries`` questions sampled from the test articles; BM25 retrieves the
+  top 30 of the whole corpus (all 48 articles, as a deployed retriever would search) and
+  each model reorders those 30. NDCG@10 and MRR@10
+  (``ir_measures``) count a positive BM25 missed against every row alike.
+
+Each training runs in a fresh process, so its wall time and peak memory (max RSS) are its
+own. Writes ``benchmarks/results/quality{suffix}.{json,md}`` and the work files (mined data,
+run folders) under ``--work``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import platform
+import random
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DATA = ROOT.parent / "shared" / "data" / "squad-v1.1-dev"
+BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"
+TEST_ARTICLES = {str(i) for i in range(0, 48, 5)}
+
+
+def article(doc_id: str) -> str:
+    """SQuAD BEIR ids are ``<article>_<paragraph>``."""
+    return doc_id.rsplit("_", 1)[0]
+
+
+def split_by_article(data: Path):
+    """(corpus, queries, positives) for the train side, the test side and the whole corpus.
+
+    The test questions are ranked over the whole corpus (what a deployed retriever searches);
+    training questions and their mined negatives come from train-side paragraphs only.
+    """
+    from rerankit.beir import read_corpus, read_qrels, read_queries
+
+    corpus = read_corpus(data / "corpus.jsonl", with_title=True)
+    queries = read_queries(data / "queries.jsonl")
+    positives = {q: sorted(d for d, grade in judged.items() if grade > 0 and d in corpus)
+                 for q, judged in read_qrels(data / "qrels" / "test.tsv").items() if q in queries}
+    sides = {}
+    for name, wanted in (("train", False), ("test", True)):
+        docs = {d: t for d, t in corpus.items() if (article(d) in TEST_ARTICLES) == wanted}
+        pos = {q: ids for q, ids in positives.items() if ids and all(d in docs for d in ids)}
+        sides[name] = (docs, {q: queries[q] for q in pos}, pos)
+    sides["all"] = (corpus, sides["test"][1], sides["test"][2])
+    return sides
+
+
+def sample(ids, n: int | None, seed: int) -> list[str]:
+    ids = sorted(ids)
+    return ids if n is None or n >= len(ids) else sorted(random.Random(seed).sample(ids, n))
+
+
+def prepare_training_files(train_side, n_queries: int | None, num_negatives: int, seed: int,
+                           work: Path) -> dict[str, Any]:
+    """Mine BM25 negatives on the train side and split by query into train/valid JSONL."""
+    from rerankit.data import write_records
+    from rerankit.mining import MiningInput, mine
+    from rerankit.split import split_records
+
+    docs, queries, positives = train_side
+    qids = sample(queries, n_queries, seed)
+    records = mine(MiningInput(docs, {q: queries[q] for q in qids}, {q: positives[q] for q in qids}),
+                   method="bm25", num_negatives=num_negatives)
+    train, valid = split_records(records, 0.1, seed=seed, group_by="query")
+    work.mkdir(parents=True, exist_ok=True)
+    write_records(train, work / "train.jsonl")
+    write_records(valid, work / "valid.jsonl")
+    return {"train": str(work / "train.jsonl"), "valid": str(work / "valid.jsonl"),
+            "train_queries": len(train), "valid_queries": len(valid),
+            "mined_negatives": num_negatives, "corpus": len(docs)}
+
+
+def test_candidates(test_side, n_queries: int | None, top_k: int, seed: int):
+    """BM25 top-k of the given corpus for the sampled test questions."""
+    from rerankit.first_stage import BM25Retriever
+
+    docs, queries, positives = test_side
+    qids = sample(queries, n_queries, seed)
+    hits = BM25Retriever(docs).retrieve([queries[q] for q in qids], top_k)
+    qrels = {q: {d: 1 for d in positives[q]} for q in qids}
+    return {"qids": qids, "queries": [queries[q] for q in qids], "docs": docs, "qrels": qrels,
+            "hits": [[d for d, _ in row] for row in hits],
+            "bm25": [np.array([s for _, s in row]) for row in hits]}
+
+
+def metrics_of(test, scores: list[np.ndarray]) -> dict[str, float]:
+    from rerankit.metrics import ranking_metrics
+
+    run = {q: dict(zip(ids, map(float, s))) for q, ids, s in zip(test["qids"], test["hits"], scores)}
+    m = ranking_metrics(test["qrels"], run, recall_at=10)
+    return {"ndcg@10": m["ndcg@10"], "mrr@10": m["mrr@10"]}
+
+
+def score_with(reranker, test) -> list[np.ndarray]:
+    """The reranker's raw scores of every test candidate, one array per question."""
+    pairs = [(q, test["docs"][d]) for q, ids in zip(test["queries"], test["hits"]) for d in ids]
+    flat = np.asarray(reranker.score(pairs, raw=True))
+    sizes = np.cumsum([len(ids) for ids in test["hits"]])[:-1]
+    return np.split(flat, sizes)
+
+
+def dense_scores(test) -> list[np.ndarray]:
+    """Cosine of the packaged MiniLM bi-encoder (the model every row starts from)."""
+    from sentence_transformers import SentenceTransformer
+
+    from rerankit.modeling import resolve_model_path
+
+    model = SentenceTransformer(resolve_model_path(BACKBONE), device="cpu")
+    doc_ids = sorted({d for ids in test["hits"] for d in ids})
+    docs = model.encode([test["docs"][d] for d in doc_ids], normalize_embeddings=True, batch_size=64)
+    queries = model.encode(test["queries"], normalize_embeddings=True, batch_size=64)
+    row_of = {d: i for i, d in enumerate(doc_ids)}
+    return [docs[[row_of[d] for d in ids]] @ q for q, ids in zip(queries, test["hits"])]
+
+
+def untrained_reranker(max_length: int, seed: int):
+    """The backbone with a fresh score head, seeded as training initialises it."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from rerankit.inference import Reranker, _default_dtype
+    from rerankit.modeling import load_tokenizer, resolve_model_path
+
+    torch.manual_seed(seed)
+    path = resolve_model_path(BACKBONE)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1,
+                                                               dtype=_default_dtype("cpu"))
+    return Reranker(model, load_tokenizer(path), max_length=max_length, source="untrained")
+
+
+# ---- trainings, each in its own process -------------------------------------------------
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: KiB
+
+
+def train_rerankit(config: str, files: dict, out: str, overrides: dict) -> dict[str, Any]:
+    import rerankit
+
+    started = time.perf_counter()
+    result = rerankit.fit(config, output_dir=out, overwrite=True, overrides={
+        "data.train": files["train"], "data.valid": files["valid"], **overrides})
+    return {"wall_s": time.perf_counter() - started, "peak_rss_mib": _peak_rss_mib(),
+            "valid_best": result.metrics["best"], "path": out}
+
+
+def _st_samples(path: str, num_negatives: int | None):
+    from rerankit.data import read_records
+
+    records, _ = read_records(path)
+    return [{"query": r.query, "positive": [d.text for d in r.positives],
+             "negative": [d.text for d in r.negatives[:num_negatives]]} for r in records]
+
+
+def train_peer(files: dict, out: str, *, epochs: int, num_negatives: int, queries_per_step: int,
+               max_length: int, learning_rate: float, bf16: bool, seed: int) -> dict[str, Any]:
+    """sentence-transformers' documented cross-encoder recipe: BCE with pos_weight."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import (
+        CrossEncoder,
+        CrossEncoderTrainer,
+        CrossEncoderTrainingArguments,
+    )
+    from sentence_transformers.cross_encoder.evaluation import (
+        CrossEncoderRerankingEvaluator,
+    )
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+
+    from rerankit.modeling import resolve_model_path
+
+    started = time.perf_counter()
+    rows: dict[str, list] = {"query": [], "passage": [], "label": []}
+    for s in _st_samples(files["train"], num_negatives):
+        for text, label in [(p, 1.0) for p in s["positive"]] + [(n, 0.0) for n in s["negative"]]:
+            rows["query"].append(s["query"])
+            rows["passage"].append(text)
+            rows["label"].append(label)
+    model = CrossEncoder(resolve_model_path(BACKBONE), num_labels=1, max_length=max_length,
+                         device="cpu")
+    evaluator = CrossEncoderRerankingEvaluator(_st_samples(files["valid"], None), at_k=10,
+                                               name="valid", write_csv=False)
+    args = CrossEncoderTrainingArguments(
+        output_dir=str(Path(out) / "checkpoints"), num_train_epochs=epochs,
+        per_device_train_batch_size=queries_per_step * (1 + num_negatives),
+        learning_rate=learning_rate, warmup_ratio=0.1, bf16=bf16, use_cpu=True, seed=seed,
+        eval_strategy="epoch", save_strategy="epoch", save_total_limit=1,
+        load_best_model_at_end=True, metric_for_best_model="eval_valid_ndcg@10",
+        logging_steps=10, report_to="none", dataloader_num_workers=0)
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows),
+                                  loss=BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(num_negatives)),
+                                  evaluator=evaluator)
+    trainer.train()
+    model.save_pretrained(str(Path(out) / "model"))
+    best = trainer.state.best_metric
+    return {"wall_s": time.perf_counter() - started, "peak_rss_mib": _peak_rss_mib(),
+            "valid_best": {"ndcg@10": best}, "path": str(Path(out) / "model")}
+
+
+def in_fresh_process(func, *args, **kwargs):
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(func, args, kwargs)
+
+
+# ---- the run ------------------------------------------------------------------------------
+
+def parse_ablation(text: str) -> tuple[str, dict[str, Any]]:
+    """``"name: training.learning_rate=1e-4 loss.name=bce"`` -> (name, overrides)."""
+    import yaml
+
+    name, _, rest = text.partition(":")
+    overrides = {}
+    for item in rest.split():
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    return name.strip(), overrides
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--config", default=str(ROOT / "configs" / "train_qlora.yaml"))
+    parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "quality")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--train-queries", type=int, help="default 600 (--quick: 300)")
+    parser.add_argument("--test-queries", type=int, help="default 200 (--quick: 100)")
+    parser.add_argument("--mined-negatives", type=int, default=15)
+    parser.add_argument("--top-k", type=int, default=30)
+    parser.add_argument("--peer-lr", type=float, action="append",
+                        help="peer learning rate, repeatable (one peer run each); default 2e-5 "
+                             "(sentence-transformers' documented rate) and 1e-4")
+    parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument("--ablation", action="append", default=[],
+                        help='extra rerankit run: "name: key=value ..." (config overrides)')
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="override for the main rerankit run (and ablations), key=value")
+    parser.add_argument("--quick", action="store_true",
+                        help="300 train / 100 test questions: about 10 minutes")
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args(argv)
+
+    from rerankit.config import load_config
+
+    base = dict(parse_ablation("main: " + " ".join(args.overrides))[1])
+    args.train_queries = args.train_queries or (300 if args.quick else 600)
+    args.test_queries = args.test_queries or (100 if args.quick else 200)
+    # One pass over many questions beats several over few, and keeps the run near 30 minutes.
+    base.setdefault("training.epochs", 1)
+    cfg = load_config(args.config, base)
+    suffix = "_quick" if args.quick else ""
+    work = args.work / ("quick" if args.quick else "full")
+    started = time.perf_counter()
+
+    sides = split_by_article(args.data)
+    files = prepare_training_files(sides["train"], args.train_queries, args.mined_negatives,
+                                   args.seed, work / "data")
+    test = test_candidates(sides["all"], args.test_queries, args.top_k, args.seed)
+    print(f"train side: {files['train_queries']} + {files['valid_queries']} valid questions; "
+          f"test side: {len(test['qids'])} questions over {len(test['docs'])} paragraphs", flush=True)
+
+    rows: list[dict[str, Any]] = [
+        {"name": f"BM25 top-{args.top_k} (bm25s)", **metrics_of(test, test["bm25"])},
+        {"name": "MiniLM bi-encoder (cosine)", **metrics_of(test, dense_scores(test))},
+        {"name": "untrained cross-encoder", **metrics_of(
+            test, score_with(untrained_reranker(cfg.model.max_length, cfg.seed), test))},
+    ]
+    print(rows, flush=True)
+
+    from rerankit.inference import Reranker
+
+    runs = [(f"rerankit (QLoRA, {cfg.loss.name} loss)", base)] + [
+        (name, {**base, **o}) for name, o in map(parse_ablation, args.ablation)]
+    for i, (name, overrides) in enumerate(runs):
+        trained = in_fresh_process(train_rerankit, args.config, files, str(work / f"rerankit_{i}"),
+                                   overrides)
+        rows.append({"name": name, "overrides": overrides, **trained,
+                     **metrics_of(test, score_with(Reranker.load(trained["path"]), test))})
+        print(rows[-1], flush=True)
+    for i, lr in enumerate([] if args.no_peer else args.peer_lr or [2e-5, 1e-4]):
+        trained = in_fresh_process(
+            train_peer, files, str(work / f"peer_{i}"), epochs=cfg.training.epochs,
+            num_negatives=cfg.sampling.num_negatives, queries_per_step=cfg.training.batch_size,
+            max_length=cfg.model.max_length, learning_rate=lr,
+            bf16=cfg.training.precision != "fp32", seed=cfg.seed)
+        rows.append({"name": f"sentence-transformers CrossEncoderTrainer (BCE, lr {lr:g})",
+                     **trained, **metrics_of(test, score_with(Reranker.load(trained["path"]), test))})
+        print(rows[-1], flush=True)
+
+    result = {"protocol": {"data": str(args.data), "test_articles": sorted(TEST_ARTICLES, key=int),
+                           "test_queries": len(test["qids"]), "test_corpus": len(test["docs"]),
+                           "top_k": args.top_k, **files, "config": args.config,
+                           "epochs": cfg.training.epochs, "seed": args.seed},
+              "machine": {"cpu": platform.processor() or platform.machine(),
+                          "cores": multiprocessing.cpu_count()},
+              "rows": rows, "total_s": time.perf_counter() - started}
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / f"quality{suffix}.json").write_text(json.dumps(result, indent=2, default=str))
+    (args.results / f"quality{suffix}.md").write_text(markdown(result))
+    print(markdown(result))
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    p = result["protocol"]
+    bm25 = result["rows"][0]["ndcg@10"]
+    lines = [(f"# Quality on SQuAD split by article ({p['test_queries']} test questions, "
+              f"BM25 top-{p['top_k']} of all {p['test_corpus']} paragraphs)"), "",
+             (f"Training: {p['train_queries']} questions (+{p['valid_queries']} validation) from "
+              f"the 38 train articles, {p['mined_negatives']} BM25-mined negatives each, "
+              f"{p['epochs']:g} epoch(s), seed {p['seed']}; {result['machine']['cores']} CPU cores."),
+             "",
+             "| | NDCG@10 | Δ vs BM25 | MRR@10 | train wall | peak RSS | best valid NDCG@10 |",
+             "|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        wall = f"{row['wall_s']:.0f} s" if "wall_s" in row else ""
+        rss = f"{row['peak_rss_mib']:.0f} MiB" if "peak_rss_mib" in row else ""
+        valid = row.get("valid_best", {}).get("ndcg@10")
+        lines.append(f"| {row['name']} | {row['ndcg@10']:.4f} | {row['ndcg@10'] - bm25:+.4f} | "
+                     f"{row['mrr@10']:.4f} | {wall} | {rss} | "
+                     f"{'' if valid is None else f'{valid:.4f}'} |")
+    lines += ["", f"Whole benchmark: {result['total_s'] / 60:.1f} min.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
