@@ -84,7 +84,7 @@ class SamplingConfig(_Section):
 
 
 class LossConfig(_Section):
-    name: Literal["margin", "ranknet", "listwise", "bce"] = "listwise"
+    name: Literal["margin", "ranknet", "listwise", "bce"] = "margin"
     # margin: hinge margin between a positive and a negative score.
     margin: float = Field(1.0, ge=0.0)
     # listwise/ranknet: scores are divided by it before softmax/softplus.

@@ -74,11 +74,14 @@ def test_markdown_shows_every_row_against_bm25():
                            "valid_queries": 1, "mined_negatives": 15, "epochs": 1, "seed": 42},
               "machine": {"cores": 2}, "total_s": 60.0,
               "rows": [{"name": "BM25", "ndcg@10": 0.8, "mrr@10": 0.7},
-                       {"name": "trained", "ndcg@10": 0.9, "mrr@10": 0.85, "wall_s": 12.0,
-                        "peak_rss_mib": 2048.0, "valid_best": {"ndcg@10": 0.95}}]}
+                       {"name": "rerankit (QLoRA)", "ndcg@10": 0.9, "mrr@10": 0.85, "wall_s": 12.0,
+                        "peak_rss_mib": 2048.0, "valid_best": {"ndcg@10": 0.95}},
+                       {"name": "sentence-transformers peer", "ndcg@10": 0.91, "mrr@10": 0.8}]}
     table = bench.markdown(result)
-    assert "| trained | 0.9000 | +0.1000 | 0.8500 | 12 s | 2048 MiB | 0.9500 |" in table
+    assert "| rerankit (QLoRA) | 0.9000 | +0.1000 | 0.8500 | 12 s | 2048 MiB | 0.9500 |" in table
     assert "| BM25 | 0.8000 | +0.0000 |" in table
+    assert "≥ BM25 + 0.10 NDCG@10: +0.1000, met" in table
+    assert "above the sentence-transformers peer: -0.0100 against its best run, NOT met" in table
 
 
 def test_ablation_overrides_are_parsed_as_yaml_values():
