@@ -12,8 +12,9 @@ Protocol (all fixed by seeds, so a rerun gives the same table):
 - Train side: ``--train-queries`` questions sampled from the train articles, negatives mined
   with ``rerankit.mining`` (BM25 over the train-side paragraphs only), then split by query
   (10 % validation) with ``rerankit.split``. Both trainers get exactly these two files.
-- rerankit: ``rerankit.fit`` with ``--config`` (the default QLoRA recipe, margin loss,
-  epoch-resampled negatives); validation picks the best epoch.
+- rerankit: ``rerankit.fit`` with ``--config`` (the shipped QLoRA recipe: listwise loss,
+  epoch-resampled negatives), one epoch unless ``--set training.epochs=N``; validation picks
+  the best evaluation.
 - Peer: ``CrossEncoderTrainer`` + ``BinaryCrossEntropyLoss(pos_weight=num_negatives)`` from
   the same backbone (full fine-tuning, as sentence-transformers trains cross-encoders), on the
   same queries with the same number of negatives per query (the top mined ones) and the same
@@ -21,12 +22,13 @@ Protocol (all fixed by seeds, so a rerun gives the same table):
   validation file picks its best epoch (``load_best_model_at_end``).
 - Test side: ``--test-queries`` questions sampled from the test articles; BM25 retrieves the
   top 30 of the whole corpus (all 48 articles, as a deployed retriever would search) and
-  each model reorders those 30. NDCG@10 and MRR@10
-  (``ir_measures``) count a positive BM25 missed against every row alike.
+  each model reorders those 30. NDCG@10 and MRR@10 (``ir_measures``) count a positive BM25
+  missed against every row alike.
 
 Each training runs in a fresh process, so its wall time and peak memory (max RSS) are its
-own. Writes ``benchmarks/results/quality{suffix}.{json,md}`` and the work files (mined data,
-run folders) under ``--work``.
+own. Needs the ``bench`` extra (``datasets``) for the peer. Writes
+``benchmarks/results/quality.{json,md}`` (``quality_quick`` with ``--quick``) and the work files
+(mined data, run folders) under ``--work``.
 """
 
 from __future__ import annotations
@@ -102,11 +104,11 @@ def prepare_training_files(train_side, n_queries: int | None, num_negatives: int
             "mined_negatives": num_negatives, "corpus": len(docs)}
 
 
-def test_candidates(test_side, n_queries: int | None, top_k: int, seed: int):
+def first_stage_candidates(side, n_queries: int | None, top_k: int, seed: int):
     """BM25 top-k of the given corpus for the sampled test questions."""
     from rerankit.first_stage import BM25Retriever
 
-    docs, queries, positives = test_side
+    docs, queries, positives = side
     qids = sample(queries, n_queries, seed)
     hits = BM25Retriever(docs).retrieve([queries[q] for q in qids], top_k)
     qrels = {q: {d: 1 for d in positives[q]} for q in qids}
@@ -287,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sides = split_by_article(args.data)
     files = prepare_training_files(sides["train"], args.train_queries, args.mined_negatives,
                                    args.seed, work / "data")
-    test = test_candidates(sides["all"], args.test_queries, args.top_k, args.seed)
+    test = first_stage_candidates(sides["all"], args.test_queries, args.top_k, args.seed)
     print(f"[{(time.perf_counter() - started) / 60:.1f} min] train side: {files['train_queries']} "
           f"+ {files['valid_queries']} valid questions; test side: {len(test['qids'])} questions "
           f"over {len(test['docs'])} paragraphs", flush=True)

@@ -58,7 +58,7 @@ def test_sides_are_disjoint_and_mining_stays_on_the_train_side(squad_like, tmp_p
         assert len(record.negatives) == 3
         assert {bench.article(d.doc_id) for d in record.negatives} <= {"1", "2"}
 
-    test = bench.test_candidates(sides["all"], None, top_k=5, seed=1)
+    test = bench.first_stage_candidates(sides["all"], None, top_k=5, seed=1)
     assert test["qids"] == sorted(test_queries)
     assert all(len(ids) == 5 for ids in test["hits"])
     # BM25 finds each test paragraph first (its unique detail word): a perfect first stage
