@@ -135,16 +135,12 @@ def score_with(reranker, test) -> list[np.ndarray]:
 
 def dense_scores(test) -> list[np.ndarray]:
     """Cosine of the packaged MiniLM bi-encoder (the model every row starts from)."""
-    from sentence_transformers import SentenceTransformer
+    from rerankit.first_stage import dense_score_matrix
 
-    from rerankit.modeling import resolve_model_path
-
-    model = SentenceTransformer(resolve_model_path(BACKBONE), device="cpu")
     doc_ids = sorted({d for ids in test["hits"] for d in ids})
-    docs = model.encode([test["docs"][d] for d in doc_ids], normalize_embeddings=True, batch_size=64)
-    queries = model.encode(test["queries"], normalize_embeddings=True, batch_size=64)
-    row_of = {d: i for i, d in enumerate(doc_ids)}
-    return [docs[[row_of[d] for d in ids]] @ q for q, ids in zip(queries, test["hits"])]
+    cosine = dense_score_matrix(test["queries"], [test["docs"][d] for d in doc_ids], BACKBONE)
+    column = {d: i for i, d in enumerate(doc_ids)}
+    return [row[[column[d] for d in ids]] for row, ids in zip(cosine, test["hits"])]
 
 
 def untrained_reranker(max_length: int, seed: int):

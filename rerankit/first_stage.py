@@ -1,4 +1,5 @@
-"""BM25 through ``bm25s``: the lexical first stage that a reranker must beat."""
+"""First stages a reranker must beat: BM25 through ``bm25s``, and a sentence-transformers
+bi-encoder (the packaged all-MiniLM-L6-v2 by default)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,20 @@ def bm25_score_matrix(queries: Sequence[str], texts: Sequence[str]) -> np.ndarra
                             return_ids=False) if queries else []
     rows = [retriever.get_scores(t) if t else np.zeros(len(texts)) for t in tokens]
     return np.stack(rows) if rows else np.zeros((0, len(texts)))
+
+
+def dense_score_matrix(queries: Sequence[str], texts: Sequence[str],
+                       model_name: str = "sentence-transformers/all-MiniLM-L6-v2") -> np.ndarray:
+    """Cosine similarity of every text to every query, shape (queries, texts)."""
+    from sentence_transformers import SentenceTransformer
+
+    from rerankit.modeling import resolve_model_path
+
+    model = SentenceTransformer(resolve_model_path(model_name))
+    text_emb = model.encode(list(texts), normalize_embeddings=True, show_progress_bar=True,
+                            batch_size=64)
+    query_emb = model.encode(list(queries), normalize_embeddings=True, show_progress_bar=False)
+    return query_emb @ text_emb.T
 
 
 def bm25_candidate_scores(queries: Sequence[str], candidates: Sequence[Sequence[tuple[str, str]]]

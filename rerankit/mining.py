@@ -28,7 +28,7 @@ import numpy as np
 
 from rerankit.beir import read_corpus, read_qrels, read_queries
 from rerankit.data import Doc, QueryRecord, read_records
-from rerankit.first_stage import bm25_score_matrix
+from rerankit.first_stage import bm25_score_matrix, dense_score_matrix
 from rerankit.fusion import rrf
 
 
@@ -59,17 +59,6 @@ def from_seed_lines(path: str | Path, corpus: str | Path | None = None) -> Minin
                        {str(i): [d.doc_id for d in r.positives] for i, r in enumerate(records)})
 
 
-def _dense_scores(model_name: str, queries: list[str], docs: list[str]) -> np.ndarray:
-    from sentence_transformers import SentenceTransformer
-
-    from rerankit.modeling import resolve_model_path
-
-    model = SentenceTransformer(resolve_model_path(model_name))
-    doc_emb = model.encode(docs, normalize_embeddings=True, show_progress_bar=True, batch_size=64)
-    query_emb = model.encode(queries, normalize_embeddings=True, show_progress_bar=False)
-    return query_emb @ doc_emb.T        # [queries, docs] cosine
-
-
 def _ranking(scores: np.ndarray) -> np.ndarray:
     """Doc indices best first per query; ties keep corpus order."""
     return np.argsort(-scores, axis=1, kind="stable")
@@ -84,7 +73,7 @@ def mine(data: MiningInput, *, method: Literal["bm25", "dense", "hybrid"] = "bm2
     docs = [data.corpus[d] for d in doc_ids]
     queries = [data.queries[q] for q in qids]
     position = {d: i for i, d in enumerate(doc_ids)}
-    dense = _dense_scores(dense_model, queries, docs) if method in ("dense", "hybrid") else None
+    dense = dense_score_matrix(queries, docs, dense_model) if method in ("dense", "hybrid") else None
     lexical = bm25_score_matrix(queries, docs) if method in ("bm25", "hybrid") else None
     if method == "hybrid":
         order = _ranking(rrf([dense, lexical]))
