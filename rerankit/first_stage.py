@@ -1,5 +1,10 @@
 """First stages a reranker must beat: BM25 through ``bm25s``, and a sentence-transformers
-bi-encoder (the packaged all-MiniLM-L6-v2 by default)."""
+bi-encoder (the packaged all-MiniLM-L6-v2 by default).
+
+``BM25Index`` and ``DenseIndex`` index a corpus once and score any number of queries against
+it, a block of queries at a time, so that callers (mining) never need the whole
+queries × corpus matrix in memory.
+"""
 
 from __future__ import annotations
 
@@ -7,32 +12,62 @@ from typing import Sequence
 
 import numpy as np
 
+DEFAULT_DENSE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class BM25Index:
+    """BM25 (bm25s, English stopwords) over a list of texts."""
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        import bm25s
+
+        self.size = len(texts)
+        self.retriever = bm25s.BM25()
+        self.retriever.index(bm25s.tokenize(list(texts), stopwords="en", show_progress=False),
+                             show_progress=False)
+
+    def scores(self, queries: Sequence[str]) -> np.ndarray:
+        """BM25 score of every text for every query, shape (queries, texts)."""
+        import bm25s
+
+        if not queries:
+            return np.zeros((0, self.size), dtype=np.float32)
+        tokens = bm25s.tokenize(list(queries), stopwords="en", show_progress=False,
+                                return_ids=False)
+        return np.stack([self.retriever.get_scores(t) if t else np.zeros(self.size, np.float32)
+                         for t in tokens])
+
+
+class DenseIndex:
+    """Normalized bi-encoder embeddings of a list of texts; scores are cosine similarities."""
+
+    def __init__(self, texts: Sequence[str], model_name: str = DEFAULT_DENSE_MODEL) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        from rerankit.modeling import resolve_model_path
+
+        self.model = SentenceTransformer(resolve_model_path(model_name))
+        self.embeddings = self.model.encode(list(texts), normalize_embeddings=True,
+                                            show_progress_bar=True, batch_size=64)
+
+    def scores(self, queries: Sequence[str]) -> np.ndarray:
+        """Cosine similarity of every text to every query, shape (queries, texts)."""
+        if not queries:
+            return np.zeros((0, len(self.embeddings)), dtype=np.float32)
+        query_emb = self.model.encode(list(queries), normalize_embeddings=True,
+                                      show_progress_bar=False)
+        return query_emb @ self.embeddings.T
+
 
 def bm25_score_matrix(queries: Sequence[str], texts: Sequence[str]) -> np.ndarray:
     """BM25 score of every text for every query, shape (queries, texts)."""
-    import bm25s
-
-    retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize(list(texts), stopwords="en", show_progress=False),
-                    show_progress=False)
-    tokens = bm25s.tokenize(list(queries), stopwords="en", show_progress=False,
-                            return_ids=False) if queries else []
-    rows = [retriever.get_scores(t) if t else np.zeros(len(texts)) for t in tokens]
-    return np.stack(rows) if rows else np.zeros((0, len(texts)))
+    return BM25Index(texts).scores(queries)
 
 
 def dense_score_matrix(queries: Sequence[str], texts: Sequence[str],
-                       model_name: str = "sentence-transformers/all-MiniLM-L6-v2") -> np.ndarray:
+                       model_name: str = DEFAULT_DENSE_MODEL) -> np.ndarray:
     """Cosine similarity of every text to every query, shape (queries, texts)."""
-    from sentence_transformers import SentenceTransformer
-
-    from rerankit.modeling import resolve_model_path
-
-    model = SentenceTransformer(resolve_model_path(model_name))
-    text_emb = model.encode(list(texts), normalize_embeddings=True, show_progress_bar=True,
-                            batch_size=64)
-    query_emb = model.encode(list(queries), normalize_embeddings=True, show_progress_bar=False)
-    return query_emb @ text_emb.T
+    return DenseIndex(texts, model_name).scores(queries)
 
 
 def bm25_candidate_scores(queries: Sequence[str], candidates: Sequence[Sequence[tuple[str, str]]]
@@ -58,13 +93,8 @@ class BM25Retriever:
     """BM25 (bm25s, English stopwords) over a corpus of ``{doc_id: text}``."""
 
     def __init__(self, corpus: dict[str, str]) -> None:
-        import bm25s
-
         self.doc_ids = list(corpus)
-        self.texts = [corpus[d] for d in self.doc_ids]
-        self.retriever = bm25s.BM25()
-        self.retriever.index(bm25s.tokenize(self.texts, stopwords="en", show_progress=False),
-                             show_progress=False)
+        self.index = BM25Index([corpus[d] for d in self.doc_ids])
 
     def retrieve(self, queries: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
         """Top ``k`` (doc_id, score) per query, best first."""
@@ -72,6 +102,6 @@ class BM25Retriever:
 
         k = min(k, len(self.doc_ids))
         tokens = bm25s.tokenize(list(queries), stopwords="en", show_progress=False)
-        ids, scores = self.retriever.retrieve(tokens, k=k, show_progress=False)
+        ids, scores = self.index.retriever.retrieve(tokens, k=k, show_progress=False)
         return [[(self.doc_ids[i], float(s)) for i, s in zip(row_ids, row_scores)]
                 for row_ids, row_scores in zip(ids, scores)]

@@ -11,7 +11,9 @@ For each query, candidates come from the first stage's ranking, minus:
   weakest positive: candidates above ``(1 - margin)`` times it are dropped).
 
 The next ``num_negatives`` candidates become the line's negatives. Rankings are
-deterministic (ties keep corpus order), so the same inputs give the same file.
+deterministic (ties keep corpus order), so the same inputs give the same file. Queries are
+scored a block at a time against a corpus indexed once, so memory grows with the corpus,
+not with queries × corpus.
 
 sentence-transformers' ``util.mine_hard_negatives`` is not used: it works on single
 (anchor, positive) pairs and dense scores only, and rerankit needs several positives per
@@ -28,7 +30,7 @@ import numpy as np
 
 from rerankit.beir import read_corpus, read_qrels, read_queries
 from rerankit.data import Doc, QueryRecord, read_records
-from rerankit.first_stage import bm25_score_matrix, dense_score_matrix
+from rerankit.first_stage import BM25Index, DenseIndex
 from rerankit.fusion import rrf
 
 
@@ -64,42 +66,72 @@ def _ranking(scores: np.ndarray) -> np.ndarray:
     return np.argsort(-scores, axis=1, kind="stable")
 
 
+# Score-matrix cells held at once (per first stage): 16M float32 cells = 64 MiB.
+BLOCK_CELLS = 1 << 24
+
+
 def mine(data: MiningInput, *, method: Literal["bm25", "dense", "hybrid"] = "bm25",
          num_negatives: int = 15, skip_top: int = 0, margin: float | None = None,
-         dense_model: str = "sentence-transformers/all-MiniLM-L6-v2") -> list[QueryRecord]:
-    """Mine negatives for every query with a positive (see the module docstring)."""
+         dense_model: str = "sentence-transformers/all-MiniLM-L6-v2",
+         block_size: int | None = None) -> list[QueryRecord]:
+    """Mine negatives for every query with a positive (see the module docstring).
+
+    ``block_size`` queries are scored at a time (default: as many as fit ``BLOCK_CELLS``).
+    """
+    from tqdm.auto import tqdm
+
     qids = list(data.positives)
     doc_ids = list(data.corpus)
     docs = [data.corpus[d] for d in doc_ids]
-    queries = [data.queries[q] for q in qids]
     position = {d: i for i, d in enumerate(doc_ids)}
-    dense = dense_score_matrix(queries, docs, dense_model) if method in ("dense", "hybrid") else None
-    lexical = bm25_score_matrix(queries, docs) if method in ("bm25", "hybrid") else None
-    if method == "hybrid":
-        order = _ranking(rrf([dense, lexical]))
-    else:
-        order = _ranking(dense if method == "dense" else lexical)
-    guard = dense if dense is not None else lexical
+    dense_index = DenseIndex(docs, dense_model) if method in ("dense", "hybrid") else None
+    lexical_index = BM25Index(docs) if method in ("bm25", "hybrid") else None
+    block_size = block_size or max(1, BLOCK_CELLS // max(1, len(docs)))
 
     records = []
-    for row, qid in enumerate(qids):
-        pos_ids = data.positives[qid]
-        pos_texts = {data.corpus[d] for d in pos_ids}
-        floor = None
-        if margin is not None:
-            weakest = min(guard[row, position[d]] for d in pos_ids)
-            floor = weakest - margin if dense is not None else (1 - margin) * weakest
-        candidates = [i for i in order[row]
-                      if doc_ids[i] not in pos_ids and docs[i] not in pos_texts]
-        negatives = []
-        for i in candidates[skip_top:]:
-            if floor is not None and guard[row, i] >= floor:
-                continue
-            negatives.append(Doc(doc_ids[i], docs[i]))
-            if len(negatives) == num_negatives:
-                break
-        records.append(QueryRecord(
-            data.queries[qid], tuple(Doc(d, data.corpus[d]) for d in pos_ids), tuple(negatives),
-            source_chunk=pos_ids[0] if len(pos_ids) == 1 else None,
-            meta={"query_id": qid, "mined_by": method}))
+    for start in tqdm(range(0, len(qids), block_size), desc=f"mining ({method})", unit="block",
+                      disable=len(qids) <= block_size):
+        block = qids[start:start + block_size]
+        queries = [data.queries[q] for q in block]
+        dense = dense_index.scores(queries) if dense_index is not None else None
+        lexical = lexical_index.scores(queries) if lexical_index is not None else None
+        if method == "hybrid":
+            order = _ranking(rrf([dense, lexical]))
+        else:
+            order = _ranking(dense if method == "dense" else lexical)
+        guard = dense if dense is not None else lexical
+        for row, qid in enumerate(block):
+            floor = None
+            if margin is not None:
+                weakest = min(guard[row, position[d]] for d in data.positives[qid])
+                floor = weakest - margin if dense is not None else (1 - margin) * weakest
+            negatives = _negatives(data, qid, doc_ids, docs, order[row], guard[row], floor,
+                                   skip_top, num_negatives)
+            pos_ids = data.positives[qid]
+            records.append(QueryRecord(
+                data.queries[qid], tuple(Doc(d, data.corpus[d]) for d in pos_ids), negatives,
+                source_chunk=pos_ids[0] if len(pos_ids) == 1 else None,
+                meta={"query_id": qid, "mined_by": method}))
     return records
+
+
+def _negatives(data: MiningInput, qid: str, doc_ids: list[str], docs: list[str],
+               order: np.ndarray, guard: np.ndarray, floor: float | None, skip_top: int,
+               num_negatives: int) -> tuple[Doc, ...]:
+    """The query's negatives from its ranking: positives (by id or text) out, window, guard."""
+    pos_ids = set(data.positives[qid])
+    pos_texts = {data.corpus[d] for d in pos_ids}
+    negatives: list[Doc] = []
+    skipped = 0
+    for i in order:
+        if doc_ids[i] in pos_ids or docs[i] in pos_texts:
+            continue
+        if skipped < skip_top:
+            skipped += 1
+            continue
+        if floor is not None and guard[i] >= floor:
+            continue
+        negatives.append(Doc(doc_ids[i], docs[i]))
+        if len(negatives) == num_negatives:
+            break
+    return tuple(negatives)

@@ -64,6 +64,23 @@ def test_dense_and_hybrid_with_the_packaged_minilm(beir):
         assert records == mining.mine(data, method=method, num_negatives=2)   # deterministic
 
 
+def test_blocks_of_queries_mine_what_one_block_mines(beir, monkeypatch):
+    """Scoring a query at a time (a big corpus) gives the same file as scoring all at once."""
+    data = mining.from_beir(beir / "corpus.jsonl", beir / "queries.jsonl", beir / "qrels.tsv")
+    calls = []
+    scores = mining.BM25Index.scores
+    monkeypatch.setattr(mining.BM25Index, "scores",
+                        lambda self, queries: calls.append(len(queries)) or scores(self, queries))
+    for method, margin in (("bm25", None), ("bm25", 0.9), ("hybrid", 0.05)):
+        calls.clear()
+        whole = mining.mine(data, method=method, num_negatives=3, skip_top=1, margin=margin)
+        assert calls == [2]
+        calls.clear()
+        one_by_one = mining.mine(data, method=method, num_negatives=3, skip_top=1, margin=margin,
+                                 block_size=1)
+        assert calls == [1, 1] and one_by_one == whole
+
+
 def test_cli_writes_lines_the_training_reader_accepts(beir, tmp_path):
     out = tmp_path / "mined.jsonl"
     args = ["mine", "--corpus", str(beir / "corpus.jsonl"), "--queries", str(beir / "queries.jsonl"),
