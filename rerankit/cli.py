@@ -134,8 +134,11 @@ def export_command(run_dir: str, out: str, dtype: str, overwrite: bool) -> None:
 @click.option("--model", "model_path", required=True, help="Run folder, exported folder or HF id.")
 @click.option("--data", "data_path", required=True, type=click.Path(exists=True),
               help="Seed-format JSONL, or a BEIR folder (corpus.jsonl, queries.jsonl, qrels/).")
-@click.option("--first-stage", type=click.Choice(["bm25"]), default="bm25", show_default=True,
-              help="First stage for a BEIR folder.")
+@click.option("--first-stage", type=click.Choice(["bm25", "dense", "hybrid"]), default="bm25",
+              show_default=True,
+              help="First stage for a BEIR folder: BM25, a bi-encoder, or their RRF hybrid.")
+@click.option("--dense-model", default="sentence-transformers/all-MiniLM-L6-v2", show_default=True,
+              help="Bi-encoder of the dense and hybrid first stages (the default is packaged).")
 @click.option("--top-k", type=int, default=30, show_default=True,
               help="Candidates the first stage hands the reranker (BEIR folder).")
 @click.option("--split", default="test", show_default=True, help="qrels file of a BEIR folder.")
@@ -146,9 +149,10 @@ def export_command(run_dir: str, out: str, dtype: str, overwrite: bool) -> None:
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Write the results as JSON here.")
 @_friendly
-def eval_command(model_path: str, data_path: str, first_stage: str, top_k: int, split: str,
-                 recall_at: int, max_queries: int | None, dtype: str, out_path: str | None) -> None:
-    """Compare a reranker with its first stage (BM25) on held-out data."""
+def eval_command(model_path: str, data_path: str, first_stage: str, dense_model: str, top_k: int,
+                 split: str, recall_at: int, max_queries: int | None, dtype: str,
+                 out_path: str | None) -> None:
+    """Compare a reranker with its first stage on held-out data."""
     from rerankit.eval_data import evaluate_beir, evaluate_seed_file
     from rerankit.inference import Reranker
     from rerankit.report import metrics_table
@@ -156,13 +160,17 @@ def eval_command(model_path: str, data_path: str, first_stage: str, top_k: int, 
     reranker = Reranker.load(model_path, dtype=dtype)
     if Path(data_path).is_dir():
         result = evaluate_beir(reranker, data_path, top_k=top_k, split=split,
-                               recall_at=recall_at, max_queries=max_queries)
+                               recall_at=recall_at, max_queries=max_queries,
+                               first_stage=first_stage, dense_model=dense_model)
     else:
+        if first_stage != "bm25":
+            raise RerankitError("--first-stage applies to a BEIR folder; a seed file's first "
+                                "stage is BM25 over each query's candidates")
         result = evaluate_seed_file(reranker, data_path, recall_at=recall_at)
     result["model"] = model_path
     click.echo(metrics_table([(result["first_stage"]["name"], result["first_stage"]),
                               (f"reranked by {model_path}", result["reranked"]),
-                              ("fused: RRF(first stage, reranker)", result["fused"])],
+                              (result["fused_name"], result["fused"])],
                              f"recall@{recall_at}"))
     delta = result["reranked"]["ndcg@10"] - result["first_stage"]["ndcg@10"]
     click.echo(f"\nndcg@10 {delta:+.4f} over the first stage on {result['queries']} queries")

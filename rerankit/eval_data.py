@@ -4,11 +4,12 @@ Two inputs:
 
 - a seed-format JSONL file: each query's positives and given negatives are the candidates;
   the first stage is BM25 over those candidates (as in training validation);
-- a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``): BM25 retrieves
-  the top ``k`` of the whole corpus for each judged query and the reranker reorders them.
-  Metrics are over the full qrels, so a positive BM25 missed counts against both.
+- a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``): the first stage
+  (BM25, a bi-encoder, or their hybrid) retrieves the top ``k`` of the whole corpus for each
+  judged query and the reranker reorders them. Metrics are over the full qrels, so a positive
+  the first stage missed counts against both.
 
-Both also report the reciprocal-rank fusion of BM25's order with the reranker's.
+Both also report the reciprocal-rank fusion of the first stage's ranking(s) with the reranker's.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from rerankit.beir import read_corpus, read_qrels, read_queries
 from rerankit.data import read_records
 from rerankit.evaluation import ValidationSet
+from rerankit.first_stage import DEFAULT_DENSE_MODEL, BM25Index, BM25Retriever, DenseIndex
 from rerankit.fusion import rrf
 from rerankit.metrics import ranking_metrics
 
@@ -34,28 +36,67 @@ def _read_beir(folder: Path, split: str):
     return corpus, queries, qrels
 
 
-def evaluate_beir(reranker, folder: str | Path, *, top_k: int = 30, split: str = "test",
-                  recall_at: int = 10, max_queries: int | None = None) -> dict[str, Any]:
-    """BM25 top-k over the corpus vs the reranker's order of the same top-k."""
-    from tqdm.auto import tqdm
+FIRST_STAGES = ("bm25", "dense", "hybrid")
 
-    from rerankit.first_stage import BM25Retriever
+
+def first_stage_top_k(corpus: dict[str, str], queries: list[str], top_k: int, method: str,
+                      dense_model: str = DEFAULT_DENSE_MODEL, block_size: int = 256
+                      ) -> list[tuple[list[str], dict[str, np.ndarray]]]:
+    """Each query's top ``k`` doc ids from the first stage, with every component's scores of them.
+
+    ``bm25`` (bm25s), ``dense`` (bi-encoder cosine) or ``hybrid`` (their reciprocal-rank
+    fusion over the whole corpus, as ``rerankit mine --method hybrid`` ranks).
+    """
+    if method not in FIRST_STAGES:
+        raise ValueError(f"unknown first stage {method!r}; expected one of {', '.join(FIRST_STAGES)}")
+    if method == "bm25":   # bm25s's own top-k (and its order of tied scores)
+        return [([d for d, _ in row], {"bm25": np.array([score for _, score in row])})
+                for row in BM25Retriever(corpus).retrieve(queries, top_k)]
+    doc_ids = list(corpus)
+    texts = [corpus[d] for d in doc_ids]
+    indexes = {"bm25": BM25Index(texts)} if method == "hybrid" else {}
+    indexes["dense"] = DenseIndex(texts, dense_model)
+    k = min(top_k, len(doc_ids))
+    result = []
+    for start in range(0, len(queries), block_size):
+        block = queries[start:start + block_size]
+        scores = {name: index.scores(block) for name, index in indexes.items()}
+        ranking = rrf(list(scores.values())) if method == "hybrid" else scores[method]
+        top = np.argsort(-ranking, axis=1, kind="stable")[:, :k]
+        for row, picked in enumerate(top):
+            result.append(([doc_ids[i] for i in picked],
+                           {name: s[row, picked] for name, s in scores.items()}))
+    return result
+
+
+def evaluate_beir(reranker, folder: str | Path, *, top_k: int = 30, split: str = "test",
+                  recall_at: int = 10, max_queries: int | None = None, first_stage: str = "bm25",
+                  dense_model: str = DEFAULT_DENSE_MODEL) -> dict[str, Any]:
+    """The first stage's top-k over the corpus vs the reranker's order of the same top-k.
+
+    The fused row is the reciprocal-rank fusion of the reranker's order with each ranking the
+    first stage is made of (BM25, the bi-encoder, or both for ``hybrid``).
+    """
+    from tqdm.auto import tqdm
 
     corpus, queries, qrels = _read_beir(Path(folder), split)
     qids = sorted(qrels)[:max_queries] if max_queries else sorted(qrels)
     qrels = {q: qrels[q] for q in qids}
-    hits = BM25Retriever(corpus).retrieve([queries[q] for q in qids], top_k)
+    hits = first_stage_top_k(corpus, [queries[q] for q in qids], top_k, first_stage, dense_model)
     first, reranked, fused = {}, {}, {}
-    for qid, ranked in tqdm(list(zip(qids, hits)), desc="reranking", unit="query"):
-        ids = [d for d, _ in ranked]
-        bm25 = np.array([s for _, s in ranked])
+    for qid, (ids, components) in tqdm(list(zip(qids, hits)), desc="reranking", unit="query"):
+        own = (rrf(list(components.values())) if first_stage == "hybrid"
+               else components[first_stage])
         scores = np.asarray(reranker.score([(queries[qid], corpus[d]) for d in ids], raw=True))
-        first[qid], reranked[qid] = dict(zip(ids, bm25)), dict(zip(ids, scores))
-        fused[qid] = dict(zip(ids, rrf([bm25, scores])))
+        first[qid], reranked[qid] = dict(zip(ids, own)), dict(zip(ids, scores))
+        fused[qid] = dict(zip(ids, rrf([*components.values(), scores])))
+    name = {"bm25": "bm25", "dense": "bi-encoder", "hybrid": "hybrid (bm25 + bi-encoder, RRF)"}
     return {"data": str(folder), "kind": "beir", "queries": len(qids), "top_k": top_k,
-            "first_stage": {"name": f"bm25 top-{top_k}", **ranking_metrics(qrels, first, recall_at)},
+            "first_stage": {"name": f"{name[first_stage]} top-{top_k}",
+                            **ranking_metrics(qrels, first, recall_at)},
             "reranked": ranking_metrics(qrels, reranked, recall_at),
-            "fused": ranking_metrics(qrels, fused, recall_at)}
+            "fused": ranking_metrics(qrels, fused, recall_at),
+            "fused_name": "fused: RRF(" + ", ".join([*hits[0][1], "reranker"]) + ")" if hits else ""}
 
 
 def evaluate_seed_file(reranker, path: str | Path, *, recall_at: int = 10) -> dict[str, Any]:
@@ -71,4 +112,5 @@ def evaluate_seed_file(reranker, path: str | Path, *, recall_at: int = 10) -> di
             "first_stage": {"name": "bm25 over the candidates", **vset.metrics(bm25, recall_at)},
             "reranked": vset.metrics(scores, recall_at),
             "fused": vset.metrics([rrf([b, s]) for b, s in zip(bm25, scores)], recall_at),
+            "fused_name": "fused: RRF(bm25, reranker)",
             "data_report": report.summary()}

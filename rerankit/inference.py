@@ -50,7 +50,7 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _default_dtype(device: str):
+def default_dtype(device: str):
     """bf16 where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), else fp32.
 
     Measured on a 2-core AVX512-BF16 CPU (benchmarks/results/inference.md): bf16 scores 1.7x
@@ -90,7 +90,7 @@ class Reranker:
         """
         device = device or default_device()
         if dtype is None or dtype == "auto":
-            dtype = _default_dtype(device)
+            dtype = default_dtype(device)
         elif isinstance(dtype, str):
             dtype = torch_dtype(dtype)
         path = Path(path)

@@ -57,6 +57,42 @@ def test_eval_beir_reranks_bm25_top_k(tiny_bert_run, beir_folder):
     assert result["reranked"]["recall@5"] == pytest.approx(result["first_stage"]["recall@5"])
 
 
+def test_hybrid_first_stage_is_the_rrf_of_bm25_and_the_bi_encoder_over_the_corpus(beir_folder):
+    import numpy as np
+
+    from rerankit.eval_data import _read_beir, first_stage_top_k
+    from rerankit.first_stage import bm25_score_matrix, dense_score_matrix
+    from rerankit.fusion import rrf
+
+    corpus, queries, _ = _read_beir(beir_folder, "test")
+    asked = [queries["q0"], queries["q3"]]
+    hits = first_stage_top_k(corpus, asked, 5, "hybrid", block_size=1)
+    texts = list(corpus.values())
+    fused = rrf([bm25_score_matrix(asked, texts), dense_score_matrix(asked, texts)])
+    for (ids, components), row in zip(hits, fused):
+        assert ids == [list(corpus)[i] for i in np.argsort(-row, kind="stable")[:5]]
+        assert set(components) == {"bm25", "dense"} and len(components["dense"]) == 5
+    dense_only = first_stage_top_k(corpus, asked, 5, "dense")
+    assert set(dense_only[0][1]) == {"dense"}
+    assert list(dense_only[0][1]["dense"]) == sorted(dense_only[0][1]["dense"], reverse=True)
+
+
+def test_eval_cli_with_a_hybrid_first_stage(tiny_bert_run, beir_folder, tmp_path):
+    out = tmp_path / "eval.json"
+    args = ["eval", "--model", str(tiny_bert_run[0].output_dir), "--data", str(beir_folder),
+            "--top-k", "5", "--first-stage", "hybrid", "--dtype", "float32", "--out", str(out)]
+    cli = CliRunner().invoke(main, args)
+    assert cli.exit_code == 0, cli.output
+    assert "hybrid (bm25 + bi-encoder, RRF) top-5" in cli.stdout
+    assert "fused: RRF(bm25, dense, reranker)" in cli.stdout
+    saved = json.loads(out.read_text())
+    assert saved["reranked"]["recall@10"] == pytest.approx(saved["first_stage"]["recall@10"])
+    # a seed file has its own first stage (BM25 over its candidates): asking for another is an error
+    cli = CliRunner().invoke(main, ["eval", "--model", str(tiny_bert_run[0].output_dir), "--data",
+                                    str(tiny_bert_run[1]), "--first-stage", "dense"])
+    assert cli.exit_code == 2 and "BEIR folder" in cli.output
+
+
 def test_eval_bad_beir_file_names_it(tiny_bert_run, beir_folder):
     (beir_folder / "queries.jsonl").write_text('{"_id": "q0", "text": "a"}\nnot json\n')
     cli = CliRunner().invoke(main, ["eval", "--model", str(tiny_bert_run[0].output_dir),
