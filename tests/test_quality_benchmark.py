@@ -76,12 +76,18 @@ def test_markdown_shows_every_row_against_bm25():
               "rows": [{"name": "BM25", "ndcg@10": 0.8, "mrr@10": 0.7},
                        {"name": "rerankit (QLoRA)", "ndcg@10": 0.9, "mrr@10": 0.85, "wall_s": 12.0,
                         "peak_rss_mib": 2048.0, "valid_best": {"ndcg@10": 0.95}},
-                       {"name": "sentence-transformers peer", "ndcg@10": 0.91, "mrr@10": 0.8}]}
+                       {"name": "rerankit (QLoRA) ⊕ BM25 (RRF)", "fused": True, "ndcg@10": 0.93,
+                        "mrr@10": 0.9},
+                       {"name": "sentence-transformers peer", "ndcg@10": 0.91, "mrr@10": 0.8},
+                       {"name": "sentence-transformers peer ⊕ BM25 (RRF)", "fused": True,
+                        "ndcg@10": 0.95, "mrr@10": 0.9}]}
     table = bench.markdown(result)
     assert "| rerankit (QLoRA) | 0.9000 | +0.1000 | 0.8500 | 12 s | 2048 MiB | 0.9500 |" in table
     assert "| BM25 | 0.8000 | +0.0000 |" in table
     assert "≥ BM25 + 0.10 NDCG@10: +0.1000, met" in table
+    # the peer's fused row is not the peer; the unfused rows are what the targets compare
     assert "above the sentence-transformers peer: -0.0100 against its best run, NOT met" in table
+    assert "Best fused rerankit pipeline (rerankit (QLoRA) ⊕ BM25 (RRF)): +0.1300 over BM25" in table
 
 
 def test_ablation_overrides_are_parsed_as_yaml_values():
