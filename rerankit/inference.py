@@ -20,17 +20,23 @@ import numpy as np
 
 from rerankit import run_folder
 from rerankit.errors import ModelLoadError
+from rerankit.fusion import rrf
 from rerankit.modeling import load_tokenizer, resolve_model_path, torch_dtype
 
 
 @dataclass(frozen=True)
 class RerankResult:
-    """One ranked document: its position in the input, its score, its text and its rank (0 = best)."""
+    """One ranked document: its position in the input, its score, its text and its rank (0 = best).
+
+    ``fused_score`` is set when the ranking fused the reranker with first-stage scores; ``score``
+    stays the reranker's own.
+    """
 
     index: int
     score: float
     text: str
     rank: int
+    fused_score: float | None = None
 
 
 class RerankResults(tuple):
@@ -127,14 +133,26 @@ class Reranker:
         return (logits if raw else _sigmoid(logits)).tolist()
 
     def rerank(self, query: str, docs: Sequence[str], top_k: int | None = None, *,
-               raw: bool = False) -> RerankResults:
-        """Rank ``docs`` for ``query``, best first (ties keep input order)."""
+               raw: bool = False, first_stage=None) -> RerankResults:
+        """Rank ``docs`` for ``query``, best first (ties keep input order).
+
+        ``first_stage``: the retriever's scores of ``docs`` (higher is better), or a list of
+        several retrievers' scores (say BM25's and a bi-encoder's, the parts of a hybrid
+        retriever). The order is then the reciprocal-rank fusion (``rerankit.fusion.rrf``) of
+        each of those rankings with the reranker's, and each result carries ``fused_score``.
+        On the quality benchmark, fusing with BM25 and the bi-encoder lifted the default
+        recipe's NDCG@10 from 0.826 to 0.874 (README, *Quality on real data*).
+        """
         if not docs:
             return RerankResults()
+        rankings = _first_stage_scores(first_stage, len(docs))
         scores = np.asarray(self.score([(query, d) for d in docs], raw=raw))
-        order = np.argsort(-scores, kind="stable")[: top_k if top_k is not None else len(docs)]
-        return RerankResults(RerankResult(int(i), float(scores[i]), docs[i], rank)
-                             for rank, i in enumerate(order))
+        fused = rrf([*rankings, scores]) if rankings else None
+        order = np.argsort(-(scores if fused is None else fused), kind="stable")
+        return RerankResults(
+            RerankResult(int(i), float(scores[i]), docs[i], rank,
+                         None if fused is None else float(fused[i]))
+            for rank, i in enumerate(order[: top_k if top_k is not None else len(docs)]))
 
     def _logits(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
         from rerankit.scoring import score_pairs
@@ -144,6 +162,25 @@ class Reranker:
 
     def __repr__(self) -> str:
         return f"Reranker({self.source!r}, max_length={self.max_length})"
+
+
+def _first_stage_scores(first_stage, num_docs: int) -> list[np.ndarray]:
+    """``first_stage`` as a list of score arrays, each checked to hold one score per document."""
+    if first_stage is None:
+        return []
+    items = list(first_stage)
+    several = bool(items) and np.ndim(items[0]) == 1
+    arrays = [np.asarray(x, dtype=np.float64) for x in items] if several \
+        else [np.asarray(items, dtype=np.float64)]
+    for i, scores in enumerate(arrays):
+        where = f"first_stage[{i}]" if several else "first_stage"
+        if scores.ndim != 1 or len(scores) != num_docs:
+            raise ValueError(f"{where}: expected {num_docs} scores (one per document), "
+                             f"got shape {scores.shape}")
+        if not np.isfinite(scores).all():
+            bad = int(np.flatnonzero(~np.isfinite(scores))[0])
+            raise ValueError(f"{where}: the score of document {bad} is not a finite number")
+    return arrays
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -33,6 +33,35 @@ def test_rerank_orders_results_best_first(reranker):
     assert reranker.rerank(QUERY, []) == () and reranker.score([]) == []
 
 
+def test_rerank_fuses_with_first_stage_scores(reranker):
+    from rerankit.fusion import rrf
+
+    plain = reranker.rerank(QUERY, DOCS)
+    own = np.array([r.score for r in sorted(plain, key=lambda r: r.index)])
+    # a first stage that ranks the documents in the reverse of the reranker's order
+    reverse = -own
+    bm25_like = np.arange(len(DOCS), 0, -1, dtype=float)          # input order, best first
+    for first_stage in (reverse, [reverse, bm25_like]):
+        rankings = [first_stage] if isinstance(first_stage, np.ndarray) else first_stage
+        fused = rrf([*rankings, own])
+        results = reranker.rerank(QUERY, DOCS, first_stage=first_stage, top_k=3)
+        assert results.indices == list(np.argsort(-fused, kind="stable")[:3])
+        assert [r.fused_score for r in results] == pytest.approx(sorted(fused, reverse=True)[:3])
+        assert all(r.score == pytest.approx(own[r.index]) for r in results)   # the reranker's own
+    # a first stage that agrees with the reranker changes nothing
+    assert reranker.rerank(QUERY, DOCS, first_stage=own).indices == plain.indices
+    assert all(r.fused_score is None for r in plain)
+
+
+def test_rerank_rejects_first_stage_scores_that_do_not_fit(reranker):
+    with pytest.raises(ValueError, match=r"first_stage: expected 5 scores .* shape \(4,\)"):
+        reranker.rerank(QUERY, DOCS, first_stage=[1.0, 2.0, 3.0, 4.0])
+    with pytest.raises(ValueError, match=r"first_stage\[1\]: expected 5 scores"):
+        reranker.rerank(QUERY, DOCS, first_stage=[[1, 2, 3, 4, 5], [1, 2]])
+    with pytest.raises(ValueError, match="score of document 2 is not a finite number"):
+        reranker.rerank(QUERY, DOCS, first_stage=[1, 2, float("nan"), 4, 5])
+
+
 def test_scores_are_sigmoid_of_raw_and_independent_of_neighbours(reranker):
     pairs = [(QUERY, d) for d in DOCS]
     raw = np.array(reranker.score(pairs, raw=True))
