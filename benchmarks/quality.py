@@ -23,8 +23,9 @@ Protocol (all fixed by seeds, so a rerun gives the same table):
   same queries with the same number of negatives per query (the top mined ones) and the same
   epochs, pairs per step and precision; ``CrossEncoderRerankingEvaluator`` on the same
   validation file picks its best epoch (``load_best_model_at_end``). Learning rate 1e-4: it
-  beat sentence-transformers' documented 2e-5 on this protocol when both ran at 8 queries per
-  step (0.30 against 0.19 NDCG@10); ``--peer-lr`` runs others.
+  beat sentence-transformers' documented 2e-5 on this protocol (0.30 against 0.19 NDCG@10 at 8
+  queries per step, 0.48 against 0.21 at 4); ``--peer-lr`` runs others. The peer's result
+  swings with the training seed (results/quality_ablations.md).
 - Test side: ``--test-queries`` questions sampled from the test articles; BM25 retrieves the
   top 30 of the whole corpus (all 48 articles, as a deployed retriever would search) and
   each model reorders those 30. NDCG@10 and MRR@10 (``ir_measures``) count a positive BM25
