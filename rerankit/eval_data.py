@@ -15,14 +15,14 @@ Both also report the reciprocal-rank fusion of the first stage's ranking(s) with
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from rerankit.beir import read_corpus, read_qrels, read_queries
 from rerankit.data import read_records
 from rerankit.evaluation import ValidationSet
-from rerankit.first_stage import DEFAULT_DENSE_MODEL, BM25Index, BM25Retriever, DenseIndex
+from rerankit.first_stage import DEFAULT_DENSE_MODEL, BM25Retriever, CorpusScorer
 from rerankit.fusion import rrf
 from rerankit.metrics import ranking_metrics
 
@@ -36,36 +36,37 @@ def _read_beir(folder: Path, split: str):
     return corpus, queries, qrels
 
 
-FIRST_STAGES = ("bm25", "dense", "hybrid")
+class Candidates(NamedTuple):
+    """One query's top-k from the first stage."""
+
+    ids: list[str]
+    scores: np.ndarray                  # what the first stage ranked them by (best first)
+    components: dict[str, np.ndarray]   # BM25's and/or the bi-encoder's scores of them
 
 
 def first_stage_top_k(corpus: dict[str, str], queries: list[str], top_k: int, method: str,
-                      dense_model: str = DEFAULT_DENSE_MODEL, block_size: int = 256
-                      ) -> list[tuple[list[str], dict[str, np.ndarray]]]:
-    """Each query's top ``k`` doc ids from the first stage, with every component's scores of them.
+                      dense_model: str = DEFAULT_DENSE_MODEL, block_size: int | None = None
+                      ) -> list[Candidates]:
+    """Each query's top ``k`` doc ids from the first stage over the whole corpus.
 
     ``bm25`` (bm25s), ``dense`` (bi-encoder cosine) or ``hybrid`` (their reciprocal-rank
     fusion over the whole corpus, as ``rerankit mine --method hybrid`` ranks).
     """
-    if method not in FIRST_STAGES:
-        raise ValueError(f"unknown first stage {method!r}; expected one of {', '.join(FIRST_STAGES)}")
     if method == "bm25":   # bm25s's own top-k (and its order of tied scores)
-        return [([d for d, _ in row], {"bm25": np.array([score for _, score in row])})
-                for row in BM25Retriever(corpus).retrieve(queries, top_k)]
+        result = []
+        for row in BM25Retriever(corpus).retrieve(queries, top_k):
+            bm25 = np.array([score for _, score in row])
+            result.append(Candidates([d for d, _ in row], bm25, {"bm25": bm25}))
+        return result
     doc_ids = list(corpus)
-    texts = [corpus[d] for d in doc_ids]
-    indexes = {"bm25": BM25Index(texts)} if method == "hybrid" else {}
-    indexes["dense"] = DenseIndex(texts, dense_model)
+    scorer = CorpusScorer([corpus[d] for d in doc_ids], method, dense_model)
     k = min(top_k, len(doc_ids))
     result = []
-    for start in range(0, len(queries), block_size):
-        block = queries[start:start + block_size]
-        scores = {name: index.scores(block) for name, index in indexes.items()}
-        ranking = rrf(list(scores.values())) if method == "hybrid" else scores[method]
-        top = np.argsort(-ranking, axis=1, kind="stable")[:, :k]
+    for block in scorer.blocks(queries, block_size):
+        top = np.argsort(-block.ranking, axis=1, kind="stable")[:, :k]
         for row, picked in enumerate(top):
-            result.append(([doc_ids[i] for i in picked],
-                           {name: s[row, picked] for name, s in scores.items()}))
+            result.append(Candidates([doc_ids[i] for i in picked], block.ranking[row, picked],
+                                     {name: c[row, picked] for name, c in block.components.items()}))
     return result
 
 
@@ -84,9 +85,7 @@ def evaluate_beir(reranker, folder: str | Path, *, top_k: int = 30, split: str =
     qrels = {q: qrels[q] for q in qids}
     hits = first_stage_top_k(corpus, [queries[q] for q in qids], top_k, first_stage, dense_model)
     first, reranked, fused = {}, {}, {}
-    for qid, (ids, components) in tqdm(list(zip(qids, hits)), desc="reranking", unit="query"):
-        own = (rrf(list(components.values())) if first_stage == "hybrid"
-               else components[first_stage])
+    for qid, (ids, own, components) in tqdm(list(zip(qids, hits)), desc="reranking", unit="query"):
         scores = np.asarray(reranker.score([(queries[qid], corpus[d]) for d in ids], raw=True))
         first[qid], reranked[qid] = dict(zip(ids, own)), dict(zip(ids, scores))
         fused[qid] = dict(zip(ids, rrf([*components.values(), scores])))
@@ -96,7 +95,7 @@ def evaluate_beir(reranker, folder: str | Path, *, top_k: int = 30, split: str =
                             **ranking_metrics(qrels, first, recall_at)},
             "reranked": ranking_metrics(qrels, reranked, recall_at),
             "fused": ranking_metrics(qrels, fused, recall_at),
-            "fused_name": "fused: RRF(" + ", ".join([*hits[0][1], "reranker"]) + ")" if hits else ""}
+            "fused_name": "fused: RRF(" + ", ".join([*hits[0].components, "reranker"]) + ")" if hits else ""}
 
 
 def evaluate_seed_file(reranker, path: str | Path, *, recall_at: int = 10) -> dict[str, Any]:

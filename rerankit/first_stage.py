@@ -2,15 +2,18 @@
 bi-encoder (the packaged all-MiniLM-L6-v2 by default).
 
 ``BM25Index`` and ``DenseIndex`` index a corpus once and score any number of queries against
-it, a block of queries at a time, so that callers (mining) never need the whole
-queries × corpus matrix in memory.
+it; ``CorpusScorer`` combines them (``bm25``, ``dense`` or an RRF ``hybrid``) a block of queries
+at a time, so that mining and ``rerankit eval`` never hold the whole queries × corpus matrix.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Iterator, Sequence
 
 import numpy as np
+
+from rerankit.fusion import rrf
 
 DEFAULT_DENSE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -57,6 +60,47 @@ class DenseIndex:
         query_emb = self.model.encode(list(queries), normalize_embeddings=True,
                                       show_progress_bar=False)
         return query_emb @ self.embeddings.T
+
+
+# Score-matrix cells held at once per component: 16M float32 cells = 64 MiB.
+BLOCK_CELLS = 1 << 24
+METHODS = ("bm25", "dense", "hybrid")
+
+
+@dataclass
+class ScoredBlock:
+    start: int                        # index of the block's first query
+    components: dict[str, np.ndarray]  # "bm25" and/or "dense": (block, corpus) scores
+    ranking: np.ndarray               # what the first stage ranks by: one component, or their RRF
+
+
+class CorpusScorer:
+    """A first stage over a corpus indexed once: ``bm25``, ``dense`` or ``hybrid`` (the
+    reciprocal-rank fusion of both over the whole corpus), scoring a block of queries at a time."""
+
+    def __init__(self, texts: Sequence[str], method: str,
+                 dense_model: str = DEFAULT_DENSE_MODEL) -> None:
+        if method not in METHODS:
+            raise ValueError(f"unknown first stage {method!r}; expected one of {', '.join(METHODS)}")
+        self.size = len(texts)
+        self.indexes: dict[str, BM25Index | DenseIndex] = {}
+        if method in ("bm25", "hybrid"):
+            self.indexes["bm25"] = BM25Index(texts)
+        if method in ("dense", "hybrid"):
+            self.indexes["dense"] = DenseIndex(texts, dense_model)
+
+    def block_size(self, wanted: int | None = None) -> int:
+        """``wanted``, or as many queries as keep a block within ``BLOCK_CELLS`` per component."""
+        return wanted or max(1, BLOCK_CELLS // max(1, self.size))
+
+    def blocks(self, queries: Sequence[str], block_size: int | None = None) -> Iterator[ScoredBlock]:
+        size = self.block_size(block_size)
+        for start in range(0, len(queries), size):
+            block = list(queries[start:start + size])
+            components = {name: index.scores(block) for name, index in self.indexes.items()}
+            ranking = (rrf(list(components.values())) if len(components) > 1
+                       else next(iter(components.values())))
+            yield ScoredBlock(start, components, ranking)
 
 
 def bm25_score_matrix(queries: Sequence[str], texts: Sequence[str]) -> np.ndarray:

@@ -22,6 +22,7 @@ query and a lexical first stage.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -30,8 +31,7 @@ import numpy as np
 
 from rerankit.beir import read_corpus, read_qrels, read_queries
 from rerankit.data import Doc, QueryRecord, read_records
-from rerankit.first_stage import BM25Index, DenseIndex
-from rerankit.fusion import rrf
+from rerankit.first_stage import CorpusScorer
 
 
 @dataclass
@@ -66,17 +66,13 @@ def _ranking(scores: np.ndarray) -> np.ndarray:
     return np.argsort(-scores, axis=1, kind="stable")
 
 
-# Score-matrix cells held at once (per first stage): 16M float32 cells = 64 MiB.
-BLOCK_CELLS = 1 << 24
-
-
 def mine(data: MiningInput, *, method: Literal["bm25", "dense", "hybrid"] = "bm25",
          num_negatives: int = 15, skip_top: int = 0, margin: float | None = None,
          dense_model: str = "sentence-transformers/all-MiniLM-L6-v2",
          block_size: int | None = None) -> list[QueryRecord]:
     """Mine negatives for every query with a positive (see the module docstring).
 
-    ``block_size`` queries are scored at a time (default: as many as fit ``BLOCK_CELLS``).
+    ``block_size`` queries are scored at a time (default: ``first_stage.BLOCK_CELLS`` worth).
     """
     from tqdm.auto import tqdm
 
@@ -84,30 +80,25 @@ def mine(data: MiningInput, *, method: Literal["bm25", "dense", "hybrid"] = "bm2
     doc_ids = list(data.corpus)
     docs = [data.corpus[d] for d in doc_ids]
     position = {d: i for i, d in enumerate(doc_ids)}
-    dense_index = DenseIndex(docs, dense_model) if method in ("dense", "hybrid") else None
-    lexical_index = BM25Index(docs) if method in ("bm25", "hybrid") else None
-    block_size = block_size or max(1, BLOCK_CELLS // max(1, len(docs)))
+    scorer = CorpusScorer(docs, method, dense_model)
+    block_size = scorer.block_size(block_size)
 
     records = []
-    for start in tqdm(range(0, len(qids), block_size), desc=f"mining ({method})", unit="block",
-                      disable=len(qids) <= block_size):
-        block = qids[start:start + block_size]
-        queries = [data.queries[q] for q in block]
-        dense = dense_index.scores(queries) if dense_index is not None else None
-        lexical = lexical_index.scores(queries) if lexical_index is not None else None
-        if method == "hybrid":
-            order = _ranking(rrf([dense, lexical]))
-        else:
-            order = _ranking(dense if method == "dense" else lexical)
-        guard = dense if dense is not None else lexical
-        for row, qid in enumerate(block):
+    for block in tqdm(scorer.blocks([data.queries[q] for q in qids], block_size),
+                      total=math.ceil(len(qids) / block_size), desc=f"mining ({method})",
+                      unit="block", disable=len(qids) <= block_size):
+        order = _ranking(block.ranking)
+        # The guard reads the bi-encoder's cosine where there is one, else BM25's score.
+        dense = "dense" in block.components
+        guard = block.components["dense" if dense else "bm25"]
+        for row, qid in enumerate(qids[block.start:block.start + len(order)]):
+            pos_ids = data.positives[qid]
             floor = None
             if margin is not None:
-                weakest = min(guard[row, position[d]] for d in data.positives[qid])
-                floor = weakest - margin if dense is not None else (1 - margin) * weakest
+                weakest = min(guard[row, position[d]] for d in pos_ids)
+                floor = weakest - margin if dense else (1 - margin) * weakest
             negatives = _negatives(data, qid, doc_ids, docs, order[row], guard[row], floor,
                                    skip_top, num_negatives)
-            pos_ids = data.positives[qid]
             records.append(QueryRecord(
                 data.queries[qid], tuple(Doc(d, data.corpus[d]) for d in pos_ids), negatives,
                 source_chunk=pos_ids[0] if len(pos_ids) == 1 else None,

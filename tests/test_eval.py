@@ -69,12 +69,16 @@ def test_hybrid_first_stage_is_the_rrf_of_bm25_and_the_bi_encoder_over_the_corpu
     hits = first_stage_top_k(corpus, asked, 5, "hybrid", block_size=1)
     texts = list(corpus.values())
     fused = rrf([bm25_score_matrix(asked, texts), dense_score_matrix(asked, texts)])
-    for (ids, components), row in zip(hits, fused):
-        assert ids == [list(corpus)[i] for i in np.argsort(-row, kind="stable")[:5]]
+    for (ids, scores, components), row in zip(hits, fused):
+        picked = np.argsort(-row, kind="stable")[:5]
+        assert ids == [list(corpus)[i] for i in picked]
+        # the first stage's own order is the corpus-wide fusion, not a re-fusion of the top 5
+        assert scores == pytest.approx(row[picked])
         assert set(components) == {"bm25", "dense"} and len(components["dense"]) == 5
     dense_only = first_stage_top_k(corpus, asked, 5, "dense")
-    assert set(dense_only[0][1]) == {"dense"}
-    assert list(dense_only[0][1]["dense"]) == sorted(dense_only[0][1]["dense"], reverse=True)
+    assert set(dense_only[0].components) == {"dense"}
+    assert list(dense_only[0].components["dense"]) == sorted(dense_only[0].components["dense"],
+                                                               reverse=True)
 
 
 def test_eval_cli_with_a_hybrid_first_stage(tiny_bert_run, beir_folder, tmp_path):

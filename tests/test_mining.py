@@ -67,9 +67,11 @@ def test_dense_and_hybrid_with_the_packaged_minilm(beir):
 def test_blocks_of_queries_mine_what_one_block_mines(beir, monkeypatch):
     """Scoring a query at a time (a big corpus) gives the same file as scoring all at once."""
     data = mining.from_beir(beir / "corpus.jsonl", beir / "queries.jsonl", beir / "qrels.tsv")
+    from rerankit.first_stage import BM25Index
+
     calls = []
-    scores = mining.BM25Index.scores
-    monkeypatch.setattr(mining.BM25Index, "scores",
+    scores = BM25Index.scores
+    monkeypatch.setattr(BM25Index, "scores",
                         lambda self, queries: calls.append(len(queries)) or scores(self, queries))
     for method, margin in (("bm25", None), ("bm25", 0.9), ("hybrid", 0.05)):
         calls.clear()
