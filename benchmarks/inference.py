@@ -32,19 +32,22 @@ def load_pairs(n_queries: int, top_k: int, seed: int = 0):
     """n_queries SQuAD questions, their BM25 top_k paragraphs, and qrels over those."""
     import random
 
-    from rerankit.first_stage import BM25Retriever
-
     from rerankit.beir import read_corpus, read_qrels, read_queries
+    from rerankit.held_out import first_stage_top_k
 
     corpus = read_corpus(DATA / "corpus.jsonl")
     queries = read_queries(DATA / "queries.jsonl")
-    positive = {q: next(d for d, grade in judged.items() if grade > 0)
-                for q, judged in read_qrels(DATA / "qrels" / "test.tsv").items()}
+    positive = {
+        q: next(d for d, grade in judged.items() if grade > 0)
+        for q, judged in read_qrels(DATA / "qrels" / "test.tsv").items()
+    }
     qids = random.Random(seed).sample(sorted(positive), n_queries)
-    hits = BM25Retriever(corpus).retrieve([queries[q] for q in qids], top_k)
-    qrels = {str(i): {d: int(d == positive[q]) for d, _ in row} | {positive[q]: 1}
-             for i, (q, row) in enumerate(zip(qids, hits))}
-    doc_ids = [[d for d, _ in row] for row in hits]
+    hits = first_stage_top_k(corpus, [queries[q] for q in qids], top_k, "bm25")
+    doc_ids = [hit.ids for hit in hits]
+    qrels = {
+        str(i): {d: int(d == positive[q]) for d in ids} | {positive[q]: 1}
+        for i, (q, ids) in enumerate(zip(qids, doc_ids))
+    }
     return [queries[q] for q in qids], [[corpus[d] for d in row] for row in doc_ids], doc_ids, qrels
 
 
@@ -60,7 +63,7 @@ def prepare_model(model: str | None) -> str:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from rerankit.modeling import resolve_model_path
+    from rerankit.loading import resolve_model_path
 
     base = resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")
     torch.manual_seed(0)
@@ -71,13 +74,17 @@ def prepare_model(model: str | None) -> str:
 
 
 def top10_agreement(reference: list[np.ndarray], other: list[np.ndarray]) -> int:
-    return sum(list(np.argsort(-a, kind="stable")[:10]) == list(np.argsort(-b, kind="stable")[:10])
-               for a, b in zip(reference, other))
+    return sum(
+        list(np.argsort(-a, kind="stable")[:10]) == list(np.argsort(-b, kind="stable")[:10])
+        for a, b in zip(reference, other)
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "outputs/demo") if (ROOT / "outputs/demo/run.json").exists() else None)
+    parser.add_argument(
+        "--model", default=str(ROOT / "outputs/demo") if (ROOT / "outputs/demo/run.json").exists() else None
+    )
     parser.add_argument("--queries", type=int, default=42)
     parser.add_argument("--top-k", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=5)
@@ -92,7 +99,7 @@ def main() -> None:
     from rerankit import Reranker
 
     path = prepare_model(args.model)
-    from rerankit.metrics import ranking_metrics
+    from rerankit.ranking_metrics import ranking_metrics
 
     queries, candidates, doc_ids, qrels = load_pairs(args.queries, args.top_k)
     pairs = [(q, d) for q, docs in zip(queries, candidates) for d in docs]
@@ -104,21 +111,22 @@ def main() -> None:
 
     st = CrossEncoder(path, device="cpu", max_length=args.max_length)
     contenders = {
-        "sentence-transformers CrossEncoder.predict (fp32, batch 32)":
-            lambda: st.predict(pairs, batch_size=args.st_batch_size, show_progress_bar=False),
-        "rerankit Reranker.score fp32":
-            (lambda r: lambda: r.score(pairs))(Reranker.load(path, device="cpu", dtype="float32",
-                                                             max_length=args.max_length)),
-        "rerankit Reranker.score bf16":
-            (lambda r: lambda: r.score(pairs))(Reranker.load(path, device="cpu", dtype="bfloat16",
-                                                             max_length=args.max_length)),
+        "sentence-transformers CrossEncoder.predict (fp32, batch 32)": lambda: st.predict(
+            pairs, batch_size=args.st_batch_size, show_progress_bar=False
+        ),
+        "rerankit Reranker.score fp32": (lambda r: lambda: r.score(pairs))(
+            Reranker.load(path, device="cpu", dtype="float32", max_length=args.max_length)
+        ),
+        "rerankit Reranker.score bf16": (lambda r: lambda: r.score(pairs))(
+            Reranker.load(path, device="cpu", dtype="bfloat16", max_length=args.max_length)
+        ),
     }
     reference = None
     timings: dict[str, list[float]] = {name: [] for name in contenders}
     outputs: dict[str, np.ndarray] = {}
-    for name, run in contenders.items():     # warm-up, and the scores compared for quality
+    for name, run in contenders.items():  # warm-up, and the scores compared for quality
         outputs[name] = np.asarray(run(), dtype=np.float64)
-    for _ in range(args.repeats):            # alternate so drift hits every contender alike
+    for _ in range(args.repeats):  # alternate so drift hits every contender alike
         for name, run in contenders.items():
             start = time.perf_counter()
             run()
@@ -128,28 +136,53 @@ def main() -> None:
     rows = []
     for name in contenders:
         median = statistics.median(timings[name])
-        rows.append({
-            "contender": name,
-            "median_s": round(median, 3),
-            "pairs_per_s": round(len(pairs) / median, 1),
-            "speedup_vs_st": round(statistics.median(timings[reference_name]) / median, 2),
-            "same_top10_queries": f"{top10_agreement(reference, per_query(outputs[name]))}/{len(queries)}",
-            "max_abs_score_diff": float(np.max(np.abs(outputs[name] - outputs[reference_name]))),
-            "ndcg@10": round(ranking_metrics(qrels, {
-                str(i): dict(zip(ids, s)) for i, (ids, s) in enumerate(zip(doc_ids, per_query(outputs[name])))
-            })["ndcg@10"], 4),
-        })
-    meta = {"pairs": len(pairs), "queries": len(queries), "top_k": args.top_k,
-            "max_length": args.max_length, "repeats": args.repeats, "model": args.model or "MiniLM (seeded head)",
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
-    bm25 = ranking_metrics(qrels, {str(i): {d: -rank for rank, d in enumerate(ids)}
-                                   for i, ids in enumerate(doc_ids)})["ndcg@10"]
+        rows.append(
+            {
+                "contender": name,
+                "median_s": round(median, 3),
+                "pairs_per_s": round(len(pairs) / median, 1),
+                "speedup_vs_st": round(statistics.median(timings[reference_name]) / median, 2),
+                "same_top10_queries": (
+                    f"{top10_agreement(reference, per_query(outputs[name]))}/{len(queries)}"
+                ),
+                "max_abs_score_diff": float(np.max(np.abs(outputs[name] - outputs[reference_name]))),
+                "ndcg@10": round(
+                    ranking_metrics(
+                        qrels,
+                        {
+                            str(i): dict(zip(ids, s))
+                            for i, (ids, s) in enumerate(zip(doc_ids, per_query(outputs[name])))
+                        },
+                    )["ndcg@10"],
+                    4,
+                ),
+            }
+        )
+    meta = {
+        "pairs": len(pairs),
+        "queries": len(queries),
+        "top_k": args.top_k,
+        "max_length": args.max_length,
+        "repeats": args.repeats,
+        "model": args.model or "MiniLM (seeded head)",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+    }
+    bm25 = ranking_metrics(
+        qrels, {str(i): {d: -rank for rank, d in enumerate(ids)} for i, ids in enumerate(doc_ids)}
+    )["ndcg@10"]
     meta["bm25_ndcg@10"] = round(bm25, 4)
-    table = ["| contender | median s | pairs/s | × ST | same top-10 order as ST | max abs Δ score | NDCG@10 |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    table += [f"| {r['contender']} | {r['median_s']} | {r['pairs_per_s']} | {r['speedup_vs_st']} | "
-              f"{r['same_top10_queries']} | {r['max_abs_score_diff']:.2e} | {r['ndcg@10']} |" for r in rows]
+    table = [
+        "| contender | median s | pairs/s | × ST | same top-10 order as ST | max abs Δ score | NDCG@10 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    table += [
+        f"| {r['contender']} | {r['median_s']} | {r['pairs_per_s']} | {r['speedup_vs_st']} | "
+        f"{r['same_top10_queries']} | {r['max_abs_score_diff']:.2e} | {r['ndcg@10']} |"
+        for r in rows
+    ]
     table.append(f"| (BM25 order, for reference) | | | | | | {bm25:.4f} |")
     text = "\n".join(table)
     print(text)
@@ -157,7 +190,8 @@ def main() -> None:
     (args.out / "inference.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     (args.out / "inference.md").write_text(
         f"# Inference speed ({meta['pairs']} pairs, {meta['queries']} queries × BM25 top-{meta['top_k']}, "
-        f"{meta['cores']} cores, torch {meta['torch']})\n\n{text}\n")
+        f"{meta['cores']} cores, torch {meta['torch']})\n\n{text}\n"
+    )
 
 
 if __name__ == "__main__":

@@ -74,8 +74,11 @@ def split_by_article(data: Path):
 
     corpus = read_corpus(data / "corpus.jsonl", with_title=True)
     queries = read_queries(data / "queries.jsonl")
-    positives = {q: sorted(d for d, grade in judged.items() if grade > 0 and d in corpus)
-                 for q, judged in read_qrels(data / "qrels" / "test.tsv").items() if q in queries}
+    positives = {
+        q: sorted(d for d, grade in judged.items() if grade > 0 and d in corpus)
+        for q, judged in read_qrels(data / "qrels" / "test.tsv").items()
+        if q in queries
+    }
     sides = {}
     for name, wanted in (("train", False), ("test", True)):
         docs = {d: t for d, t in corpus.items() if (article(d) in TEST_ARTICLES) == wanted}
@@ -90,8 +93,9 @@ def sample(ids, n: int | None, seed: int) -> list[str]:
     return ids if n is None or n >= len(ids) else sorted(random.Random(seed).sample(ids, n))
 
 
-def prepare_training_files(train_side, n_queries: int | None, num_negatives: int, seed: int,
-                           work: Path) -> dict[str, Any]:
+def prepare_training_files(
+    train_side, n_queries: int | None, num_negatives: int, seed: int, work: Path
+) -> dict[str, Any]:
     """Mine BM25 negatives on the train side and split by query into train/valid JSONL."""
     from rerankit.data import write_records
     from rerankit.mining import MiningInput, mine
@@ -99,32 +103,45 @@ def prepare_training_files(train_side, n_queries: int | None, num_negatives: int
 
     docs, queries, positives = train_side
     qids = sample(queries, n_queries, seed)
-    records = mine(MiningInput(docs, {q: queries[q] for q in qids}, {q: positives[q] for q in qids}),
-                   method="bm25", num_negatives=num_negatives)
+    records = mine(
+        MiningInput(docs, {q: queries[q] for q in qids}, {q: positives[q] for q in qids}),
+        method="bm25",
+        num_negatives=num_negatives,
+    )
     train, valid = split_records(records, 0.1, seed=seed, group_by="query")
     work.mkdir(parents=True, exist_ok=True)
     write_records(train, work / "train.jsonl")
     write_records(valid, work / "valid.jsonl")
-    return {"train": str(work / "train.jsonl"), "valid": str(work / "valid.jsonl"),
-            "train_queries": len(train), "valid_queries": len(valid),
-            "mined_negatives": num_negatives, "corpus": len(docs)}
+    return {
+        "train": str(work / "train.jsonl"),
+        "valid": str(work / "valid.jsonl"),
+        "train_queries": len(train),
+        "valid_queries": len(valid),
+        "mined_negatives": num_negatives,
+        "corpus": len(docs),
+    }
 
 
 def first_stage_candidates(side, n_queries: int | None, top_k: int, seed: int):
     """BM25 top-k of the given corpus for the sampled test questions."""
-    from rerankit.first_stage import BM25Retriever
+    from rerankit.held_out import first_stage_top_k
 
     docs, queries, positives = side
     qids = sample(queries, n_queries, seed)
-    hits = BM25Retriever(docs).retrieve([queries[q] for q in qids], top_k)
-    qrels = {q: {d: 1 for d in positives[q]} for q in qids}
-    return {"qids": qids, "queries": [queries[q] for q in qids], "docs": docs, "qrels": qrels,
-            "hits": [[d for d, _ in row] for row in hits],
-            "bm25": [np.array([s for _, s in row]) for row in hits]}
+    hits = first_stage_top_k(docs, [queries[q] for q in qids], top_k, "bm25")
+    qrels = {q: dict.fromkeys(positives[q], 1) for q in qids}
+    return {
+        "qids": qids,
+        "queries": [queries[q] for q in qids],
+        "docs": docs,
+        "qrels": qrels,
+        "hits": [hit.ids for hit in hits],
+        "bm25": [hit.scores for hit in hits],
+    }
 
 
 def metrics_of(test, scores: list[np.ndarray]) -> dict[str, float]:
-    from rerankit.metrics import ranking_metrics
+    from rerankit.ranking_metrics import ranking_metrics
 
     run = {q: dict(zip(ids, map(float, s))) for q, ids, s in zip(test["qids"], test["hits"], scores)}
     m = ranking_metrics(test["qrels"], run, recall_at=10)
@@ -141,10 +158,10 @@ def score_with(reranker, test) -> list[np.ndarray]:
 
 def dense_scores(test) -> list[np.ndarray]:
     """Cosine of the packaged MiniLM bi-encoder (the model every row starts from)."""
-    from rerankit.first_stage import dense_score_matrix
+    from rerankit.first_stage import DenseIndex
 
     doc_ids = sorted({d for ids in test["hits"] for d in ids})
-    cosine = dense_score_matrix(test["queries"], [test["docs"][d] for d in doc_ids], BACKBONE)
+    cosine = DenseIndex([test["docs"][d] for d in doc_ids], BACKBONE).scores(test["queries"])
     column = {d: i for i, d in enumerate(doc_ids)}
     return [row[[column[d] for d in ids]] for row, ids in zip(cosine, test["hits"])]
 
@@ -155,41 +172,65 @@ def untrained_reranker(max_length: int, seed: int):
     from transformers import AutoModelForSequenceClassification
 
     from rerankit.inference import Reranker, default_dtype
-    from rerankit.modeling import load_tokenizer, resolve_model_path
+    from rerankit.loading import load_tokenizer, resolve_model_path
 
     torch.manual_seed(seed)
     path = resolve_model_path(BACKBONE)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1,
-                                                               dtype=default_dtype("cpu"))
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=default_dtype("cpu"))
     return Reranker(model, load_tokenizer(path), max_length=max_length, source="untrained")
 
 
 # ---- trainings, each in its own process -------------------------------------------------
 
+
 def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def train_rerankit(config: str, files: dict, out: str, overrides: dict) -> dict[str, Any]:
     import rerankit
 
     started = time.perf_counter()
-    result = rerankit.fit(config, output_dir=out, overwrite=True, overrides={
-        "data.train": files["train"], "data.valid": files["valid"], **overrides})
-    return {"wall_s": time.perf_counter() - started, "peak_rss_mib": _peak_rss_mib(),
-            "valid_best": result.metrics["best"], "path": out}
+    result = rerankit.fit(
+        config,
+        output_dir=out,
+        overwrite=True,
+        overrides={"data.train": files["train"], "data.valid": files["valid"], **overrides},
+    )
+    return {
+        "wall_s": time.perf_counter() - started,
+        "peak_rss_mib": _peak_rss_mib(),
+        "valid_best": result.metrics["best"],
+        "path": out,
+    }
 
 
 def _st_samples(path: str, num_negatives: int | None):
     from rerankit.data import read_records
 
     records, _ = read_records(path)
-    return [{"query": r.query, "positive": [d.text for d in r.positives],
-             "negative": [d.text for d in r.negatives[:num_negatives]]} for r in records]
+    return [
+        {
+            "query": r.query,
+            "positive": [d.text for d in r.positives],
+            "negative": [d.text for d in r.negatives[:num_negatives]],
+        }
+        for r in records
+    ]
 
 
-def train_peer(files: dict, out: str, *, epochs: int, num_negatives: int, queries_per_step: int,
-               max_length: int, learning_rate: float, bf16: bool, seed: int) -> dict[str, Any]:
+def train_peer(
+    files: dict,
+    out: str,
+    *,
+    epochs: int,
+    num_negatives: int,
+    queries_per_step: int,
+    max_length: int,
+    learning_rate: float,
+    bf16: bool,
+    seed: int,
+) -> dict[str, Any]:
     """sentence-transformers' documented cross-encoder recipe: BCE with pos_weight."""
     import torch
     from datasets import Dataset
@@ -203,7 +244,7 @@ def train_peer(files: dict, out: str, *, epochs: int, num_negatives: int, querie
     )
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
 
-    from rerankit.modeling import resolve_model_path
+    from rerankit.loading import resolve_model_path
 
     started = time.perf_counter()
     rows: dict[str, list] = {"query": [], "passage": [], "label": []}
@@ -212,25 +253,44 @@ def train_peer(files: dict, out: str, *, epochs: int, num_negatives: int, querie
             rows["query"].append(s["query"])
             rows["passage"].append(text)
             rows["label"].append(label)
-    model = CrossEncoder(resolve_model_path(BACKBONE), num_labels=1, max_length=max_length,
-                         device="cpu")
-    evaluator = CrossEncoderRerankingEvaluator(_st_samples(files["valid"], None), at_k=10,
-                                               name="valid", write_csv=False)
+    model = CrossEncoder(resolve_model_path(BACKBONE), num_labels=1, max_length=max_length, device="cpu")
+    evaluator = CrossEncoderRerankingEvaluator(
+        _st_samples(files["valid"], None), at_k=10, name="valid", write_csv=False
+    )
     args = CrossEncoderTrainingArguments(
-        output_dir=str(Path(out) / "checkpoints"), num_train_epochs=epochs,
+        output_dir=str(Path(out) / "checkpoints"),
+        num_train_epochs=epochs,
         per_device_train_batch_size=queries_per_step * (1 + num_negatives),
-        learning_rate=learning_rate, warmup_ratio=0.1, bf16=bf16, use_cpu=True, seed=seed,
-        eval_strategy="epoch", save_strategy="epoch", save_total_limit=1,
-        load_best_model_at_end=True, metric_for_best_model="eval_valid_ndcg@10",
-        logging_steps=10, report_to="none", dataloader_num_workers=0)
-    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows),
-                                  loss=BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(num_negatives)),
-                                  evaluator=evaluator)
+        learning_rate=learning_rate,
+        warmup_ratio=0.1,
+        bf16=bf16,
+        use_cpu=True,
+        seed=seed,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_valid_ndcg@10",
+        logging_steps=10,
+        report_to="none",
+        dataloader_num_workers=0,
+    )
+    trainer = CrossEncoderTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_dict(rows),
+        loss=BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(num_negatives)),
+        evaluator=evaluator,
+    )
     trainer.train()
     model.save_pretrained(str(Path(out) / "model"))
     best = trainer.state.best_metric
-    return {"wall_s": time.perf_counter() - started, "peak_rss_mib": _peak_rss_mib(),
-            "valid_best": {"ndcg@10": best}, "path": str(Path(out) / "model")}
+    return {
+        "wall_s": time.perf_counter() - started,
+        "peak_rss_mib": _peak_rss_mib(),
+        "valid_best": {"ndcg@10": best},
+        "path": str(Path(out) / "model"),
+    }
 
 
 def in_fresh_process(func, *args, **kwargs):
@@ -240,6 +300,7 @@ def in_fresh_process(func, *args, **kwargs):
 
 
 # ---- the run ------------------------------------------------------------------------------
+
 
 def parse_ablation(text: str) -> tuple[str, dict[str, Any]]:
     """``"name: training.learning_rate=1e-4 loss.name=bce"`` -> (name, overrides)."""
@@ -263,19 +324,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--test-queries", type=int, help="default 200 (--quick: 150)")
     parser.add_argument("--mined-negatives", type=int, default=15)
     parser.add_argument("--top-k", type=int, default=30)
-    parser.add_argument("--peer-lr", type=float, action="append",
-                        help="peer learning rate, repeatable (one peer run each); default 1e-4, "
-                             "which beat sentence-transformers' documented 2e-5 here")
+    parser.add_argument(
+        "--peer-lr",
+        type=float,
+        action="append",
+        help="peer learning rate, repeatable (one peer run each); default 1e-4, "
+        "which beat sentence-transformers' documented 2e-5 here",
+    )
     parser.add_argument("--no-peer", action="store_true")
-    parser.add_argument("--no-lora", action="store_true",
-                        help="skip the row of LoRA on the full-precision base (the same recipe "
-                             "without 4-bit quantization)")
-    parser.add_argument("--ablation", action="append", default=[],
-                        help='extra rerankit run: "name: key=value ..." (config overrides)')
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        help="override for the main rerankit run (and ablations), key=value")
-    parser.add_argument("--quick", action="store_true",
-                        help="400 train / 150 test questions (the slice of the ablations)")
+    parser.add_argument(
+        "--no-lora",
+        action="store_true",
+        help="skip the row of LoRA on the full-precision base (the same recipe without 4-bit quantization)",
+    )
+    parser.add_argument(
+        "--ablation",
+        action="append",
+        default=[],
+        help='extra rerankit run: "name: key=value ..." (config overrides)',
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        help="override for the main rerankit run (and ablations), key=value",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="400 train / 150 test questions (the slice of the ablations)"
+    )
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
 
@@ -292,19 +369,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
 
     sides = split_by_article(args.data)
-    files = prepare_training_files(sides["train"], args.train_queries, args.mined_negatives,
-                                   args.seed, work / "data")
+    files = prepare_training_files(
+        sides["train"], args.train_queries, args.mined_negatives, args.seed, work / "data"
+    )
     test = first_stage_candidates(sides["all"], args.test_queries, args.top_k, args.seed)
-    print(f"[{(time.perf_counter() - started) / 60:.1f} min] train side: {files['train_queries']} "
-          f"+ {files['valid_queries']} valid questions; test side: {len(test['qids'])} questions "
-          f"over {len(test['docs'])} paragraphs", flush=True)
+    print(
+        f"[{(time.perf_counter() - started) / 60:.1f} min] train side: {files['train_queries']} "
+        f"+ {files['valid_queries']} valid questions; test side: {len(test['qids'])} questions "
+        f"over {len(test['docs'])} paragraphs",
+        flush=True,
+    )
 
     rows: list[dict[str, Any]] = []
 
     def add(row: dict[str, Any]) -> None:
         rows.append(row)
-        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()
-                 if k in ("name", "ndcg@10", "mrr@10", "wall_s", "peak_rss_mib")}
+        shown = {
+            k: round(v, 4) if isinstance(v, float) else v
+            for k, v in row.items()
+            if k in ("name", "ndcg@10", "mrr@10", "wall_s", "peak_rss_mib")
+        }
         print(f"[{(time.perf_counter() - started) / 60:.1f} min] {shown}", flush=True)
 
     from rerankit.fusion import rrf
@@ -313,48 +397,88 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dense = dense_scores(test)
     add({"name": "MiniLM bi-encoder (cosine)", **metrics_of(test, dense)})
     # A hybrid first stage (BM25 and the bi-encoder fused), the other bar a reranker must clear.
-    add({"name": "BM25 ⊕ bi-encoder (RRF, hybrid first stage)", "fused": True, **metrics_of(
-        test, [rrf([b, d]) for b, d in zip(test["bm25"], dense)])})
-    add({"name": "untrained cross-encoder", **metrics_of(
-        test, score_with(untrained_reranker(cfg.model.max_length, cfg.seed), test))})
+    add(
+        {
+            "name": "BM25 ⊕ bi-encoder (RRF, hybrid first stage)",
+            "fused": True,
+            **metrics_of(test, [rrf([b, d]) for b, d in zip(test["bm25"], dense)]),
+        }
+    )
+    add(
+        {
+            "name": "untrained cross-encoder",
+            **metrics_of(test, score_with(untrained_reranker(cfg.model.max_length, cfg.seed), test)),
+        }
+    )
 
     from rerankit.inference import Reranker
 
     def add_trained(name: str, trained: dict[str, Any], scores: list[np.ndarray], **extra) -> None:
         add({"name": name, **extra, **trained, **metrics_of(test, scores)})
-        # The lever DESIGN.md names and `rerankit eval` reports: RRF with the first stage(s).
-        add({"name": f"{name} ⊕ BM25 (RRF)", "fused": True, **metrics_of(
-            test, [rrf([b, s]) for b, s in zip(test["bm25"], scores)])})
-        add({"name": f"{name} ⊕ BM25 ⊕ bi-encoder (RRF)", "fused": True, **metrics_of(
-            test, [rrf([b, d, s]) for b, d, s in zip(test["bm25"], dense, scores)])})
+        # The lever `rerankit eval` and `Reranker.rerank(first_stage=...)` offer: RRF with the first stage(s).
+        add(
+            {
+                "name": f"{name} ⊕ BM25 (RRF)",
+                "fused": True,
+                **metrics_of(test, [rrf([b, s]) for b, s in zip(test["bm25"], scores)]),
+            }
+        )
+        add(
+            {
+                "name": f"{name} ⊕ BM25 ⊕ bi-encoder (RRF)",
+                "fused": True,
+                **metrics_of(test, [rrf([b, d, s]) for b, d, s in zip(test["bm25"], dense, scores)]),
+            }
+        )
 
     runs = [(f"rerankit (QLoRA, {cfg.loss.name} loss)", base)]
     if not args.no_lora:
         # What the 4-bit base costs or saves on this small backbone, measured beside it.
-        runs.append((f"rerankit (LoRA on the full-precision base, {cfg.loss.name} loss)",
-                     {**base, "quantization.mode": "none"}))
+        runs.append(
+            (
+                f"rerankit (LoRA on the full-precision base, {cfg.loss.name} loss)",
+                {**base, "quantization.mode": "none"},
+            )
+        )
     runs += [(name, {**base, **o}) for name, o in map(parse_ablation, args.ablation)]
     for i, (name, overrides) in enumerate(runs):
-        trained = in_fresh_process(train_rerankit, args.config, files, str(work / f"rerankit_{i}"),
-                                   overrides)
-        add_trained(name, trained, score_with(Reranker.load(trained["path"]), test),
-                    overrides=overrides)
+        trained = in_fresh_process(train_rerankit, args.config, files, str(work / f"rerankit_{i}"), overrides)
+        add_trained(name, trained, score_with(Reranker.load(trained["path"]), test), overrides=overrides)
     for i, lr in enumerate([] if args.no_peer else args.peer_lr or [1e-4]):
         trained = in_fresh_process(
-            train_peer, files, str(work / f"peer_{i}"), epochs=cfg.training.epochs,
-            num_negatives=cfg.sampling.num_negatives, queries_per_step=cfg.training.batch_size,
-            max_length=cfg.model.max_length, learning_rate=lr,
-            bf16=cfg.training.precision != "fp32", seed=cfg.seed)
-        add_trained(f"sentence-transformers CrossEncoderTrainer (BCE, lr {lr:.0e})", trained,
-                    score_with(Reranker.load(trained["path"]), test))
+            train_peer,
+            files,
+            str(work / f"peer_{i}"),
+            epochs=cfg.training.epochs,
+            num_negatives=cfg.sampling.num_negatives,
+            queries_per_step=cfg.training.batch_size,
+            max_length=cfg.model.max_length,
+            learning_rate=lr,
+            bf16=cfg.training.precision != "fp32",
+            seed=cfg.seed,
+        )
+        add_trained(
+            f"sentence-transformers CrossEncoderTrainer (BCE, lr {lr:.0e})",
+            trained,
+            score_with(Reranker.load(trained["path"]), test),
+        )
 
-    result = {"protocol": {"data": _shown(args.data), "test_articles": sorted(TEST_ARTICLES, key=int),
-                           "test_queries": len(test["qids"]), "test_corpus": len(test["docs"]),
-                           "top_k": args.top_k, **files, "config": _shown(args.config),
-                           "epochs": cfg.training.epochs, "seed": args.seed},
-              "machine": {"cpu": platform.processor() or platform.machine(),
-                          "cores": multiprocessing.cpu_count()},
-              "rows": rows, "total_s": time.perf_counter() - started}
+    result = {
+        "protocol": {
+            "data": _shown(args.data),
+            "test_articles": sorted(TEST_ARTICLES, key=int),
+            "test_queries": len(test["qids"]),
+            "test_corpus": len(test["docs"]),
+            "top_k": args.top_k,
+            **files,
+            "config": _shown(args.config),
+            "epochs": cfg.training.epochs,
+            "seed": args.seed,
+        },
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": multiprocessing.cpu_count()},
+        "rows": rows,
+        "total_s": time.perf_counter() - started,
+    }
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"quality{suffix}.json").write_text(json.dumps(result, indent=2, default=str))
     (args.results / f"quality{suffix}.md").write_text(markdown(result))
@@ -374,40 +498,61 @@ def _shown(path) -> str:
 def markdown(result: dict[str, Any]) -> str:
     p = result["protocol"]
     bm25 = result["rows"][0]["ndcg@10"]
-    lines = [(f"# Quality on SQuAD split by article ({p['test_queries']} test questions, "
-              f"BM25 top-{p['top_k']} of all {p['test_corpus']} paragraphs)"), "",
-             (f"Training: {p['train_queries']} questions (+{p['valid_queries']} validation) from "
-              f"the 38 train articles, {p['mined_negatives']} BM25-mined negatives each, "
-              f"{p['epochs']:g} epoch(s), seed {p['seed']}; {result['machine']['cores']} CPU cores."),
-             "",
-             "| | NDCG@10 | Δ vs BM25 | MRR@10 | train wall | peak RSS | best valid NDCG@10 |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        (
+            f"# Quality on SQuAD split by article ({p['test_queries']} test questions, "
+            f"BM25 top-{p['top_k']} of all {p['test_corpus']} paragraphs)"
+        ),
+        "",
+        (
+            f"Training: {p['train_queries']} questions (+{p['valid_queries']} validation) from "
+            f"the 38 train articles, {p['mined_negatives']} BM25-mined negatives each, "
+            f"{p['epochs']:g} epoch(s), seed {p['seed']}; {result['machine']['cores']} CPU cores."
+        ),
+        "",
+        "| | NDCG@10 | Δ vs BM25 | MRR@10 | train wall | peak RSS | best valid NDCG@10 |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in result["rows"]:
         wall = f"{row['wall_s']:.0f} s" if "wall_s" in row else ""
         rss = f"{row['peak_rss_mib']:.0f} MiB" if "peak_rss_mib" in row else ""
         valid = row.get("valid_best", {}).get("ndcg@10")
-        lines.append(f"| {row['name']} | {row['ndcg@10']:.4f} | {row['ndcg@10'] - bm25:+.4f} | "
-                     f"{row['mrr@10']:.4f} | {wall} | {rss} | "
-                     f"{'' if valid is None else f'{valid:.4f}'} |")
+        lines.append(
+            f"| {row['name']} | {row['ndcg@10']:.4f} | {row['ndcg@10'] - bm25:+.4f} | "
+            f"{row['mrr@10']:.4f} | {wall} | {rss} | "
+            f"{'' if valid is None else f'{valid:.4f}'} |"
+        )
     ours = next((r for r in result["rows"] if r["name"].startswith("rerankit")), None)
-    peers = [r for r in result["rows"]
-             if r["name"].startswith("sentence-transformers") and not r.get("fused")]
+    peers = [
+        r for r in result["rows"] if r["name"].startswith("sentence-transformers") and not r.get("fused")
+    ]
     if ours is not None:
         gain = ours["ndcg@10"] - bm25
-        lines += ["", (f"Target rerankit ≥ BM25 + 0.10 NDCG@10: {gain:+.4f}, "
-                      f"{'met' if round(gain, 4) >= 0.10 else 'NOT met'}.")]
+        lines += [
+            "",
+            (
+                f"Target rerankit ≥ BM25 + 0.10 NDCG@10: {gain:+.4f}, "
+                f"{'met' if round(gain, 4) >= 0.10 else 'NOT met'}."
+            ),
+        ]
         fused = [r for r in result["rows"] if r["name"].startswith("rerankit") and r.get("fused")]
         if fused:
             best = max(fused, key=lambda r: r["ndcg@10"])
-            lines.append(f"Best fused rerankit pipeline ({best['name']}): "
-                         f"{best['ndcg@10'] - bm25:+.4f} over BM25.")
+            lines.append(
+                f"Best fused rerankit pipeline ({best['name']}): {best['ndcg@10'] - bm25:+.4f} over BM25."
+            )
         if peers:
             best_peer = max(r["ndcg@10"] for r in peers)
-            lines.append(f"Target rerankit above the sentence-transformers peer: "
-                         f"{ours['ndcg@10'] - best_peer:+.4f} against its best run, "
-                         f"{'met' if ours['ndcg@10'] > best_peer else 'NOT met'}.")
-    lines += ["", (f"Whole benchmark: {result['total_s'] / 60:.1f} min "
-                  "(`python benchmarks/quality.py`)."), ""]
+            lines.append(
+                f"Target rerankit above the sentence-transformers peer: "
+                f"{ours['ndcg@10'] - best_peer:+.4f} against its best run, "
+                f"{'met' if ours['ndcg@10'] > best_peer else 'NOT met'}."
+            )
+    lines += [
+        "",
+        (f"Whole benchmark: {result['total_s'] / 60:.1f} min (`python benchmarks/quality.py`)."),
+        "",
+    ]
     return "\n".join(lines)
 
 

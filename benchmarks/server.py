@@ -40,10 +40,21 @@ def free_port() -> int:
 
 def start_server(model: str, dtype: str, cross: bool) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "rerankit", "serve", "--model", model, "--port", str(port),
-           "--dtype", dtype] + ([] if cross else ["--no-cross-batching"])
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "rerankit",
+        "serve",
+        "--model",
+        model,
+        "--port",
+        str(port),
+        "--dtype",
+        dtype,
+    ] + ([] if cross else ["--no-cross-batching"])
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, HF_HUB_OFFLINE="1")
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -85,10 +96,14 @@ async def load(base: str, bodies: list[dict], clients: int) -> dict:
         wall = time.perf_counter() - start
     pairs = sum(len(b["documents"]) for b in bodies)
     latencies.sort()
-    return {"requests_per_s": round(len(bodies) / wall, 2), "pairs_per_s": round(pairs / wall, 1),
-            "p50_ms": round(1000 * statistics.median(latencies), 1),
-            "p99_ms": round(1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1),
-            "errors": errors, "wall_s": round(wall, 2)}
+    return {
+        "requests_per_s": round(len(bodies) / wall, 2),
+        "pairs_per_s": round(pairs / wall, 1),
+        "p50_ms": round(1000 * statistics.median(latencies), 1),
+        "p99_ms": round(1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1),
+        "errors": errors,
+        "wall_s": round(wall, 2),
+    }
 
 
 def main() -> None:
@@ -108,7 +123,7 @@ def main() -> None:
     pairs = [(q, d) for q, docs in zip(queries, candidates) for d in docs]
 
     reranker = Reranker.load(args.model, dtype=args.dtype)
-    reranker.score(pairs[:40])                                   # warm-up
+    reranker.score(pairs[:40])  # warm-up
     start = time.perf_counter()
     for q, docs in zip(queries, candidates):
         reranker.score([(q, d) for d in docs])
@@ -117,18 +132,31 @@ def main() -> None:
     reranker.score(pairs)
     all_at_once = len(pairs) / (time.perf_counter() - start)
     del reranker
-    rows = [{"setup": "in-process Reranker.score, one request at a time", "clients": 1,
-             "pairs_per_s": round(per_request, 1)},
-            {"setup": "in-process Reranker.score, all pairs in one call", "clients": 1,
-             "pairs_per_s": round(all_at_once, 1)}]
+    rows = [
+        {
+            "setup": "in-process Reranker.score, one request at a time",
+            "clients": 1,
+            "pairs_per_s": round(per_request, 1),
+        },
+        {
+            "setup": "in-process Reranker.score, all pairs in one call",
+            "clients": 1,
+            "pairs_per_s": round(all_at_once, 1),
+        },
+    ]
     for cross in (True, False):
         proc, base = start_server(args.model, args.dtype, cross)
         try:
-            asyncio.run(load(base, bodies[:8], 4))                   # warm-up
+            asyncio.run(load(base, bodies[:8], 4))  # warm-up
             for clients in args.clients:
                 result = asyncio.run(load(base, bodies, clients))
-                rows.append({"setup": f"rerankit serve, cross-request batching {'on' if cross else 'off'}",
-                             "clients": clients, **result})
+                rows.append(
+                    {
+                        "setup": f"rerankit serve, cross-request batching {'on' if cross else 'off'}",
+                        "clients": clients,
+                        **result,
+                    }
+                )
                 print(rows[-1], flush=True)
         finally:
             proc.terminate()
@@ -142,21 +170,33 @@ def main() -> None:
         off = by[("rerankit serve, cross-request batching off", clients)]
         on["vs_no_cross_batching"] = round(on["pairs_per_s"] / off["pairs_per_s"], 2)
 
-    table = ["| setup | clients | requests/s | pairs/s | p50 ms | p99 ms | errors | × in-process | × no cross-batching |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    table = [
+        "| setup | clients | requests/s | pairs/s | p50 ms | p99 ms | errors | × in-process "
+        "| × no cross-batching |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        table.append(f"| {r['setup']} | {r['clients']} | {r.get('requests_per_s', '')} | {r['pairs_per_s']} | "
-                     f"{r.get('p50_ms', '')} | {r.get('p99_ms', '')} | {r.get('errors', '')} | "
-                     f"{r.get('vs_in_process', '')} | {r.get('vs_no_cross_batching', '')} |")
+        table.append(
+            f"| {r['setup']} | {r['clients']} | {r.get('requests_per_s', '')} | {r['pairs_per_s']} | "
+            f"{r.get('p50_ms', '')} | {r.get('p99_ms', '')} | {r.get('errors', '')} | "
+            f"{r.get('vs_in_process', '')} | {r.get('vs_no_cross_batching', '')} |"
+        )
     text = "\n".join(table)
     print(text)
-    meta = {"requests": len(bodies), "docs_per_request": args.docs, "pairs": len(pairs),
-            "model": args.model, "dtype": args.dtype, "cores": os.cpu_count()}
+    meta = {
+        "requests": len(bodies),
+        "docs_per_request": args.docs,
+        "pairs": len(pairs),
+        "model": args.model,
+        "dtype": args.dtype,
+        "cores": os.cpu_count(),
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "server.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     (args.out / "server.md").write_text(
         f"# Serving throughput ({len(bodies)} requests × {args.docs} documents, {meta['cores']} cores, "
-        f"dtype {args.dtype})\n\n{text}\n")
+        f"dtype {args.dtype})\n\n{text}\n"
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """LangChain: a dense first stage (the packaged MiniLM bi-encoder) reranked by rerankit, offline.
 
-    bash scripts/demo.sh                       # trains outputs/demo once
-    python examples/langchain_rerank.py [--model outputs/demo] [--base-url http://127.0.0.1:8080]
+bash scripts/demo.sh                       # trains outputs/demo once
+python examples/langchain_rerank.py [--model outputs/demo] [--base-url http://127.0.0.1:8080]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from langchain_core.vectorstores import InMemoryVectorStore
 from sentence_transformers import SentenceTransformer
 
 from rerankit.integrations.langchain import RerankitCompressor
-from rerankit.modeling import resolve_model_path
+from rerankit.loading import resolve_model_path
 
 HERE = Path(__file__).resolve().parent
 QUERY = "Which NFL team represented the AFC at Super Bowl 50?"

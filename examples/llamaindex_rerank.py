@@ -18,7 +18,7 @@ from llama_index.core.llms import MockLLM
 from sentence_transformers import SentenceTransformer
 
 from rerankit.integrations.llamaindex import RerankitRerank
-from rerankit.modeling import resolve_model_path
+from rerankit.loading import resolve_model_path
 
 HERE = Path(__file__).resolve().parent
 QUERY = "Which NFL team represented the AFC at Super Bowl 50?"
@@ -55,8 +55,9 @@ def main() -> None:
     docs = [Document(text=json.loads(line)["text"]) for line in (HERE / "data/sample_docs.jsonl").open()]
     index = VectorStoreIndex.from_documents(docs, embed_model=MiniLMEmbedding())
     source = {"base_url": args.base_url, "api_key": args.api_key} if args.base_url else {"model": args.model}
-    engine = index.as_query_engine(similarity_top_k=len(docs), llm=MockLLM(),
-                                   node_postprocessors=[RerankitRerank(top_n=3, **source)])
+    engine = index.as_query_engine(
+        similarity_top_k=len(docs), llm=MockLLM(), node_postprocessors=[RerankitRerank(top_n=3, **source)]
+    )
 
     print(f"query: {QUERY}\n\nfirst stage (MiniLM bi-encoder):")
     for i, node in enumerate(index.as_retriever(similarity_top_k=3).retrieve(QUERY), 1):

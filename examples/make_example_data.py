@@ -25,7 +25,7 @@ from pathlib import Path
 
 from rerankit.beir import read_corpus, read_qrels, read_queries
 from rerankit.data import write_records
-from rerankit.first_stage import BM25Retriever
+from rerankit.held_out import first_stage_top_k
 from rerankit.mining import MiningInput, mine
 
 HERE = Path(__file__).resolve().parent
@@ -53,8 +53,10 @@ def main() -> None:
 
     corpus = read_corpus(args.source / "corpus.jsonl")
     queries = read_queries(args.source / "queries.jsonl")
-    positives = {q: [d for d, grade in judged.items() if grade > 0]
-                 for q, judged in sorted(read_qrels(args.source / "qrels" / "test.tsv").items())}
+    positives = {
+        q: [d for d, grade in judged.items() if grade > 0]
+        for q, judged in sorted(read_qrels(args.source / "qrels" / "test.tsv").items())
+    }
     rng = random.Random(args.seed)
 
     def sample(articles: tuple[str, ...], n: int) -> list[str]:
@@ -62,15 +64,22 @@ def main() -> None:
         return sorted(rng.sample(pool, min(n, len(pool))))
 
     def mined(qids: list[str], docs: dict[str, str], n_negatives: int):
-        return mine(MiningInput(docs, {q: queries[q] for q in qids}, {q: positives[q] for q in qids}),
-                    method="bm25", num_negatives=n_negatives)
+        return mine(
+            MiningInput(docs, {q: queries[q] for q in qids}, {q: positives[q] for q in qids}),
+            method="bm25",
+            num_negatives=n_negatives,
+        )
 
     train_docs = {d: t for d, t in corpus.items() if article(d) in TRAIN_ARTICLES}
     train = mined(sample(TRAIN_ARTICLES, args.train_queries), train_docs, args.train_negatives)
-    valid = mined([q for q in sample(VALID_ARTICLES, args.valid_queries) if queries[q] != DEMO_QUERY],
-                  corpus, args.valid_negatives)
-    demo = [{"doc_id": d, "text": corpus[d]}
-            for d, _ in BM25Retriever(corpus).retrieve([DEMO_QUERY], 8)[0]]
+    valid = mined(
+        [q for q in sample(VALID_ARTICLES, args.valid_queries) if queries[q] != DEMO_QUERY],
+        corpus,
+        args.valid_negatives,
+    )
+    demo = [
+        {"doc_id": d, "text": corpus[d]} for d in first_stage_top_k(corpus, [DEMO_QUERY], 8, "bm25")[0].ids
+    ]
     # Shuffled, so that the demo shows the reranker ordering them (not BM25's order kept).
     rng.shuffle(demo)
 

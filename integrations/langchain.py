@@ -12,7 +12,8 @@ caller's documents are not changed. Depends on ``langchain-core`` only.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from rerankit.errors import require
 
@@ -31,11 +32,11 @@ class RerankitCompressor(BaseDocumentCompressor):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    model: Optional[str] = None        # run folder, exported folder or HF id (in-process)
-    base_url: Optional[str] = None     # a rerankit server instead
-    api_key: Optional[str] = None
-    top_n: Optional[int] = 3           # None keeps every document
-    score_threshold: Optional[float] = None
+    model: str | None = None  # run folder, exported folder or HF id (in-process)
+    base_url: str | None = None  # a rerankit server instead
+    api_key: str | None = None
+    top_n: int | None = 3  # None keeps every document
+    score_threshold: float | None = None
     timeout: float = 30.0
     max_retries: int = 3
     dtype: str = "auto"
@@ -51,19 +52,26 @@ class RerankitCompressor(BaseDocumentCompressor):
             if self.score_threshold is not None and score < self.score_threshold:
                 continue
             doc = documents[index]
-            out.append(Document(page_content=doc.page_content, id=doc.id,
-                                metadata={**doc.metadata, "relevance_score": score}))
+            out.append(
+                Document(
+                    page_content=doc.page_content,
+                    id=doc.id,
+                    metadata={**doc.metadata, "relevance_score": score},
+                )
+            )
         return out
 
-    def compress_documents(self, documents: Sequence[Document], query: str,
-                           callbacks: Callbacks = None) -> Sequence[Document]:
+    def compress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks = None
+    ) -> Sequence[Document]:
         if not documents:
             return []
         ranked = self._backend.rank(query, [d.page_content for d in documents], self.top_n)
         return self._select(documents, ranked)
 
-    async def acompress_documents(self, documents: Sequence[Document], query: str,
-                                  callbacks: Callbacks = None) -> Sequence[Document]:
+    async def acompress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks = None
+    ) -> Sequence[Document]:
         if not documents:
             return []
         ranked = await self._backend.arank(query, [d.page_content for d in documents], self.top_n)
@@ -73,7 +81,9 @@ class RerankitCompressor(BaseDocumentCompressor):
         """A Runnable taking ``{"documents": [...], "query": str}`` (sync and async)."""
         return RunnableLambda(
             lambda x: list(self.compress_documents(x["documents"], x["query"])),
-            afunc=self._arun, name="RerankitCompressor")
+            afunc=self._arun,
+            name="RerankitCompressor",
+        )
 
     async def _arun(self, x: dict) -> list[Document]:
         return list(await self.acompress_documents(x["documents"], x["query"]))

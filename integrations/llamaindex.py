@@ -11,7 +11,7 @@ the retriever's score in ``metadata["retrieval_score"]``, and emits LlamaIndex's
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any
 
 from rerankit.errors import require
 
@@ -32,9 +32,9 @@ class RerankitRerank(BaseNodePostprocessor):
     """Reranks retrieved nodes with a rerankit model, in-process or over HTTP."""
 
     top_n: int = Field(default=3, description="Nodes kept after reranking.")
-    model: Optional[str] = Field(default=None, description="Run folder, export or HF id.")
-    base_url: Optional[str] = Field(default=None, description="A rerankit server instead.")
-    api_key: Optional[str] = Field(default=None)
+    model: str | None = Field(default=None, description="Run folder, export or HF id.")
+    base_url: str | None = Field(default=None, description="A rerankit server instead.")
+    api_key: str | None = Field(default=None)
     keep_retrieval_score: bool = Field(default=False)
     timeout: float = Field(default=30.0)
     max_retries: int = Field(default=3)
@@ -49,14 +49,17 @@ class RerankitRerank(BaseNodePostprocessor):
     def class_name(cls) -> str:
         return "RerankitRerank"
 
-    def _texts(self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle]) -> list[str]:
+    def _start(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> tuple[str, list[str]]:
+        """Emit the rerank start event; return the query and the nodes' texts to score."""
         if query_bundle is None:
             raise ValueError("RerankitRerank needs the query: pass query_str or query_bundle")
-        dispatcher.event(ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self.top_n,
-                                          model_name=self._backend.name))
-        return [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
+        dispatcher.event(
+            ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self.top_n, model_name=self._backend.name)
+        )
+        return (query_bundle.query_str, [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes])
 
-    def _apply(self, nodes: List[NodeWithScore], ranked) -> List[NodeWithScore]:
+    def _finish(self, nodes: list[NodeWithScore], ranked) -> list[NodeWithScore]:
+        """The ranked nodes with their new scores; emits the rerank end event."""
         out = []
         for index, score in ranked:
             node = nodes[index]
@@ -67,17 +70,19 @@ class RerankitRerank(BaseNodePostprocessor):
         return out
 
     @dispatcher.span
-    def _postprocess_nodes(self, nodes: List[NodeWithScore],
-                           query_bundle: Optional[QueryBundle] = None) -> List[NodeWithScore]:
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
         if not nodes:
             return []
-        texts = self._texts(nodes, query_bundle)
-        return self._apply(nodes, self._backend.rank(query_bundle.query_str, texts, self.top_n))
+        query, texts = self._start(nodes, query_bundle)
+        return self._finish(nodes, self._backend.rank(query, texts, self.top_n))
 
     @dispatcher.span
-    async def _apostprocess_nodes(self, nodes: List[NodeWithScore],
-                                  query_bundle: Optional[QueryBundle] = None) -> List[NodeWithScore]:
+    async def _apostprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
         if not nodes:
             return []
-        texts = self._texts(nodes, query_bundle)
-        return self._apply(nodes, await self._backend.arank(query_bundle.query_str, texts, self.top_n))
+        query, texts = self._start(nodes, query_bundle)
+        return self._finish(nodes, await self._backend.arank(query, texts, self.top_n))

@@ -14,8 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from rerankit.errors import (ConfigError, DataError, MissingExtraError, ModelLoadError,
-                             RerankitError)
+from rerankit.errors import ConfigError, DataError, MissingExtraError, ModelLoadError, RerankitError
 
 __version__ = "0.1.0"
 
@@ -32,10 +31,17 @@ _LAZY = {
     "read_records": "rerankit.data",
 }
 
-__all__ = sorted([
-    "ConfigError", "DataError", "MissingExtraError", "ModelLoadError", "RerankitError",
-    "__version__", *_LAZY,
-])
+__all__ = sorted(
+    [
+        "ConfigError",
+        "DataError",
+        "MissingExtraError",
+        "ModelLoadError",
+        "RerankitError",
+        "__version__",
+        *_LAZY,
+    ]
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from rerankit.config import TrainConfig, load_config

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from rerankit.data import iter_jsonl
 from rerankit.errors import DataError
@@ -63,8 +63,9 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
                 try:
                     grade = int(float(row[2]))
                 except ValueError:
-                    raise DataError(f"score must be a number, got {row[2]!r}", path=str(path),
-                                    line=number, field="score") from None
+                    raise DataError(
+                        f"score must be a number, got {row[2]!r}", path=str(path), line=number, field="score"
+                    ) from None
                 qrels.setdefault(row[0], {})[row[1]] = grade
     except OSError as exc:
         raise DataError(f"cannot open: {exc.strerror or exc}", path=str(path)) from None

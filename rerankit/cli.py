@@ -13,7 +13,7 @@ import click
 from rerankit.errors import RerankitError
 
 
-def _friendly(func):
+def _one_line_errors(func):
     """Turn rerankit's own errors into a one-line message and exit code 2."""
 
     @functools.wraps(func)
@@ -32,34 +32,54 @@ def _friendly(func):
 @click.option("-v", "--verbose", is_flag=True, help="Show debug logs.")
 def main(verbose: bool) -> None:
     """Train, evaluate and serve cross-encoder rerankers."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 @main.command()
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
-              help="YAML training config, e.g. configs/train_qlora.yaml.")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="YAML training config, e.g. configs/train_qlora.yaml.",
+)
 @click.option("--output-dir", default=None, help="Run folder (overrides output.dir).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config value, e.g. --set training.epochs=2 (repeatable).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config value, e.g. --set training.epochs=2 (repeatable).",
+)
 @click.option("--resume", is_flag=True, help="Continue the run from its newest checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in the output folder.")
-@_friendly
-def train(config_path: str, output_dir: str | None, overrides: tuple[str, ...], resume: bool,
-          overwrite: bool) -> None:
+@_one_line_errors
+def train(
+    config_path: str, output_dir: str | None, overrides: tuple[str, ...], resume: bool, overwrite: bool
+) -> None:
     """Fine-tune a cross-encoder (LoRA/QLoRA) and write a run folder."""
     from rerankit.config import parse_override
     from rerankit.report import metrics_table, verdict
     from rerankit.training import fit
 
-    parsed = dict((".".join(k), v) for k, v in map(parse_override, overrides))
-    result = fit(config_path, output_dir=output_dir, resume=resume, overwrite=overwrite,
-                 overrides=parsed)
+    parsed = {".".join(k): v for k, v in map(parse_override, overrides)}
+    result = fit(config_path, output_dir=output_dir, resume=resume, overwrite=overwrite, overrides=parsed)
     m = result.metrics
     recall = next((k for k in m["baseline"] if k.startswith("recall@")), None)
-    click.echo("\n" + metrics_table([("BM25 (first stage)", m["first_stage"]),
-                                     ("untrained model", m["baseline"]),
-                                     ("trained (best)", m["best"])], recall))
+    click.echo(
+        "\n"
+        + metrics_table(
+            [
+                ("BM25 (first stage)", m["first_stage"]),
+                ("untrained model", m["baseline"]),
+                ("trained (best)", m["best"]),
+            ],
+            recall,
+        )
+    )
     click.echo("\n" + verdict(m))
     click.echo(f"\nrun folder: {result.output_dir} ({m['wall_time_s']:.0f} s)")
 
@@ -80,8 +100,9 @@ def _read_docs(path: str) -> list[str]:
             raise DataError(f"not valid JSON: {exc.msg}", path=path, line=number) from None
         text = item.get("text") if isinstance(item, dict) else item
         if not isinstance(text, str):
-            raise DataError("expected a string or an object with a string 'text'", path=path,
-                            line=number, field="text")
+            raise DataError(
+                "expected a string or an object with a string 'text'", path=path, line=number, field="text"
+            )
         docs.append(text)
     return docs
 
@@ -89,24 +110,40 @@ def _read_docs(path: str) -> list[str]:
 @main.command()
 @click.option("--model", "model_path", required=True, help="Run folder, exported folder or HF id.")
 @click.option("--query", required=True, help="The query.")
-@click.option("--docs", "docs_path", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Documents: .jsonl with a 'text' field, or a text file with one per line.")
+@click.option(
+    "--docs",
+    "docs_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Documents: .jsonl with a 'text' field, or a text file with one per line.",
+)
 @click.option("--top-k", type=int, default=None, help="Show only the best K.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
-              show_default=True, help="Inference precision (auto: bf16 where the hardware has it).")
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    default="auto",
+    show_default=True,
+    help="Inference precision (auto: bf16 where the hardware has it).",
+)
 @click.option("--raw", is_flag=True, help="Raw logits instead of sigmoid scores.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@_friendly
-def rerank(model_path: str, query: str, docs_path: str, top_k: int | None, dtype: str, raw: bool,
-           as_json: bool) -> None:
+@_one_line_errors
+def rerank(
+    model_path: str, query: str, docs_path: str, top_k: int | None, dtype: str, raw: bool, as_json: bool
+) -> None:
     """Rank documents for one query."""
     from rerankit.inference import Reranker
 
     docs = _read_docs(docs_path)
     results = Reranker.load(model_path, dtype=dtype).rerank(query, docs, top_k=top_k, raw=raw)
     if as_json:
-        click.echo(json.dumps([{"rank": r.rank, "index": r.index, "score": r.score,
-                                "text": r.text} for r in results], ensure_ascii=False, indent=2))
+        click.echo(
+            json.dumps(
+                [{"rank": r.rank, "index": r.index, "score": r.score, "text": r.text} for r in results],
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
         return
     click.echo(f"query: {query}")
     for r in results:
@@ -117,61 +154,115 @@ def rerank(model_path: str, query: str, docs_path: str, top_k: int | None, dtype
 @main.command(name="export")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, help="Folder for the merged model.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
-              show_default=True, help="Precision of the merged weights.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    default="float32",
+    show_default=True,
+    help="Precision of the merged weights.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
-@_friendly
+@_one_line_errors
 def export_command(run_dir: str, out: str, dtype: str, overwrite: bool) -> None:
     """Merge a run's adapter into a plain Hugging Face cross-encoder (safetensors)."""
     from rerankit.export import export
 
     path = export(run_dir, out, dtype=dtype, overwrite=overwrite)
-    click.echo(f"merged model written to {path} (load it with Reranker.load or "
-               "sentence_transformers.CrossEncoder)")
+    click.echo(
+        f"merged model written to {path} (load it with Reranker.load or sentence_transformers.CrossEncoder)"
+    )
 
 
 @main.command(name="eval")
 @click.option("--model", "model_path", required=True, help="Run folder, exported folder or HF id.")
-@click.option("--data", "data_path", required=True, type=click.Path(exists=True),
-              help="Seed-format JSONL, or a BEIR folder (corpus.jsonl, queries.jsonl, qrels/).")
-@click.option("--first-stage", type=click.Choice(["bm25", "dense", "hybrid"]), default="bm25",
-              show_default=True,
-              help="First stage for a BEIR folder: BM25, a bi-encoder, or their RRF hybrid.")
-@click.option("--dense-model", default="sentence-transformers/all-MiniLM-L6-v2", show_default=True,
-              help="Bi-encoder of the dense and hybrid first stages (the default is packaged).")
-@click.option("--top-k", type=int, default=30, show_default=True,
-              help="Candidates the first stage hands the reranker (BEIR folder).")
+@click.option(
+    "--data",
+    "data_path",
+    required=True,
+    type=click.Path(exists=True),
+    help="Seed-format JSONL, or a BEIR folder (corpus.jsonl, queries.jsonl, qrels/).",
+)
+@click.option(
+    "--first-stage",
+    type=click.Choice(["bm25", "dense", "hybrid"]),
+    default="bm25",
+    show_default=True,
+    help="First stage for a BEIR folder: BM25, a bi-encoder, or their RRF hybrid.",
+)
+@click.option(
+    "--dense-model",
+    default="sentence-transformers/all-MiniLM-L6-v2",
+    show_default=True,
+    help="Bi-encoder of the dense and hybrid first stages (the default is packaged).",
+)
+@click.option(
+    "--top-k",
+    type=int,
+    default=30,
+    show_default=True,
+    help="Candidates the first stage hands the reranker (BEIR folder).",
+)
 @click.option("--split", default="test", show_default=True, help="qrels file of a BEIR folder.")
 @click.option("--recall-at", type=int, default=10, show_default=True)
 @click.option("--max-queries", type=int, default=None, help="Evaluate only the first N queries.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
-              show_default=True, help="Inference precision (auto: bf16 where the hardware has it).")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
-              help="Write the results as JSON here.")
-@_friendly
-def eval_command(model_path: str, data_path: str, first_stage: str, dense_model: str, top_k: int,
-                 split: str, recall_at: int, max_queries: int | None, dtype: str,
-                 out_path: str | None) -> None:
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    default="auto",
+    show_default=True,
+    help="Inference precision (auto: bf16 where the hardware has it).",
+)
+@click.option(
+    "--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON here."
+)
+@_one_line_errors
+def eval_command(
+    model_path: str,
+    data_path: str,
+    first_stage: str,
+    dense_model: str,
+    top_k: int,
+    split: str,
+    recall_at: int,
+    max_queries: int | None,
+    dtype: str,
+    out_path: str | None,
+) -> None:
     """Compare a reranker with its first stage on held-out data."""
-    from rerankit.eval_data import evaluate_beir, evaluate_seed_file
+    from rerankit.held_out import evaluate_beir, evaluate_seed_file
     from rerankit.inference import Reranker
     from rerankit.report import metrics_table
 
     reranker = Reranker.load(model_path, dtype=dtype)
     if Path(data_path).is_dir():
-        result = evaluate_beir(reranker, data_path, top_k=top_k, split=split,
-                               recall_at=recall_at, max_queries=max_queries,
-                               first_stage=first_stage, dense_model=dense_model)
+        result = evaluate_beir(
+            reranker,
+            data_path,
+            top_k=top_k,
+            split=split,
+            recall_at=recall_at,
+            max_queries=max_queries,
+            first_stage=first_stage,
+            dense_model=dense_model,
+        )
     else:
         if first_stage != "bm25":
-            raise RerankitError("--first-stage applies to a BEIR folder; a seed file's first "
-                                "stage is BM25 over each query's candidates")
+            raise RerankitError(
+                "--first-stage applies to a BEIR folder; a seed file's first "
+                "stage is BM25 over each query's candidates"
+            )
         result = evaluate_seed_file(reranker, data_path, recall_at=recall_at)
     result["model"] = model_path
-    click.echo(metrics_table([(result["first_stage"]["name"], result["first_stage"]),
-                              (f"reranked by {model_path}", result["reranked"]),
-                              (result["fused_name"], result["fused"])],
-                             f"recall@{recall_at}"))
+    click.echo(
+        metrics_table(
+            [
+                (result["first_stage"]["name"], result["first_stage"]),
+                (f"reranked by {model_path}", result["reranked"]),
+                (result["fused_name"], result["fused"]),
+            ],
+            f"recall@{recall_at}",
+        )
+    )
     delta = result["reranked"]["ndcg@10"] - result["first_stage"]["ndcg@10"]
     click.echo(f"\nndcg@10 {delta:+.4f} over the first stage on {result['queries']} queries")
     if delta < 0:
@@ -181,28 +272,66 @@ def eval_command(model_path: str, data_path: str, first_stage: str, dense_model:
 
 
 @main.command()
-@click.option("--corpus", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="corpus.jsonl ({_id, text, title?} or {doc_id, text}).")
-@click.option("--queries", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="queries.jsonl ({_id, text}); only queries with a positive in --qrels are mined.")
-@click.option("--qrels", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="TSV query-id, corpus-id, score; scores > 0 are positives.")
-@click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Seed JSONL lines with positives (instead of queries + qrels).")
-@click.option("--method", type=click.Choice(["bm25", "dense", "hybrid"]), default="bm25",
-              show_default=True)
+@click.option(
+    "--corpus",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="corpus.jsonl ({_id, text, title?} or {doc_id, text}).",
+)
+@click.option(
+    "--queries",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="queries.jsonl ({_id, text}); only queries with a positive in --qrels are mined.",
+)
+@click.option(
+    "--qrels",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="TSV query-id, corpus-id, score; scores > 0 are positives.",
+)
+@click.option(
+    "--input",
+    "input_path",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Seed JSONL lines with positives (instead of queries + qrels).",
+)
+@click.option("--method", type=click.Choice(["bm25", "dense", "hybrid"]), default="bm25", show_default=True)
 @click.option("--num-negatives", type=int, default=15, show_default=True)
-@click.option("--skip-top", type=int, default=0, show_default=True,
-              help="Skip the best N non-positive candidates (likely unlabelled positives).")
-@click.option("--margin", type=float, default=None,
-              help="False-negative guard: drop candidates scoring within this margin of the weakest positive.")
-@click.option("--dense-model", default="sentence-transformers/all-MiniLM-L6-v2", show_default=True,
-              help="Bi-encoder for dense/hybrid (path or hub id; the default is packaged).")
+@click.option(
+    "--skip-top",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Skip the best N non-positive candidates (likely unlabelled positives).",
+)
+@click.option(
+    "--margin",
+    type=float,
+    default=None,
+    help="False-negative guard: drop candidates scoring within this margin of the weakest positive.",
+)
+@click.option(
+    "--dense-model",
+    default="sentence-transformers/all-MiniLM-L6-v2",
+    show_default=True,
+    help="Bi-encoder for dense/hybrid (path or hub id; the default is packaged).",
+)
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False))
-@_friendly
-def mine(corpus: str | None, queries: str | None, qrels: str | None, input_path: str | None,
-         method: str, num_negatives: int, skip_top: int, margin: float | None, dense_model: str,
-         out_path: str) -> None:
+@_one_line_errors
+def mine(
+    corpus: str | None,
+    queries: str | None,
+    qrels: str | None,
+    input_path: str | None,
+    method: str,
+    num_negatives: int,
+    skip_top: int,
+    margin: float | None,
+    dense_model: str,
+    out_path: str,
+) -> None:
     """Mine hard negatives and write seed-format JSONL for training."""
     from rerankit import mining
     from rerankit.data import write_records
@@ -213,23 +342,40 @@ def mine(corpus: str | None, queries: str | None, qrels: str | None, input_path:
         data = mining.from_beir(corpus, queries, qrels)
     else:
         raise RerankitError("give --corpus, --queries and --qrels, or --input (seed lines)")
-    records = mining.mine(data, method=method, num_negatives=num_negatives, skip_top=skip_top,
-                          margin=margin, dense_model=dense_model)
+    records = mining.mine(
+        data,
+        method=method,
+        num_negatives=num_negatives,
+        skip_top=skip_top,
+        margin=margin,
+        dense_model=dense_model,
+    )
     write_records(records, out_path)
     short = sum(len(r.negatives) < num_negatives for r in records)
-    click.echo(f"{len(records)} queries mined by {method} over {len(data.corpus)} documents -> "
-               f"{out_path}" + (f" ({short} with fewer than {num_negatives} negatives)" if short else ""))
+    click.echo(
+        f"{len(records)} queries mined by {method} over {len(data.corpus)} documents -> "
+        f"{out_path}" + (f" ({short} with fewer than {num_negatives} negatives)" if short else "")
+    )
 
 
 @main.command()
 @click.argument("data_path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--valid-ratio", type=float, default=0.1, show_default=True)
-@click.option("--group-by", type=click.Choice(["query", "source_chunk"]), default="query",
-              show_default=True, help="Keep each query (or also each source chunk) on one side.")
+@click.option(
+    "--group-by",
+    type=click.Choice(["query", "source_chunk"]),
+    default="query",
+    show_default=True,
+    help="Keep each query (or also each source chunk) on one side.",
+)
 @click.option("--seed", type=int, default=42, show_default=True)
-@click.option("--out-dir", type=click.Path(file_okay=False), default=None,
-              help="Where train.jsonl and valid.jsonl go (default: beside the input).")
-@_friendly
+@click.option(
+    "--out-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where train.jsonl and valid.jsonl go (default: beside the input).",
+)
+@_one_line_errors
 def split(data_path: str, valid_ratio: float, group_by: str, seed: int, out_dir: str | None) -> None:
     """Split seed-format JSONL into train/valid by query, deterministically for the seed."""
     from rerankit.data import read_records, write_records
@@ -245,44 +391,85 @@ def split(data_path: str, valid_ratio: float, group_by: str, seed: int, out_dir:
     paths = {name: folder / f"{stem}.{name}.jsonl" for name in ("train", "valid")}
     write_records(train, paths["train"])
     write_records(valid, paths["valid"])
-    summary = {"input": data_path, "seed": seed, "group_by": group_by, "valid_ratio": valid_ratio,
-               "train": {"path": str(paths["train"]), "queries": len(train)},
-               "valid": {"path": str(paths["valid"]), "queries": len(valid)},
-               "data_report": report.summary()}
+    summary = {
+        "input": data_path,
+        "seed": seed,
+        "group_by": group_by,
+        "valid_ratio": valid_ratio,
+        "train": {"path": str(paths["train"]), "queries": len(train)},
+        "valid": {"path": str(paths["valid"]), "queries": len(valid)},
+        "data_report": report.summary(),
+    }
     (folder / f"{stem}.split.json").write_text(json.dumps(summary, indent=2) + "\n")
     click.echo(report.summary())
-    click.echo(f"train: {len(train)} queries -> {paths['train']}\nvalid: {len(valid)} queries -> "
-               f"{paths['valid']}")
+    click.echo(
+        f"train: {len(train)} queries -> {paths['train']}\nvalid: {len(valid)} queries -> {paths['valid']}"
+    )
 
 
 @main.command()
 @click.option("--model", "model_path", required=True, help="Run folder, exported folder or HF id.")
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Interface to bind (127.0.0.1: this machine only).")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Interface to bind (127.0.0.1: this machine only)."
+)
 @click.option("--port", default=8080, show_default=True, type=int)
-@click.option("--api-key", envvar="RERANKIT_API_KEY", default=None,
-              help="Require 'Authorization: Bearer KEY' on the rerank routes (env RERANKIT_API_KEY).")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
-              show_default=True, help="Inference precision (auto: bf16 where the hardware has it).")
-@click.option("--max-batch-tokens", type=int, default=None,
-              help="Padded tokens per forward pass (default: 2048 on CPU, 32768 on GPU).")
+@click.option(
+    "--api-key",
+    envvar="RERANKIT_API_KEY",
+    default=None,
+    help="Require 'Authorization: Bearer KEY' on the rerank routes (env RERANKIT_API_KEY).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    default="auto",
+    show_default=True,
+    help="Inference precision (auto: bf16 where the hardware has it).",
+)
+@click.option(
+    "--max-batch-tokens",
+    type=int,
+    default=None,
+    help="Padded tokens per forward pass (default: 2048 on CPU, 32768 on GPU).",
+)
 @click.option("--max-documents", type=int, default=1000, show_default=True)
-@click.option("--max-queue-pairs", type=int, default=20000, show_default=True,
-              help="Pairs waiting before requests are answered 429.")
+@click.option(
+    "--max-queue-pairs",
+    type=int,
+    default=20000,
+    show_default=True,
+    help="Pairs waiting before requests are answered 429.",
+)
 @click.option("--no-cross-batching", is_flag=True, help="Score each request on its own.")
 @click.option("--model-name", default="rerankit", show_default=True, help="Name echoed in responses.")
-@_friendly
-def serve(model_path: str, host: str, port: int, api_key: str | None, dtype: str,
-          max_batch_tokens: int | None, max_documents: int, max_queue_pairs: int,
-          no_cross_batching: bool, model_name: str) -> None:
+@_one_line_errors
+def serve(
+    model_path: str,
+    host: str,
+    port: int,
+    api_key: str | None,
+    dtype: str,
+    max_batch_tokens: int | None,
+    max_documents: int,
+    max_queue_pairs: int,
+    no_cross_batching: bool,
+    model_name: str,
+) -> None:
     """Serve a reranker over HTTP: POST /v2/rerank (Cohere), /rerank (Cohere or TEI body)."""
     import uvicorn
 
     from rerankit.server import ServerSettings, create_app
 
-    settings = ServerSettings(model=model_path, model_name=model_name, dtype=dtype, api_key=api_key,
-                              max_batch_tokens=max_batch_tokens, max_documents=max_documents,
-                              max_queue_pairs=max_queue_pairs, cross_batching=not no_cross_batching)
+    settings = ServerSettings(
+        model=model_path,
+        model_name=model_name,
+        dtype=dtype,
+        api_key=api_key,
+        max_batch_tokens=max_batch_tokens,
+        max_documents=max_documents,
+        max_queue_pairs=max_queue_pairs,
+        cross_batching=not no_cross_batching,
+    )
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
-from rerankit.modeling import encode_pairs
+from rerankit.encoding import encode_pairs
 from rerankit.sampling import Group, NegativeSampler
 
 
@@ -56,6 +56,5 @@ class GroupCollator:
                 labels[row, col] = label
                 mask[row, col] = True
         batch = dict(encode_pairs(self.tokenizer, queries, docs, self.max_length))
-        batch.update(group_labels=labels, group_mask=mask,
-                     pair_slots=torch.tensor(slots, dtype=torch.long))
+        batch.update(group_labels=labels, group_mask=mask, pair_slots=torch.tensor(slots, dtype=torch.long))
         return batch

@@ -8,11 +8,13 @@ applies ``--set a.b=c`` style overrides and returns a :class:`TrainConfig`;
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -33,7 +35,7 @@ class ModelConfig(_Section):
     # Never run model code from the hub unless the user says so.
     trust_remote_code: bool = False
     # Override every dropout probability of the backbone (hidden, attention); null keeps the
-    # checkpoint's. 0 trains ~2x faster on CPU: attention without dropout runs the fused SDPA kernel.
+    # checkpoint's. 0 trains faster on CPU: attention without dropout runs the fused SDPA kernel.
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
 
 
@@ -52,7 +54,7 @@ class LoraConfig(_Section):
     r: int = Field(16, ge=1)
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    # "auto" picks the linear layers per architecture (see modeling.DEFAULT_TARGETS).
+    # "auto" picks the linear layers per architecture (see model_builder.DEFAULT_TARGETS).
     target_modules: Literal["auto"] | list[str] = "auto"
     # Train BERT's pooler too: bi-encoder checkpoints never tuned it for classification.
     train_pooler: bool = True
@@ -105,7 +107,7 @@ class TrainingConfig(_Section):
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     max_grad_norm: float = Field(1.0, gt=0)
-    # auto: bf16 where the device supports it (CUDA), else fp32.
+    # auto: bf16 autocast on CUDA GPUs with bf16 and on CPUs with AVX512-BF16/AMX, else fp32.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False
     logging_steps: int = Field(10, ge=1)
@@ -148,12 +150,11 @@ class TrainConfig(_Section):
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
-    def _quantization_needs_lora(self) -> "TrainConfig":
+    def _quantization_needs_lora(self) -> TrainConfig:
         if self.quantization.mode != "none" and not self.lora.enabled:
             raise ValueError(
-                "quantization.mode is '%s' but lora.enabled is false: quantized weights cannot "
-                "be trained directly; enable LoRA or set quantization.mode: none"
-                % self.quantization.mode
+                f"quantization.mode is '{self.quantization.mode}' but lora.enabled is false: quantized "
+                "weights cannot be trained directly; enable LoRA or set quantization.mode: none"
             )
         return self
 
@@ -201,10 +202,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     value = yaml.safe_load(text)
     if isinstance(value, str):
         # YAML 1.1 reads "1e-3" as a string; a number is meant.
-        try:
+        with contextlib.suppress(ValueError):
             value = float(value)
-        except ValueError:
-            pass
     return key.strip().split("."), value
 
 
@@ -240,8 +239,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def load_config(source: str | Path | Mapping[str, Any] | TrainConfig,
-                overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+def load_config(
+    source: str | Path | Mapping[str, Any] | TrainConfig, overrides: Mapping[str, Any] | None = None
+) -> TrainConfig:
     """Read a config (YAML path, mapping or TrainConfig) and apply dotted overrides.
 
     Relative data paths in a YAML file are resolved against the current directory first
@@ -257,8 +257,12 @@ def load_config(source: str | Path | Mapping[str, Any] | TrainConfig,
     if base is not None:
         for field in ("train", "valid"):
             value = getattr(config.data, field)
-            if value and not Path(value).is_absolute() and not Path(value).exists() \
-                    and (base / value).exists():
+            if (
+                value
+                and not Path(value).is_absolute()
+                and not Path(value).exists()
+                and (base / value).exists()
+            ):
                 setattr(config.data, field, str(base / value))
     return config
 

@@ -22,9 +22,10 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Literal
 
 from rerankit.errors import DataError
 
@@ -79,8 +80,9 @@ class DataReport:
     errors: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        changes = {k: v for k, v in asdict(self).items()
-                   if k.startswith(("skipped", "dropped", "merged")) and v}
+        changes = {
+            k: v for k, v in asdict(self).items() if k.startswith(("skipped", "dropped", "merged")) and v
+        }
         text = f"{self.path}: {self.records} queries from {self.lines} lines"
         if changes:
             text += " (" + ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in changes.items()) + ")"
@@ -101,8 +103,9 @@ def normalize_query(text: str) -> str:
 
 def _docs(value: Any, name: str, where: dict[str, Any], report: DataReport) -> list[Doc]:
     if not isinstance(value, list):
-        raise DataError(f"expected a list of {{doc_id, text}} objects, got {type(value).__name__}",
-                        field=name, **where)
+        raise DataError(
+            f"expected a list of {{doc_id, text}} objects, got {type(value).__name__}", field=name, **where
+        )
     docs: list[Doc] = []
     for i, item in enumerate(value):
         label = f"{name}[{i}]"
@@ -113,11 +116,13 @@ def _docs(value: Any, name: str, where: dict[str, Any], report: DataReport) -> l
             raise DataError(f"unknown key(s) {sorted(unknown)}", field=label, **where)
         doc_id, text = item.get("doc_id"), item.get("text")
         if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)) or doc_id == "":
-            raise DataError(f"doc_id must be a non-empty string, got {doc_id!r}",
-                            field=f"{label}.doc_id", **where)
+            raise DataError(
+                f"doc_id must be a non-empty string, got {doc_id!r}", field=f"{label}.doc_id", **where
+            )
         if not isinstance(text, str):
-            raise DataError(f"text must be a string, got {type(text).__name__}",
-                            field=f"{label}.text", **where)
+            raise DataError(
+                f"text must be a string, got {type(text).__name__}", field=f"{label}.text", **where
+            )
         if not text.strip():
             report.dropped_empty_text_docs += 1
             continue
@@ -155,8 +160,9 @@ def parse_line(obj: Any, report: DataReport, where: dict[str, Any]) -> QueryReco
     negatives = _docs(obj.get("negatives") or [], "negatives", where, report)
     chunk = obj.get("source_chunk")
     if chunk is not None and not isinstance(chunk, (str, int)):
-        raise DataError(f"must be a string or null, got {type(chunk).__name__}",
-                        field="source_chunk", **where)
+        raise DataError(
+            f"must be a string or null, got {type(chunk).__name__}", field="source_chunk", **where
+        )
     meta = obj.get("meta") or {}
     if not isinstance(meta, dict):
         raise DataError(f"must be an object, got {type(meta).__name__}", field="meta", **where)
@@ -174,8 +180,9 @@ def parse_line(obj: Any, report: DataReport, where: dict[str, Any]) -> QueryReco
     if not positives:
         report.dropped_lines_without_positive += 1
         return None
-    return QueryRecord(query.strip(), tuple(positives), tuple(negatives),
-                       None if chunk is None else str(chunk), meta)
+    return QueryRecord(
+        query.strip(), tuple(positives), tuple(negatives), None if chunk is None else str(chunk), meta
+    )
 
 
 def _merge(records: list[QueryRecord], report: DataReport) -> list[QueryRecord]:
@@ -196,8 +203,9 @@ def _merge(records: list[QueryRecord], report: DataReport) -> list[QueryRecord]:
                 continue
             neg_ids.add(doc.doc_id)
             negatives.append(doc)
-        by_key[rec.key] = QueryRecord(first.query, positives, tuple(negatives),
-                                      first.source_chunk, first.meta)
+        by_key[rec.key] = QueryRecord(
+            first.query, positives, tuple(negatives), first.source_chunk, first.meta
+        )
     return list(by_key.values())
 
 
@@ -217,8 +225,9 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, str]]:
             raise DataError(f"not UTF-8 text: {exc.reason}", path=str(path)) from None
 
 
-def read_records(path: str | Path, on_error: Literal["raise", "skip"] = "raise"
-                 ) -> tuple[list[QueryRecord], DataReport]:
+def read_records(
+    path: str | Path, on_error: Literal["raise", "skip"] = "raise"
+) -> tuple[list[QueryRecord], DataReport]:
     """Read a seed-format JSONL file into merged, cleaned query records."""
     report = DataReport(path=str(path))
     records: list[QueryRecord] = []
@@ -242,8 +251,7 @@ def read_records(path: str | Path, on_error: Literal["raise", "skip"] = "raise"
     records = _merge(records, report)
     report.records = len(records)
     if not records:
-        raise DataError("no usable query (every line was empty, bad or without a positive)",
-                        path=str(path))
+        raise DataError("no usable query (every line was empty, bad or without a positive)", path=str(path))
     return records, report
 
 

@@ -27,8 +27,9 @@ class DataError(RerankitError, ValueError):
     ``path``, ``line`` and ``field`` say where; any of them may be ``None``.
     """
 
-    def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
-                 field: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, path: str | None = None, line: int | None = None, field: str | None = None
+    ) -> None:
         self.path, self.line, self.field = path, line, field
         where = ":".join(str(p) for p in (path, line) if p is not None)
         prefix = f"{where}: " if where else ""

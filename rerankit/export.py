@@ -17,8 +17,7 @@ from rerankit import run_folder
 from rerankit.errors import RerankitError
 
 
-def export(run_dir: str | Path, out: str | Path, *, dtype: str = "float32",
-           overwrite: bool = False) -> Path:
+def export(run_dir: str | Path, out: str | Path, *, dtype: str = "float32", overwrite: bool = False) -> Path:
     """Merge the run's adapter into its base and write it to ``out``; returns ``out``."""
     from rerankit import __version__
     from rerankit.inference import Reranker
@@ -35,13 +34,19 @@ def export(run_dir: str | Path, out: str | Path, *, dtype: str = "float32",
     reranker.model.save_pretrained(str(staging), safe_serialization=True)
     reranker.tokenizer.model_max_length = reranker.max_length
     reranker.tokenizer.save_pretrained(str(staging))
-    (staging / "rerankit_export.json").write_text(json.dumps({
-        "exported_from": str(run_dir.resolve()),
-        "config_hash": manifest["config_hash"],
-        "base_model": manifest["base_model"],
-        "max_length": reranker.max_length,
-        "dtype": dtype,
-        "rerankit_version": __version__,
-    }, indent=2) + "\n")
+    (staging / "rerankit_export.json").write_text(
+        json.dumps(
+            {
+                "exported_from": str(run_dir.resolve()),
+                "config_hash": manifest["config_hash"],
+                "base_model": manifest["base_model"],
+                "max_length": reranker.max_length,
+                "dtype": dtype,
+                "rerankit_version": __version__,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     staging.replace(out)
     return out

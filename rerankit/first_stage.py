@@ -8,14 +8,22 @@ at a time, so that mining and ``rerankit eval`` never hold the whole queries × 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 
 from rerankit.fusion import rrf
+from rerankit.loading import resolve_model_path
 
 DEFAULT_DENSE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def _bm25_tokens(texts: Sequence[str], return_ids: bool = True):
+    """bm25s's tokenization with English stopwords, the same for corpus and queries."""
+    import bm25s
+
+    return bm25s.tokenize(list(texts), stopwords="en", show_progress=False, return_ids=return_ids)
 
 
 class BM25Index:
@@ -26,19 +34,23 @@ class BM25Index:
 
         self.size = len(texts)
         self.retriever = bm25s.BM25()
-        self.retriever.index(bm25s.tokenize(list(texts), stopwords="en", show_progress=False),
-                             show_progress=False)
+        self.retriever.index(_bm25_tokens(texts), show_progress=False)
 
     def scores(self, queries: Sequence[str]) -> np.ndarray:
         """BM25 score of every text for every query, shape (queries, texts)."""
-        import bm25s
-
         if not queries:
             return np.zeros((0, self.size), dtype=np.float32)
-        tokens = bm25s.tokenize(list(queries), stopwords="en", show_progress=False,
-                                return_ids=False)
-        return np.stack([self.retriever.get_scores(t) if t else np.zeros(self.size, np.float32)
-                         for t in tokens])
+        return np.stack(
+            [
+                self.retriever.get_scores(t) if t else np.zeros(self.size, np.float32)
+                for t in _bm25_tokens(queries, return_ids=False)
+            ]
+        )
+
+    def top_k(self, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """bm25s's own top ``k`` per query: (text indices, scores), each (queries, k), best first."""
+        k = min(k, self.size)
+        return self.retriever.retrieve(_bm25_tokens(queries), k=k, show_progress=False)
 
 
 class DenseIndex:
@@ -47,18 +59,16 @@ class DenseIndex:
     def __init__(self, texts: Sequence[str], model_name: str = DEFAULT_DENSE_MODEL) -> None:
         from sentence_transformers import SentenceTransformer
 
-        from rerankit.modeling import resolve_model_path
-
         self.model = SentenceTransformer(resolve_model_path(model_name))
-        self.embeddings = self.model.encode(list(texts), normalize_embeddings=True,
-                                            show_progress_bar=True, batch_size=64)
+        self.embeddings = self.model.encode(
+            list(texts), normalize_embeddings=True, show_progress_bar=True, batch_size=64
+        )
 
     def scores(self, queries: Sequence[str]) -> np.ndarray:
         """Cosine similarity of every text to every query, shape (queries, texts)."""
         if not queries:
             return np.zeros((0, len(self.embeddings)), dtype=np.float32)
-        query_emb = self.model.encode(list(queries), normalize_embeddings=True,
-                                      show_progress_bar=False)
+        query_emb = self.model.encode(list(queries), normalize_embeddings=True, show_progress_bar=False)
         return query_emb @ self.embeddings.T
 
 
@@ -69,17 +79,16 @@ METHODS = ("bm25", "dense", "hybrid")
 
 @dataclass
 class ScoredBlock:
-    start: int                        # index of the block's first query
+    start: int  # index of the block's first query
     components: dict[str, np.ndarray]  # "bm25" and/or "dense": (block, corpus) scores
-    ranking: np.ndarray               # what the first stage ranks by: one component, or their RRF
+    ranking: np.ndarray  # what the first stage ranks by: one component, or their RRF
 
 
 class CorpusScorer:
     """A first stage over a corpus indexed once: ``bm25``, ``dense`` or ``hybrid`` (the
     reciprocal-rank fusion of both over the whole corpus), scoring a block of queries at a time."""
 
-    def __init__(self, texts: Sequence[str], method: str,
-                 dense_model: str = DEFAULT_DENSE_MODEL) -> None:
+    def __init__(self, texts: Sequence[str], method: str, dense_model: str = DEFAULT_DENSE_MODEL) -> None:
         if method not in METHODS:
             raise ValueError(f"unknown first stage {method!r}; expected one of {', '.join(METHODS)}")
         self.size = len(texts)
@@ -96,26 +105,17 @@ class CorpusScorer:
     def blocks(self, queries: Sequence[str], block_size: int | None = None) -> Iterator[ScoredBlock]:
         size = self.block_size(block_size)
         for start in range(0, len(queries), size):
-            block = list(queries[start:start + size])
+            block = list(queries[start : start + size])
             components = {name: index.scores(block) for name, index in self.indexes.items()}
-            ranking = (rrf(list(components.values())) if len(components) > 1
-                       else next(iter(components.values())))
+            ranking = (
+                rrf(list(components.values())) if len(components) > 1 else next(iter(components.values()))
+            )
             yield ScoredBlock(start, components, ranking)
 
 
-def bm25_score_matrix(queries: Sequence[str], texts: Sequence[str]) -> np.ndarray:
-    """BM25 score of every text for every query, shape (queries, texts)."""
-    return BM25Index(texts).scores(queries)
-
-
-def dense_score_matrix(queries: Sequence[str], texts: Sequence[str],
-                       model_name: str = DEFAULT_DENSE_MODEL) -> np.ndarray:
-    """Cosine similarity of every text to every query, shape (queries, texts)."""
-    return DenseIndex(texts, model_name).scores(queries)
-
-
-def bm25_candidate_scores(queries: Sequence[str], candidates: Sequence[Sequence[tuple[str, str]]]
-                          ) -> list[np.ndarray]:
+def bm25_candidate_scores(
+    queries: Sequence[str], candidates: Sequence[Sequence[tuple[str, str]]]
+) -> list[np.ndarray]:
     """BM25 score of each query's own candidates ``[(doc_id, text), ...]``.
 
     The index holds every distinct candidate document of all queries, so IDF reflects the
@@ -128,24 +128,8 @@ def bm25_candidate_scores(queries: Sequence[str], candidates: Sequence[Sequence[
             if doc_id not in position:
                 position[doc_id] = len(texts)
                 texts.append(text)
-    scores = bm25_score_matrix(queries, texts)
-    return [np.asarray([row[position[d]] for d, _ in docs], dtype=np.float32)
-            for row, docs in zip(scores, candidates)]
-
-
-class BM25Retriever:
-    """BM25 (bm25s, English stopwords) over a corpus of ``{doc_id: text}``."""
-
-    def __init__(self, corpus: dict[str, str]) -> None:
-        self.doc_ids = list(corpus)
-        self.index = BM25Index([corpus[d] for d in self.doc_ids])
-
-    def retrieve(self, queries: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
-        """Top ``k`` (doc_id, score) per query, best first."""
-        import bm25s
-
-        k = min(k, len(self.doc_ids))
-        tokens = bm25s.tokenize(list(queries), stopwords="en", show_progress=False)
-        ids, scores = self.index.retriever.retrieve(tokens, k=k, show_progress=False)
-        return [[(self.doc_ids[i], float(s)) for i, s in zip(row_ids, row_scores)]
-                for row_ids, row_scores in zip(ids, scores)]
+    scores = BM25Index(texts).scores(queries)
+    return [
+        np.asarray([row[position[d]] for d, _ in docs], dtype=np.float32)
+        for row, docs in zip(scores, candidates)
+    ]

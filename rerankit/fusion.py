@@ -6,21 +6,13 @@ scarce; mining uses it for ``--method hybrid``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
+from rerankit.ordering import ranks
+
 RRF_K = 60
-
-
-def ranks(scores: np.ndarray) -> np.ndarray:
-    """1-based rank of every entry along the last axis (best = 1; ties keep input order)."""
-    scores = np.asarray(scores)
-    order = np.argsort(-scores, axis=-1, kind="stable")
-    result = np.empty_like(order)
-    np.put_along_axis(result, order, np.arange(1, scores.shape[-1] + 1) * np.ones_like(order),
-                      axis=-1)
-    return result
 
 
 def rrf(score_arrays: Sequence[np.ndarray], k: int = RRF_K) -> np.ndarray:

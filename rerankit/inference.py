@@ -7,21 +7,26 @@ sequence-classification cross-encoder path or hub id, loads the same way.
 
 Scores: ``raw=False`` (the default) gives ``sigmoid(logit)`` in [0, 1], as
 sentence-transformers' ``CrossEncoder`` does for one-label models; ``raw=True`` the logit.
-Either is computed in fp32 and does not depend on the other documents of the call.
+Under bf16/fp16 the model runs in that precision and its logits are widened to fp32 before
+the sigmoid (computed in float64). Batches are cut by length, not by call, so in fp32 a
+document's score does not depend on the other documents of the call; under bf16 it can move by
+bf16 rounding with the padded width of its batch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from rerankit import run_folder
 from rerankit.errors import ModelLoadError
 from rerankit.fusion import rrf
-from rerankit.modeling import load_tokenizer, resolve_model_path, torch_dtype
+from rerankit.loading import load_tokenizer, resolve_model_path, torch_dtype
+from rerankit.ordering import best_first
+from rerankit.scoring import score_pairs, sigmoid
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,7 @@ class RerankResult:
 class RerankResults(tuple):
     """Results best first; iterable, indexable, with ``top_k``."""
 
-    def top_k(self, k: int) -> "RerankResults":
+    def top_k(self, k: int) -> RerankResults:
         return RerankResults(self[:k])
 
     @property
@@ -59,8 +64,8 @@ def default_device() -> str:
 def default_dtype(device: str):
     """bf16 where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), else fp32.
 
-    Measured on a 2-core AVX512-BF16 CPU (benchmarks/results/inference.md): bf16 scores 1.7x
-    faster than fp32 with the same NDCG@10; scores move by up to ~2e-2, so near-ties can swap.
+    bf16 keeps NDCG@10 but moves scores slightly, so near-ties can swap; the measured speed and
+    drift are in ``benchmarks/results/inference.md``.
     """
     import torch
 
@@ -74,19 +79,34 @@ def default_dtype(device: str):
 class Reranker:
     """A cross-encoder ready to rank; build it with :meth:`load`."""
 
-    def __init__(self, model, tokenizer, *, max_length: int = 512, max_tokens: int | None = None,
-                 max_batch: int = 128, source: str = "") -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        max_length: int = 512,
+        max_tokens: int | None = None,
+        max_batch: int = 128,
+        source: str = "",
+    ) -> None:
         self.model, self.tokenizer = model.eval(), tokenizer
         if max_tokens is None:
-            # Padded tokens per forward pass. On CPU small batches stay in cache (measured:
-            # 2,048 ran ~10 % faster than 16,384 on MiniLM); a GPU wants large ones.
+            # Padded tokens per forward pass: on CPU small batches stay in cache and run
+            # faster (benchmarks/results/inference.md); a GPU wants large ones.
             max_tokens = 2048 if next(model.parameters()).device.type == "cpu" else 32768
         self.max_length, self.max_tokens, self.max_batch = max_length, max_tokens, max_batch
         self.source = source
 
     @classmethod
-    def load(cls, path: str | Path, *, device: str | None = None, dtype=None,
-             max_length: int | None = None, trust_remote_code: bool = False) -> "Reranker":
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        device: str | None = None,
+        dtype=None,
+        max_length: int | None = None,
+        trust_remote_code: bool = False,
+    ) -> Reranker:
         """Load a run folder, an exported folder, or any HF cross-encoder path or hub id.
 
         ``device`` defaults to CUDA when present. ``dtype`` ("float32", "bfloat16",
@@ -106,8 +126,14 @@ class Reranker:
             trust = manifest.get("trust_remote_code", False) or trust_remote_code
             tokenizer = load_tokenizer(str(model_dir), trust)
             if manifest["adapter"]:
-                model = _merged(resolve_model_path(manifest["base_model"]), model_dir, tokenizer,
-                                dtype, trust, manifest.get("base_revision"))
+                model = _merged(
+                    resolve_model_path(manifest["base_model"]),
+                    model_dir,
+                    tokenizer,
+                    dtype,
+                    trust,
+                    manifest.get("base_revision"),
+                )
             else:
                 model = _plain(str(model_dir), tokenizer, dtype, trust)
             max_length = max_length or manifest["max_length"]
@@ -129,36 +155,49 @@ class Reranker:
         if not pairs:
             return []
         queries, docs = zip(*pairs)
-        logits = self._logits(queries, docs)
-        return (logits if raw else _sigmoid(logits)).tolist()
+        logits = self.logits(queries, docs)
+        return (logits if raw else sigmoid(logits)).tolist()
 
-    def rerank(self, query: str, docs: Sequence[str], top_k: int | None = None, *,
-               raw: bool = False, first_stage=None) -> RerankResults:
+    def rerank(
+        self,
+        query: str,
+        docs: Sequence[str],
+        top_k: int | None = None,
+        *,
+        raw: bool = False,
+        first_stage=None,
+    ) -> RerankResults:
         """Rank ``docs`` for ``query``, best first (ties keep input order).
 
         ``first_stage``: the retriever's scores of ``docs`` (higher is better), or a list of
         several retrievers' scores (say BM25's and a bi-encoder's, the parts of a hybrid
         retriever). The order is then the reciprocal-rank fusion (``rerankit.fusion.rrf``) of
         each of those rankings with the reranker's, and each result carries ``fused_score``.
-        On the quality benchmark, fusing with BM25 and the bi-encoder lifted the default
-        recipe's NDCG@10 from 0.826 to 0.874 (README, *Quality on real data*).
+        On the quality benchmark, fusing with BM25 and the bi-encoder ranks better than either
+        alone (``benchmarks/results/quality.md``).
         """
         if not docs:
             return RerankResults()
         rankings = _first_stage_scores(first_stage, len(docs))
         scores = np.asarray(self.score([(query, d) for d in docs], raw=raw))
         fused = rrf([*rankings, scores]) if rankings else None
-        order = np.argsort(-(scores if fused is None else fused), kind="stable")
+        order = best_first(scores if fused is None else fused, top_k)
         return RerankResults(
-            RerankResult(int(i), float(scores[i]), docs[i], rank,
-                         None if fused is None else float(fused[i]))
-            for rank, i in enumerate(order[: top_k if top_k is not None else len(docs)]))
+            RerankResult(int(i), float(scores[i]), docs[i], rank, None if fused is None else float(fused[i]))
+            for rank, i in enumerate(order)
+        )
 
-    def _logits(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
-        from rerankit.scoring import score_pairs
-
-        return score_pairs(self.model, self.tokenizer, queries, docs, max_length=self.max_length,
-                           max_tokens=self.max_tokens, max_batch=self.max_batch)
+    def logits(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+        """Raw scores of the pairs (queries[i], docs[i]) as one fp32 array, in input order."""
+        return score_pairs(
+            self.model,
+            self.tokenizer,
+            queries,
+            docs,
+            max_length=self.max_length,
+            max_tokens=self.max_tokens,
+            max_batch=self.max_batch,
+        )
 
     def __repr__(self) -> str:
         return f"Reranker({self.source!r}, max_length={self.max_length})"
@@ -170,21 +209,19 @@ def _first_stage_scores(first_stage, num_docs: int) -> list[np.ndarray]:
         return []
     items = list(first_stage)
     several = bool(items) and np.ndim(items[0]) == 1
-    arrays = [np.asarray(x, dtype=np.float64) for x in items] if several \
-        else [np.asarray(items, dtype=np.float64)]
+    arrays = (
+        [np.asarray(x, dtype=np.float64) for x in items] if several else [np.asarray(items, dtype=np.float64)]
+    )
     for i, scores in enumerate(arrays):
         where = f"first_stage[{i}]" if several else "first_stage"
         if scores.ndim != 1 or len(scores) != num_docs:
-            raise ValueError(f"{where}: expected {num_docs} scores (one per document), "
-                             f"got shape {scores.shape}")
+            raise ValueError(
+                f"{where}: expected {num_docs} scores (one per document), got shape {scores.shape}"
+            )
         if not np.isfinite(scores).all():
             bad = int(np.flatnonzero(~np.isfinite(scores))[0])
             raise ValueError(f"{where}: the score of document {bad} is not a finite number")
     return arrays
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
 
 
 def _plain(name: str, tokenizer, dtype, trust_remote_code: bool):
@@ -192,23 +229,25 @@ def _plain(name: str, tokenizer, dtype, trust_remote_code: bool):
 
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            name, dtype=dtype, trust_remote_code=trust_remote_code)
+            name, dtype=dtype, trust_remote_code=trust_remote_code
+        )
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load a cross-encoder from {name!r}: {exc}") from exc
     if model.config.num_labels != 1:
-        raise ModelLoadError(f"{name!r} has {model.config.num_labels} output labels; a "
-                             "reranker needs exactly one")
+        raise ModelLoadError(
+            f"{name!r} has {model.config.num_labels} output labels; a reranker needs exactly one"
+        )
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
 
 
-def _merged(base: str, adapter_dir: Path, tokenizer, dtype, trust_remote_code: bool,
-            revision: str | None = None):
+def _merged(
+    base: str, adapter_dir: Path, tokenizer, dtype, trust_remote_code: bool, revision: str | None = None
+):
     """Base model in ``dtype`` with the adapter (and its trained head) merged in."""
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
-
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
@@ -216,8 +255,13 @@ def _merged(base: str, adapter_dir: Path, tokenizer, dtype, trust_remote_code: b
     hf_logging.set_verbosity_error()
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            base, num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code,
-            revision=revision, pad_token_id=tokenizer.pad_token_id)
+            base,
+            num_labels=1,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            revision=revision,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         model = PeftModel.from_pretrained(model, str(adapter_dir))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load the adapter in {adapter_dir} onto {base!r}: {exc}") from exc

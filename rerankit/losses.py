@@ -18,13 +18,14 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def _pair_differences(scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def _pair_differences(
+    scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(s_pos - s_neg) for every (query, pos slot, neg slot), and which of them are real pairs."""
     pos = (labels > 0) & mask
     neg = (labels <= 0) & mask
-    diff = scores.unsqueeze(2) - scores.unsqueeze(1)          # [Q, G, G]: s_i - s_j
-    valid = pos.unsqueeze(2) & neg.unsqueeze(1)                # i positive, j negative
+    diff = scores.unsqueeze(2) - scores.unsqueeze(1)  # [Q, G, G]: s_i - s_j
+    valid = pos.unsqueeze(2) & neg.unsqueeze(1)  # i positive, j negative
     return diff, valid
 
 
@@ -110,11 +111,13 @@ class BCEPairLoss(nn.Module):
             n_pos = targets.sum().clamp(min=1.0)
             weight = ((targets.numel() - n_pos) / n_pos).item()
         return F.binary_cross_entropy_with_logits(
-            logits, targets, pos_weight=torch.tensor(weight, device=logits.device))
+            logits, targets, pos_weight=torch.tensor(weight, device=logits.device)
+        )
 
 
-def build_loss(name: str, *, margin: float = 1.0, temperature: float = 1.0,
-               pos_weight: float | None = None) -> nn.Module:
+def build_loss(
+    name: str, *, margin: float = 1.0, temperature: float = 1.0, pos_weight: float | None = None
+) -> nn.Module:
     """The loss named in ``loss.name`` of the config."""
     if name == "margin":
         return PairwiseMarginLoss(margin)

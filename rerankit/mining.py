@@ -32,20 +32,24 @@ import numpy as np
 from rerankit.beir import read_corpus, read_qrels, read_queries
 from rerankit.data import Doc, QueryRecord, read_records
 from rerankit.first_stage import CorpusScorer
+from rerankit.ordering import best_first
 
 
 @dataclass
 class MiningInput:
-    corpus: dict[str, str]                # doc_id -> text, in file order
-    queries: dict[str, str]               # query id -> text
-    positives: dict[str, list[str]]       # query id -> positive doc_ids
+    corpus: dict[str, str]  # doc_id -> text, in file order
+    queries: dict[str, str]  # query id -> text
+    positives: dict[str, list[str]]  # query id -> positive doc_ids
 
 
 def from_beir(corpus: str | Path, queries: str | Path, qrels: str | Path) -> MiningInput:
     """Queries with a positive (grade > 0) in the qrels, over the corpus."""
     docs, texts = read_corpus(corpus), read_queries(queries)
-    positives = {q: [d for d, grade in judged.items() if grade > 0 and d in docs]
-                 for q, judged in read_qrels(qrels).items() if q in texts}
+    positives = {
+        q: [d for d, grade in judged.items() if grade > 0 and d in docs]
+        for q, judged in read_qrels(qrels).items()
+        if q in texts
+    }
     positives = {q: ids for q, ids in positives.items() if ids}
     return MiningInput(docs, {q: texts[q] for q in positives}, positives)
 
@@ -57,19 +61,23 @@ def from_seed_lines(path: str | Path, corpus: str | Path | None = None) -> Minin
     for rec in records:
         for doc in rec.positives + rec.negatives:
             docs.setdefault(doc.doc_id, doc.text)
-    return MiningInput(docs, {str(i): r.query for i, r in enumerate(records)},
-                       {str(i): [d.doc_id for d in r.positives] for i, r in enumerate(records)})
+    return MiningInput(
+        docs,
+        {str(i): r.query for i, r in enumerate(records)},
+        {str(i): [d.doc_id for d in r.positives] for i, r in enumerate(records)},
+    )
 
 
-def _ranking(scores: np.ndarray) -> np.ndarray:
-    """Doc indices best first per query; ties keep corpus order."""
-    return np.argsort(-scores, axis=1, kind="stable")
-
-
-def mine(data: MiningInput, *, method: Literal["bm25", "dense", "hybrid"] = "bm25",
-         num_negatives: int = 15, skip_top: int = 0, margin: float | None = None,
-         dense_model: str = "sentence-transformers/all-MiniLM-L6-v2",
-         block_size: int | None = None) -> list[QueryRecord]:
+def mine(
+    data: MiningInput,
+    *,
+    method: Literal["bm25", "dense", "hybrid"] = "bm25",
+    num_negatives: int = 15,
+    skip_top: int = 0,
+    margin: float | None = None,
+    dense_model: str = "sentence-transformers/all-MiniLM-L6-v2",
+    block_size: int | None = None,
+) -> list[QueryRecord]:
     """Mine negatives for every query with a positive (see the module docstring).
 
     ``block_size`` queries are scored at a time (default: ``first_stage.BLOCK_CELLS`` worth).
@@ -84,31 +92,55 @@ def mine(data: MiningInput, *, method: Literal["bm25", "dense", "hybrid"] = "bm2
     block_size = scorer.block_size(block_size)
 
     records = []
-    for block in tqdm(scorer.blocks([data.queries[q] for q in qids], block_size),
-                      total=math.ceil(len(qids) / block_size), desc=f"mining ({method})",
-                      unit="block", disable=len(qids) <= block_size):
-        order = _ranking(block.ranking)
+    for block in tqdm(
+        scorer.blocks([data.queries[q] for q in qids], block_size),
+        total=math.ceil(len(qids) / block_size),
+        desc=f"mining ({method})",
+        unit="block",
+        disable=len(qids) <= block_size,
+    ):
         # The guard reads the bi-encoder's cosine where there is one, else BM25's score.
         dense = "dense" in block.components
         guard = block.components["dense" if dense else "bm25"]
-        for row, qid in enumerate(qids[block.start:block.start + len(order)]):
+        for row, qid in enumerate(qids[block.start : block.start + len(block.ranking)]):
             pos_ids = data.positives[qid]
             floor = None
             if margin is not None:
                 weakest = min(guard[row, position[d]] for d in pos_ids)
                 floor = weakest - margin if dense else (1 - margin) * weakest
-            negatives = _negatives(data, qid, doc_ids, docs, order[row], guard[row], floor,
-                                   skip_top, num_negatives)
-            records.append(QueryRecord(
-                data.queries[qid], tuple(Doc(d, data.corpus[d]) for d in pos_ids), negatives,
-                source_chunk=pos_ids[0] if len(pos_ids) == 1 else None,
-                meta={"query_id": qid, "mined_by": method}))
+            # Look at the best few candidates first; widen only when filters take too many.
+            k = len(pos_ids) + skip_top + num_negatives
+            while True:
+                order = best_first(block.ranking[row], k)
+                negatives = _negatives(
+                    data, qid, doc_ids, docs, order, guard[row], floor, skip_top, num_negatives
+                )
+                if len(negatives) == num_negatives or k >= len(doc_ids):
+                    break
+                k *= 4
+            records.append(
+                QueryRecord(
+                    data.queries[qid],
+                    tuple(Doc(d, data.corpus[d]) for d in pos_ids),
+                    negatives,
+                    source_chunk=pos_ids[0] if len(pos_ids) == 1 else None,
+                    meta={"query_id": qid, "mined_by": method},
+                )
+            )
     return records
 
 
-def _negatives(data: MiningInput, qid: str, doc_ids: list[str], docs: list[str],
-               order: np.ndarray, guard: np.ndarray, floor: float | None, skip_top: int,
-               num_negatives: int) -> tuple[Doc, ...]:
+def _negatives(
+    data: MiningInput,
+    qid: str,
+    doc_ids: list[str],
+    docs: list[str],
+    order: np.ndarray,
+    guard: np.ndarray,
+    floor: float | None,
+    skip_top: int,
+    num_negatives: int,
+) -> tuple[Doc, ...]:
     """The query's negatives from its ranking: positives (by id or text) out, window, guard."""
     pos_ids = set(data.positives[qid])
     pos_texts = {data.corpus[d] for d in pos_ids}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rerankit.run_folder import atomic_write_text
+from rerankit.files import atomic_write_text
 
 COLUMNS = ("ndcg@10", "mrr@10", "map", "pairwise_accuracy")
 
@@ -13,8 +13,7 @@ COLUMNS = ("ndcg@10", "mrr@10", "map", "pairwise_accuracy")
 def metrics_table(rows: list[tuple[str, dict[str, float]]], recall_key: str | None = None) -> str:
     """A Markdown table, one row per (label, metrics)."""
     columns = list(COLUMNS[:3]) + ([recall_key] if recall_key else []) + [COLUMNS[3]]
-    lines = ["| model | " + " | ".join(columns) + " |",
-             "|---|" + "---:|" * len(columns)]
+    lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for label, values in rows:
         cells = [f"{values[c]:.4f}" if c in values else "–" for c in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -24,25 +23,26 @@ def metrics_table(rows: list[tuple[str, dict[str, float]]], recall_key: str | No
 def verdict(metrics: dict[str, Any]) -> str:
     """One plain sentence on whether training helped and whether it beats the first stage."""
     key = metrics["metric_for_best"]
-    best, base, first = (metrics["best"].get(key), metrics["baseline"][key],
-                         metrics["first_stage"][key])
+    best, base, first = (metrics["best"].get(key), metrics["baseline"][key], metrics["first_stage"][key])
     if best is None:
         return "No evaluation ran during training."
-    parts = [f"Best {key} {best:.4f} vs untrained {base:.4f} ({best - base:+.4f})"
-             f" and BM25 {first:.4f} ({best - first:+.4f})."]
+    parts = [
+        f"Best {key} {best:.4f} vs untrained {base:.4f} ({best - base:+.4f})"
+        f" and BM25 {first:.4f} ({best - first:+.4f})."
+    ]
     if best < first:
-        parts.append("WARNING: the trained reranker ranks WORSE than BM25 on the validation "
-                     "candidates; do not deploy it as is.")
+        parts.append(
+            "WARNING: the trained reranker ranks WORSE than BM25 on the validation "
+            "candidates; do not deploy it as is."
+        )
     if best <= base:
         parts.append("WARNING: training did not improve on the untrained model.")
     return " ".join(parts)
 
 
-def write_report(path: Path, metrics: dict[str, Any], config, digest: str,
-                 curve: Path | None) -> None:
+def write_report(path: Path, metrics: dict[str, Any], config, digest: str, curve: Path | None) -> None:
     recall_key = next((k for k in metrics["baseline"] if k.startswith("recall@")), None)
-    rows = [("BM25 (first stage)", metrics["first_stage"]),
-            ("untrained model", metrics["baseline"])]
+    rows = [("BM25 (first stage)", metrics["first_stage"]), ("untrained model", metrics["baseline"])]
     rows += [(f"step {e['step']} (epoch {e['epoch']:.2f})", e) for e in metrics["evaluations"]]
     if metrics["best"]:
         rows.append((f"**best** (step {metrics['best']['step']})", metrics["best"]))
@@ -51,7 +51,7 @@ def write_report(path: Path, metrics: dict[str, Any], config, digest: str,
         "# rerankit run report",
         "",
         f"- backbone: `{config.model.name_or_path}`, quantization: {config.quantization.mode}, "
-        f"LoRA: {'r=%d' % config.lora.r if config.lora.enabled else 'off'}, "
+        f"LoRA: {f'r={config.lora.r}' if config.lora.enabled else 'off'}, "
         f"loss: {config.loss.name}",
         f"- queries: {metrics['train_queries']} train, {metrics['valid_queries']} validation "
         f"({metrics['valid_pairs']} pairs, every positive and given negative)",
@@ -69,10 +69,11 @@ def write_report(path: Path, metrics: dict[str, Any], config, digest: str,
         "",
     ]
     for name, report in data.items():
-        changed = {k: v for k, v in report.items()
-                   if k.startswith(("skipped", "dropped", "merged")) and v}
-        text.append(f"- {name}: `{report['path']}`: {report['records']} queries from "
-                    f"{report['lines']} lines" + (f"; {changed}" if changed else ""))
+        changed = {k: v for k, v in report.items() if k.startswith(("skipped", "dropped", "merged")) and v}
+        text.append(
+            f"- {name}: `{report['path']}`: {report['records']} queries from "
+            f"{report['lines']} lines" + (f"; {changed}" if changed else "")
+        )
     if curve is not None:
         text += ["", f"![training curve]({curve.name})"]
     atomic_write_text(path, "\n".join(text) + "\n")
@@ -90,8 +91,12 @@ def write_curve(path: Path, metrics: dict[str, Any]) -> Path | None:
     key = metrics["metric_for_best"]
     fig, left = plt.subplots(figsize=(7, 4), dpi=100)
     if metrics["train_loss"]:
-        left.plot([e["step"] for e in metrics["train_loss"]],
-                  [e["loss"] for e in metrics["train_loss"]], color="tab:blue", label="train loss")
+        left.plot(
+            [e["step"] for e in metrics["train_loss"]],
+            [e["loss"] for e in metrics["train_loss"]],
+            color="tab:blue",
+            label="train loss",
+        )
     left.set_xlabel("optimizer step")
     left.set_ylabel("train loss", color="tab:blue")
     right = left.twinx()

@@ -19,10 +19,8 @@ last, so an interrupted run never loads as if it were complete.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from typing import Any
 import yaml
 
 from rerankit.errors import ModelLoadError, RerankitError
+from rerankit.files import atomic_write_text, read_json, write_json
 
 MANIFEST = "run.json"
 CONFIG_FILE = "config.yaml"
@@ -42,29 +41,6 @@ CHECKPOINTS_DIR = "checkpoints"
 LOGS_DIR = "logs"
 RUN_FORMAT = "rerankit-run"
 RUN_FORMAT_VERSION = 1
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-
-
-def read_json(path: Path) -> Any | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
 
 
 def last_checkpoint(out: Path) -> str | None:
@@ -81,21 +57,26 @@ def prepare(out: Path, *, resume: bool, overwrite: bool, config_text: str | None
     if overwrite and out.exists():
         shutil.rmtree(out)
     elif finished:
-        raise RerankitError(f"{out} already holds a finished run; pass --overwrite to replace "
-                            "it or choose another --output-dir")
+        raise RerankitError(
+            f"{out} already holds a finished run; pass --overwrite to replace "
+            "it or choose another --output-dir"
+        )
     elif resume and not resumable:
         raise RerankitError(f"{out} has no checkpoint to resume from")
     elif not resume and resumable:
-        raise RerankitError(f"{out} holds an unfinished run; pass --resume to continue it or "
-                            "--overwrite to start again")
+        raise RerankitError(
+            f"{out} holds an unfinished run; pass --resume to continue it or --overwrite to start again"
+        )
     elif not resume and out.exists():
         (out / BASELINE_FILE).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     if config_text is not None:
         saved = out / CONFIG_FILE
         if resume and saved.exists() and saved.read_text(encoding="utf-8") != config_text:
-            raise RerankitError(f"{saved} differs from the config given now; a run resumes "
-                                "only with the config it started with")
+            raise RerankitError(
+                f"{saved} differs from the config given now; a run resumes "
+                "only with the config it started with"
+            )
         atomic_write_text(saved, config_text)
 
 
@@ -104,11 +85,8 @@ def config_text(config, digest: str) -> str:
     return header + yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 
-def finish(out: Path, model, tokenizer, config, digest: str, built, metrics: dict) -> None:
-    """Write the final model, metrics and report, then the manifest that marks the run finished."""
-    from rerankit import __version__
-    from rerankit.report import write_curve, write_report
-
+def save_model(out: Path, model, tokenizer) -> None:
+    """The final model (adapter + head, or full weights) and tokenizer, swapped in at once."""
     staging = out / f".{MODEL_DIR}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(str(staging))
@@ -117,34 +95,44 @@ def finish(out: Path, model, tokenizer, config, digest: str, built, metrics: dic
     shutil.rmtree(final, ignore_errors=True)
     os.replace(staging, final)
 
-    write_json(out / METRICS_FILE, metrics)
-    curve = write_curve(out / CURVE_FILE, metrics)
-    write_report(out / REPORT_FILE, metrics, config, digest, curve)
-    write_json(out / MANIFEST, {
-        "format": RUN_FORMAT,
-        "format_version": RUN_FORMAT_VERSION,
-        "rerankit_version": __version__,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config_hash": digest,
-        "base_model": config.model.name_or_path,
-        "base_revision": config.model.revision,
-        "trust_remote_code": config.model.trust_remote_code,
-        "max_length": config.model.max_length,
-        "adapter": bool(config.lora.enabled),
-        "trained_quantization": config.quantization.mode,
-        "modules_to_save": built.modules_to_save,
-        "model_dir": MODEL_DIR,
-    })
+
+def mark_finished(out: Path, config, digest: str, built) -> None:
+    """Write the manifest: the last file of a run, whose presence means "finished"."""
+    from rerankit import __version__
+
+    write_json(
+        out / MANIFEST,
+        {
+            "format": RUN_FORMAT,
+            "format_version": RUN_FORMAT_VERSION,
+            "rerankit_version": __version__,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config_hash": digest,
+            "base_model": config.model.name_or_path,
+            "base_revision": config.model.revision,
+            "trust_remote_code": config.model.trust_remote_code,
+            "max_length": config.model.max_length,
+            "adapter": bool(config.lora.enabled),
+            "trained_quantization": config.quantization.mode,
+            "modules_to_save": built.modules_to_save,
+            "model_dir": MODEL_DIR,
+        },
+    )
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
     """The manifest of a finished run folder, or ModelLoadError saying what is wrong."""
     manifest = read_json(path / MANIFEST)
     if manifest is None:
-        hint = (" it looks like an interrupted run: continue it with `rerankit train --resume`"
-                if (path / CONFIG_FILE).exists() else "")
+        hint = (
+            " it looks like an interrupted run: continue it with `rerankit train --resume`"
+            if (path / CONFIG_FILE).exists()
+            else ""
+        )
         raise ModelLoadError(f"{path} is not a finished rerankit run (no {MANIFEST});{hint}")
     if manifest.get("format") != RUN_FORMAT or manifest.get("format_version", 0) > RUN_FORMAT_VERSION:
-        raise ModelLoadError(f"{path / MANIFEST}: unsupported run format "
-                             f"{manifest.get('format')!r} v{manifest.get('format_version')}")
+        raise ModelLoadError(
+            f"{path / MANIFEST}: unsupported run format "
+            f"{manifest.get('format')!r} v{manifest.get('format_version')}"
+        )
     return manifest

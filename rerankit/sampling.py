@@ -14,8 +14,8 @@ order in which queries are visited, the process that draws them, or earlier draw
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -39,8 +39,14 @@ def _query_seed(key: str) -> int:
 class NegativeSampler:
     """Draws each query's group for an epoch (see module docstring)."""
 
-    def __init__(self, records: Sequence[QueryRecord], num_negatives: int = 7,
-                 hard_ratio: float = 0.75, max_positives: int = 4, seed: int = 42) -> None:
+    def __init__(
+        self,
+        records: Sequence[QueryRecord],
+        num_negatives: int = 7,
+        hard_ratio: float = 0.75,
+        max_positives: int = 4,
+        seed: int = 42,
+    ) -> None:
         if not records:
             raise ValueError("NegativeSampler needs at least one record")
         self.records = list(records)
@@ -73,15 +79,18 @@ class NegativeSampler:
         n_hard = min(round(self.hard_ratio * self.num_negatives), len(record.negatives))
         hard_idx = rng.choice(len(record.negatives), n_hard, replace=False) if n_hard else []
         negatives = [record.negatives[i] for i in hard_idx]
-        negatives += self._random_negatives(rng, record, negatives,
-                                            self.num_negatives - len(negatives))
+        negatives += self._random_negatives(rng, record, negatives, self.num_negatives - len(negatives))
         docs = positives + negatives
-        return Group(record.query, tuple(d.text for d in docs),
-                     tuple([1] * len(positives) + [0] * len(negatives)),
-                     tuple(d.doc_id for d in docs))
+        return Group(
+            record.query,
+            tuple(d.text for d in docs),
+            tuple([1] * len(positives) + [0] * len(negatives)),
+            tuple(d.doc_id for d in docs),
+        )
 
-    def _random_negatives(self, rng: np.random.Generator, record: QueryRecord,
-                          taken: list[Doc], count: int) -> list[Doc]:
+    def _random_negatives(
+        self, rng: np.random.Generator, record: QueryRecord, taken: list[Doc], count: int
+    ) -> list[Doc]:
         if count <= 0:
             return []
         banned_ids = {d.doc_id for d in record.positives} | {d.doc_id for d in taken}

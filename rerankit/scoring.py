@@ -3,21 +3,27 @@
 Pairs are tokenized once without padding, sorted by length and cut into batches whose
 padded size (pairs × longest pair) stays under ``max_tokens``: short pairs travel in large
 batches, long ones in small, and little compute goes to padding. Scores come back in input
-order as fp32 (logits are upcast before anything else touches them).
+order as fp32: under bf16/fp16 the model (head included) computes in that precision and its
+logits are widened to fp32 before anything else touches them, so a sigmoid over them does not
+collapse near-equal scores into ties.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from rerankit.modeling import encode_pairs
+from rerankit.encoding import encode_pairs
 
 
-def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_batch: int
-                         ) -> list[list[int]]:
+def sigmoid(logits) -> np.ndarray:
+    """``1 / (1 + exp(-logit))`` in float64: the relevance score every surface reports."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+
+
+def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_batch: int) -> list[list[int]]:
     """Indices grouped into batches, longest first, each within the token budget."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
@@ -34,9 +40,18 @@ def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_batch: int
     return batches
 
 
-def score_pairs(model, tokenizer, queries: Sequence[str], docs: Sequence[str], *,
-                max_length: int = 512, max_tokens: int = 16384, max_batch: int = 128,
-                autocast_dtype=None, progress: bool = False) -> np.ndarray:
+def score_pairs(
+    model,
+    tokenizer,
+    queries: Sequence[str],
+    docs: Sequence[str],
+    *,
+    max_length: int = 512,
+    max_tokens: int = 16384,
+    max_batch: int = 128,
+    autocast_dtype=None,
+    progress: bool = False,
+) -> np.ndarray:
     """Raw scores (logits) of each (queries[i], docs[i]) pair, fp32, in input order."""
     import torch
 
@@ -44,8 +59,7 @@ def score_pairs(model, tokenizer, queries: Sequence[str], docs: Sequence[str], *
         raise ValueError(f"got {len(queries)} queries but {len(docs)} documents")
     if not queries:
         return np.zeros(0, dtype=np.float32)
-    encoded = encode_pairs(tokenizer, queries, docs, max_length, padding=False,
-                           return_tensors=None)
+    encoded = encode_pairs(tokenizer, queries, docs, max_length, padding=False, return_tensors=None)
     lengths = [len(ids) for ids in encoded["input_ids"]]
     device = next(model.parameters()).device
     scores = np.empty(len(queries), dtype=np.float32)
@@ -54,15 +68,19 @@ def score_pairs(model, tokenizer, queries: Sequence[str], docs: Sequence[str], *
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc="scoring", unit="batch")
-    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
-                else contextlib.nullcontext())
+    autocast = (
+        torch.autocast(device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode(), autocast:
             for batch in batches:
-                features = tokenizer.pad({k: [v[i] for i in batch] for k, v in encoded.items()},
-                                         return_tensors="pt")
+                features = tokenizer.pad(
+                    {k: [v[i] for i in batch] for k, v in encoded.items()}, return_tensors="pt"
+                )
                 features = {k: v.to(device) for k, v in features.items()}
                 logits = model(**features).logits
                 scores[batch] = logits.float().view(len(batch), -1)[:, 0].cpu().numpy()

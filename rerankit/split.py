@@ -10,7 +10,8 @@ and the records' content, not on file order.
 from __future__ import annotations
 
 import hashlib
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 from rerankit.data import QueryRecord
 
@@ -41,9 +42,12 @@ def _group_keys(records: Sequence[QueryRecord], group_by: str) -> list[str]:
     return [smallest[find(i)] for i in range(len(records))]
 
 
-def split_records(records: Sequence[QueryRecord], valid_ratio: float, seed: int = 42,
-                  group_by: Literal["query", "source_chunk"] = "query"
-                  ) -> tuple[list[QueryRecord], list[QueryRecord]]:
+def split_records(
+    records: Sequence[QueryRecord],
+    valid_ratio: float,
+    seed: int = 42,
+    group_by: Literal["query", "source_chunk"] = "query",
+) -> tuple[list[QueryRecord], list[QueryRecord]]:
     """Return (train, valid); valid holds about ``valid_ratio`` of the queries, at least one group."""
     if not 0 < valid_ratio < 1:
         raise ValueError(f"valid_ratio must be between 0 and 1, got {valid_ratio}")

@@ -13,14 +13,15 @@ multi-process training. rerankit adds three things:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from unittest.mock import patch
 
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 
@@ -29,11 +30,13 @@ from rerankit.collator import EpochGroupDataset, GroupCollator
 from rerankit.config import TrainConfig, config_hash, load_config
 from rerankit.data import read_records
 from rerankit.errors import RerankitError
-from rerankit.evaluation import ValidationSet, Validator
+from rerankit.files import read_json, write_json
 from rerankit.losses import build_loss
-from rerankit.modeling import build_model
+from rerankit.model_builder import build_model
+from rerankit.report import write_curve, write_report
 from rerankit.sampling import NegativeSampler
 from rerankit.split import split_records
+from rerankit.validation import ValidationSet, Validator
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +55,15 @@ class EpochCallback(TrainerCallback):
 class RerankTrainer(Trainer):
     """Trainer with a group ranking loss and full-validation-set ranking evaluation."""
 
-    def __init__(self, *args, loss_fn, validator: Validator, modules_to_save: list[str],
-                 head_learning_rate: float | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        loss_fn,
+        validator: Validator,
+        modules_to_save: list[str],
+        head_learning_rate: float | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         # Our loss is a mean over the batch's pairs: the Trainer must divide it by the
         # accumulation steps itself (it skips that for models that take loss kwargs).
@@ -62,11 +72,11 @@ class RerankTrainer(Trainer):
         self.modules_to_save, self.head_learning_rate = modules_to_save, head_learning_rate
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs.pop("group_labels")          # [Q, G] 1 = positive, 0 = negative
-        mask = inputs.pop("group_mask")              # [Q, G] True where a document sits
-        slots = inputs.pop("pair_slots")             # [P] flat index of each pair in Q×G
+        labels = inputs.pop("group_labels")  # [Q, G] 1 = positive, 0 = negative
+        mask = inputs.pop("group_mask")  # [Q, G] True where a document sits
+        slots = inputs.pop("pair_slots")  # [P] flat index of each pair in Q×G
         outputs = model(**inputs)
-        logits = outputs.logits.float().view(-1)     # [P] one score per pair
+        logits = outputs.logits.float().view(-1)  # [P] one score per pair
         scores = logits.new_zeros(mask.numel()).index_put((slots,), logits).view(mask.shape)
         loss = self.loss_fn(scores, labels, mask)
         return (loss, outputs) if return_outputs else loss
@@ -94,10 +104,16 @@ class RerankTrainer(Trainer):
                 is_head = any(part in self.modules_to_save for part in name.split("."))
                 groups.setdefault((is_head, name in decay), []).append(param)
         self.optimizer = torch.optim.AdamW(
-            [{"params": params, "lr": head_lr if is_head else self.args.learning_rate,
-              "weight_decay": self.args.weight_decay if decays else 0.0}
-             for (is_head, decays), params in groups.items()],
-            lr=self.args.learning_rate)
+            [
+                {
+                    "params": params,
+                    "lr": head_lr if is_head else self.args.learning_rate,
+                    "weight_decay": self.args.weight_decay if decays else 0.0,
+                }
+                for (is_head, decays), params in groups.items()
+            ],
+            lr=self.args.learning_rate,
+        )
         return self.optimizer
 
 
@@ -145,7 +161,7 @@ def _precision(config: TrainConfig) -> dict[str, bool]:
         if on_gpu:
             wanted = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
         else:
-            # CPUs with native bf16 (AVX512-BF16/AMX) train ~1.8x faster under bf16 autocast.
+            # CPUs with native bf16 (AVX512-BF16/AMX) train markedly faster under bf16 autocast.
             wanted = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
     return {"bf16": wanted == "bf16", "fp16": wanted == "fp16"}
 
@@ -161,7 +177,8 @@ def _load_data(config: TrainConfig):
         if overlap:
             raise RerankitError(
                 f"{dcfg.valid}: {len(overlap)} validation queries also appear in {dcfg.train} "
-                f"(e.g. {overlap[0]!r}); the split must be by query")
+                f"(e.g. {overlap[0]!r}); the split must be by query"
+            )
     else:
         train, valid = split_records(train, dcfg.valid_ratio, config.seed, dcfg.group_by)
     if dcfg.max_valid_queries and len(valid) > dcfg.max_valid_queries:
@@ -210,37 +227,35 @@ def _metric_key(config: TrainConfig) -> str:
     return f"recall@{config.evaluation.recall_at}" if name == "recall" else name
 
 
-@contextlib.contextmanager
-def _environ(**values: str):
-    """Set environment variables for the duration of a block (the Trainer's TensorBoard
-    callback reads its log folder from one when it is built)."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def _make_trainer(cfg: TrainConfig, out: Path, built, dataset, vset, validator, callbacks):
     return RerankTrainer(
-        model=built.model, args=training_arguments(cfg, out), train_dataset=dataset,
+        model=built.model,
+        args=training_arguments(cfg, out),
+        train_dataset=dataset,
         eval_dataset=vset,  # scored by the validator; given so the Trainer schedules evaluations
         data_collator=GroupCollator(built.tokenizer, cfg.model.max_length),
-        callbacks=callbacks, loss_fn=build_loss(cfg.loss.name, margin=cfg.loss.margin,
-                                               temperature=cfg.loss.temperature,
-                                               pos_weight=cfg.loss.pos_weight),
-        validator=validator, modules_to_save=built.modules_to_save,
-        head_learning_rate=cfg.training.head_learning_rate)
+        callbacks=callbacks,
+        loss_fn=build_loss(
+            cfg.loss.name,
+            margin=cfg.loss.margin,
+            temperature=cfg.loss.temperature,
+            pos_weight=cfg.loss.pos_weight,
+        ),
+        validator=validator,
+        modules_to_save=built.modules_to_save,
+        head_learning_rate=cfg.training.head_learning_rate,
+    )
 
 
-def fit(config: str | Path | Mapping[str, Any] | TrainConfig, *, output_dir: str | Path | None = None,
-        resume: bool = False, overwrite: bool = False,
-        overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> FitResult:
+def fit(
+    config: str | Path | Mapping[str, Any] | TrainConfig,
+    *,
+    output_dir: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> FitResult:
     """Train a reranker from a config and write a run folder.
 
     ``config`` is a YAML path, a mapping or a TrainConfig. Overrides come as dotted keys
@@ -259,8 +274,9 @@ def fit(config: str | Path | Mapping[str, Any] | TrainConfig, *, output_dir: str
     # Under torchrun/accelerate only the main process touches the run folder.
     main_process = int(os.environ.get("RANK", "0")) == 0
     if main_process:
-        run_folder.prepare(out, resume=resume, overwrite=overwrite,
-                           config_text=run_folder.config_text(cfg, digest))
+        run_folder.prepare(
+            out, resume=resume, overwrite=overwrite, config_text=run_folder.config_text(cfg, digest)
+        )
     started = time.perf_counter()
 
     train, valid, reports = _load_data(cfg)
@@ -269,33 +285,39 @@ def fit(config: str | Path | Mapping[str, Any] | TrainConfig, *, output_dir: str
     set_seed(cfg.seed)
     built = build_model(cfg)
     vset = ValidationSet.from_records(valid)
-    validator = Validator(vset, built.tokenizer, cfg.model.max_length,
-                          cfg.evaluation.recall_at, cfg.evaluation.batch_size)
-    sampler = NegativeSampler(train, cfg.sampling.num_negatives, cfg.sampling.hard_ratio,
-                              cfg.sampling.max_positives, cfg.seed)
+    validator = Validator(
+        vset, built.tokenizer, cfg.model.max_length, cfg.evaluation.recall_at, cfg.evaluation.batch_size
+    )
+    sampler = NegativeSampler(
+        train, cfg.sampling.num_negatives, cfg.sampling.hard_ratio, cfg.sampling.max_positives, cfg.seed
+    )
     dataset = EpochGroupDataset(sampler)
     callbacks: list[TrainerCallback] = [EpochCallback(dataset)]
     if cfg.training.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(cfg.training.early_stopping_patience))
-    with _environ(TENSORBOARD_LOGGING_DIR=str(out / run_folder.LOGS_DIR)):
+    # The Trainer's TensorBoard callback reads its log folder from the environment when built.
+    with patch.dict(os.environ, TENSORBOARD_LOGGING_DIR=str(out / run_folder.LOGS_DIR)):
         trainer = _make_trainer(cfg, out, built, dataset, vset, validator, callbacks)
 
-
-    first_stage = validator.first_stage()
-    baseline = run_folder.read_json(out / run_folder.BASELINE_FILE)
+    first_stage = validator.bm25_metrics()
+    baseline = read_json(out / run_folder.BASELINE_FILE)
     if baseline is None:  # computed once; a resumed run reuses it
-        log.info("evaluating the untrained model on %d validation queries (%d pairs)",
-                 len(vset), vset.num_pairs)
+        log.info(
+            "evaluating the untrained model on %d validation queries (%d pairs)", len(vset), vset.num_pairs
+        )
         baseline = validator.evaluate(built.model)
         if main_process:
-            run_folder.write_json(out / run_folder.BASELINE_FILE, baseline)
+            write_json(out / run_folder.BASELINE_FILE, baseline)
     resume_from = run_folder.last_checkpoint(out) if resume else None
     trainer.train(resume_from_checkpoint=resume_from)
 
     key = _metric_key(cfg)
-    evals = [{k.removeprefix("eval_"): v for k, v in entry.items() if k.startswith("eval_")}
-             | {"step": entry["step"], "epoch": entry.get("epoch")}
-             for entry in trainer.state.log_history if f"eval_{key}" in entry]
+    evals = [
+        {k.removeprefix("eval_"): v for k, v in entry.items() if k.startswith("eval_")}
+        | {"step": entry["step"], "epoch": entry.get("epoch")}
+        for entry in trainer.state.log_history
+        if f"eval_{key}" in entry
+    ]
     losses = [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e]
     best = max(evals, key=lambda e: e[key]) if evals else None
     if best is None or best[key] < baseline[key]:
@@ -315,6 +337,9 @@ def fit(config: str | Path | Mapping[str, Any] | TrainConfig, *, output_dir: str
         "data": {name: r.__dict__ for name, r in reports.items()},
     }
     if trainer.is_world_process_zero():
-        run_folder.finish(out, trainer.model, built.tokenizer, cfg, digest, built, metrics)
+        run_folder.save_model(out, trainer.model, built.tokenizer)
+        write_json(out / run_folder.METRICS_FILE, metrics)
+        curve = write_curve(out / run_folder.CURVE_FILE, metrics)
+        write_report(out / run_folder.REPORT_FILE, metrics, cfg, digest, curve)
+        run_folder.mark_finished(out, cfg, digest, built)
     return FitResult(out, metrics, cfg, metrics["data"], trainer.model, built.tokenizer)
-

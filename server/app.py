@@ -16,30 +16,44 @@ import asyncio
 import hmac
 import logging
 import re
-import time
 import uuid
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Sequence
+from typing import Any
 
 import msgspec
-import numpy as np
 from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
-from litestar.exceptions import (HTTPException, NotAuthorizedException, ServiceUnavailableException,
-                                 TooManyRequestsException, ValidationException)
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    ServiceUnavailableException,
+    TooManyRequestsException,
+    ValidationException,
+)
 from litestar.handlers import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 
-from rerankit.server.metrics import CONTENT_TYPE_LATEST, ServerMetrics
-from rerankit.server.schemas import (RerankRequest, RerankResponse, RerankResultItem,
-                                     ResultDocument, TEIRerankRequest, TEIResultItem)
+from rerankit.ordering import best_first
+from rerankit.scoring import sigmoid
+from rerankit.server.prometheus import CONTENT_TYPE_LATEST, ServerMetrics, http_metrics_config
+from rerankit.server.schemas import (
+    RerankRequest,
+    RerankResponse,
+    RerankResultItem,
+    ResultDocument,
+    TEIRerankRequest,
+    TEIResultItem,
+)
 from rerankit.server.settings import ServerSettings
 from rerankit.server.worker import InferenceWorker, Overloaded
 
 log = logging.getLogger(__name__)
-WARMUP_PAIRS = [("warm-up query", "a short warm-up document"),
-                ("warm-up query", "a longer warm-up document " * 20)]
+WARMUP_PAIRS = [
+    ("warm-up query", "a short warm-up document"),
+    ("warm-up query", "a longer warm-up document " * 20),
+]
 
 
 def _field_error(key: str, message: str) -> ValidationException:
@@ -59,17 +73,23 @@ def _api_key_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
 def _ready(state: State):
     if state.reranker is None:
         reason = f": {state.load_error}" if state.load_error else " (still loading)"
-        raise ServiceUnavailableException(detail=f"model not ready{reason}",
-                                          headers={"Retry-After": "5"})
+        raise ServiceUnavailableException(detail=f"model not ready{reason}", headers={"Retry-After": "5"})
     return state.reranker
 
 
 def _truncate_tokens(tokenizer, texts: Sequence[str], max_tokens: int) -> list[str]:
     """Each text cut after its first ``max_tokens`` tokens (at a character offset, text kept)."""
-    encoded = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True,
-                        truncation=True, max_length=max_tokens)
-    return [text[: offsets[-1][1]] if len(offsets) >= max_tokens else text
-            for text, offsets in zip(texts, encoded["offset_mapping"])]
+    encoded = tokenizer(
+        list(texts),
+        add_special_tokens=False,
+        return_offsets_mapping=True,
+        truncation=True,
+        max_length=max_tokens,
+    )
+    return [
+        text[: offsets[-1][1]] if len(offsets) >= max_tokens else text
+        for text, offsets in zip(texts, encoded["offset_mapping"])
+    ]
 
 
 async def _wait_disconnect(request: Request) -> None:
@@ -80,9 +100,17 @@ async def _wait_disconnect(request: Request) -> None:
             return
 
 
-async def _rank(request: Request, state: State, query: str, docs: list[str], *,
-                top_n: int | None, max_tokens_per_doc: int | None, raw: bool,
-                docs_field: str) -> list[tuple[int, float]]:
+async def _rank(
+    request: Request,
+    state: State,
+    query: str,
+    docs: list[str],
+    *,
+    top_n: int | None,
+    max_tokens_per_doc: int | None,
+    raw: bool,
+    docs_field: str,
+) -> list[tuple[int, float]]:
     """Validate, score through the worker, and return (index, score) best first."""
     settings: ServerSettings = state.settings
     if not query.strip():
@@ -90,58 +118,75 @@ async def _rank(request: Request, state: State, query: str, docs: list[str], *,
     if not docs:
         raise _field_error(docs_field, "must hold at least one document")
     if len(docs) > settings.max_documents:
-        raise _field_error(docs_field, f"at most {settings.max_documents} documents per request, "
-                                       f"got {len(docs)}")
+        raise _field_error(
+            docs_field, f"at most {settings.max_documents} documents per request, got {len(docs)}"
+        )
     for i, doc in enumerate(docs):
         if len(doc) > settings.max_document_chars:
-            raise _field_error(f"{docs_field}[{i}]", f"longer than {settings.max_document_chars} "
-                                                     "characters")
+            raise _field_error(f"{docs_field}[{i}]", f"longer than {settings.max_document_chars} characters")
     if top_n is not None and top_n < 1:
         raise _field_error("top_n", f"must be at least 1, got {top_n}")
     if max_tokens_per_doc is not None and max_tokens_per_doc < 1:
         raise _field_error("max_tokens_per_doc", f"must be at least 1, got {max_tokens_per_doc}")
     reranker = _ready(state)
-    if max_tokens_per_doc is not None:   # tokenizing is CPU work: keep it off the event loop
+    if max_tokens_per_doc is not None:  # tokenizing is CPU work: keep it off the event loop
         docs = await asyncio.to_thread(_truncate_tokens, reranker.tokenizer, docs, max_tokens_per_doc)
     watcher = asyncio.ensure_future(_wait_disconnect(request))
     try:
         scores = await state.worker.score([query] * len(docs), docs, disconnected=watcher)
     except Overloaded:
-        raise TooManyRequestsException(detail="the inference queue is full; retry later",
-                                       headers={"Retry-After": str(settings.retry_after_s)})
-    except ValueError as exc:      # e.g. a query too long for the model's max length
-        raise _field_error("query", str(exc))
+        raise TooManyRequestsException(
+            detail="the inference queue is full; retry later",
+            headers={"Retry-After": str(settings.retry_after_s)},
+        ) from None
+    except ValueError as exc:  # e.g. a query too long for the model's max length
+        raise _field_error("query", str(exc)) from None
     finally:
         watcher.cancel()
-    if scores is None:             # client gone: nobody reads the answer
+    if scores is None:  # client gone: nobody reads the answer
         raise HTTPException(status_code=499, detail="client closed the request")
     if not raw:
-        scores = 1.0 / (1.0 + np.exp(-scores.astype(np.float64)))
-    order = np.argsort(-scores, kind="stable")
-    if top_n is not None:
-        order = order[:top_n]      # larger than the list: clamped
-    return [(int(i), float(scores[i])) for i in order]
+        scores = sigmoid(scores)
+    return [(int(i), float(scores[i])) for i in best_first(scores, top_n)]  # top_n > len: all
 
 
-def _texts(documents: list) -> list[str]:
+def _document_texts(documents: list) -> list[str]:
+    """Cohere's documents are strings or ``{"text": ...}`` objects."""
     return [d if isinstance(d, str) else d.text for d in documents]
 
 
 async def _cohere(request: Request, state: State, data: RerankRequest) -> RerankResponse:
-    docs = _texts(data.documents)
-    ranked = await _rank(request, state, data.query, docs, top_n=data.top_n,
-                         max_tokens_per_doc=data.max_tokens_per_doc, raw=bool(data.raw_scores),
-                         docs_field="documents")
-    results = [RerankResultItem(i, s, ResultDocument(docs[i]) if data.return_documents else None)
-               for i, s in ranked]
-    return RerankResponse(id=str(uuid.uuid4()), results=results,
-                          meta={"api_version": {"version": "2"},
-                                "billed_units": {"search_units": 1},
-                                "model": state.settings.model_name})
+    docs = _document_texts(data.documents)
+    ranked = await _rank(
+        request,
+        state,
+        data.query,
+        docs,
+        top_n=data.top_n,
+        max_tokens_per_doc=data.max_tokens_per_doc,
+        raw=bool(data.raw_scores),
+        docs_field="documents",
+    )
+    results = [
+        RerankResultItem(i, s, ResultDocument(docs[i]) if data.return_documents else None) for i, s in ranked
+    ]
+    return RerankResponse(
+        id=str(uuid.uuid4()),
+        results=results,
+        meta={
+            "api_version": {"version": "2"},
+            "billed_units": {"search_units": 1},
+            "model": state.settings.model_name,
+        },
+    )
 
 
-@post(["/v2/rerank", "/v1/rerank"], status_code=200, guards=[_api_key_guard],
-      summary="Rerank documents (Cohere v2 shape)")
+@post(
+    ["/v2/rerank", "/v1/rerank"],
+    status_code=200,
+    guards=[_api_key_guard],
+    summary="Rerank documents (Cohere v2 shape)",
+)
 async def rerank_cohere(request: Request, state: State, data: RerankRequest) -> RerankResponse:
     return await _cohere(request, state, data)
 
@@ -159,14 +204,26 @@ def _convert(data: dict[str, Any], kind: type):
         raise _field_error(key or "body", _MSGSPEC_PATH.sub("", message)) from None
 
 
-@post("/rerank", status_code=200, guards=[_api_key_guard],
-      summary="Rerank documents: Cohere body, or text-embeddings-inference body (query, texts)")
+@post(
+    "/rerank",
+    status_code=200,
+    guards=[_api_key_guard],
+    summary="Rerank documents: Cohere body, or text-embeddings-inference body (query, texts)",
+)
 async def rerank_any(request: Request, state: State, data: dict[str, Any]) -> Any:
     if "texts" not in data:
         return await _cohere(request, state, _convert(data, RerankRequest))
     tei = _convert(data, TEIRerankRequest)
-    ranked = await _rank(request, state, tei.query, tei.texts, top_n=None, max_tokens_per_doc=None,
-                         raw=bool(tei.raw_scores), docs_field="texts")
+    ranked = await _rank(
+        request,
+        state,
+        tei.query,
+        tei.texts,
+        top_n=None,
+        max_tokens_per_doc=None,
+        raw=bool(tei.raw_scores),
+        docs_field="texts",
+    )
     return [TEIResultItem(i, s, tei.texts[i] if tei.return_text else None) for i, s in ranked]
 
 
@@ -200,31 +257,9 @@ def _validation_error(_: Request, exc: ValidationException) -> Response:
             item["key"] = missing.group("key")
         extra.append(item)
     detail = "; ".join(f"{e.get('key') or 'body'}: {e.get('message')}" for e in extra) or exc.detail
-    return Response({"status_code": 400, "detail": detail, "extra": extra}, status_code=400,
-                    media_type=MediaType.JSON)
-
-
-def _metrics_middleware(app):
-    """Counts and times every HTTP request by path and status."""
-
-    async def middleware(scope, receive, send):
-        if scope["type"] != "http":
-            return await app(scope, receive, send)
-        status = {"code": 500}
-        start = time.perf_counter()
-
-        async def send_status(message):
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            await app(scope, receive, send_status)
-        finally:
-            scope["app"].state.metrics.observe_request(scope["path"], status["code"],
-                                                       time.perf_counter() - start)
-
-    return middleware
+    return Response(
+        {"status_code": 400, "detail": detail, "extra": extra}, status_code=400, media_type=MediaType.JSON
+    )
 
 
 def _load(settings: ServerSettings, reranker=None):
@@ -253,10 +288,13 @@ def create_app(settings: ServerSettings, reranker=None) -> Litestar:
                 state.load_error = str(exc)
                 return
             state.worker = InferenceWorker(
-                lambda q, d: np.asarray(loaded.score(list(zip(q, d)), raw=True)),
-                max_queue_pairs=settings.max_queue_pairs, cross_batching=settings.cross_batching,
-                batch_wait_ms=settings.batch_wait_ms, max_pairs_per_round=settings.max_pairs_per_round,
-                on_batch=state.metrics.observe_batch)
+                lambda q, d: loaded.logits(q, d),
+                max_queue_pairs=settings.max_queue_pairs,
+                cross_batching=settings.cross_batching,
+                batch_wait_ms=settings.batch_wait_ms,
+                max_pairs_per_round=settings.max_pairs_per_round,
+                on_batch=state.metrics.observe_batch,
+            )
             state.worker.start()
             state.reranker = loaded
             log.info("model %s ready", settings.model)
@@ -271,10 +309,17 @@ def create_app(settings: ServerSettings, reranker=None) -> Litestar:
 
     return Litestar(
         route_handlers=[rerank_cohere, rerank_any, health, ping, metrics],
-        state=State({"settings": settings, "metrics": ServerMetrics(), "reranker": None,
-                     "worker": None, "load_error": None}),
+        state=State(
+            {
+                "settings": settings,
+                "metrics": ServerMetrics(),
+                "reranker": None,
+                "worker": None,
+                "load_error": None,
+            }
+        ),
         lifespan=[lifespan],
-        middleware=[_metrics_middleware],
+        middleware=[http_metrics_config(settings.model_name).middleware],
         exception_handlers={ValidationException: _validation_error},
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="rerankit", version="2"),

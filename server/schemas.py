@@ -6,7 +6,7 @@ Every optional field accepts JSON ``null``. Cohere's ``documents`` may be string
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 
@@ -19,13 +19,13 @@ class RerankRequest(msgspec.Struct, forbid_unknown_fields=False):
     """Cohere ``POST /v2/rerank`` body."""
 
     query: str
-    documents: list[Union[str, DocumentObject]]
-    model: Union[str, None] = None
-    top_n: Union[int, None] = None
-    max_tokens_per_doc: Union[int, None] = None
-    return_documents: Union[bool, None] = None
+    documents: list[str | DocumentObject]
+    model: str | None = None
+    top_n: int | None = None
+    max_tokens_per_doc: int | None = None
+    return_documents: bool | None = None
     # Not Cohere's: raw logits instead of sigmoid relevance scores.
-    raw_scores: Union[bool, None] = None
+    raw_scores: bool | None = None
 
 
 class TEIRerankRequest(msgspec.Struct, forbid_unknown_fields=False):
@@ -37,10 +37,10 @@ class TEIRerankRequest(msgspec.Struct, forbid_unknown_fields=False):
 
     query: str
     texts: list[str]
-    raw_scores: Union[bool, None] = None
-    return_text: Union[bool, None] = None
-    truncate: Union[bool, None] = None
-    truncation_direction: Union[str, None] = None
+    raw_scores: bool | None = None
+    return_text: bool | None = None
+    truncate: bool | None = None
+    truncation_direction: str | None = None
 
 
 class ResultDocument(msgspec.Struct):
@@ -50,7 +50,7 @@ class ResultDocument(msgspec.Struct):
 class RerankResultItem(msgspec.Struct, omit_defaults=True):
     index: int
     relevance_score: float
-    document: Union[ResultDocument, None] = None
+    document: ResultDocument | None = None
 
 
 class RerankResponse(msgspec.Struct):
@@ -62,4 +62,4 @@ class RerankResponse(msgspec.Struct):
 class TEIResultItem(msgspec.Struct, omit_defaults=True):
     index: int
     score: float
-    text: Union[str, None] = None
+    text: str | None = None

@@ -14,8 +14,8 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -42,10 +42,16 @@ class Job:
 class InferenceWorker:
     """Scores jobs on one background thread; see the module docstring."""
 
-    def __init__(self, score: Callable[[Sequence[str], Sequence[str]], np.ndarray], *,
-                 max_queue_pairs: int = 20_000, cross_batching: bool = True,
-                 batch_wait_ms: float = 2.0, max_pairs_per_round: int = 512,
-                 on_batch: Callable[[int, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        score: Callable[[Sequence[str], Sequence[str]], np.ndarray],
+        *,
+        max_queue_pairs: int = 20_000,
+        cross_batching: bool = True,
+        batch_wait_ms: float = 2.0,
+        max_pairs_per_round: int = 512,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> None:
         self._score = score
         self.max_queue_pairs, self.cross_batching = max_queue_pairs, cross_batching
         self.batch_wait_s, self.max_pairs_per_round = batch_wait_ms / 1000, max_pairs_per_round
@@ -66,8 +72,9 @@ class InferenceWorker:
         self._queue.put(None)
         self._thread.join(timeout)
 
-    async def score(self, queries: Sequence[str], docs: Sequence[str],
-                    disconnected: asyncio.Future | None = None) -> np.ndarray | None:
+    async def score(
+        self, queries: Sequence[str], docs: Sequence[str], disconnected: asyncio.Future | None = None
+    ) -> np.ndarray | None:
         """Raw scores of the pairs; None if ``disconnected`` resolved first (job dropped)."""
         loop = asyncio.get_running_loop()
         job = Job(queries, docs, loop.create_future(), loop)
@@ -79,8 +86,7 @@ class InferenceWorker:
         try:
             if disconnected is None:
                 return await job.future
-            done, _ = await asyncio.wait({job.future, disconnected},
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({job.future, disconnected}, return_when=asyncio.FIRST_COMPLETED)
             if job.future in done:
                 return job.future.result()
             job.cancelled = True
@@ -98,7 +104,7 @@ class InferenceWorker:
                 job = self._queue.get(timeout=max(0.0, deadline - time.perf_counter()))
             except queue.Empty:
                 break
-            if job is None:              # stop signal: finish this round, then stop
+            if job is None:  # stop signal: finish this round, then stop
                 self._queue.put(None)
                 break
             jobs.append(job)
@@ -128,7 +134,7 @@ class InferenceWorker:
             self._on_batch(len(docs), len(live))
             start = 0
             for job in live:
-                part = np.asarray(scores[start:start + len(job)])
+                part = np.asarray(scores[start : start + len(job)])
                 start += len(job)
                 job.loop.call_soon_threadsafe(_set_result, job.future, part)
 

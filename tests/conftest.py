@@ -18,11 +18,53 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-TOPICS = ["apple", "river", "engine", "violin", "planet", "castle", "tiger", "bridge",
-          "coffee", "glacier", "piano", "desert", "harbor", "rocket", "forest", "marble"]
-FILLER = ["the", "a", "of", "and", "is", "in", "about", "story", "with", "this", "old",
-          "new", "big", "small", "many", "people", "often", "see", "near", "what", "where",
-          "tell", "me", "why", "how", "does", "work"]
+TOPICS = [
+    "apple",
+    "river",
+    "engine",
+    "violin",
+    "planet",
+    "castle",
+    "tiger",
+    "bridge",
+    "coffee",
+    "glacier",
+    "piano",
+    "desert",
+    "harbor",
+    "rocket",
+    "forest",
+    "marble",
+]
+FILLER = [
+    "the",
+    "a",
+    "of",
+    "and",
+    "is",
+    "in",
+    "about",
+    "story",
+    "with",
+    "this",
+    "old",
+    "new",
+    "big",
+    "small",
+    "many",
+    "people",
+    "often",
+    "see",
+    "near",
+    "what",
+    "where",
+    "tell",
+    "me",
+    "why",
+    "how",
+    "does",
+    "work",
+]
 NOISE = ["zinc", "quartz", "oxide", "ion", "argon", "boron", "cobalt", "helium"]
 WORDS = TOPICS + FILLER + NOISE
 
@@ -40,19 +82,24 @@ def toy_lines(n_queries: int = 48, seed: int = 0, positives: int = 2, negatives:
     lines = []
     for i in range(n_queries):
         topic = TOPICS[i % len(TOPICS)]
-        lines.append({
-            "query_text": f"tell me about {topic} number {i}",
-            "positives": [{"doc_id": f"q{i}p{j}", "text": _toy_doc(rng, topic)}
-                          for j in range(positives)],
-            "negatives": [{"doc_id": f"q{i}n{j}", "text": _toy_doc(rng, rng.choice(NOISE))}
-                          for j in range(negatives)],
-            "source_chunk": f"chunk{i // 2}",
-        })
+        lines.append(
+            {
+                "query_text": f"tell me about {topic} number {i}",
+                "positives": [
+                    {"doc_id": f"q{i}p{j}", "text": _toy_doc(rng, topic)} for j in range(positives)
+                ],
+                "negatives": [
+                    {"doc_id": f"q{i}n{j}", "text": _toy_doc(rng, rng.choice(NOISE))}
+                    for j in range(negatives)
+                ],
+                "source_chunk": f"chunk{i // 2}",
+            }
+        )
     return lines
 
 
 def write_jsonl(path: Path, lines: list) -> Path:
-    path.write_text("".join(json.dumps(l) + "\n" for l in lines), encoding="utf-8")
+    path.write_text("".join(json.dumps(row) + "\n" for row in lines), encoding="utf-8")
     return path
 
 
@@ -74,8 +121,9 @@ def _decoder_tokenizer():
 
     bpe = ByteLevelBPETokenizer()
     text = " ".join(WORDS + [str(d) for d in range(10)])
-    bpe.train_from_iterator([text] * 10, vocab_size=400, min_frequency=1,
-                            special_tokens=["<|endoftext|>"], show_progress=False)
+    bpe.train_from_iterator(
+        [text] * 10, vocab_size=400, min_frequency=1, special_tokens=["<|endoftext|>"], show_progress=False
+    )
     return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>")
 
 
@@ -87,9 +135,15 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = _bert_tokenizer()
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
-                        num_attention_heads=4, intermediate_size=128,
-                        max_position_embeddings=128, num_labels=1)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=128,
+        num_labels=1,
+    )
     model = BertForSequenceClassification(config)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -104,10 +158,17 @@ def tiny_qwen_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-qwen2")
     tokenizer = _decoder_tokenizer()
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=128, eos_token_id=tokenizer.eos_token_id,
-                         tie_word_embeddings=False)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
     # Saved as a causal LM, as decoder checkpoints are: the score head is new at load time.
     Qwen2ForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -117,8 +178,10 @@ def tiny_qwen_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def toy_data(tmp_path) -> tuple[Path, Path]:
     train = write_jsonl(tmp_path / "train.jsonl", toy_lines(48, seed=1))
-    valid = write_jsonl(tmp_path / "valid.jsonl",
-                        [dict(l, query_text="valid " + l["query_text"]) for l in toy_lines(16, seed=2)])
+    valid = write_jsonl(
+        tmp_path / "valid.jsonl",
+        [dict(row, query_text="valid " + row["query_text"]) for row in toy_lines(16, seed=2)],
+    )
     return train, valid
 
 
@@ -132,8 +195,15 @@ def tiny_config(model_dir: Path, train: Path, valid: Path | None, out: Path, **s
         "data": {"train": str(train), "valid": str(valid) if valid else None},
         "sampling": {"num_negatives": 3, "hard_ratio": 1.0},
         "loss": {"name": "margin"},
-        "training": {"epochs": 3, "batch_size": 8, "learning_rate": 1e-2, "logging_steps": 2,
-                     "report_to": [], "precision": "fp32", "head_learning_rate": 1e-2},
+        "training": {
+            "epochs": 3,
+            "batch_size": 8,
+            "learning_rate": 1e-2,
+            "logging_steps": 2,
+            "report_to": [],
+            "precision": "fp32",
+            "head_learning_rate": 1e-2,
+        },
         "evaluation": {"batch_size": 32},
         "output": {"dir": str(out)},
     }
@@ -149,8 +219,10 @@ def tiny_bert_run(tiny_bert_dir, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("bert-run")
     train = write_jsonl(folder / "train.jsonl", toy_lines(48, seed=1))
-    valid = write_jsonl(folder / "valid.jsonl",
-                        [dict(l, query_text="valid " + l["query_text"]) for l in toy_lines(16, seed=2)])
+    valid = write_jsonl(
+        folder / "valid.jsonl",
+        [dict(row, query_text="valid " + row["query_text"]) for row in toy_lines(16, seed=2)],
+    )
     return rerankit.fit(tiny_config(tiny_bert_dir, train, valid, folder / "run")), valid
 
 
@@ -174,9 +246,24 @@ def rerankit_server(tiny_bert_run):
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rerankit", "serve", "--model", str(tiny_bert_run[0].output_dir),
-         "--port", str(port), "--dtype", "float32", "--api-key", "k3y"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        [
+            sys.executable,
+            "-m",
+            "rerankit",
+            "serve",
+            "--model",
+            str(tiny_bert_run[0].output_dir),
+            "--port",
+            str(port),
+            "--dtype",
+            "float32",
+            "--api-key",
+            "k3y",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     try:
@@ -194,3 +281,14 @@ def rerankit_server(tiny_bert_run):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The value of one Prometheus sample in an exposition text (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0

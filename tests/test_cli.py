@@ -24,23 +24,35 @@ def test_bad_override_and_bad_data_file(tmp_path):
     config.write_text(f"data:\n  train: {data}\n")
     result = CliRunner().invoke(main, ["train", "--config", str(config), "--set", "seed"])
     assert result.exit_code == 2 and "KEY.PATH=VALUE" in result.output
-    result = CliRunner().invoke(main, ["train", "--config", str(config),
-                                       "--output-dir", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        main, ["train", "--config", str(config), "--output-dir", str(tmp_path / "out")]
+    )
     assert result.exit_code == 2
     assert f"{data}:2: not valid JSON" in result.output
 
 
 def test_train_and_rerank_from_the_cli(tiny_bert_dir, toy_data, tmp_path):
     import yaml
-
     from conftest import tiny_config
 
     train, valid = toy_data
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(tiny_config(tiny_bert_dir, train, valid, tmp_path / "unused")))
     out = tmp_path / "run"
-    result = CliRunner().invoke(main, ["train", "--config", str(config), "--output-dir", str(out),
-                                       "--set", "training.epochs=2", "--set", "quantization.mode=none"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--config",
+            str(config),
+            "--output-dir",
+            str(out),
+            "--set",
+            "training.epochs=2",
+            "--set",
+            "quantization.mode=none",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "| untrained model |" in result.output and "| trained (best) |" in result.output
     assert "epochs: 2" in (out / "config.yaml").read_text()
@@ -48,8 +60,9 @@ def test_train_and_rerank_from_the_cli(tiny_bert_dir, toy_data, tmp_path):
     docs = tmp_path / "docs.jsonl"
     texts = ["the castle is old", "apple of the apple story", "river near people"]
     docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    result = CliRunner().invoke(main, ["rerank", "--model", str(out), "--query",
-                                       "tell me about apple", "--docs", str(docs), "--json"])
+    result = CliRunner().invoke(
+        main, ["rerank", "--model", str(out), "--query", "tell me about apple", "--docs", str(docs), "--json"]
+    )
     assert result.exit_code == 0, result.output
     ranked = json.loads(result.stdout)
     assert [r["rank"] for r in ranked] == [0, 1, 2]
@@ -59,12 +72,23 @@ def test_train_and_rerank_from_the_cli(tiny_bert_dir, toy_data, tmp_path):
 
 def test_split_writes_disjoint_train_and_valid_files(tmp_path):
     from conftest import toy_lines, write_jsonl
+
     from rerankit.data import read_records
 
     data = write_jsonl(tmp_path / "all.jsonl", toy_lines(40, seed=3))
     out = tmp_path / "split"
-    args = ["split", str(data), "--valid-ratio", "0.25", "--group-by", "source_chunk",
-            "--seed", "1", "--out-dir", str(out)]
+    args = [
+        "split",
+        str(data),
+        "--valid-ratio",
+        "0.25",
+        "--group-by",
+        "source_chunk",
+        "--seed",
+        "1",
+        "--out-dir",
+        str(out),
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     train, _ = read_records(out / "all.train.jsonl")
@@ -75,4 +99,4 @@ def test_split_writes_disjoint_train_and_valid_files(tmp_path):
     assert summary["valid"]["queries"] == len(valid)
     first = (out / "all.valid.jsonl").read_text()
     assert CliRunner().invoke(main, args).exit_code == 0
-    assert (out / "all.valid.jsonl").read_text() == first      # same seed, same split
+    assert (out / "all.valid.jsonl").read_text() == first  # same seed, same split

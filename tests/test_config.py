@@ -18,7 +18,9 @@ def test_defaults_and_yaml(tmp_path):
 def test_misspelled_key_names_path_and_suggests(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("data:\n  train: t.jsonl\ntraining:\n  epcohs: 3\n")
-    with pytest.raises(ConfigError, match=r"training\.epcohs: unknown key \(did you mean 'training\.epochs'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"training\.epcohs: unknown key \(did you mean 'training\.epochs'\?\)"
+    ):
         load_config(path)
 
 

@@ -9,19 +9,29 @@ pytestmark = pytest.mark.smoke
 
 
 def write(path, *lines):
-    path.write_text("".join((l if isinstance(l, str) else json.dumps(l)) + "\n" for l in lines))
+    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in lines))
     return path
 
 
 def line(q="what is x?", pos=(("p1", "x is a letter"),), neg=(("n1", "y is another"),), **extra):
-    return {"query_text": q, "positives": [{"doc_id": i, "text": t} for i, t in pos],
-            "negatives": [{"doc_id": i, "text": t} for i, t in neg], **extra}
+    return {
+        "query_text": q,
+        "positives": [{"doc_id": i, "text": t} for i, t in pos],
+        "negatives": [{"doc_id": i, "text": t} for i, t in neg],
+        **extra,
+    }
 
 
 def test_reads_the_seed_format(tmp_path):
-    path = write(tmp_path / "d.jsonl",
-                 line(source_chunk="c1", meta={"domain": "cmu"},
-                      pos=(("p1", "a"), ("p2", "b")), neg=(("n1", "c"), ("n2", "d"))))
+    path = write(
+        tmp_path / "d.jsonl",
+        line(
+            source_chunk="c1",
+            meta={"domain": "cmu"},
+            pos=(("p1", "a"), ("p2", "b")),
+            neg=(("n1", "c"), ("n2", "d")),
+        ),
+    )
     records, report = read_records(path)
     (rec,) = records
     assert rec.query == "what is x?" and rec.source_chunk == "c1" and rec.meta == {"domain": "cmu"}
@@ -30,19 +40,32 @@ def test_reads_the_seed_format(tmp_path):
     assert report.records == 1 and report.lines == 1
 
 
-@pytest.mark.parametrize("bad, message, field", [
-    ("{not json", "not valid JSON", None),
-    ('["a list"]', "expected a JSON object", None),
-    (json.dumps({"positives": [{"doc_id": "p", "text": "t"}]}), "non-empty string", "query_text"),
-    (json.dumps({"query_text": "q"}), "required key is missing", "positives"),
-    (json.dumps({"query_text": "q", "positives": "p"}), "expected a list", "positives"),
-    (json.dumps({"query_text": "q", "positives": [{"doc_id": "p"}]}), "text must be a string",
-     "positives[0].text"),
-    (json.dumps({"query_text": "q", "positives": [{"text": "t"}]}), "doc_id must be", "positives[0].doc_id"),
-    (json.dumps({"query_text": "q", "positives": [], "negatives": [{"doc_id": "n", "text": 3}]}),
-     "text must be a string", "negatives[0].text"),
-    (json.dumps({"query_text": "q", "positives": [], "extra": 1}), "unknown key", None),
-])
+@pytest.mark.parametrize(
+    "bad, message, field",
+    [
+        ("{not json", "not valid JSON", None),
+        ('["a list"]', "expected a JSON object", None),
+        (json.dumps({"positives": [{"doc_id": "p", "text": "t"}]}), "non-empty string", "query_text"),
+        (json.dumps({"query_text": "q"}), "required key is missing", "positives"),
+        (json.dumps({"query_text": "q", "positives": "p"}), "expected a list", "positives"),
+        (
+            json.dumps({"query_text": "q", "positives": [{"doc_id": "p"}]}),
+            "text must be a string",
+            "positives[0].text",
+        ),
+        (
+            json.dumps({"query_text": "q", "positives": [{"text": "t"}]}),
+            "doc_id must be",
+            "positives[0].doc_id",
+        ),
+        (
+            json.dumps({"query_text": "q", "positives": [], "negatives": [{"doc_id": "n", "text": 3}]}),
+            "text must be a string",
+            "negatives[0].text",
+        ),
+        (json.dumps({"query_text": "q", "positives": [], "extra": 1}), "unknown key", None),
+    ],
+)
 def test_bad_lines_name_file_line_and_field(tmp_path, bad, message, field):
     path = write(tmp_path / "d.jsonl", line(), bad)
     with pytest.raises(DataError, match=message) as info:
@@ -60,14 +83,19 @@ def test_skip_policy_counts_bad_lines(tmp_path):
 
 
 def test_cleaning_rules_are_counted(tmp_path):
-    path = write(tmp_path / "d.jsonl",
-                 # duplicate doc_id among positives; empty text doc; negative equal to a positive
-                 line(q="q1", pos=(("p1", "a"), ("p1", "a again"), ("p2", "  ")),
-                      neg=(("p1", "a"), ("n1", "a"), ("n2", "b"))),
-                 # no positive left -> line dropped
-                 line(q="q2", pos=(("p", ""),)),
-                 # same normalized query as q1 -> merged
-                 line(q="  Q1 ", pos=(("p3", "c"),), neg=(("n3", "d"),)))
+    path = write(
+        tmp_path / "d.jsonl",
+        # duplicate doc_id among positives; empty text doc; negative equal to a positive
+        line(
+            q="q1",
+            pos=(("p1", "a"), ("p1", "a again"), ("p2", "  ")),
+            neg=(("p1", "a"), ("n1", "a"), ("n2", "b")),
+        ),
+        # no positive left -> line dropped
+        line(q="q2", pos=(("p", ""),)),
+        # same normalized query as q1 -> merged
+        line(q="  Q1 ", pos=(("p3", "c"),), neg=(("n3", "d"),)),
+    )
     records, report = read_records(path)
     assert len(records) == 1
     rec = records[0]
@@ -91,8 +119,9 @@ def test_missing_file_is_a_data_error(tmp_path):
 
 
 def test_round_trip(tmp_path):
-    records, _ = read_records(write(tmp_path / "d.jsonl", line(source_chunk="c", meta={"k": 1}),
-                                    line(q="two")))
+    records, _ = read_records(
+        write(tmp_path / "d.jsonl", line(source_chunk="c", meta={"k": 1}), line(q="two"))
+    )
     write_records(records, tmp_path / "out.jsonl")
     again, _ = read_records(tmp_path / "out.jsonl")
     assert again == records

@@ -19,7 +19,7 @@ def test_default_config_beats_the_untrained_model(tmp_path, monkeypatch):
     assert m["best"]["mrr@10"] > m["baseline"]["mrr@10"]
 
     reranker = rerankit.Reranker.load(result.output_dir)
-    docs = [line for line in (ROOT / "examples/data/sample_docs.jsonl").read_text().splitlines()]
+    docs = list((ROOT / "examples/data/sample_docs.jsonl").read_text().splitlines())
     import json
 
     texts = [json.loads(d)["text"] for d in docs]

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from rerankit.cli import main
-from rerankit.eval_data import evaluate_beir
+from rerankit.held_out import evaluate_beir
 
 pytestmark = pytest.mark.smoke
 
@@ -34,8 +34,20 @@ def beir_folder(tmp_path):
 def test_eval_seed_file_prints_both_rows_and_writes_json(tiny_bert_run, tmp_path):
     result, valid = tiny_bert_run
     out = tmp_path / "eval.json"
-    cli = CliRunner().invoke(main, ["eval", "--model", str(result.output_dir), "--data", str(valid),
-                                    "--dtype", "float32", "--out", str(out)])
+    cli = CliRunner().invoke(
+        main,
+        [
+            "eval",
+            "--model",
+            str(result.output_dir),
+            "--data",
+            str(valid),
+            "--dtype",
+            "float32",
+            "--out",
+            str(out),
+        ],
+    )
     assert cli.exit_code == 0, cli.output
     assert "bm25 over the candidates" in cli.stdout and "reranked by" in cli.stdout
     saved = json.loads(out.read_text())
@@ -50,7 +62,7 @@ def test_eval_beir_reranks_bm25_top_k(tiny_bert_run, beir_folder):
 
     reranker = Reranker.load(tiny_bert_run[0].output_dir, device="cpu", dtype="float32")
     result = evaluate_beir(reranker, beir_folder, top_k=5, recall_at=5)
-    assert result["queries"] == 12          # the unjudged query is not evaluated
+    assert result["queries"] == 12  # the unjudged query is not evaluated
     for side in ("first_stage", "reranked"):
         assert set(result[side]) >= {"ndcg@10", "mrr@10", "map", "recall@5"}
     # reranking reorders the same top-5: recall@5 cannot change
@@ -60,15 +72,15 @@ def test_eval_beir_reranks_bm25_top_k(tiny_bert_run, beir_folder):
 def test_hybrid_first_stage_is_the_rrf_of_bm25_and_the_bi_encoder_over_the_corpus(beir_folder):
     import numpy as np
 
-    from rerankit.eval_data import _read_beir, first_stage_top_k
-    from rerankit.first_stage import bm25_score_matrix, dense_score_matrix
+    from rerankit.first_stage import BM25Index, DenseIndex
     from rerankit.fusion import rrf
+    from rerankit.held_out import _read_beir, first_stage_top_k
 
     corpus, queries, _ = _read_beir(beir_folder, "test")
     asked = [queries["q0"], queries["q3"]]
     hits = first_stage_top_k(corpus, asked, 5, "hybrid", block_size=1)
     texts = list(corpus.values())
-    fused = rrf([bm25_score_matrix(asked, texts), dense_score_matrix(asked, texts)])
+    fused = rrf([BM25Index(texts).scores(asked), DenseIndex(texts).scores(asked)])
     for (ids, scores, components), row in zip(hits, fused):
         picked = np.argsort(-row, kind="stable")[:5]
         assert ids == [list(corpus)[i] for i in picked]
@@ -77,14 +89,26 @@ def test_hybrid_first_stage_is_the_rrf_of_bm25_and_the_bi_encoder_over_the_corpu
         assert set(components) == {"bm25", "dense"} and len(components["dense"]) == 5
     dense_only = first_stage_top_k(corpus, asked, 5, "dense")
     assert set(dense_only[0].components) == {"dense"}
-    assert list(dense_only[0].components["dense"]) == sorted(dense_only[0].components["dense"],
-                                                               reverse=True)
+    assert list(dense_only[0].components["dense"]) == sorted(dense_only[0].components["dense"], reverse=True)
 
 
 def test_eval_cli_with_a_hybrid_first_stage(tiny_bert_run, beir_folder, tmp_path):
     out = tmp_path / "eval.json"
-    args = ["eval", "--model", str(tiny_bert_run[0].output_dir), "--data", str(beir_folder),
-            "--top-k", "5", "--first-stage", "hybrid", "--dtype", "float32", "--out", str(out)]
+    args = [
+        "eval",
+        "--model",
+        str(tiny_bert_run[0].output_dir),
+        "--data",
+        str(beir_folder),
+        "--top-k",
+        "5",
+        "--first-stage",
+        "hybrid",
+        "--dtype",
+        "float32",
+        "--out",
+        str(out),
+    ]
     cli = CliRunner().invoke(main, args)
     assert cli.exit_code == 0, cli.output
     assert "hybrid (bm25 + bi-encoder, RRF) top-5" in cli.stdout
@@ -92,14 +116,25 @@ def test_eval_cli_with_a_hybrid_first_stage(tiny_bert_run, beir_folder, tmp_path
     saved = json.loads(out.read_text())
     assert saved["reranked"]["recall@10"] == pytest.approx(saved["first_stage"]["recall@10"])
     # a seed file has its own first stage (BM25 over its candidates): asking for another is an error
-    cli = CliRunner().invoke(main, ["eval", "--model", str(tiny_bert_run[0].output_dir), "--data",
-                                    str(tiny_bert_run[1]), "--first-stage", "dense"])
+    cli = CliRunner().invoke(
+        main,
+        [
+            "eval",
+            "--model",
+            str(tiny_bert_run[0].output_dir),
+            "--data",
+            str(tiny_bert_run[1]),
+            "--first-stage",
+            "dense",
+        ],
+    )
     assert cli.exit_code == 2 and "BEIR folder" in cli.output
 
 
 def test_eval_bad_beir_file_names_it(tiny_bert_run, beir_folder):
     (beir_folder / "queries.jsonl").write_text('{"_id": "q0", "text": "a"}\nnot json\n')
-    cli = CliRunner().invoke(main, ["eval", "--model", str(tiny_bert_run[0].output_dir),
-                                    "--data", str(beir_folder)])
+    cli = CliRunner().invoke(
+        main, ["eval", "--model", str(tiny_bert_run[0].output_dir), "--data", str(beir_folder)]
+    )
     assert cli.exit_code == 2
     assert "queries.jsonl:2" in cli.output

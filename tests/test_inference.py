@@ -4,14 +4,19 @@ import numpy as np
 import pytest
 
 from rerankit import Reranker
-from rerankit.export import export
 from rerankit.errors import ModelLoadError, RerankitError
+from rerankit.export import export
 
 pytestmark = pytest.mark.smoke
 
 QUERY = "tell me about apple"
-DOCS = ["zinc of the old quartz", "apple story with apple", "the river and the river is old",
-        "many people see the apple near the apple", "zinc " * 60]
+DOCS = [
+    "zinc of the old quartz",
+    "apple story with apple",
+    "the river and the river is old",
+    "many people see the apple near the apple",
+    "zinc " * 60,
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +45,14 @@ def test_rerank_fuses_with_first_stage_scores(reranker):
     own = np.array([r.score for r in sorted(plain, key=lambda r: r.index)])
     # a first stage that ranks the documents in the reverse of the reranker's order
     reverse = -own
-    bm25_like = np.arange(len(DOCS), 0, -1, dtype=float)          # input order, best first
+    bm25_like = np.arange(len(DOCS), 0, -1, dtype=float)  # input order, best first
     for first_stage in (reverse, [reverse, bm25_like]):
         rankings = [first_stage] if isinstance(first_stage, np.ndarray) else first_stage
         fused = rrf([*rankings, own])
         results = reranker.rerank(QUERY, DOCS, first_stage=first_stage, top_k=3)
         assert results.indices == list(np.argsort(-fused, kind="stable")[:3])
         assert [r.fused_score for r in results] == pytest.approx(sorted(fused, reverse=True)[:3])
-        assert all(r.score == pytest.approx(own[r.index]) for r in results)   # the reranker's own
+        assert all(r.score == pytest.approx(own[r.index]) for r in results)  # the reranker's own
     # a first stage that agrees with the reranker changes nothing
     assert reranker.rerank(QUERY, DOCS, first_stage=own).indices == plain.indices
     assert all(r.fused_score is None for r in plain)
@@ -73,7 +78,7 @@ def test_scores_are_sigmoid_of_raw_and_independent_of_neighbours(reranker):
 
 
 def test_document_is_truncated_never_the_query(reranker):
-    from rerankit.modeling import encode_pairs
+    from rerankit.encoding import encode_pairs
 
     batch = encode_pairs(reranker.tokenizer, [QUERY], ["apple " * 500], reranker.max_length)
     assert batch["input_ids"].shape[1] == reranker.max_length
@@ -83,13 +88,23 @@ def test_document_is_truncated_never_the_query(reranker):
         reranker.score([("apple " * 100, "short")])
 
 
-def test_bf16_load_scores_in_fp32_and_ranks_alike(tiny_bert_run, reranker):
+def test_bf16_load_widens_logits_before_the_sigmoid_and_ranks_alike(tiny_bert_run, reranker):
     import torch
 
     half = Reranker.load(tiny_bert_run[0].output_dir, device="cpu", dtype="bfloat16")
     assert next(half.model.parameters()).dtype == torch.bfloat16
     assert set(half.rerank(QUERY, DOCS).indices[-2:]) == {0, 4}
-    assert all(isinstance(s, float) for s in half.score([(QUERY, d) for d in DOCS]))
+    # Push every logit far into the sigmoid's flat end, where bf16 (8 significant bits) holds
+    # nothing but 1.0: distinct logits must still give distinct scores below 1.
+    with torch.no_grad():
+        half.model.classifier.bias += 12.0
+    pairs = [(QUERY, d) for d in DOCS]
+    raw = half.logits([QUERY] * len(DOCS), DOCS)
+    assert raw.dtype == np.float32 and raw.min() > 8
+    scores = np.array(half.score(pairs))
+    assert scores.max() < 1.0
+    assert len(set(scores.tolist())) == len(set(raw.tolist()))
+    np.testing.assert_allclose(scores, 1 / (1 + np.exp(-raw.astype(np.float64))), rtol=0, atol=1e-12)
 
 
 def test_export_loads_in_sentence_transformers_with_the_same_scores(tiny_bert_run, reranker, tmp_path):

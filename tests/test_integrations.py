@@ -18,8 +18,13 @@ pytestmark = pytest.mark.smoke
 
 QUERY = "tell me about apple"
 CLEAN = "apple story with many people"
-NOISY = ["zinc quartz oxide story", "the quartz zinc old", "argon boron apple zinc",
-         "cobalt helium river quartz", "ion oxide zinc the"]
+NOISY = [
+    "zinc quartz oxide story",
+    "the quartz zinc old",
+    "argon boron apple zinc",
+    "cobalt helium river quartz",
+    "ion oxide zinc the",
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +33,7 @@ def reranker(tiny_bert_run):
 
 
 # --- LangChain ---------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def lc_retriever():
@@ -43,13 +49,13 @@ def test_langchain_compressor_puts_the_relevant_document_on_top(reranker, lc_ret
     from rerankit.integrations.langchain import RerankitCompressor
 
     first_stage = lc_retriever.invoke(QUERY)
-    assert first_stage[0].page_content != CLEAN             # the first stage had it lower
+    assert first_stage[0].page_content != CLEAN  # the first stage had it lower
     compressor = RerankitCompressor(reranker, top_n=3)
     ranked = compressor.compress_documents(first_stage, QUERY)
     assert len(ranked) == 3 and ranked[0].page_content == CLEAN
     scores = [d.metadata["relevance_score"] for d in ranked]
     assert scores == sorted(scores, reverse=True)
-    assert ranked[0].metadata["n"] == 5                      # metadata kept, in a copy
+    assert ranked[0].metadata["n"] == 5  # metadata kept, in a copy
     assert all("relevance_score" not in d.metadata for d in first_stage)
     again = asyncio.run(compressor.acompress_documents(first_stage, QUERY))
     assert [d.page_content for d in again] == [d.page_content for d in ranked]
@@ -62,8 +68,9 @@ def test_langchain_lcel_chain(reranker, lc_retriever):
 
     from rerankit.integrations.langchain import RerankitCompressor
 
-    chain = ({"documents": lc_retriever, "query": RunnablePassthrough()}
-             | RerankitCompressor(reranker, top_n=1).as_runnable())
+    chain = {"documents": lc_retriever, "query": RunnablePassthrough()} | RerankitCompressor(
+        reranker, top_n=1
+    ).as_runnable()
     assert [d.page_content for d in chain.invoke(QUERY)] == [CLEAN]
     assert [d.page_content for d in asyncio.run(chain.ainvoke(QUERY))] == [CLEAN]
 
@@ -74,11 +81,14 @@ def test_langchain_remote_ranks_like_in_process(reranker, lc_retriever, rerankit
     docs = lc_retriever.invoke(QUERY)
     local = RerankitCompressor(reranker, top_n=4).compress_documents(docs, QUERY)
     remote = RerankitCompressor(base_url=rerankit_server, api_key="k3y", top_n=4)
-    for result in (remote.compress_documents(docs, QUERY),
-                   asyncio.run(remote.acompress_documents(docs, QUERY))):
+    for result in (
+        remote.compress_documents(docs, QUERY),
+        asyncio.run(remote.acompress_documents(docs, QUERY)),
+    ):
         assert [d.page_content for d in result] == [d.page_content for d in local]
         assert [d.metadata["relevance_score"] for d in result] == pytest.approx(
-            [d.metadata["relevance_score"] for d in local], abs=1e-5)
+            [d.metadata["relevance_score"] for d in local], abs=1e-5
+        )
     with pytest.raises(RerankitError, match="401"):
         RerankitCompressor(base_url=rerankit_server, top_n=2).compress_documents(docs, QUERY)
 
@@ -94,13 +104,13 @@ def test_exactly_one_source_is_required(reranker):
 
 # --- LlamaIndex --------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def li_index():
     """A vector index whose (deterministic) fake embedding ranks noisy documents first."""
+    from conftest import NOISE
     from llama_index.core import Document, VectorStoreIndex
     from llama_index.core.embeddings import BaseEmbedding
-
-    from conftest import NOISE
 
     class NoiseCountEmbedding(BaseEmbedding):
         # text -> [noise words, 1]; the query -> [1, 0]: more noise, more "similar"
@@ -132,10 +142,9 @@ def test_llamaindex_postprocessor_in_a_query_engine(reranker, li_index):
 
     get_dispatcher().add_event_handler(Recorder())
     retrieved = li_index.as_retriever(similarity_top_k=6).retrieve(QUERY)
-    assert retrieved[-1].node.get_content() == CLEAN             # the first stage had it last
+    assert retrieved[-1].node.get_content() == CLEAN  # the first stage had it last
     postprocessor = RerankitRerank(reranker, top_n=2, keep_retrieval_score=True)
-    engine = li_index.as_query_engine(similarity_top_k=6, node_postprocessors=[postprocessor],
-                                      llm=MockLLM())
+    engine = li_index.as_query_engine(similarity_top_k=6, node_postprocessors=[postprocessor], llm=MockLLM())
     response = engine.query(QUERY)
     nodes = response.source_nodes
     assert len(nodes) == 2 and nodes[0].node.get_content() == CLEAN
@@ -161,6 +170,7 @@ def test_llamaindex_remote_ranks_like_in_process(reranker, li_index, rerankit_se
 
 # --- retries -----------------------------------------------------------------------------
 
+
 def test_remote_retries_429_then_succeeds():
     """A real HTTP server on loopback that answers 429 twice, then a Cohere-shaped result."""
     from rerankit.integrations.backend import RemoteBackend
@@ -176,8 +186,13 @@ def test_remote_retries_429_then_succeeds():
                 self.send_header("Retry-After", "0")
                 self.end_headers()
                 return
-            payload = json.dumps({"id": "x", "meta": {}, "results": [
-                {"index": 1, "relevance_score": 0.9}, {"index": 0, "relevance_score": 0.1}]}).encode()
+            payload = json.dumps(
+                {
+                    "id": "x",
+                    "meta": {},
+                    "results": [{"index": 1, "relevance_score": 0.9}, {"index": 0, "relevance_score": 0.1}],
+                }
+            ).encode()
             self.send_response(200)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(payload)))
@@ -202,9 +217,9 @@ def test_remote_retries_429_then_succeeds():
 
 
 def test_unreachable_server_is_a_clear_error():
-    from rerankit.integrations.backend import RemoteBackend
-
     from conftest import free_port
+
+    from rerankit.integrations.backend import RemoteBackend
 
     backend = RemoteBackend(f"http://127.0.0.1:{free_port()}", max_retries=1, backoff=0.01, timeout=2)
     with pytest.raises(RerankitError, match="unreachable after 2 tries"):

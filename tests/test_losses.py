@@ -3,8 +3,7 @@ import math
 import pytest
 import torch
 
-from rerankit.losses import (BCEPairLoss, ListwiseSoftmaxLoss, PairwiseMarginLoss, RankNetLoss,
-                             build_loss)
+from rerankit.losses import BCEPairLoss, ListwiseSoftmaxLoss, PairwiseMarginLoss, RankNetLoss, build_loss
 
 pytestmark = pytest.mark.smoke
 
@@ -19,7 +18,7 @@ DIFFS = [1.0, -0.5, -1.5]
 
 def test_margin_hand_computed():
     loss = PairwiseMarginLoss(margin=1.0)(SCORES, LABELS, MASK)
-    expected = sum(max(0.0, 1.0 - d) for d in DIFFS) / 3   # (0 + 1.5 + 2.5) / 3
+    expected = sum(max(0.0, 1.0 - d) for d in DIFFS) / 3  # (0 + 1.5 + 2.5) / 3
     assert loss.item() == pytest.approx(expected)
     loss.backward()
     assert SCORES.grad[1, 2] == 0  # padding gets no gradient
@@ -31,13 +30,16 @@ def test_ranknet_hand_computed():
     expected = sum(math.log1p(math.exp(-d)) for d in DIFFS) / 3
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     assert RankNetLoss(temperature=2.0)(SCORES, LABELS, MASK).item() == pytest.approx(
-        sum(math.log1p(math.exp(-d / 2)) for d in DIFFS) / 3, rel=1e-6)
+        sum(math.log1p(math.exp(-d / 2)) for d in DIFFS) / 3, rel=1e-6
+    )
 
 
 def test_listwise_positives_do_not_compete():
     loss = ListwiseSoftmaxLoss()(SCORES, LABELS, MASK)
+
     def nll(p, negs):
         return -math.log(math.exp(p) / (math.exp(p) + sum(math.exp(n) for n in negs)))
+
     expected = (nll(2.0, [1.0]) + nll(0.5, [1.0]) + nll(0.0, [1.5])) / 3
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     # Raising one positive must not raise the loss of the other positive.
@@ -50,10 +52,11 @@ def test_bce_with_pos_weight_hand_computed():
     def bce(x, y, w):
         p = 1 / (1 + math.exp(-x))
         return -(w * y * math.log(p) + (1 - y) * math.log(1 - p))
+
     real = [(2.0, 1), (0.5, 1), (1.0, 0), (0.0, 1), (1.5, 0)]
     loss = BCEPairLoss(pos_weight=2.0)(SCORES, LABELS, MASK)
     assert loss.item() == pytest.approx(sum(bce(x, y, 2.0) for x, y in real) / 5, rel=1e-6)
-    auto = BCEPairLoss()(SCORES, LABELS, MASK)   # 2 negatives / 3 positives
+    auto = BCEPairLoss()(SCORES, LABELS, MASK)  # 2 negatives / 3 positives
     assert auto.item() == pytest.approx(sum(bce(x, y, 2 / 3) for x, y in real) / 5, rel=1e-6)
 
 
@@ -61,7 +64,7 @@ def test_query_without_negative_contributes_nothing():
     scores = torch.tensor([[3.0, 1.0]], requires_grad=True)
     loss = PairwiseMarginLoss()(scores, torch.tensor([[1, 1]]), torch.tensor([[True, True]]))
     assert loss.item() == 0.0
-    loss.backward()   # still differentiable
+    loss.backward()  # still differentiable
 
 
 def test_bf16_scores_are_computed_in_fp32():

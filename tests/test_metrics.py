@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from rerankit.metrics import pairwise_accuracy, ranking_metrics
+from rerankit.ranking_metrics import pairwise_accuracy, ranking_metrics
 
 pytestmark = pytest.mark.smoke
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.smoke
 CORPUS = {
     "d1": "the apple orchard grows red apple trees",
     "d2": "apple pie recipe with apple and sugar",
-    "d3": "apple pie recipe with apple and sugar",          # same text as d2, another id
+    "d3": "apple pie recipe with apple and sugar",  # same text as d2, another id
     "d4": "river boats on the river bank",
     "d5": "apple computers and the apple logo",
     "d6": "piano lessons for children",
@@ -24,10 +24,14 @@ CORPUS = {
 
 @pytest.fixture
 def beir(tmp_path):
-    (tmp_path / "corpus.jsonl").write_text("".join(
-        json.dumps({"_id": k, "title": "", "text": v}) + "\n" for k, v in CORPUS.items()))
-    queries = [{"_id": "q1", "text": "apple pie recipe"}, {"_id": "q2", "text": "river boats"},
-               {"_id": "q3", "text": "not judged"}]
+    (tmp_path / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": k, "title": "", "text": v}) + "\n" for k, v in CORPUS.items())
+    )
+    queries = [
+        {"_id": "q1", "text": "apple pie recipe"},
+        {"_id": "q2", "text": "river boats"},
+        {"_id": "q3", "text": "not judged"},
+    ]
     (tmp_path / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
     (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td2\t2\nq2\td4\t1\nq2\td6\t0\n")
     return tmp_path
@@ -35,12 +39,12 @@ def beir(tmp_path):
 
 def test_bm25_mining_excludes_positives_by_id_and_text(beir):
     data = mining.from_beir(beir / "corpus.jsonl", beir / "queries.jsonl", beir / "qrels.tsv")
-    assert set(data.queries) == {"q1", "q2"}          # q3 has no qrels; q2's d6 is graded 0
+    assert set(data.queries) == {"q1", "q2"}  # q3 has no qrels; q2's d6 is graded 0
     records = mining.mine(data, method="bm25", num_negatives=3)
     q1 = records[0]
     assert [d.doc_id for d in q1.positives] == ["d2"]
     negatives = [d.doc_id for d in q1.negatives]
-    assert "d2" not in negatives and "d3" not in negatives   # same text as the positive
+    assert "d2" not in negatives and "d3" not in negatives  # same text as the positive
     assert negatives[:2] == ["d1", "d5"] or negatives[:2] == ["d5", "d1"]
     assert len(negatives) == 3 and q1.source_chunk == "d2"
 
@@ -61,7 +65,7 @@ def test_dense_and_hybrid_with_the_packaged_minilm(beir):
         records = mining.mine(data, method=method, num_negatives=2)
         assert all(len(r.negatives) == 2 for r in records)
         assert "d3" not in [d.doc_id for d in records[0].negatives]
-        assert records == mining.mine(data, method=method, num_negatives=2)   # deterministic
+        assert records == mining.mine(data, method=method, num_negatives=2)  # deterministic
 
 
 def test_blocks_of_queries_mine_what_one_block_mines(beir, monkeypatch):
@@ -71,22 +75,35 @@ def test_blocks_of_queries_mine_what_one_block_mines(beir, monkeypatch):
 
     calls = []
     scores = BM25Index.scores
-    monkeypatch.setattr(BM25Index, "scores",
-                        lambda self, queries: calls.append(len(queries)) or scores(self, queries))
+    monkeypatch.setattr(
+        BM25Index, "scores", lambda self, queries: calls.append(len(queries)) or scores(self, queries)
+    )
     for method, margin in (("bm25", None), ("bm25", 0.9), ("hybrid", 0.05)):
         calls.clear()
         whole = mining.mine(data, method=method, num_negatives=3, skip_top=1, margin=margin)
         assert calls == [2]
         calls.clear()
-        one_by_one = mining.mine(data, method=method, num_negatives=3, skip_top=1, margin=margin,
-                                 block_size=1)
+        one_by_one = mining.mine(
+            data, method=method, num_negatives=3, skip_top=1, margin=margin, block_size=1
+        )
         assert calls == [1, 1] and one_by_one == whole
 
 
 def test_cli_writes_lines_the_training_reader_accepts(beir, tmp_path):
     out = tmp_path / "mined.jsonl"
-    args = ["mine", "--corpus", str(beir / "corpus.jsonl"), "--queries", str(beir / "queries.jsonl"),
-            "--qrels", str(beir / "qrels.tsv"), "--num-negatives", "2", "--out", str(out)]
+    args = [
+        "mine",
+        "--corpus",
+        str(beir / "corpus.jsonl"),
+        "--queries",
+        str(beir / "queries.jsonl"),
+        "--qrels",
+        str(beir / "qrels.tsv"),
+        "--num-negatives",
+        "2",
+        "--out",
+        str(out),
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     records, report = read_records(out)
@@ -96,10 +113,15 @@ def test_cli_writes_lines_the_training_reader_accepts(beir, tmp_path):
 
     # positive-only seed lines; the corpus is every document in the file
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"query_text": q, "positives": [{"doc_id": d, "text": CORPUS[d]}]})
-                             + "\n" for q, d in [("apple pie", "d2"), ("river", "d4"), ("castle", "d7")]))
-    result = CliRunner().invoke(main, ["mine", "--input", str(pairs), "--num-negatives", "2",
-                                       "--out", str(tmp_path / "m2.jsonl")])
+    pairs.write_text(
+        "".join(
+            json.dumps({"query_text": q, "positives": [{"doc_id": d, "text": CORPUS[d]}]}) + "\n"
+            for q, d in [("apple pie", "d2"), ("river", "d4"), ("castle", "d7")]
+        )
+    )
+    result = CliRunner().invoke(
+        main, ["mine", "--input", str(pairs), "--num-negatives", "2", "--out", str(tmp_path / "m2.jsonl")]
+    )
     assert result.exit_code == 0, result.output
     mined, _ = read_records(tmp_path / "m2.jsonl")
     assert [len(r.negatives) for r in mined] == [2, 2, 2]

@@ -27,8 +27,13 @@ def squad_like(tmp_path):
     corpus, queries, qrels = [], [], ["query-id\tcorpus-id\tscore"]
     for art, topic in words.items():
         for para in range(4):
-            corpus.append({"_id": f"{art}_{para}", "title": f"Article {art}",
-                           "text": f"{topic} paragraph {para} " + f"detail{art}{para} " * 3})
+            corpus.append(
+                {
+                    "_id": f"{art}_{para}",
+                    "title": f"Article {art}",
+                    "text": f"{topic} paragraph {para} " + f"detail{art}{para} " * 3,
+                }
+            )
             qid = f"q{art}{para}"
             queries.append({"_id": qid, "text": f"{topic.split()[0]} detail{art}{para}"})
             qrels.append(f"{qid}\t{art}_{para}\t1")
@@ -70,17 +75,39 @@ def test_sides_are_disjoint_and_mining_stays_on_the_train_side(squad_like, tmp_p
 
 def test_markdown_shows_every_row_against_bm25():
     bench = _load_benchmark()
-    result = {"protocol": {"test_queries": 3, "top_k": 30, "test_corpus": 12, "train_queries": 5,
-                           "valid_queries": 1, "mined_negatives": 15, "epochs": 1, "seed": 42},
-              "machine": {"cores": 2}, "total_s": 60.0,
-              "rows": [{"name": "BM25", "ndcg@10": 0.8, "mrr@10": 0.7},
-                       {"name": "rerankit (QLoRA)", "ndcg@10": 0.9, "mrr@10": 0.85, "wall_s": 12.0,
-                        "peak_rss_mib": 2048.0, "valid_best": {"ndcg@10": 0.95}},
-                       {"name": "rerankit (QLoRA) ⊕ BM25 (RRF)", "fused": True, "ndcg@10": 0.93,
-                        "mrr@10": 0.9},
-                       {"name": "sentence-transformers peer", "ndcg@10": 0.91, "mrr@10": 0.8},
-                       {"name": "sentence-transformers peer ⊕ BM25 (RRF)", "fused": True,
-                        "ndcg@10": 0.95, "mrr@10": 0.9}]}
+    result = {
+        "protocol": {
+            "test_queries": 3,
+            "top_k": 30,
+            "test_corpus": 12,
+            "train_queries": 5,
+            "valid_queries": 1,
+            "mined_negatives": 15,
+            "epochs": 1,
+            "seed": 42,
+        },
+        "machine": {"cores": 2},
+        "total_s": 60.0,
+        "rows": [
+            {"name": "BM25", "ndcg@10": 0.8, "mrr@10": 0.7},
+            {
+                "name": "rerankit (QLoRA)",
+                "ndcg@10": 0.9,
+                "mrr@10": 0.85,
+                "wall_s": 12.0,
+                "peak_rss_mib": 2048.0,
+                "valid_best": {"ndcg@10": 0.95},
+            },
+            {"name": "rerankit (QLoRA) ⊕ BM25 (RRF)", "fused": True, "ndcg@10": 0.93, "mrr@10": 0.9},
+            {"name": "sentence-transformers peer", "ndcg@10": 0.91, "mrr@10": 0.8},
+            {
+                "name": "sentence-transformers peer ⊕ BM25 (RRF)",
+                "fused": True,
+                "ndcg@10": 0.95,
+                "mrr@10": 0.9,
+            },
+        ],
+    }
     table = bench.markdown(result)
     assert "| rerankit (QLoRA) | 0.9000 | +0.1000 | 0.8500 | 12 s | 2048 MiB | 0.9500 |" in table
     assert "| BM25 | 0.8000 | +0.0000 |" in table

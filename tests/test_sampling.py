@@ -9,10 +9,13 @@ pytestmark = pytest.mark.smoke
 def make_records():
     recs = []
     for i in range(30):
-        recs.append(QueryRecord(
-            f"query {i}",
-            tuple(Doc(f"q{i}p{j}", f"positive {i} {j}") for j in range(1 + i % 3)),
-            tuple(Doc(f"q{i}n{j}", f"hard {i} {j}") for j in range(10))))
+        recs.append(
+            QueryRecord(
+                f"query {i}",
+                tuple(Doc(f"q{i}p{j}", f"positive {i} {j}") for j in range(1 + i % 3)),
+                tuple(Doc(f"q{i}n{j}", f"hard {i} {j}") for j in range(10)),
+            )
+        )
     # Query 0 shares a positive text with a document of query 1 under another id.
     recs.append(QueryRecord("query shared", (Doc("s1", "hard 1 0"),), ()))
     return recs
@@ -23,7 +26,7 @@ def test_group_shape_and_labels():
     g = sampler.group(2, epoch=0)  # query 2 has 3 positives, capped at 2
     assert g.labels == (1, 1, 0, 0, 0, 0, 0)
     hard = [d for d in g.doc_ids[2:] if d.startswith("q2n")]
-    assert len(hard) == 3   # round(0.6 * 5)
+    assert len(hard) == 3  # round(0.6 * 5)
     assert len(set(g.doc_ids)) == len(g.doc_ids)
 
 
@@ -44,15 +47,15 @@ def test_random_negatives_never_hit_positives_by_id_or_text():
     shared = len(make_records()) - 1
     for epoch in range(40):
         g = sampler.group(shared, epoch)
-        negs = [(i, t) for i, t, l in zip(g.doc_ids, g.docs, g.labels) if l == 0]
+        negs = [(i, t) for i, t, label in zip(g.doc_ids, g.docs, g.labels) if label == 0]
         assert len(negs) == 8
         assert all(i != "s1" and t != "hard 1 0" for i, t in negs)
         # other queries' positives are fair random negatives, their own never
         g0 = sampler.group(0, epoch)
-        assert not any(i.startswith("q0p") for i, l in zip(g0.doc_ids, g0.labels) if l == 0)
+        assert not any(i.startswith("q0p") for i, label in zip(g0.doc_ids, g0.labels) if label == 0)
 
 
 def test_missing_hard_negatives_are_filled_randomly():
     sampler = NegativeSampler(make_records(), num_negatives=4, hard_ratio=1.0)
-    g = sampler.group(len(make_records()) - 1, 0)   # the shared query has no hard negatives
+    g = sampler.group(len(make_records()) - 1, 0)  # the shared query has no hard negatives
     assert g.labels.count(0) == 4

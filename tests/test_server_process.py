@@ -6,6 +6,7 @@ import time
 import httpx
 import numpy as np
 import pytest
+from conftest import metric_value
 
 from rerankit import Reranker
 
@@ -16,26 +17,38 @@ def test_real_process_answers_cohere_requests(rerankit_server, tiny_bert_run):
     reranker = Reranker.load(tiny_bert_run[0].output_dir, device="cpu", dtype="float32")
     docs = ["zinc quartz", "apple story", "the river"]
     headers = {"Authorization": "Bearer k3y"}
-    response = httpx.post(f"{rerankit_server}/v2/rerank", headers=headers, timeout=30,
-                          json={"model": "rerankit", "query": "tell me about apple", "documents": docs})
+    response = httpx.post(
+        f"{rerankit_server}/v2/rerank",
+        headers=headers,
+        timeout=30,
+        json={"model": "rerankit", "query": "tell me about apple", "documents": docs},
+    )
     assert response.status_code == 200
     want = reranker.score([("tell me about apple", d) for d in docs])
     got = {r["index"]: r["relevance_score"] for r in response.json()["results"]}
     assert got == pytest.approx(dict(enumerate(want)), abs=1e-5)
-    assert httpx.post(f"{rerankit_server}/v2/rerank", json={"query": "q", "documents": ["d"]}).status_code == 401
+    assert (
+        httpx.post(f"{rerankit_server}/v2/rerank", json={"query": "q", "documents": ["d"]}).status_code == 401
+    )
 
 
 def test_bounded_concurrent_load_loses_nothing_and_answers_each_its_own(rerankit_server, tiny_bert_run):
     reranker = Reranker.load(tiny_bert_run[0].output_dir, device="cpu", dtype="float32")
     words = ["apple", "zinc", "river", "quartz", "castle", "oxide", "piano", "tiger"]
-    requests = [(f"tell me about {words[i % 8]}",
-                 [f"{words[(i + j) % 8]} story {j} of {i}" for j in range(6)]) for i in range(48)]
+    requests = [
+        (f"tell me about {words[i % 8]}", [f"{words[(i + j) % 8]} story {j} of {i}" for j in range(6)])
+        for i in range(48)
+    ]
     headers = {"Authorization": "Bearer k3y"}
 
     def send(item):
         query, docs = item
-        r = httpx.post(f"{rerankit_server}/v2/rerank", headers=headers, timeout=60,
-                       json={"query": query, "documents": docs})
+        r = httpx.post(
+            f"{rerankit_server}/v2/rerank",
+            headers=headers,
+            timeout=60,
+            json={"query": query, "documents": docs},
+        )
         return r.status_code, {x["index"]: x["relevance_score"] for x in r.json()["results"]}
 
     start = time.monotonic()
@@ -49,9 +62,8 @@ def test_bounded_concurrent_load_loses_nothing_and_answers_each_its_own(rerankit
     # every request is counted by the server (merging itself is timing-dependent here; the
     # worker tests show it deterministically)
     metrics = httpx.get(f"{rerankit_server}/metrics").text
-    ok = [line for line in metrics.splitlines()
-          if line.startswith('rerankit_requests_total{path="/v2/rerank",status="200"}')]
-    assert float(ok[0].split()[-1]) >= len(requests)
+    ok = metric_value(metrics, "rerankit_requests_total", path="/v2/rerank", status_code="200")
+    assert ok >= len(requests)
 
 
 def test_the_cohere_sdk_works_unchanged_with_a_base_url(rerankit_server, tiny_bert_run):
@@ -64,7 +76,6 @@ def test_the_cohere_sdk_works_unchanged_with_a_base_url(rerankit_server, tiny_be
     assert [r.index for r in response.results] == list(np.argsort(-want, kind="stable")[:2])
     assert response.results[0].relevance_score == pytest.approx(want.max(), abs=1e-5)
     v1 = cohere.Client(api_key="k3y", base_url=rerankit_server)
-    response = v1.rerank(model="rerankit", query="tell me about apple", documents=docs,
-                         return_documents=True)
+    response = v1.rerank(model="rerankit", query="tell me about apple", documents=docs, return_documents=True)
     assert [r.index for r in response.results] == list(np.argsort(-want, kind="stable"))
     assert response.results[0].document.text == docs[response.results[0].index]

@@ -7,8 +7,10 @@ pytestmark = pytest.mark.smoke
 
 
 def records(n=200, chunks=40):
-    return [QueryRecord(f"question {i}", (Doc(f"p{i}", f"text {i}"),), (),
-                        source_chunk=f"c{i % chunks}") for i in range(n)]
+    return [
+        QueryRecord(f"question {i}", (Doc(f"p{i}", f"text {i}"),), (), source_chunk=f"c{i % chunks}")
+        for i in range(n)
+    ]
 
 
 def test_split_by_query_is_disjoint_deterministic_and_near_ratio():
@@ -19,7 +21,8 @@ def test_split_by_query_is_disjoint_deterministic_and_near_ratio():
     assert 35 <= len(valid) <= 45
     assert split_records(recs, 0.2, seed=1) == (train, valid)
     assert split_records(list(reversed(recs)), 0.2, seed=1)[1] == sorted(
-        valid, key=lambda r: -recs.index(r))  # file order does not change who is where
+        valid, key=lambda r: -recs.index(r)
+    )  # file order does not change who is where
     assert split_records(recs, 0.2, seed=2)[1] != valid
 
 
@@ -33,9 +36,13 @@ def test_split_by_source_chunk_keeps_chunks_whole():
 
 def test_chained_chunks_stay_together():
     # q0-c0-q1-c1-q2 is one component even though q0 and q2 share nothing directly.
-    recs = [QueryRecord("q0", (Doc("a", "a"),), (), "c0"), QueryRecord("q1", (Doc("b", "b"),), (), "c0"),
-            QueryRecord("q1", (Doc("c", "c"),), (), "c1"), QueryRecord("q2", (Doc("d", "d"),), (), "c1"),
-            QueryRecord("q3", (Doc("e", "e"),), (), "c9")]
+    recs = [
+        QueryRecord("q0", (Doc("a", "a"),), (), "c0"),
+        QueryRecord("q1", (Doc("b", "b"),), (), "c0"),
+        QueryRecord("q1", (Doc("c", "c"),), (), "c1"),
+        QueryRecord("q2", (Doc("d", "d"),), (), "c1"),
+        QueryRecord("q3", (Doc("e", "e"),), (), "c9"),
+    ]
     for seed in range(5):
         train, valid = split_records(recs, 0.3, seed=seed, group_by="source_chunk")
         side = {r.query: ("v" if r in valid else "t") for r in recs}

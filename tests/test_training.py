@@ -4,14 +4,13 @@ import json
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 from safetensors import safe_open
 
 import rerankit
-from rerankit.errors import ModelLoadError, RerankitError
-from rerankit.evaluation import ValidationSet, Validator
 from rerankit.data import read_records
-
-from conftest import tiny_config
+from rerankit.errors import ModelLoadError, RerankitError
+from rerankit.validation import ValidationSet, Validator
 
 pytestmark = pytest.mark.smoke
 
@@ -22,8 +21,7 @@ def _fit(model_dir, train, valid, out, **sections):
 
 def _validator(result, valid_path):
     records, _ = read_records(valid_path)
-    return Validator(ValidationSet.from_records(records), result.tokenizer,
-                     result.config.model.max_length)
+    return Validator(ValidationSet.from_records(records), result.tokenizer, result.config.model.max_length)
 
 
 def _reload_4bit(run_dir, base_dir):
@@ -32,12 +30,13 @@ def _reload_4bit(run_dir, base_dir):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from rerankit.modeling import HEAD_NAMES, keep_training_layout, load_tokenizer, quantization_config
+    from rerankit.loading import load_tokenizer
+    from rerankit.model_builder import HEAD_NAMES, keep_training_layout, quantization_config
 
-    quant = quantization_config("4bit", compute_dtype="float32",
-                                skip_modules=list(HEAD_NAMES) + [".*pooler"])
+    quant = quantization_config("4bit", compute_dtype="float32", skip_modules=list(HEAD_NAMES) + [".*pooler"])
     base = AutoModelForSequenceClassification.from_pretrained(
-        base_dir, num_labels=1, quantization_config=quant, dtype=torch.float32)
+        base_dir, num_labels=1, quantization_config=quant, dtype=torch.float32
+    )
     if base.config.pad_token_id is None:
         base.config.pad_token_id = load_tokenizer(str(run_dir / "model")).pad_token_id
     keep_training_layout(base)
@@ -50,15 +49,23 @@ def test_qlora_bert_learns_the_task(tiny_bert_run):
     losses = [e["loss"] for e in m["train_loss"]]
     assert losses[-1] < 0.6 * losses[0], losses
     assert m["best"]["ndcg@10"] > m["baseline"]["ndcg@10"] + 0.1, (m["baseline"], m["best"])
-    assert len(m["evaluations"]) == 3            # once per epoch
-    assert m["valid_queries"] == 16 and m["valid_pairs"] == 16 * 6   # full set: 2 pos + 4 neg
+    assert len(m["evaluations"]) == 3  # once per epoch
+    assert m["valid_queries"] == 16 and m["valid_pairs"] == 16 * 6  # full set: 2 pos + 4 neg
 
 
 def test_run_folder_is_complete(tiny_bert_run):
     result, _ = tiny_bert_run
     out = result.output_dir
-    for name in ("run.json", "config.yaml", "metrics.json", "baseline.json", "report.md",
-                 "training_curve.png", "model/adapter_model.safetensors", "model/adapter_config.json"):
+    for name in (
+        "run.json",
+        "config.yaml",
+        "metrics.json",
+        "baseline.json",
+        "report.md",
+        "training_curve.png",
+        "model/adapter_model.safetensors",
+        "model/adapter_config.json",
+    ):
         assert (out / name).is_file(), name
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["adapter"] and manifest["trained_quantization"] == "4bit"
@@ -112,8 +119,9 @@ def test_qlora_decoder_trains_with_pad_token(tiny_qwen_dir, toy_data, tmp_path):
     reranker = rerankit.Reranker.load(result.output_dir, device="cpu", dtype="float32")
     # Last-token pooling with padding: a document scores the same alone and beside a longer one.
     alone = reranker.score([("tell me about apple", "apple is old")], raw=True)
-    padded = reranker.score([("tell me about apple", "apple is old"),
-                             ("tell me about apple", "apple " * 20)], raw=True)
+    padded = reranker.score(
+        [("tell me about apple", "apple is old"), ("tell me about apple", "apple " * 20)], raw=True
+    )
     assert alone[0] == pytest.approx(padded[0], abs=1e-4)
 
 
@@ -126,18 +134,21 @@ def test_same_config_gives_same_metrics(tiny_bert_dir, toy_data, tmp_path):
     assert [e["loss"] for e in a["train_loss"]] == [e["loss"] for e in b["train_loss"]]
 
 
-def test_interrupted_run_is_not_loadable_and_resumes(tiny_bert_dir, toy_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("quantization", ["none", "4bit"])
+def test_interrupted_run_is_not_loadable_and_resumes(
+    tiny_bert_dir, toy_data, tmp_path, monkeypatch, quantization
+):
     from rerankit.training import RerankTrainer
 
     train, valid = toy_data
     out = tmp_path / "run"
-    sections = dict(training={"epochs": 2}, quantization={"mode": "none"})
+    sections = dict(training={"epochs": 2}, quantization={"mode": quantization})
     original = RerankTrainer.training_step
     calls = {"n": 0}
 
     def crash_after_first_epoch(self, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] > 7:   # 6 steps an epoch: the epoch-1 checkpoint exists
+        if calls["n"] > 7:  # 6 steps an epoch: the epoch-1 checkpoint exists
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)
 
@@ -155,7 +166,8 @@ def test_interrupted_run_is_not_loadable_and_resumes(tiny_bert_dir, toy_data, tm
     resumed = rerankit.fit(tiny_config(tiny_bert_dir, train, valid, out, **sections), resume=True)
     straight = _fit(tiny_bert_dir, train, valid, tmp_path / "straight", **sections)
     assert resumed.metrics["evaluations"][-1]["ndcg@10"] == pytest.approx(
-        straight.metrics["evaluations"][-1]["ndcg@10"], abs=1e-6)
+        straight.metrics["evaluations"][-1]["ndcg@10"], abs=1e-6
+    )
     assert (out / "run.json").exists()
 
 

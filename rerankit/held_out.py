@@ -21,18 +21,22 @@ import numpy as np
 
 from rerankit.beir import read_corpus, read_qrels, read_queries
 from rerankit.data import read_records
-from rerankit.evaluation import ValidationSet
-from rerankit.first_stage import DEFAULT_DENSE_MODEL, BM25Retriever, CorpusScorer
+from rerankit.first_stage import DEFAULT_DENSE_MODEL, BM25Index, CorpusScorer, bm25_candidate_scores
 from rerankit.fusion import rrf
-from rerankit.metrics import ranking_metrics
+from rerankit.ordering import best_first
+from rerankit.ranking_metrics import ranking_metrics
+from rerankit.validation import ValidationSet
 
 
 def _read_beir(folder: Path, split: str):
     """Corpus (title + text), queries, and the qrels of queries that have a positive."""
     corpus = read_corpus(folder / "corpus.jsonl", with_title=True)
     queries = read_queries(folder / "queries.jsonl")
-    qrels = {q: judged for q, judged in read_qrels(folder / "qrels" / f"{split}.tsv").items()
-             if q in queries and any(v > 0 for v in judged.values())}
+    qrels = {
+        q: judged
+        for q, judged in read_qrels(folder / "qrels" / f"{split}.tsv").items()
+        if q in queries and any(v > 0 for v in judged.values())
+    }
     return corpus, queries, qrels
 
 
@@ -40,39 +44,57 @@ class Candidates(NamedTuple):
     """One query's top-k from the first stage."""
 
     ids: list[str]
-    scores: np.ndarray                  # what the first stage ranked them by (best first)
-    components: dict[str, np.ndarray]   # BM25's and/or the bi-encoder's scores of them
+    scores: np.ndarray  # what the first stage ranked them by (best first)
+    components: dict[str, np.ndarray]  # BM25's and/or the bi-encoder's scores of them
 
 
-def first_stage_top_k(corpus: dict[str, str], queries: list[str], top_k: int, method: str,
-                      dense_model: str = DEFAULT_DENSE_MODEL, block_size: int | None = None
-                      ) -> list[Candidates]:
+def first_stage_top_k(
+    corpus: dict[str, str],
+    queries: list[str],
+    top_k: int,
+    method: str,
+    dense_model: str = DEFAULT_DENSE_MODEL,
+    block_size: int | None = None,
+) -> list[Candidates]:
     """Each query's top ``k`` doc ids from the first stage over the whole corpus.
 
     ``bm25`` (bm25s), ``dense`` (bi-encoder cosine) or ``hybrid`` (their reciprocal-rank
     fusion over the whole corpus, as ``rerankit mine --method hybrid`` ranks).
     """
-    if method == "bm25":   # bm25s's own top-k (and its order of tied scores)
-        result = []
-        for row in BM25Retriever(corpus).retrieve(queries, top_k):
-            bm25 = np.array([score for _, score in row])
-            result.append(Candidates([d for d, _ in row], bm25, {"bm25": bm25}))
-        return result
     doc_ids = list(corpus)
-    scorer = CorpusScorer([corpus[d] for d in doc_ids], method, dense_model)
-    k = min(top_k, len(doc_ids))
+    texts = [corpus[d] for d in doc_ids]
+    if method == "bm25":  # bm25s's own top-k (and its order of tied scores)
+        picked, scores = BM25Index(texts).top_k(queries, top_k)
+        rows = [np.asarray(bm25, dtype=np.float64) for bm25 in scores]
+        return [
+            Candidates([doc_ids[i] for i in ids], bm25, {"bm25": bm25}) for ids, bm25 in zip(picked, rows)
+        ]
+    scorer = CorpusScorer(texts, method, dense_model)
     result = []
     for block in scorer.blocks(queries, block_size):
-        top = np.argsort(-block.ranking, axis=1, kind="stable")[:, :k]
+        top = best_first(block.ranking, top_k)
         for row, picked in enumerate(top):
-            result.append(Candidates([doc_ids[i] for i in picked], block.ranking[row, picked],
-                                     {name: c[row, picked] for name, c in block.components.items()}))
+            result.append(
+                Candidates(
+                    [doc_ids[i] for i in picked],
+                    block.ranking[row, picked],
+                    {name: c[row, picked] for name, c in block.components.items()},
+                )
+            )
     return result
 
 
-def evaluate_beir(reranker, folder: str | Path, *, top_k: int = 30, split: str = "test",
-                  recall_at: int = 10, max_queries: int | None = None, first_stage: str = "bm25",
-                  dense_model: str = DEFAULT_DENSE_MODEL) -> dict[str, Any]:
+def evaluate_beir(
+    reranker,
+    folder: str | Path,
+    *,
+    top_k: int = 30,
+    split: str = "test",
+    recall_at: int = 10,
+    max_queries: int | None = None,
+    first_stage: str = "bm25",
+    dense_model: str = DEFAULT_DENSE_MODEL,
+) -> dict[str, Any]:
     """The first stage's top-k over the corpus vs the reranker's order of the same top-k.
 
     The fused row is the reciprocal-rank fusion of the reranker's order with each ranking the
@@ -90,26 +112,36 @@ def evaluate_beir(reranker, folder: str | Path, *, top_k: int = 30, split: str =
         first[qid], reranked[qid] = dict(zip(ids, own)), dict(zip(ids, scores))
         fused[qid] = dict(zip(ids, rrf([*components.values(), scores])))
     name = {"bm25": "bm25", "dense": "bi-encoder", "hybrid": "hybrid (bm25 + bi-encoder, RRF)"}
-    return {"data": str(folder), "kind": "beir", "queries": len(qids), "top_k": top_k,
-            "first_stage": {"name": f"{name[first_stage]} top-{top_k}",
-                            **ranking_metrics(qrels, first, recall_at)},
-            "reranked": ranking_metrics(qrels, reranked, recall_at),
-            "fused": ranking_metrics(qrels, fused, recall_at),
-            "fused_name": "fused: RRF(" + ", ".join([*hits[0].components, "reranker"]) + ")" if hits else ""}
+    return {
+        "data": str(folder),
+        "kind": "beir",
+        "queries": len(qids),
+        "top_k": top_k,
+        "first_stage": {
+            "name": f"{name[first_stage]} top-{top_k}",
+            **ranking_metrics(qrels, first, recall_at),
+        },
+        "reranked": ranking_metrics(qrels, reranked, recall_at),
+        "fused": ranking_metrics(qrels, fused, recall_at),
+        "fused_name": "fused: RRF(" + ", ".join([*hits[0].components, "reranker"]) + ")" if hits else "",
+    }
 
 
 def evaluate_seed_file(reranker, path: str | Path, *, recall_at: int = 10) -> dict[str, Any]:
     """Each query's positives + negatives, ranked by BM25 and by the reranker."""
-    from rerankit.first_stage import bm25_candidate_scores
-
     records, report = read_records(path)
     vset = ValidationSet.from_records(records)
     queries, docs = vset.flat_pairs()
     scores = vset.split_scores(reranker.score(list(zip(queries, docs)), raw=True))
     bm25 = bm25_candidate_scores(vset.queries, vset.candidates)
-    return {"data": str(path), "kind": "seed", "queries": len(vset), "pairs": vset.num_pairs,
-            "first_stage": {"name": "bm25 over the candidates", **vset.metrics(bm25, recall_at)},
-            "reranked": vset.metrics(scores, recall_at),
-            "fused": vset.metrics([rrf([b, s]) for b, s in zip(bm25, scores)], recall_at),
-            "fused_name": "fused: RRF(bm25, reranker)",
-            "data_report": report.summary()}
+    return {
+        "data": str(path),
+        "kind": "seed",
+        "queries": len(vset),
+        "pairs": vset.num_pairs,
+        "first_stage": {"name": "bm25 over the candidates", **vset.metrics(bm25, recall_at)},
+        "reranked": vset.metrics(scores, recall_at),
+        "fused": vset.metrics([rrf([b, s]) for b, s in zip(bm25, scores)], recall_at),
+        "fused_name": "fused: RRF(bm25, reranker)",
+        "data_report": report.summary(),
+    }

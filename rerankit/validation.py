@@ -7,23 +7,23 @@ and every evaluation during training, so the numbers are comparable.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
 from rerankit.data import QueryRecord
-from rerankit.metrics import ranking_metrics
+from rerankit.ranking_metrics import ranking_metrics
 
 
 @dataclass(frozen=True)
 class ValidationSet:
     queries: tuple[str, ...]
-    candidates: tuple[tuple[tuple[str, str], ...], ...]   # per query: (doc_id, text)
-    relevant: tuple[frozenset[str], ...]                  # per query: positive doc_ids
+    candidates: tuple[tuple[tuple[str, str], ...], ...]  # per query: (doc_id, text)
+    relevant: tuple[frozenset[str], ...]  # per query: positive doc_ids
 
     @classmethod
-    def from_records(cls, records: Sequence[QueryRecord]) -> "ValidationSet":
+    def from_records(cls, records: Sequence[QueryRecord]) -> ValidationSet:
         return cls(
             tuple(r.query for r in records),
             tuple(tuple((d.doc_id, d.text) for d in r.positives + r.negatives) for r in records),
@@ -60,8 +60,9 @@ class ValidationSet:
 class Validator:
     """Scores a ValidationSet with a model and returns its metrics."""
 
-    def __init__(self, vset: ValidationSet, tokenizer, max_length: int, recall_at: int = 10,
-                 batch_size: int = 64) -> None:
+    def __init__(
+        self, vset: ValidationSet, tokenizer, max_length: int, recall_at: int = 10, batch_size: int = 64
+    ) -> None:
         self.vset, self.tokenizer = vset, tokenizer
         self.max_length, self.recall_at, self.batch_size = max_length, recall_at, batch_size
 
@@ -69,15 +70,23 @@ class Validator:
         from rerankit.scoring import score_pairs
 
         queries, docs = self.vset.flat_pairs()
-        return score_pairs(model, self.tokenizer, queries, docs, max_length=self.max_length,
-                           max_tokens=self.batch_size * self.max_length,
-                           max_batch=self.batch_size)
+        return score_pairs(
+            model,
+            self.tokenizer,
+            queries,
+            docs,
+            max_length=self.max_length,
+            max_tokens=self.batch_size * self.max_length,
+            max_batch=self.batch_size,
+        )
 
     def evaluate(self, model) -> dict[str, float]:
         return self.vset.metrics(self.vset.split_scores(self.scores(model)), self.recall_at)
 
-    def first_stage(self) -> dict[str, float]:
+    def bm25_metrics(self) -> dict[str, float]:
+        """BM25's metrics over the same candidates: the first stage the model must beat."""
         from rerankit.first_stage import bm25_candidate_scores
 
-        return self.vset.metrics(bm25_candidate_scores(self.vset.queries, self.vset.candidates),
-                                 self.recall_at)
+        return self.vset.metrics(
+            bm25_candidate_scores(self.vset.queries, self.vset.candidates), self.recall_at
+        )

@@ -8,31 +8,31 @@ is computed here, since trec_eval has no such measure.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
 
-def ranking_metrics(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]],
-                    recall_at: int = 10) -> dict[str, float]:
+def ranking_metrics(
+    qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]], recall_at: int = 10
+) -> dict[str, float]:
     """Mean metrics over the queries of ``qrels`` (a query missing from ``run`` scores 0)."""
     import ir_measures
     from ir_measures import AP, RR, R, nDCG
 
-    measures = {"ndcg@10": nDCG @ 10, "mrr@10": RR @ 10, "map": AP,
-                f"recall@{recall_at}": R @ recall_at}
+    measures = {"ndcg@10": nDCG @ 10, "mrr@10": RR @ 10, "map": AP, f"recall@{recall_at}": R @ recall_at}
     per_query: dict[str, dict[str, float]] = {}
     for m in ir_measures.iter_calc(list(measures.values()), qrels, run):
         per_query.setdefault(str(m.measure), {})[m.query_id] = m.value
     n = len(qrels)
-    result = {name: sum(per_query.get(str(measure), {}).values()) / n
-              for name, measure in measures.items()}
+    result = {name: sum(per_query.get(str(measure), {}).values()) / n for name, measure in measures.items()}
     result["pairwise_accuracy"] = pairwise_accuracy(qrels, run)
     return result
 
 
-def pairwise_accuracy(qrels: Mapping[str, Mapping[str, int]],
-                      run: Mapping[str, Mapping[str, float]]) -> float:
+def pairwise_accuracy(
+    qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]]
+) -> float:
     """Mean over queries of the share of (positive, negative) pairs with s_pos > s_neg."""
     values = []
     for qid, judged in qrels.items():

