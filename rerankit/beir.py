@@ -15,7 +15,8 @@ from rerankit.data import iter_jsonl
 from rerankit.errors import DataError
 
 
-def _rows(path: str | Path, required: Sequence[str]) -> list[dict]:
+def _rows(path: str | Path, required: Sequence[str]) -> list[tuple[int, dict]]:
+    """(line number, object) of each line, each holding the ``required`` string fields."""
     rows = []
     for number, line in iter_jsonl(path):
         try:
@@ -25,7 +26,12 @@ def _rows(path: str | Path, required: Sequence[str]) -> list[dict]:
         for key in required:
             if not isinstance(row, dict) or key not in row:
                 raise DataError("required key is missing", path=str(path), line=number, field=key)
-        rows.append(row)
+            ids_may_be_numbers = key == "_id" and type(row[key]) is int
+            if not isinstance(row[key], str) and not ids_may_be_numbers:
+                raise DataError(
+                    f"must be a string, got {type(row[key]).__name__}", path=str(path), line=number, field=key
+                )
+        rows.append((number, row))
     return rows
 
 
@@ -35,11 +41,13 @@ def read_corpus(path: str | Path, with_title: bool = False) -> dict[str, str]:
     ``with_title`` puts the title before the text (as BEIR evaluations usually do).
     """
     corpus = {}
-    for row in _rows(path, ["text"]):
+    for number, row in _rows(path, ["text"]):
         doc_id = row.get("_id", row.get("doc_id"))
         if doc_id is None:
-            raise DataError("a document needs '_id' or 'doc_id'", path=str(path), field="_id")
+            raise DataError("a document needs '_id' or 'doc_id'", path=str(path), line=number, field="_id")
         text = row["text"]
+        if not isinstance(row.get("title") or "", str):
+            raise DataError("must be a string", path=str(path), line=number, field="title")
         if with_title and row.get("title"):
             text = f"{row['title']} {text}"
         corpus[str(doc_id)] = text
@@ -47,7 +55,7 @@ def read_corpus(path: str | Path, with_title: bool = False) -> dict[str, str]:
 
 
 def read_queries(path: str | Path) -> dict[str, str]:
-    return {str(row["_id"]): row["text"] for row in _rows(path, ["_id", "text"])}
+    return {str(row["_id"]): row["text"] for _, row in _rows(path, ["_id", "text"])}
 
 
 def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
@@ -62,7 +70,7 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
                     raise DataError("expected query-id, corpus-id, score", path=str(path), line=number)
                 try:
                     grade = int(float(row[2]))
-                except ValueError:
+                except (ValueError, OverflowError):  # not a number, NaN or infinite
                     raise DataError(
                         f"score must be a number, got {row[2]!r}", path=str(path), line=number, field="score"
                     ) from None

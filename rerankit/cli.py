@@ -107,6 +107,20 @@ def _read_docs(path: str) -> list[str]:
     return docs
 
 
+def _trust_options(func):
+    """--trust-remote-code and --allow-pickle: only the caller turns either on."""
+    func = click.option(
+        "--allow-pickle",
+        is_flag=True,
+        help="Read pickle weights (.bin/.pt), which can run code; safetensors only otherwise.",
+    )(func)
+    return click.option(
+        "--trust-remote-code",
+        is_flag=True,
+        help="Run Python code shipped with the model (auto_map). Only for folders you trust.",
+    )(func)
+
+
 @main.command()
 @click.option("--model", "model_path", required=True, help="Run folder, exported folder or HF id.")
 @click.option("--query", required=True, help="The query.")
@@ -117,7 +131,7 @@ def _read_docs(path: str) -> list[str]:
     type=click.Path(exists=True, dir_okay=False),
     help="Documents: .jsonl with a 'text' field, or a text file with one per line.",
 )
-@click.option("--top-k", type=int, default=None, help="Show only the best K.")
+@click.option("--top-k", type=click.IntRange(min=1), default=None, help="Show only the best K.")
 @click.option(
     "--dtype",
     type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
@@ -127,15 +141,32 @@ def _read_docs(path: str) -> list[str]:
 )
 @click.option("--raw", is_flag=True, help="Raw logits instead of sigmoid scores.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_trust_options
 @_one_line_errors
 def rerank(
-    model_path: str, query: str, docs_path: str, top_k: int | None, dtype: str, raw: bool, as_json: bool
+    model_path: str,
+    query: str,
+    docs_path: str,
+    top_k: int | None,
+    dtype: str,
+    raw: bool,
+    as_json: bool,
+    trust_remote_code: bool,
+    allow_pickle: bool,
 ) -> None:
     """Rank documents for one query."""
     from rerankit.inference import Reranker
 
     docs = _read_docs(docs_path)
-    results = Reranker.load(model_path, dtype=dtype).rerank(query, docs, top_k=top_k, raw=raw)
+    if not docs:
+        raise RerankitError(f"{docs_path}: no documents")
+    reranker = Reranker.load(
+        model_path, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+    )
+    try:
+        results = reranker.rerank(query, docs, top_k=top_k, raw=raw)
+    except ValueError as exc:  # an over-long query, an empty document
+        raise RerankitError(str(exc)) from None
     if as_json:
         click.echo(
             json.dumps(
@@ -162,12 +193,22 @@ def rerank(
     help="Precision of the merged weights.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@_trust_options
 @_one_line_errors
-def export_command(run_dir: str, out: str, dtype: str, overwrite: bool) -> None:
+def export_command(
+    run_dir: str, out: str, dtype: str, overwrite: bool, trust_remote_code: bool, allow_pickle: bool
+) -> None:
     """Merge a run's adapter into a plain Hugging Face cross-encoder (safetensors)."""
     from rerankit.export import export
 
-    path = export(run_dir, out, dtype=dtype, overwrite=overwrite)
+    path = export(
+        run_dir,
+        out,
+        dtype=dtype,
+        overwrite=overwrite,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+    )
     click.echo(
         f"merged model written to {path} (load it with Reranker.load or sentence_transformers.CrossEncoder)"
     )
@@ -197,14 +238,16 @@ def export_command(run_dir: str, out: str, dtype: str, overwrite: bool) -> None:
 )
 @click.option(
     "--top-k",
-    type=int,
+    type=click.IntRange(min=1),
     default=30,
     show_default=True,
     help="Candidates the first stage hands the reranker (BEIR folder).",
 )
 @click.option("--split", default="test", show_default=True, help="qrels file of a BEIR folder.")
-@click.option("--recall-at", type=int, default=10, show_default=True)
-@click.option("--max-queries", type=int, default=None, help="Evaluate only the first N queries.")
+@click.option("--recall-at", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--max-queries", type=click.IntRange(min=1), default=None, help="Evaluate only the first N queries."
+)
 @click.option(
     "--dtype",
     type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
@@ -215,6 +258,7 @@ def export_command(run_dir: str, out: str, dtype: str, overwrite: bool) -> None:
 @click.option(
     "--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON here."
 )
+@_trust_options
 @_one_line_errors
 def eval_command(
     model_path: str,
@@ -227,13 +271,17 @@ def eval_command(
     max_queries: int | None,
     dtype: str,
     out_path: str | None,
+    trust_remote_code: bool,
+    allow_pickle: bool,
 ) -> None:
     """Compare a reranker with its first stage on held-out data."""
     from rerankit.held_out import evaluate_beir, evaluate_seed_file
     from rerankit.inference import Reranker
     from rerankit.report import metrics_table
 
-    reranker = Reranker.load(model_path, dtype=dtype)
+    reranker = Reranker.load(
+        model_path, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+    )
     if Path(data_path).is_dir():
         result = evaluate_beir(
             reranker,
@@ -298,10 +346,10 @@ def eval_command(
     help="Seed JSONL lines with positives (instead of queries + qrels).",
 )
 @click.option("--method", type=click.Choice(["bm25", "dense", "hybrid"]), default="bm25", show_default=True)
-@click.option("--num-negatives", type=int, default=15, show_default=True)
+@click.option("--num-negatives", type=click.IntRange(min=1), default=15, show_default=True)
 @click.option(
     "--skip-top",
-    type=int,
+    type=click.IntRange(min=0),
     default=0,
     show_default=True,
     help="Skip the best N non-positive candidates (likely unlabelled positives).",
@@ -342,6 +390,11 @@ def mine(
         data = mining.from_beir(corpus, queries, qrels)
     else:
         raise RerankitError("give --corpus, --queries and --qrels, or --input (seed lines)")
+    if not data.positives:
+        raise RerankitError(
+            "no query has a positive document in the corpus (check that --qrels ids match "
+            "--queries and --corpus, and that positives have a score > 0)"
+        )
     records = mining.mine(
         data,
         method=method,
@@ -432,16 +485,31 @@ def split(data_path: str, valid_ratio: float, group_by: str, seed: int, out_dir:
     default=None,
     help="Padded tokens per forward pass (default: 2048 on CPU, 32768 on GPU).",
 )
-@click.option("--max-documents", type=int, default=1000, show_default=True)
+@click.option("--max-documents", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option(
     "--max-queue-pairs",
-    type=int,
+    type=click.IntRange(min=1),
     default=20000,
     show_default=True,
     help="Pairs waiting before requests are answered 429.",
 )
+@click.option(
+    "--request-read-timeout",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds a client has to send a whole request (slow clients are disconnected).",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=512,
+    show_default=True,
+    help="Open connections (and requests) at most; past it the answer is 503.",
+)
 @click.option("--no-cross-batching", is_flag=True, help="Score each request on its own.")
 @click.option("--model-name", default="rerankit", show_default=True, help="Name echoed in responses.")
+@_trust_options
 @_one_line_errors
 def serve(
     model_path: str,
@@ -453,12 +521,20 @@ def serve(
     max_documents: int,
     max_queue_pairs: int,
     no_cross_batching: bool,
+    request_read_timeout: float,
+    max_connections: int,
     model_name: str,
+    trust_remote_code: bool,
+    allow_pickle: bool,
 ) -> None:
-    """Serve a reranker over HTTP: POST /v2/rerank (Cohere), /rerank (Cohere or TEI body)."""
-    import uvicorn
+    """Serve a reranker over HTTP: POST /v2/rerank (Cohere), /rerank (Cohere or TEI body).
 
+    The model is loaded (and checked to score) before the server starts: a model that does
+    not load is a one-line error and exit code 2, never a server answering 503 forever.
+    """
     from rerankit.server import ServerSettings, create_app
+    from rerankit.server.app import load_reranker
+    from rerankit.server.serving import run
 
     settings = ServerSettings(
         model=model_path,
@@ -469,8 +545,13 @@ def serve(
         max_documents=max_documents,
         max_queue_pairs=max_queue_pairs,
         cross_batching=not no_cross_batching,
+        request_read_timeout_s=request_read_timeout,
+        max_connections=max_connections,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
     )
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    reranker = load_reranker(settings)
+    run(create_app(settings, reranker=reranker), settings, host, port)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,11 +19,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from rerankit import safe_yaml
 from rerankit.errors import ConfigError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Unknown keys are errors; so are inf and NaN, which would train a model that scores NaN.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -71,6 +73,8 @@ class DataConfig(_Section):
     group_by: Literal["query", "source_chunk"] = "query"
     # raise: stop at the first bad line; skip: leave bad lines out and report the count.
     on_error: Literal["raise", "skip"] = "raise"
+    # Characters kept of a document's text (longer ones are cut and counted in the report).
+    max_document_chars: int = Field(100_000, ge=100)
     # Cap on validation queries (first N after a seeded shuffle); null keeps them all.
     max_valid_queries: int | None = Field(None, ge=1)
 
@@ -96,13 +100,13 @@ class LossConfig(_Section):
 
 
 class TrainingConfig(_Section):
-    epochs: float = Field(2, gt=0)
+    epochs: float = Field(2, gt=0, le=10_000)
     # Queries per device batch; each brings its positives and negatives.
     batch_size: int = Field(8, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
-    learning_rate: float = Field(2e-4, gt=0)
+    learning_rate: float = Field(2e-4, gt=0, le=1.0)
     # Learning rate of the fully trained modules (score head, pooler); null = learning_rate.
-    head_learning_rate: float | None = Field(None, gt=0)
+    head_learning_rate: float | None = Field(None, gt=0, le=1.0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
@@ -199,7 +203,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {item!r}: expected KEY.PATH=VALUE")
-    value = yaml.safe_load(text)
+    try:
+        value = safe_yaml.load(text)
+    except (yaml.YAMLError, safe_yaml.YAMLTooLargeError) as exc:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(exc)})") from None
     if isinstance(value, str):
         # YAML 1.1 reads "1e-3" as a string; a number is meant.
         with contextlib.suppress(ValueError):
@@ -222,6 +229,10 @@ def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[s
     return result
 
 
+def _yaml_problem(exc: Exception) -> str:
+    return str(getattr(exc, "problem", None) or exc)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
@@ -229,11 +240,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
     try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
+        raw = safe_yaml.load(text) or {}
+    except (yaml.YAMLError, safe_yaml.YAMLTooLargeError) as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise ConfigError(f"{path}{where}: not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
     return raw
@@ -247,6 +258,10 @@ def load_config(
     Relative data paths in a YAML file are resolved against the current directory first
     and, when they do not exist there, against the config file's folder.
     """
+    if not isinstance(source, (str, Path, Mapping, TrainConfig)):
+        raise ConfigError(
+            f"config must be a YAML path, a mapping or a TrainConfig, got {type(source).__name__}"
+        )
     if isinstance(source, TrainConfig):
         raw, name, base = source.model_dump(), "<config>", None
     elif isinstance(source, Mapping):

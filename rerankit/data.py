@@ -11,6 +11,8 @@ A line that breaks the format raises :class:`DataError` naming file, line and fi
 need cleaning have a defined behaviour, counted in :class:`DataReport`:
 
 - a document with empty text is dropped;
+- a document longer than ``max_document_chars`` characters is cut there (a model reads only
+  its first few hundred tokens; a huge one would only exhaust memory when tokenized);
 - a doc_id repeated within a line keeps its first occurrence;
 - a negative that is also a positive (same doc_id or same text) is dropped;
 - a line with no positive left is dropped;
@@ -64,6 +66,13 @@ class QueryRecord:
         return line
 
 
+def changed_counts(report: dict[str, Any]) -> dict[str, int]:
+    """The counters of a DataReport (as a dict) that say what reading changed, when non-zero."""
+    return {
+        k: v for k, v in report.items() if k.startswith(("skipped", "dropped", "merged", "truncated")) and v
+    }
+
+
 @dataclass
 class DataReport:
     """What reading a file found and did; every dropped item is counted here."""
@@ -73,6 +82,7 @@ class DataReport:
     records: int = 0
     skipped_bad_lines: int = 0
     dropped_empty_text_docs: int = 0
+    truncated_long_docs: int = 0
     dropped_duplicate_doc_ids: int = 0
     dropped_negatives_equal_to_positive: int = 0
     dropped_lines_without_positive: int = 0
@@ -80,9 +90,7 @@ class DataReport:
     errors: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        changes = {
-            k: v for k, v in asdict(self).items() if k.startswith(("skipped", "dropped", "merged")) and v
-        }
+        changes = changed_counts(asdict(self))
         text = f"{self.path}: {self.records} queries from {self.lines} lines"
         if changes:
             text += " (" + ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in changes.items()) + ")"
@@ -101,7 +109,11 @@ def normalize_query(text: str) -> str:
     return _SPACE.sub(" ", text).strip().rstrip("?!.。 ")
 
 
-def _docs(value: Any, name: str, where: dict[str, Any], report: DataReport) -> list[Doc]:
+# Characters kept of one document's text (see the module docstring).
+MAX_DOCUMENT_CHARS = 100_000
+
+
+def _docs(value: Any, name: str, where: dict[str, Any], report: DataReport, max_chars: int) -> list[Doc]:
     if not isinstance(value, list):
         raise DataError(
             f"expected a list of {{doc_id, text}} objects, got {type(value).__name__}", field=name, **where
@@ -126,6 +138,9 @@ def _docs(value: Any, name: str, where: dict[str, Any], report: DataReport) -> l
         if not text.strip():
             report.dropped_empty_text_docs += 1
             continue
+        if len(text) > max_chars:
+            report.truncated_long_docs += 1
+            text = text[:max_chars]
         docs.append(Doc(str(doc_id), text))
     return docs
 
@@ -144,7 +159,9 @@ def _dedupe(docs: Iterable[Doc], seen_ids: set[str], report: DataReport) -> list
 _KEYS = {"query_text", "positives", "negatives", "source_chunk", "meta"}
 
 
-def parse_line(obj: Any, report: DataReport, where: dict[str, Any]) -> QueryRecord | None:
+def parse_line(
+    obj: Any, report: DataReport, where: dict[str, Any], max_document_chars: int = MAX_DOCUMENT_CHARS
+) -> QueryRecord | None:
     """Validate one decoded line; None when it has no positive left after cleaning."""
     if not isinstance(obj, dict):
         raise DataError(f"expected a JSON object, got {type(obj).__name__}", **where)
@@ -156,8 +173,8 @@ def parse_line(obj: Any, report: DataReport, where: dict[str, Any]) -> QueryReco
         raise DataError(f"must be a non-empty string, got {query!r}", field="query_text", **where)
     if "positives" not in obj:
         raise DataError("required key is missing", field="positives", **where)
-    positives = _docs(obj["positives"], "positives", where, report)
-    negatives = _docs(obj.get("negatives") or [], "negatives", where, report)
+    positives = _docs(obj["positives"], "positives", where, report, max_document_chars)
+    negatives = _docs(obj.get("negatives") or [], "negatives", where, report, max_document_chars)
     chunk = obj.get("source_chunk")
     if chunk is not None and not isinstance(chunk, (str, int)):
         raise DataError(
@@ -226,7 +243,9 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, str]]:
 
 
 def read_records(
-    path: str | Path, on_error: Literal["raise", "skip"] = "raise"
+    path: str | Path,
+    on_error: Literal["raise", "skip"] = "raise",
+    max_document_chars: int = MAX_DOCUMENT_CHARS,
 ) -> tuple[list[QueryRecord], DataReport]:
     """Read a seed-format JSONL file into merged, cleaned query records."""
     report = DataReport(path=str(path))
@@ -239,7 +258,7 @@ def read_records(
                 obj = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise DataError(f"not valid JSON: {exc.msg} at column {exc.colno}", **where) from None
-            record = parse_line(obj, report, where)
+            record = parse_line(obj, report, where, max_document_chars)
         except DataError as exc:
             if on_error == "raise":
                 raise

@@ -8,6 +8,22 @@ from collections.abc import Sequence
 MIN_DOCUMENT_ROOM = 8
 
 
+class QueryTooLongError(ValueError):
+    """A query alone fills the model's window: nothing of the document would be read."""
+
+
+def check_query_lengths(tokenizer, queries: Sequence[str], max_length: int) -> None:
+    """Raise QueryTooLongError when a query leaves no room for its document in ``max_length``."""
+    unique = list(dict.fromkeys(queries))  # one query usually comes with many documents
+    lengths = [len(ids) for ids in tokenizer(unique, add_special_tokens=False)["input_ids"]]
+    longest = max(lengths, default=0)
+    if longest > max_length - MIN_DOCUMENT_ROOM:
+        raise QueryTooLongError(
+            f"query of {longest} tokens leaves no room for the document within max_length="
+            f"{max_length} (at most {max_length - MIN_DOCUMENT_ROOM} query tokens)"
+        )
+
+
 def encode_pairs(
     tokenizer,
     queries: Sequence[str],
@@ -18,16 +34,9 @@ def encode_pairs(
 ):
     """Tokenize (query, document) pairs, truncating the document and never the query.
 
-    Raises ValueError when a query alone leaves no room for its document.
+    Raises QueryTooLongError when a query alone leaves no room for its document.
     """
-    unique = list(dict.fromkeys(queries))  # one query usually comes with many documents
-    lengths = [len(ids) for ids in tokenizer(unique, add_special_tokens=False)["input_ids"]]
-    longest = max(lengths, default=0)
-    if longest > max_length - MIN_DOCUMENT_ROOM:
-        raise ValueError(
-            f"query of {longest} tokens leaves no room for the document within max_length="
-            f"{max_length}: {unique[lengths.index(longest)][:80]!r}"
-        )
+    check_query_lengths(tokenizer, queries, max_length)
     return tokenizer(
         list(queries),
         list(docs),

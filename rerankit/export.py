@@ -17,7 +17,15 @@ from rerankit import run_folder
 from rerankit.errors import RerankitError
 
 
-def export(run_dir: str | Path, out: str | Path, *, dtype: str = "float32", overwrite: bool = False) -> Path:
+def export(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    dtype: str = "float32",
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> Path:
     """Merge the run's adapter into its base and write it to ``out``; returns ``out``."""
     from rerankit import __version__
     from rerankit.inference import Reranker
@@ -27,8 +35,15 @@ def export(run_dir: str | Path, out: str | Path, *, dtype: str = "float32", over
     if out.exists():
         if not overwrite:
             raise RerankitError(f"{out} exists; pass --overwrite to replace it")
-        shutil.rmtree(out)
-    reranker = Reranker.load(run_dir, device="cpu", dtype=dtype)
+        if not out.is_dir() or (not (out / "config.json").exists() and any(out.iterdir())):
+            raise RerankitError(
+                f"{out} is not a model folder; --overwrite replaces only an exported model "
+                "(or an empty folder): choose another --out"
+            )
+    reranker = Reranker.load(
+        run_dir, device="cpu", dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+    )
+    shutil.rmtree(out, ignore_errors=True)  # only once the new model is loaded
     staging = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     reranker.model.save_pretrained(str(staging), safe_serialization=True)

@@ -21,6 +21,7 @@ import numpy as np
 
 from rerankit.beir import read_corpus, read_qrels, read_queries
 from rerankit.data import read_records
+from rerankit.errors import DataError
 from rerankit.first_stage import DEFAULT_DENSE_MODEL, BM25Index, CorpusScorer, bm25_candidate_scores
 from rerankit.fusion import rrf
 from rerankit.ordering import best_first
@@ -103,6 +104,12 @@ def evaluate_beir(
     from tqdm.auto import tqdm
 
     corpus, queries, qrels = _read_beir(Path(folder), split)
+    if not qrels:
+        raise DataError(
+            f"no query of qrels/{split}.tsv has a positive document and a text in queries.jsonl: "
+            "nothing to evaluate",
+            path=str(folder),
+        )
     qids = sorted(qrels)[:max_queries] if max_queries else sorted(qrels)
     qrels = {q: qrels[q] for q in qids}
     hits = first_stage_top_k(corpus, [queries[q] for q in qids], top_k, first_stage, dense_model)

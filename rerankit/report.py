@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rerankit.data import changed_counts
 from rerankit.files import atomic_write_text
 
 COLUMNS = ("ndcg@10", "mrr@10", "map", "pairwise_accuracy")
@@ -69,7 +70,7 @@ def write_report(path: Path, metrics: dict[str, Any], config, digest: str, curve
         "",
     ]
     for name, report in data.items():
-        changed = {k: v for k, v in report.items() if k.startswith(("skipped", "dropped", "merged")) and v}
+        changed = changed_counts(report)
         text.append(
             f"- {name}: `{report['path']}`: {report['records']} queries from "
             f"{report['lines']} lines" + (f"; {changed}" if changed else "")

@@ -19,8 +19,10 @@ last, so an interrupted run never loads as if it were complete.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,8 @@ CHECKPOINTS_DIR = "checkpoints"
 LOGS_DIR = "logs"
 RUN_FORMAT = "rerankit-run"
 RUN_FORMAT_VERSION = 1
+# What loading a run reads from its manifest.
+MANIFEST_KEYS = ("model_dir", "adapter", "base_model", "max_length")
 
 
 def last_checkpoint(out: Path) -> str | None:
@@ -50,11 +54,77 @@ def last_checkpoint(out: Path) -> str | None:
     return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
+# What a Trainer checkpoint needs to resume exactly where it stopped.
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+
+
+def check_checkpoint(checkpoint: str | Path) -> None:
+    """Refuse to resume from a checkpoint that is incomplete or unreadable: resuming without
+    its optimizer state would silently start a fresh optimizer."""
+    folder = Path(checkpoint)
+    missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
+    if missing:
+        raise RerankitError(
+            f"{folder}: incomplete checkpoint (missing {', '.join(missing)}); it cannot resume "
+            "the run as it was: delete this checkpoint folder to resume from an earlier one, "
+            "or start again with --overwrite"
+        )
+    try:
+        read_json(folder / "trainer_state.json")
+        for weights in folder.glob("*.safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(str(weights), framework="pt") as handle:
+                handle.keys()
+    except Exception as exc:  # JSON or safetensors errors: the files are damaged
+        raise RerankitError(f"{folder}: damaged checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def is_run_folder(out: Path) -> bool:
+    """A folder rerankit wrote (finished or not): it holds a manifest or a resolved config."""
+    return (out / MANIFEST).is_file() or (out / CONFIG_FILE).is_file()
+
+
+@contextlib.contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """Hold the run folder's lock (a file beside it, with the holder's PID) for a block, so
+    two runs never write one folder; the lock goes with the process if it dies."""
+    from filelock import FileLock, Timeout
+
+    path = out.parent / f".{out.name}.lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RerankitError(f"{out}: cannot create its parent folder: {exc.strerror or exc}") from None
+    holder = path.read_text(encoding="utf-8").strip() if path.is_file() else ""
+    lock = FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        who = f" (pid {holder})" if holder else ""
+        raise RerankitError(
+            f"{out} is in use by another rerankit run{who}; wait for it to end or choose another --output-dir"
+        ) from None
+    try:
+        path.write_text(f"{os.getpid()}\n", encoding="utf-8")
+        yield
+    finally:
+        lock.release()
+
+
 def prepare(out: Path, *, resume: bool, overwrite: bool, config_text: str | None = None) -> None:
-    """Make ``out`` ready for a run, refusing to clobber a finished or resumable one."""
+    """Make ``out`` ready for a run, refusing to clobber a finished or resumable one, or to
+    delete anything that is not a rerankit run folder."""
+    if out.exists() and not out.is_dir():
+        raise RerankitError(f"{out} is a file; the output must be a folder")
     finished = (out / MANIFEST).exists()
     resumable = last_checkpoint(out) is not None
     if overwrite and out.exists():
+        if not is_run_folder(out) and any(out.iterdir()):
+            raise RerankitError(
+                f"{out} holds files that are not a rerankit run; --overwrite deletes only a run "
+                "folder (or an empty one): choose another --output-dir"
+            )
         shutil.rmtree(out)
     elif finished:
         raise RerankitError(
@@ -69,7 +139,13 @@ def prepare(out: Path, *, resume: bool, overwrite: bool, config_text: str | None
         )
     elif not resume and out.exists():
         (out / BASELINE_FILE).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("", encoding="utf-8")
+        probe.unlink()
+    except OSError as exc:
+        raise RerankitError(f"{out}: cannot write there: {exc.strerror or exc}") from None
     if config_text is not None:
         saved = out / CONFIG_FILE
         if resume and saved.exists() and saved.read_text(encoding="utf-8") != config_text:
@@ -120,9 +196,22 @@ def mark_finished(out: Path, config, digest: str, built) -> None:
     )
 
 
+def inside(folder: Path, relative: str) -> Path:
+    """``folder / relative``, refused (ModelLoadError) when it would lead outside ``folder``."""
+    target = (folder / str(relative)).resolve()
+    if not target.is_relative_to(folder.resolve()):
+        raise ModelLoadError(f"{folder / MANIFEST}: path {relative!r} leads outside the run folder")
+    return target
+
+
 def read_manifest(path: Path) -> dict[str, Any]:
     """The manifest of a finished run folder, or ModelLoadError saying what is wrong."""
-    manifest = read_json(path / MANIFEST)
+    try:
+        manifest = read_json(path / MANIFEST)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path / MANIFEST}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise ModelLoadError(f"{path / MANIFEST}: cannot read: {exc.strerror or exc}") from None
     if manifest is None:
         hint = (
             " it looks like an interrupted run: continue it with `rerankit train --resume`"
@@ -130,9 +219,14 @@ def read_manifest(path: Path) -> dict[str, Any]:
             else ""
         )
         raise ModelLoadError(f"{path} is not a finished rerankit run (no {MANIFEST});{hint}")
+    if not isinstance(manifest, dict):
+        raise ModelLoadError(f"{path / MANIFEST}: expected a JSON object, got {type(manifest).__name__}")
     if manifest.get("format") != RUN_FORMAT or manifest.get("format_version", 0) > RUN_FORMAT_VERSION:
         raise ModelLoadError(
             f"{path / MANIFEST}: unsupported run format "
             f"{manifest.get('format')!r} v{manifest.get('format_version')}"
         )
+    missing = [key for key in MANIFEST_KEYS if key not in manifest]
+    if missing:
+        raise ModelLoadError(f"{path / MANIFEST}: missing {', '.join(missing)}")
     return manifest

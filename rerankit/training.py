@@ -13,6 +13,7 @@ multi-process training. rerankit adds three things:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
+import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 
 from rerankit import run_folder
@@ -79,6 +81,11 @@ class RerankTrainer(Trainer):
         logits = outputs.logits.float().view(-1)  # [P] one score per pair
         scores = logits.new_zeros(mask.numel()).index_put((slots,), logits).view(mask.shape)
         loss = self.loss_fn(scores, labels, mask)
+        if not torch.isfinite(loss):
+            raise RerankitError(
+                f"training diverged: the loss is {loss.item()} at step {self.state.global_step}; "
+                "lower training.learning_rate (or head_learning_rate); the run is not finished"
+            )
         return (loss, outputs) if return_outputs else loss
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
@@ -168,10 +175,10 @@ def _precision(config: TrainConfig) -> dict[str, bool]:
 
 def _load_data(config: TrainConfig):
     dcfg = config.data
-    train, train_report = read_records(dcfg.train, dcfg.on_error)
+    train, train_report = read_records(dcfg.train, dcfg.on_error, dcfg.max_document_chars)
     reports = {"train": train_report}
     if dcfg.valid:
-        valid, reports["valid"] = read_records(dcfg.valid, dcfg.on_error)
+        valid, reports["valid"] = read_records(dcfg.valid, dcfg.on_error, dcfg.max_document_chars)
         train_keys = {r.key for r in train}
         overlap = [r.query for r in valid if r.key in train_keys]
         if overlap:
@@ -263,25 +270,46 @@ def fit(
     ``training__epochs=1``). ``resume`` continues from the newest checkpoint of the run
     folder; ``overwrite`` replaces a finished run there.
     """
-    from transformers import set_seed
-
     all_overrides = {**(overrides or {}), **_overrides_from_kwargs(kwargs)}
     if output_dir is not None:
         all_overrides["output.dir"] = str(output_dir)
     cfg = load_config(config, all_overrides)
     out = Path(cfg.output.dir)
     digest = config_hash(cfg)
-    # Under torchrun/accelerate only the main process touches the run folder.
-    main_process = int(os.environ.get("RANK", "0")) == 0
-    if main_process:
-        run_folder.prepare(
-            out, resume=resume, overwrite=overwrite, config_text=run_folder.config_text(cfg, digest)
-        )
     started = time.perf_counter()
-
+    # Config and data are checked before the run folder is touched, so a bad run never
+    # deletes or clobbers a good one.
     train, valid, reports = _load_data(cfg)
     for report in reports.values():
         log.info(report.summary())
+    # Under torchrun/accelerate only the main process touches the run folder.
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    with contextlib.ExitStack() as stack:
+        if main_process:
+            stack.enter_context(run_folder.locked(out))
+            run_folder.prepare(
+                out, resume=resume, overwrite=overwrite, config_text=run_folder.config_text(cfg, digest)
+            )
+        resume_from = run_folder.last_checkpoint(out) if resume else None
+        if resume_from is not None:
+            run_folder.check_checkpoint(resume_from)
+        return _train(cfg, out, digest, train, valid, reports, resume_from, main_process, started)
+
+
+def _train(
+    cfg: TrainConfig,
+    out: Path,
+    digest: str,
+    train: list,
+    valid: list,
+    reports: dict,
+    resume_from: str | None,
+    main_process: bool,
+    started: float,
+) -> FitResult:
+    """Build the model and the Trainer, train, and write the run folder (main process)."""
+    from transformers import set_seed
+
     set_seed(cfg.seed)
     built = build_model(cfg)
     vset = ValidationSet.from_records(valid)
@@ -308,7 +336,6 @@ def fit(
         baseline = validator.evaluate(built.model)
         if main_process:
             write_json(out / run_folder.BASELINE_FILE, baseline)
-    resume_from = run_folder.last_checkpoint(out) if resume else None
     trainer.train(resume_from_checkpoint=resume_from)
 
     key = _metric_key(cfg)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rerankit.data import QueryRecord
+from rerankit.errors import RerankitError
 from rerankit.ranking_metrics import ranking_metrics
 
 
@@ -81,7 +82,16 @@ class Validator:
         )
 
     def evaluate(self, model) -> dict[str, float]:
-        return self.vset.metrics(self.vset.split_scores(self.scores(model)), self.recall_at)
+        """Metrics of the model's scores; RerankitError when a score is NaN or infinite (a
+        broken model must never be reported, kept or marked finished)."""
+        scores = self.scores(model)
+        if not np.isfinite(scores).all():
+            bad = int((~np.isfinite(scores)).sum())
+            raise RerankitError(
+                f"{bad} of {len(scores)} validation scores are NaN or infinite: the model is "
+                "broken (a learning rate too high?); the run is not finished"
+            )
+        return self.vset.metrics(self.vset.split_scores(scores), self.recall_at)
 
     def bm25_metrics(self) -> dict[str, float]:
         """BM25's metrics over the same candidates: the first stage the model must beat."""

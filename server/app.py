@@ -15,14 +15,14 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import re
 import uuid
-from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
-from litestar import Litestar, MediaType, Request, Response, get, post
+from litestar import Litestar, MediaType, Request, Response, get, head, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.exceptions import (
@@ -35,6 +35,8 @@ from litestar.exceptions import (
 from litestar.handlers import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 
+from rerankit.encoding import QueryTooLongError
+from rerankit.errors import ModelLoadError
 from rerankit.ordering import best_first
 from rerankit.scoring import sigmoid
 from rerankit.server.prometheus import CONTENT_TYPE_LATEST, ServerMetrics, http_metrics_config
@@ -47,6 +49,7 @@ from rerankit.server.schemas import (
     TEIResultItem,
 )
 from rerankit.server.settings import ServerSettings
+from rerankit.server.text_prep import RequestTokenizer
 from rerankit.server.worker import InferenceWorker, Overloaded
 
 log = logging.getLogger(__name__)
@@ -60,14 +63,19 @@ def _field_error(key: str, message: str) -> ValidationException:
     return ValidationException(detail=f"{key}: {message}", extra=[{"key": key, "message": message}])
 
 
-def _api_key_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+def _api_key_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    """With an API key set, every route but the health probes (opt ``public``) needs it,
+    the OpenAPI schema and /metrics included."""
     expected = connection.app.state.settings.api_key
-    if expected is None:
+    if expected is None or handler.opt.get("public"):
         return
     header = connection.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
-        raise NotAuthorizedException(detail="missing or wrong API key (Authorization: Bearer ...)")
+        raise NotAuthorizedException(
+            detail="missing or wrong API key (Authorization: Bearer ...)",
+            headers={"WWW-Authenticate": 'Bearer realm="rerankit"'},
+        )
 
 
 def _ready(state: State):
@@ -77,19 +85,43 @@ def _ready(state: State):
     return state.reranker
 
 
-def _truncate_tokens(tokenizer, texts: Sequence[str], max_tokens: int) -> list[str]:
-    """Each text cut after its first ``max_tokens`` tokens (at a character offset, text kept)."""
-    encoded = tokenizer(
-        list(texts),
-        add_special_tokens=False,
-        return_offsets_mapping=True,
-        truncation=True,
-        max_length=max_tokens,
-    )
-    return [
-        text[: offsets[-1][1]] if len(offsets) >= max_tokens else text
-        for text, offsets in zip(texts, encoded["offset_mapping"])
-    ]
+def _check_request(
+    settings: ServerSettings,
+    query: str,
+    docs: list[str],
+    docs_field: str,
+    top_n: int | None,
+    max_tokens_per_doc: int | None,
+) -> None:
+    """The checks that need no model: 400 (or 413) naming the field."""
+    if not query.strip():
+        raise _field_error("query", "must not be empty")
+    if len(query) > settings.max_query_chars:
+        raise _field_error("query", f"longer than {settings.max_query_chars} characters")
+    if not docs:
+        raise _field_error(docs_field, "must hold at least one document")
+    if len(docs) > settings.max_documents:
+        raise _field_error(
+            docs_field, f"at most {settings.max_documents} documents per request, got {len(docs)}"
+        )
+    if len(docs) > settings.max_queue_pairs:  # could never be queued: not a "retry later"
+        raise HTTPException(
+            status_code=413,
+            detail=f"{docs_field}: at most {settings.max_queue_pairs} documents fit the inference "
+            f"queue, got {len(docs)}",
+        )
+    for i, doc in enumerate(docs):
+        if len(doc) > settings.max_document_chars:
+            raise _field_error(f"{docs_field}[{i}]", f"longer than {settings.max_document_chars} characters")
+        if not doc.strip():
+            raise _field_error(f"{docs_field}[{i}]", "empty or whitespace-only: nothing to score")
+    if top_n is not None and top_n < 1:
+        raise _field_error("top_n", f"must be at least 1, got {top_n}")
+    if max_tokens_per_doc is not None and not 1 <= max_tokens_per_doc <= settings.max_document_chars:
+        raise _field_error(
+            "max_tokens_per_doc",
+            f"must be between 1 and {settings.max_document_chars}, got {max_tokens_per_doc}",
+        )
 
 
 async def _wait_disconnect(request: Request) -> None:
@@ -113,24 +145,17 @@ async def _rank(
 ) -> list[tuple[int, float]]:
     """Validate, score through the worker, and return (index, score) best first."""
     settings: ServerSettings = state.settings
-    if not query.strip():
-        raise _field_error("query", "must not be empty")
-    if not docs:
-        raise _field_error(docs_field, "must hold at least one document")
-    if len(docs) > settings.max_documents:
-        raise _field_error(
-            docs_field, f"at most {settings.max_documents} documents per request, got {len(docs)}"
-        )
-    for i, doc in enumerate(docs):
-        if len(doc) > settings.max_document_chars:
-            raise _field_error(f"{docs_field}[{i}]", f"longer than {settings.max_document_chars} characters")
-    if top_n is not None and top_n < 1:
-        raise _field_error("top_n", f"must be at least 1, got {top_n}")
-    if max_tokens_per_doc is not None and max_tokens_per_doc < 1:
-        raise _field_error("max_tokens_per_doc", f"must be at least 1, got {max_tokens_per_doc}")
-    reranker = _ready(state)
-    if max_tokens_per_doc is not None:  # tokenizing is CPU work: keep it off the event loop
-        docs = await asyncio.to_thread(_truncate_tokens, reranker.tokenizer, docs, max_tokens_per_doc)
+    _check_request(settings, query, docs, docs_field, top_n, max_tokens_per_doc)
+    _ready(state)
+    prep: RequestTokenizer = state.request_tokenizer
+    # Tokenizing is CPU work: off the event loop, with the request side's own tokenizer. The
+    # query is checked here, so an over-long one fails its own request, never a merged round.
+    try:
+        await asyncio.to_thread(prep.check_query, query)
+    except QueryTooLongError as exc:
+        raise _field_error("query", str(exc)) from None
+    if max_tokens_per_doc is not None:
+        docs = await asyncio.to_thread(prep.truncate, docs, max_tokens_per_doc)
     watcher = asyncio.ensure_future(_wait_disconnect(request))
     try:
         scores = await state.worker.score([query] * len(docs), docs, disconnected=watcher)
@@ -139,8 +164,8 @@ async def _rank(
             detail="the inference queue is full; retry later",
             headers={"Retry-After": str(settings.retry_after_s)},
         ) from None
-    except ValueError as exc:  # e.g. a query too long for the model's max length
-        raise _field_error("query", str(exc)) from None
+    except ValueError as exc:  # this request's own pairs could not be scored
+        raise _field_error(docs_field, str(exc)) from None
     finally:
         watcher.cancel()
     if scores is None:  # client gone: nobody reads the answer
@@ -184,7 +209,6 @@ async def _cohere(request: Request, state: State, data: RerankRequest) -> Rerank
 @post(
     ["/v2/rerank", "/v1/rerank"],
     status_code=200,
-    guards=[_api_key_guard],
     summary="Rerank documents (Cohere v2 shape)",
 )
 async def rerank_cohere(request: Request, state: State, data: RerankRequest) -> RerankResponse:
@@ -207,7 +231,6 @@ def _convert(data: dict[str, Any], kind: type):
 @post(
     "/rerank",
     status_code=200,
-    guards=[_api_key_guard],
     summary="Rerank documents: Cohere body, or text-embeddings-inference body (query, texts)",
 )
 async def rerank_any(request: Request, state: State, data: dict[str, Any]) -> Any:
@@ -227,13 +250,18 @@ async def rerank_any(request: Request, state: State, data: dict[str, Any]) -> An
     return [TEIResultItem(i, s, tei.texts[i] if tei.return_text else None) for i, s in ranked]
 
 
-@get("/health", summary="200 once the model is loaded and warmed, else 503")
+@get("/health", summary="200 once the model is loaded and warmed, else 503", opt={"public": True})
 async def health(state: State) -> dict[str, str]:
     _ready(state)
     return {"status": "ok", "model": state.settings.model_name}
 
 
-@get("/ping", summary="Liveness")
+@head("/health", summary="/health without a body, for probes that send HEAD", opt={"public": True})
+async def health_head(state: State) -> None:
+    _ready(state)
+
+
+@get("/ping", summary="Liveness", opt={"public": True})
 async def ping() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -242,6 +270,25 @@ async def ping() -> dict[str, str]:
 async def metrics(state: State) -> Response:
     state.metrics.queue_pairs.set(state.worker.queued_pairs if state.worker else 0)
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _bad_body(_: Request, exc: Exception) -> Response:
+    """Bodies the JSON decoder cannot read: bytes that are not UTF-8, nesting too deep."""
+    reason = "not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else "JSON nested too deeply"
+    return Response(
+        {"status_code": 400, "detail": f"body: {reason}"}, status_code=400, media_type=MediaType.JSON
+    )
+
+
+def _internal_error(_: Request, exc: Exception) -> Response:
+    """Anything else: HTTP errors keep their status; the rest is a 500 that says nothing of the
+    request or the code (the log has the type)."""
+    if isinstance(exc, HTTPException):
+        body = {"status_code": exc.status_code, "detail": exc.detail}
+        return Response(body, status_code=exc.status_code, headers=exc.headers, media_type=MediaType.JSON)
+    log.error("unexpected %s while answering a request", type(exc).__name__)
+    body = {"status_code": 500, "detail": "internal error"}
+    return Response(body, status_code=500, media_type=MediaType.JSON)
 
 
 _MISSING = re.compile(r"missing required field `(?P<key>[^`]+)`")
@@ -262,14 +309,23 @@ def _validation_error(_: Request, exc: ValidationException) -> Response:
     )
 
 
-def _load(settings: ServerSettings, reranker=None):
+def load_reranker(settings: ServerSettings, reranker=None):
+    """The model ``settings`` name (or ``reranker``), warmed up and checked to score finitely."""
     from rerankit.inference import Reranker
 
     if reranker is None:
-        reranker = Reranker.load(settings.model, device=settings.device, dtype=settings.dtype)
+        reranker = Reranker.load(
+            settings.model,
+            device=settings.device,
+            dtype=settings.dtype,
+            trust_remote_code=settings.trust_remote_code,
+            allow_pickle=settings.allow_pickle,
+        )
     if settings.max_batch_tokens:
         reranker.max_tokens = settings.max_batch_tokens
-    reranker.score(WARMUP_PAIRS)
+    warm = reranker.score(WARMUP_PAIRS, raw=True)
+    if not all(math.isfinite(s) for s in warm):
+        raise ModelLoadError(f"{settings.model} scores NaN or infinity; refusing to serve it")
     return reranker
 
 
@@ -282,11 +338,12 @@ def create_app(settings: ServerSettings, reranker=None) -> Litestar:
 
         async def load() -> None:
             try:
-                loaded = await asyncio.to_thread(_load, settings, reranker)
+                loaded = await asyncio.to_thread(load_reranker, settings, reranker)
             except Exception as exc:  # reported by /health, never a crash of the server
-                log.exception("could not load %s", settings.model)
+                log.error("could not load %s: %s", settings.model, exc)
                 state.load_error = str(exc)
                 return
+            state.request_tokenizer = RequestTokenizer(loaded.tokenizer, loaded.max_length)
             state.worker = InferenceWorker(
                 lambda q, d: loaded.logits(q, d),
                 max_queue_pairs=settings.max_queue_pairs,
@@ -308,7 +365,8 @@ def create_app(settings: ServerSettings, reranker=None) -> Litestar:
                 await asyncio.to_thread(state.worker.stop)
 
     return Litestar(
-        route_handlers=[rerank_cohere, rerank_any, health, ping, metrics],
+        route_handlers=[rerank_cohere, rerank_any, health, health_head, ping, metrics],
+        guards=[_api_key_guard],
         state=State(
             {
                 "settings": settings,
@@ -316,11 +374,17 @@ def create_app(settings: ServerSettings, reranker=None) -> Litestar:
                 "reranker": None,
                 "worker": None,
                 "load_error": None,
+                "request_tokenizer": None,
             }
         ),
         lifespan=[lifespan],
         middleware=[http_metrics_config(settings.model_name).middleware],
-        exception_handlers={ValidationException: _validation_error},
+        exception_handlers={
+            ValidationException: _validation_error,
+            UnicodeDecodeError: _bad_body,
+            RecursionError: _bad_body,
+            Exception: _internal_error,
+        },
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="rerankit", version="2"),
     )

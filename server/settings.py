@@ -14,12 +14,17 @@ class ServerSettings:
     # "auto": bf16 where the hardware runs it natively, else fp32.
     dtype: str = "auto"
     device: str | None = None
+    # Only the operator turns these on: run Python code shipped with the model (auto_map), or
+    # read pickle weights (.bin/.pt) instead of safetensors.
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
     # Bearer token required on the rerank routes; None leaves them open.
     api_key: str | None = None
-    # Limits: documents per request, request body size, characters per document.
+    # Limits: documents per request, request body size, characters per document and query.
     max_documents: int = 1000
     max_body_bytes: int = 5_000_000
     max_document_chars: int = 100_000
+    max_query_chars: int = 10_000
     # Pairs waiting in the inference queue before new requests get 429.
     max_queue_pairs: int = 20_000
     # Padded tokens per forward pass (None: the Reranker's default for the device).
@@ -30,5 +35,11 @@ class ServerSettings:
     batch_wait_ms: float = 2.0
     # Pairs scored at most per worker round (bounds one round's latency).
     max_pairs_per_round: int = 512
+    # Connections: a request (headers and body) must arrive within this many seconds of the
+    # connection opening or the previous response; idle keep-alive connections close after
+    # keep_alive_s; past max_connections open connections (and requests) uvicorn answers 503.
+    request_read_timeout_s: float = 30.0
+    keep_alive_s: int = 5
+    max_connections: int = 512
     # Seconds clients are asked to wait after a 429.
     retry_after_s: int = 1

@@ -120,23 +120,33 @@ class InferenceWorker:
             with self._lock:
                 self._queued_pairs -= sum(len(j) for j in jobs)
             live = [j for j in jobs if not j.cancelled and not j.future.done()]
-            if not live:
-                continue
-            queries = [q for j in live for q in j.queries]
-            docs = [d for j in live for d in j.docs]
-            try:
-                scores = self._score(queries, docs)
-            except Exception as exc:  # a failed batch fails its requests, never the worker
-                log.exception("inference failed for %d pairs", len(docs))
-                for job in live:
-                    job.loop.call_soon_threadsafe(_set_exception, job.future, exc)
-                continue
-            self._on_batch(len(docs), len(live))
-            start = 0
-            for job in live:
-                part = np.asarray(scores[start : start + len(job)])
-                start += len(job)
-                job.loop.call_soon_threadsafe(_set_result, job.future, part)
+            if live:
+                self._score_round(live)
+
+    def _score_round(self, jobs: list[Job]) -> None:
+        """Score the jobs' pairs together; if that fails, score each job alone, so only the
+        job that cannot be scored gets the error. No request text goes to the log."""
+        queries = [q for j in jobs for q in j.queries]
+        docs = [d for j in jobs for d in j.docs]
+        try:
+            scores = self._score(queries, docs)
+        except Exception as exc:  # a failed round fails its requests, never the worker
+            if len(jobs) > 1:
+                log.warning(
+                    "a round of %d requests failed (%s); scoring each alone", len(jobs), type(exc).__name__
+                )
+                for job in jobs:
+                    self._score_round([job])
+                return
+            log.warning("a request of %d pairs failed: %s", len(docs), type(exc).__name__)
+            jobs[0].loop.call_soon_threadsafe(_set_exception, jobs[0].future, exc)
+            return
+        self._on_batch(len(docs), len(jobs))
+        start = 0
+        for job in jobs:
+            part = np.asarray(scores[start : start + len(job)])
+            start += len(job)
+            job.loop.call_soon_threadsafe(_set_result, job.future, part)
 
 
 def _set_result(future: asyncio.Future, value) -> None:

@@ -259,6 +259,8 @@ def rerankit_server(tiny_bert_run):
             "float32",
             "--api-key",
             "k3y",
+            "--request-read-timeout",
+            "2",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

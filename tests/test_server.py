@@ -1,5 +1,6 @@
 """The HTTP service: every route, field and error through Litestar's TestClient."""
 
+import threading
 import time
 
 import numpy as np
@@ -166,9 +167,34 @@ def test_malformed_json_and_limits(make_client):
     assert too_long_query.status_code == 400 and "query" in too_long_query.json()["detail"]
 
 
-def test_full_queue_answers_429_with_retry_after(make_client):
-    client = make_client(max_queue_pairs=3)
-    response = client.post("/v2/rerank", json={"query": QUERY, "documents": DOCS})
+def test_full_queue_answers_429_with_retry_after(reranker):
+    """One request is being scored (held), one waits in the queue: a third that does not fit
+    beside it gets 429; the held ones then finish."""
+    release = threading.Event()
+
+    class Held:
+        def __getattr__(self, name):
+            return getattr(reranker, name)
+
+        def logits(self, queries, docs):
+            release.wait(30)
+            return reranker.logits(queries, docs)
+
+    held = Held()
+    body = {"query": QUERY, "documents": DOCS[:3]}
+    settings = ServerSettings(model="in-memory", max_queue_pairs=5, cross_batching=False)
+    with TestClient(create_app(settings, reranker=held)) as client:
+        wait_ready(client)
+        first = threading.Thread(target=client.post, args=("/v2/rerank",), kwargs={"json": body})
+        second = threading.Thread(target=client.post, args=("/v2/rerank",), kwargs={"json": body})
+        first.start()
+        time.sleep(0.5)  # taken by the worker, held
+        second.start()
+        time.sleep(0.5)  # queued: 3 of 5 pairs
+        response = client.post("/v2/rerank", json=body)
+        release.set()
+        first.join()
+        second.join()
     assert response.status_code == 429
     assert response.headers["retry-after"] == "1"
     assert "queue" in response.json()["detail"]
@@ -192,7 +218,7 @@ def test_health_is_503_until_the_model_loads(tmp_path):
         while time.monotonic() < deadline:
             response = client.get("/health")
             assert response.status_code == 503
-            if "cannot load" in response.json()["detail"]:
+            if "missing-model: no such folder" in response.json()["detail"]:
                 break
             time.sleep(0.05)
         else:

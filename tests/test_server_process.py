@@ -61,7 +61,7 @@ def test_bounded_concurrent_load_loses_nothing_and_answers_each_its_own(rerankit
         assert got == pytest.approx(dict(enumerate(want)), abs=1e-5)
     # every request is counted by the server (merging itself is timing-dependent here; the
     # worker tests show it deterministically)
-    metrics = httpx.get(f"{rerankit_server}/metrics").text
+    metrics = httpx.get(f"{rerankit_server}/metrics", headers=headers).text
     ok = metric_value(metrics, "rerankit_requests_total", path="/v2/rerank", status_code="200")
     assert ok >= len(requests)
 
@@ -79,3 +79,74 @@ def test_the_cohere_sdk_works_unchanged_with_a_base_url(rerankit_server, tiny_be
     response = v1.rerank(model="rerankit", query="tell me about apple", documents=docs, return_documents=True)
     assert [r.index for r in response.results] == list(np.argsort(-want, kind="stable"))
     assert response.results[0].document.text == docs[response.results[0].index]
+
+
+def test_concurrent_truncation_and_bad_queries_change_no_other_score(rerankit_server, tiny_bert_run):
+    """Requests that truncate documents (the request-side tokenizer), plain ones (the worker's),
+    and over-long queries at once: every good answer equals its solo in-process score, every
+    bad one is a 400 about its own query."""
+    from rerankit.server.text_prep import RequestTokenizer
+
+    reranker = Reranker.load(tiny_bert_run[0].output_dir, device="cpu", dtype="float32")
+    cutter = RequestTokenizer(reranker.tokenizer, reranker.max_length)
+    words = ["apple", "zinc", "river", "quartz", "castle", "oxide", "piano", "tiger"]
+    long_doc = " ".join(words * 12)  # far past max_length: truncated in the worker
+    requests = []
+    for i in range(36):
+        docs = [f"{words[(i + j) % 8]} story {j} " * (1 + j % 3) for j in range(5)] + [long_doc]
+        body = {"query": f"tell me about {words[i % 8]}", "documents": docs}
+        if i % 3 == 1:
+            body["max_tokens_per_doc"] = 3 + i % 5
+        if i % 6 == 5:
+            body["query"] = "apple " * 60 + str(i)  # no room left for the document
+        requests.append(body)
+
+    def send(body):
+        response = httpx.post(
+            f"{rerankit_server}/v2/rerank",
+            json=body,
+            headers={"Authorization": "Bearer k3y"},
+            timeout=120,
+        )
+        return response.status_code, response.json()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=12) as pool:
+        answers = list(pool.map(send, requests))
+    for body, (status, answer) in zip(requests, answers):
+        if body["query"].startswith("apple apple"):
+            assert status == 400 and answer["detail"].startswith("query: query of")
+            continue
+        assert status == 200, answer
+        docs = body["documents"]
+        if "max_tokens_per_doc" in body:
+            docs = cutter.truncate(docs, body["max_tokens_per_doc"])
+        want = reranker.score([(body["query"], d) for d in docs])
+        got = {r["index"]: r["relevance_score"] for r in answer["results"]}
+        assert got == pytest.approx(dict(enumerate(want)), abs=1e-5)
+
+
+def test_slow_clients_are_disconnected(rerankit_server):
+    """Connections that never finish their headers (or body) are closed after the request read
+    timeout (2 s here), and the server keeps answering others meanwhile."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(rerankit_server)
+    slow = []
+    for i in range(40):
+        sock = socket.create_connection((url.hostname, url.port), timeout=10)
+        if i % 2:
+            sock.sendall(b"POST /v2/rerank HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # headers unfinished
+        else:
+            sock.sendall(  # body unfinished
+                b"POST /v2/rerank HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k3y\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 999\r\n\r\n{"
+            )
+        slow.append(sock)
+    assert httpx.get(f"{rerankit_server}/ping", timeout=5).status_code == 200
+    start = time.monotonic()
+    for sock in slow:
+        while sock.recv(4096):  # whatever the server says, it then closes the connection
+            pass
+        sock.close()
+    assert time.monotonic() - start < 8

@@ -100,10 +100,10 @@ def test_merged_full_precision_model_ranks_like_the_trained_one(tiny_bert_run):
     assert vset.metrics(merged)["ndcg@10"] == pytest.approx(result.metrics["best"]["ndcg@10"], abs=0.03)
 
 
-def test_finished_run_is_not_overwritten(tiny_bert_run, tiny_bert_dir):
-    result, valid = tiny_bert_run
+def test_finished_run_is_not_overwritten(tiny_bert_run, tiny_bert_dir, toy_data):
+    result, _ = tiny_bert_run
     with pytest.raises(RerankitError, match="already holds a finished run"):
-        _fit(tiny_bert_dir, valid, valid, result.output_dir)
+        _fit(tiny_bert_dir, *toy_data, result.output_dir)
 
 
 def test_qlora_decoder_trains_with_pad_token(tiny_qwen_dir, toy_data, tmp_path):

@@ -1,0 +1,43 @@
+"""Per-request checks and truncation that need the tokenizer, off the inference thread.
+
+A fast tokenizer keeps its truncation and padding settings as shared state, so the inference
+worker and the request threads must never use the same one: this module owns a private copy,
+and a lock lets one request thread use it at a time.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Sequence
+
+from rerankit.encoding import check_query_lengths
+
+
+class RequestTokenizer:
+    """The request side's own tokenizer: query-length checks and ``max_tokens_per_doc`` cuts."""
+
+    def __init__(self, tokenizer, max_length: int) -> None:
+        self.tokenizer = copy.deepcopy(tokenizer)
+        self.max_length = max_length
+        self._lock = threading.Lock()
+
+    def check_query(self, query: str) -> None:
+        """QueryTooLongError when the query alone fills the model's window."""
+        with self._lock:
+            check_query_lengths(self.tokenizer, [query], self.max_length)
+
+    def truncate(self, texts: Sequence[str], max_tokens: int) -> list[str]:
+        """Each text cut after its first ``max_tokens`` tokens (at a character offset)."""
+        with self._lock:
+            encoded = self.tokenizer(
+                list(texts),
+                add_special_tokens=False,
+                return_offsets_mapping=True,
+                truncation=True,
+                max_length=max_tokens,
+            )
+        return [
+            text[: offsets[-1][1]] if len(offsets) >= max_tokens else text
+            for text, offsets in zip(texts, encoded["offset_mapping"])
+        ]

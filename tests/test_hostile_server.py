@@ -1,0 +1,193 @@
+"""Hostile but fair input to the HTTP service: every answer is a 4xx with a JSON reason (never
+a 500 or a stack trace), one client's request never fails or changes another's, and what the
+API key protects stays protected."""
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("litestar")
+
+from litestar.testing import TestClient  # noqa: E402
+
+from rerankit import Reranker  # noqa: E402
+from rerankit.server import ServerSettings, create_app  # noqa: E402
+
+pytestmark = pytest.mark.smoke
+
+QUERY = "tell me about apple"
+DOCS = ["zinc of the old quartz", "apple story with apple", "the river is old"]
+
+
+@pytest.fixture(scope="module")
+def reranker(tiny_bert_run):
+    return Reranker.load(tiny_bert_run[0].output_dir, device="cpu", dtype="float32")
+
+
+@pytest.fixture
+def make_client(reranker):
+    clients = []
+
+    def make(**overrides):
+        settings = ServerSettings(model="in-memory", **overrides)
+        client = TestClient(create_app(settings, reranker=reranker))
+        client.__enter__()
+        clients.append(client)
+        deadline = time.monotonic() + 30
+        while client.get("/health").status_code != 200:
+            assert time.monotonic() < deadline, "server never became ready"
+            time.sleep(0.05)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+def post_raw(client, path, content: bytes):
+    return client.post(path, content=content, headers={"content-type": "application/json"})
+
+
+def assert_json_4xx(response, status=400, mentions=""):
+    assert response.status_code == status, response.text[:300]
+    body = response.json()
+    assert mentions in body["detail"]
+    assert "Traceback" not in response.text
+
+
+# --- never a 500 ---------------------------------------------------------------------------
+
+
+def test_invalid_utf8_body_is_a_400(make_client):
+    client = make_client()
+    assert_json_4xx(post_raw(client, "/v2/rerank", b'{"query": "\xff\xfe", "documents": ["a"]}'))
+    assert_json_4xx(post_raw(client, "/rerank", b'{"query": "\xff", "texts": ["a"]}'))
+
+
+@pytest.mark.parametrize("path", ["/v2/rerank", "/rerank"])
+def test_deeply_nested_json_is_a_400(make_client, path):
+    client = make_client()
+    nested = b'{"query": "q", "documents": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    assert_json_4xx(post_raw(client, path, nested))
+
+
+@pytest.mark.parametrize("value", [2**64, -(2**70), 0])
+def test_absurd_max_tokens_per_doc_is_a_400_naming_the_field(make_client, value):
+    body = {"query": QUERY, "documents": DOCS, "max_tokens_per_doc": value}
+    assert_json_4xx(make_client().post("/v2/rerank", json=body), mentions="max_tokens_per_doc")
+
+
+def test_a_huge_top_n_is_clamped(make_client):
+    body = {"query": QUERY, "documents": DOCS, "top_n": 2**64}
+    response = make_client().post("/v2/rerank", json=body)
+    assert response.status_code == 200 and len(response.json()["results"]) == len(DOCS)
+
+
+def test_head_health_answers(make_client):
+    response = make_client().head("/health")
+    assert response.status_code == 200 and response.content == b""
+
+
+# --- limits that tell the truth --------------------------------------------------------------
+
+
+def test_more_documents_than_the_queue_can_hold_is_413_not_429(make_client):
+    client = make_client(max_queue_pairs=10, max_documents=100)
+    response = client.post("/v2/rerank", json={"query": QUERY, "documents": ["apple"] * 11})
+    assert_json_4xx(response, 413, mentions="at most 10")
+
+
+def test_query_length_is_capped(make_client):
+    client = make_client(max_query_chars=50)
+    response = client.post("/v2/rerank", json={"query": "apple " * 20, "documents": DOCS})
+    assert_json_4xx(response, mentions="query")
+
+
+def test_empty_or_blank_documents_are_refused_by_index(make_client):
+    response = make_client().post("/v2/rerank", json={"query": QUERY, "documents": ["a", " \n "]})
+    assert_json_4xx(response, mentions="documents[1]")
+
+
+# --- the API key ---------------------------------------------------------------------------
+
+
+def test_api_key_protects_metrics_and_schema_and_says_how(make_client):
+    client = make_client(api_key="s3cret")
+    for path in ("/metrics", "/schema/openapi.json", "/schema"):
+        response = client.get(path)
+        assert response.status_code == 401, path
+        assert response.headers["www-authenticate"].startswith("Bearer")
+    ok = {"Authorization": "Bearer s3cret"}
+    assert client.get("/metrics", headers=ok).status_code == 200
+    assert client.get("/schema/openapi.json", headers=ok).status_code == 200
+    assert client.get("/health").status_code == 200 and client.get("/ping").status_code == 200
+
+
+def test_made_up_paths_add_no_metric_series(make_client):
+    client = make_client()
+    before = len(client.get("/metrics").content)
+    for i in range(100):
+        assert client.get(f"/{'x' * 2000}{i}").status_code == 404
+        assert client.post(f"/v2/rerank/{'y' * 2000}{i}", json={}).status_code in (404, 405)
+    assert len(client.get("/metrics").content) < before + 5_000
+
+
+# --- one client never affects another ---------------------------------------------------------
+
+
+def test_an_over_long_query_fails_only_its_own_request(make_client, reranker):
+    """Requests batched in one worker round: the bad one gets a 400 without the others' text,
+    the good ones get their own scores."""
+    client = make_client(batch_wait_ms=300)
+    secret = "secret " * 100
+    bodies = [{"query": secret + "apple", "documents": DOCS}] + [
+        {"query": f"{QUERY} {i}", "documents": DOCS} for i in range(3)
+    ]
+    answers = [None] * len(bodies)
+
+    def send(i):
+        answers[i] = client.post("/v2/rerank", json=bodies[i])
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert_json_4xx(answers[0], mentions="query")
+    for body, answer in zip(bodies[1:], answers[1:]):
+        assert answer.status_code == 200, answer.text
+        assert "secret" not in answer.text
+        want = reranker.score([(body["query"], d) for d in DOCS])
+        got = {r["index"]: r["relevance_score"] for r in answer.json()["results"]}
+        assert got == pytest.approx(dict(enumerate(want)), abs=1e-6)
+
+
+def test_a_failing_round_rescores_the_other_jobs():
+    """The worker: a job whose pairs make the scorer fail gets the error; the rest are
+    rescored alone and get their scores."""
+    from rerankit.server.worker import InferenceWorker
+
+    def score(queries, docs):
+        if any("boom" in q for q in queries):
+            raise ValueError("cannot score")
+        return np.array([float(len(d)) for d in docs])
+
+    async def main():
+        worker = InferenceWorker(score, batch_wait_ms=200)
+        worker.start()
+        try:
+            jobs = [
+                worker.score(["ok"], ["aa"]),
+                worker.score(["boom"], ["b"]),
+                worker.score(["ok"], ["cccc"]),
+            ]
+            return await asyncio.gather(*jobs, return_exceptions=True)
+        finally:
+            worker.stop()
+
+    good, bad, other = asyncio.run(main())
+    assert good.tolist() == [2.0] and other.tolist() == [4.0]
+    assert isinstance(bad, ValueError)
