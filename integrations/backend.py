@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -75,30 +77,43 @@ class RemoteBackend:
         self.max_retry_after = max_retry_after
         self.name = model
         self._client: Any = None
-        self._async_clients: dict[int, Any] = {}  # one per event loop: its pool is bound to it
+        # One async client per event loop: a connection pool is bound to the loop it was made on.
+        self._async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
 
     # -- the HTTP clients, made on first use and reused --------------------------------------
     def _sync_client(self):
         import httpx
 
-        if self._client is None:
-            self._client = httpx.Client(timeout=self.timeout, headers=self.headers)
-        return self._client
+        with self._lock:
+            if self._client is None:
+                self._client = httpx.Client(timeout=self.timeout, headers=self.headers)
+            return self._client
 
     def _async_client(self):
         import httpx
 
         loop = asyncio.get_running_loop()
-        client = self._async_clients.get(id(loop))
-        if client is None:
-            self._async_clients = {id(loop): httpx.AsyncClient(timeout=self.timeout, headers=self.headers)}
-            client = self._async_clients[id(loop)]
-        return client
+        with self._lock:
+            client = self._async_clients.get(loop)
+            if client is None:
+                client = httpx.AsyncClient(timeout=self.timeout, headers=self.headers)
+                self._async_clients[loop] = client
+            return client
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        """Close the sync client (async clients: ``aclose`` from their event loop)."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    async def aclose(self) -> None:
+        """Close this event loop's async client."""
+        with self._lock:
+            client = self._async_clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
 
     # -- one policy for both paths -----------------------------------------------------------
     def _wait(self, retry_state) -> float:

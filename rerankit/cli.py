@@ -503,7 +503,7 @@ def split(data_path: str, valid_ratio: float, group_by: str, seed: int, out_dir:
 @click.option(
     "--max-connections",
     type=click.IntRange(min=1),
-    default=512,
+    default=2048,
     show_default=True,
     help="Open connections (and requests) at most; past it the answer is 503.",
 )

@@ -46,8 +46,9 @@ class QuantizationConfig(_Section):
     mode: Literal["none", "4bit", "8bit"] = "4bit"
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
-    # dtype the 4-bit weights are dequantized to for the matmul.
-    compute_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    # dtype the 4-bit weights are dequantized to for the matmul; auto: bfloat16 where the
+    # hardware runs it natively (CUDA, AVX512-BF16/AMX CPUs), else float32.
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
 class LoraConfig(_Section):

@@ -16,6 +16,9 @@ from pathlib import Path
 from rerankit import run_folder
 from rerankit.errors import RerankitError
 
+# Written into every export: where it came from (and the mark --overwrite looks for).
+EXPORT_INFO = "rerankit_export.json"
+
 
 def export(
     run_dir: str | Path,
@@ -35,21 +38,20 @@ def export(
     if out.exists():
         if not overwrite:
             raise RerankitError(f"{out} exists; pass --overwrite to replace it")
-        if not out.is_dir() or (not (out / "config.json").exists() and any(out.iterdir())):
+        if not out.is_dir() or (not (out / EXPORT_INFO).exists() and any(out.iterdir())):
             raise RerankitError(
-                f"{out} is not a model folder; --overwrite replaces only an exported model "
-                "(or an empty folder): choose another --out"
+                f"{out} is not a rerankit export; --overwrite replaces only one (or an empty "
+                "folder): choose another --out"
             )
     reranker = Reranker.load(
         run_dir, device="cpu", dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
     )
-    shutil.rmtree(out, ignore_errors=True)  # only once the new model is loaded
     staging = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     reranker.model.save_pretrained(str(staging), safe_serialization=True)
     reranker.tokenizer.model_max_length = reranker.max_length
     reranker.tokenizer.save_pretrained(str(staging))
-    (staging / "rerankit_export.json").write_text(
+    (staging / EXPORT_INFO).write_text(
         json.dumps(
             {
                 "exported_from": str(run_dir.resolve()),
@@ -63,5 +65,7 @@ def export(
         )
         + "\n"
     )
+    # The old export goes only once the new one is complete on disk.
+    shutil.rmtree(out, ignore_errors=True)
     staging.replace(out)
     return out

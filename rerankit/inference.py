@@ -25,9 +25,18 @@ import numpy as np
 from rerankit import run_folder
 from rerankit.errors import ModelLoadError
 from rerankit.fusion import rrf
-from rerankit.loading import check_local_model, load_tokenizer, resolve_model_path, torch_dtype
+from rerankit.loading import (
+    bf16_is_native,
+    check_local_model,
+    load_tokenizer,
+    resolve_model_path,
+    torch_dtype,
+)
 from rerankit.ordering import best_first
 from rerankit.scoring import score_pairs, sigmoid
+
+# The file peft reads an adapter from (it falls back to a pickle, adapter_model.bin, without it).
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -70,11 +79,7 @@ def default_dtype(device: str):
     """
     import torch
 
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    if device == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    return torch.bfloat16 if bf16_is_native(device) else torch.float32
 
 
 class Reranker:
@@ -118,7 +123,9 @@ class Reranker:
         ``dtype="float32"`` for scores identical to sentence-transformers' fp32.
 
         Nothing in the folder runs unless the caller asks: Python code shipped with a model
-        needs ``trust_remote_code=True`` (a run folder's manifest cannot turn it on), and
+        needs ``trust_remote_code=True`` (a run folder's manifest cannot turn it on; with it,
+        the code of the base model the manifest names runs too, so trust the folder as much as
+        that base), and
         pickle weights (``.bin``) need ``allow_pickle=True``; safetensors are read otherwise.
         """
         device = device or default_device()
@@ -129,16 +136,18 @@ class Reranker:
         trust, pickle = trust_remote_code, allow_pickle
         given = str(path)  # as typed: Path() would drop the "./" that marks a local path
         path = Path(path)
-        if (path / run_folder.MANIFEST).exists() or (path / run_folder.CONFIG_FILE).exists():
+        if run_folder.is_run_folder(path):
             manifest = run_folder.read_manifest(path)
             if manifest.get("trust_remote_code") and not trust:
                 raise ModelLoadError(
-                    f"{path} was trained with model code from its backbone (trust_remote_code); "
-                    "load it only if you trust that code: trust_remote_code=True "
+                    f"{path} was trained with model code from its backbone "
+                    f"{manifest.get('base_model')!r} (trust_remote_code); load it only if you trust "
+                    "that code: trust_remote_code=True "
                     "(--trust-remote-code)"
                 )
             model_dir = run_folder.inside(path, manifest["model_dir"])
-            check_local_model(str(model_dir), allow_pickle=pickle)
+            adapter_weights = ADAPTER_WEIGHTS if manifest["adapter"] else None
+            check_local_model(str(model_dir), allow_pickle=pickle, weights=adapter_weights)
             tokenizer = load_tokenizer(str(model_dir), trust)
             if manifest["adapter"]:
                 base = resolve_model_path(manifest["base_model"])
@@ -151,7 +160,7 @@ class Reranker:
         elif (path / "adapter_config.json").exists():
             from peft import PeftConfig
 
-            check_local_model(str(path), allow_pickle=pickle)
+            check_local_model(str(path), allow_pickle=pickle, weights=ADAPTER_WEIGHTS)
             base = resolve_model_path(PeftConfig.from_pretrained(str(path)).base_model_name_or_path)
             check_local_model(base, allow_pickle=pickle)
             tokenizer = load_tokenizer(str(path), trust)
@@ -298,14 +307,13 @@ def _merged(
             pad_token_id=tokenizer.pad_token_id,
             use_safetensors=None if allow_pickle else True,
         )
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
+        return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     except Exception as exc:  # corrupt or missing files surface as many error types
         raise ModelLoadError(
             f"cannot load the adapter in {adapter_dir} onto {base!r}: {_reason(exc)}"
         ) from exc
     finally:
         hf_logging.set_verbosity(verbosity)
-    return model.merge_and_unload()
 
 
 def _reason(exc: Exception) -> str:

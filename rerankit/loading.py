@@ -44,6 +44,16 @@ def torch_dtype(name: str | None):
     return known[name]
 
 
+def bf16_is_native(device: str) -> bool:
+    """True where bf16 matmuls run in hardware: CUDA GPUs with bf16, CPUs with AVX512-BF16 or
+    AMX. Elsewhere (an AVX2-only CPU, say) torch emulates them, many times slower than fp32."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return device == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False, revision: str | None = None):
     from transformers import AutoTokenizer
 
@@ -72,8 +82,12 @@ def looks_like_a_local_path(name: str) -> bool:
     return len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir())
 
 
-def check_local_model(name: str, *, allow_pickle: bool) -> None:
-    """Refuse a local path that does not exist, or a folder whose weights are pickles only."""
+def check_local_model(name: str, *, allow_pickle: bool, weights: str | None = None) -> None:
+    """Refuse a local path that does not exist, or a folder whose weights are pickles only.
+
+    ``weights`` names the safetensors file the loader will read (an adapter's
+    ``adapter_model.safetensors``): without it, the loader would fall back to a pickle.
+    """
     path = Path(name).expanduser()
     if not path.exists():
         if looks_like_a_local_path(name):
@@ -82,7 +96,8 @@ def check_local_model(name: str, *, allow_pickle: bool) -> None:
     if not path.is_dir():
         raise ModelLoadError(f"{name}: not a folder (a model is a folder with config and weights)")
     files = [p.name for p in path.iterdir() if p.is_file()]
-    if any(f.endswith(".safetensors") for f in files) or allow_pickle:
+    safe = weights in files if weights else any(f.endswith(".safetensors") for f in files)
+    if safe or allow_pickle:
         return
     pickles = sorted(f for f in files if f.endswith(PICKLE_SUFFIXES))
     if pickles:

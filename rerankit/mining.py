@@ -84,6 +84,8 @@ def mine(
     """
     from tqdm.auto import tqdm
 
+    if num_negatives < 1 or skip_top < 0:
+        raise ValueError(f"num_negatives must be >= 1 and skip_top >= 0, got {num_negatives}, {skip_top}")
     qids = list(data.positives)
     doc_ids = list(data.corpus)
     docs = [data.corpus[d] for d in doc_ids]

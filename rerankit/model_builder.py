@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rerankit.errors import ModelLoadError
-from rerankit.loading import load_tokenizer, resolve_model_path, torch_dtype
+from rerankit.loading import bf16_is_native, load_tokenizer, resolve_model_path, torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,13 @@ class BuiltModel:
     target_modules: list[str]
 
 
+def training_device(config) -> str:
+    """ "cuda" when a GPU is there and not refused (training.use_cpu), else "cpu"."""
+    import torch
+
+    return "cpu" if config.training.use_cpu or not torch.cuda.is_available() else "cuda"
+
+
 def build_model(config) -> BuiltModel:
     """Build the trainable cross-encoder described by a TrainConfig."""
     import torch
@@ -152,7 +159,10 @@ def build_model(config) -> BuiltModel:
 
     # transformers matches these as a prefix, a suffix or a regex from the start of the name.
     skip = [*HEAD_NAMES, *(f".*{name}" for name in POOLER_NAMES), *lcfg.modules_to_save]
-    quant = quantization_config(qcfg.mode, qcfg.quant_type, qcfg.double_quant, qcfg.compute_dtype, skip)
+    compute_dtype = qcfg.compute_dtype
+    if compute_dtype == "auto":
+        compute_dtype = "bfloat16" if bf16_is_native(training_device(config)) else "float32"
+    quant = quantization_config(qcfg.mode, qcfg.quant_type, qcfg.double_quant, compute_dtype, skip)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             path, config=hf_config, quantization_config=quant, dtype=torch.float32, **kwargs

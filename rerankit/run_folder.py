@@ -43,6 +43,8 @@ CHECKPOINTS_DIR = "checkpoints"
 LOGS_DIR = "logs"
 RUN_FORMAT = "rerankit-run"
 RUN_FORMAT_VERSION = 1
+# First line of the config.yaml a run writes (followed by the config's hash).
+CONFIG_HEADER = "# resolved rerankit config; hash "
 # What loading a run reads from its manifest.
 MANIFEST_KEYS = ("model_dir", "adapter", "base_model", "max_length")
 
@@ -63,6 +65,8 @@ def check_checkpoint(checkpoint: str | Path) -> None:
     its optimizer state would silently start a fresh optimizer."""
     folder = Path(checkpoint)
     missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
+    if not any(folder.glob("*.safetensors")):
+        missing.append("the model or adapter weights (*.safetensors)")
     if missing:
         raise RerankitError(
             f"{folder}: incomplete checkpoint (missing {', '.join(missing)}); it cannot resume "
@@ -70,6 +74,9 @@ def check_checkpoint(checkpoint: str | Path) -> None:
             "or start again with --overwrite"
         )
     try:
+        empty = [name for name in CHECKPOINT_FILES if (folder / name).stat().st_size == 0]
+        if empty:
+            raise ValueError(f"empty {', '.join(empty)}")
         read_json(folder / "trainer_state.json")
         for weights in folder.glob("*.safetensors"):
             from safetensors import safe_open
@@ -81,8 +88,19 @@ def check_checkpoint(checkpoint: str | Path) -> None:
 
 
 def is_run_folder(out: Path) -> bool:
-    """A folder rerankit wrote (finished or not): it holds a manifest or a resolved config."""
-    return (out / MANIFEST).is_file() or (out / CONFIG_FILE).is_file()
+    """A folder rerankit wrote (finished or not): its manifest says so, or its config.yaml is
+    one rerankit resolved (a config.yaml of another tool does not count)."""
+    try:
+        manifest = read_json(out / MANIFEST)
+    except (ValueError, OSError):
+        manifest = None
+    if isinstance(manifest, dict) and manifest.get("format") == RUN_FORMAT:
+        return True
+    try:
+        with (out / CONFIG_FILE).open(encoding="utf-8") as handle:
+            return handle.readline().startswith(CONFIG_HEADER)
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 @contextlib.contextmanager
@@ -120,6 +138,10 @@ def prepare(out: Path, *, resume: bool, overwrite: bool, config_text: str | None
     finished = (out / MANIFEST).exists()
     resumable = last_checkpoint(out) is not None
     if overwrite and out.exists():
+        if out.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
+            raise RerankitError(
+                f"{out} is the current folder or one above it; --overwrite never deletes those"
+            )
         if not is_run_folder(out) and any(out.iterdir()):
             raise RerankitError(
                 f"{out} holds files that are not a rerankit run; --overwrite deletes only a run "
@@ -157,7 +179,7 @@ def prepare(out: Path, *, resume: bool, overwrite: bool, config_text: str | None
 
 
 def config_text(config, digest: str) -> str:
-    header = f"# resolved rerankit config; hash {digest}\n"
+    header = f"{CONFIG_HEADER}{digest}\n"
     return header + yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 

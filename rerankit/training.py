@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
-import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 
 from rerankit import run_folder
@@ -33,8 +32,9 @@ from rerankit.config import TrainConfig, config_hash, load_config
 from rerankit.data import read_records
 from rerankit.errors import RerankitError
 from rerankit.files import read_json, write_json
+from rerankit.loading import bf16_is_native
 from rerankit.losses import build_loss
-from rerankit.model_builder import build_model
+from rerankit.model_builder import build_model, training_device
 from rerankit.report import write_curve, write_report
 from rerankit.sampling import NegativeSampler
 from rerankit.split import split_records
@@ -52,6 +52,24 @@ class EpochCallback(TrainerCallback):
     def on_epoch_begin(self, args, state, control, **kwargs):
         # state.epoch is fractional (and restored on resume); its floor is the epoch starting now.
         self.dataset.set_epoch(int(math.floor((state.epoch or 0.0) + 1e-6)))
+
+
+class DivergenceCallback(TrainerCallback):
+    """Stops training when a logged train loss is NaN or infinite.
+
+    The Trainer logs the loss averaged over steps and processes, so every process of a
+    torchrun job sees the same value and stops together; ``fit`` then raises. (Checking each
+    step's loss instead would desynchronise processes and force a device sync per step.)
+    """
+
+    def __init__(self) -> None:
+        self.diverged_at: tuple[int, float] | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            self.diverged_at = (state.global_step, loss)
+            control.should_training_stop = True
 
 
 class RerankTrainer(Trainer):
@@ -81,11 +99,6 @@ class RerankTrainer(Trainer):
         logits = outputs.logits.float().view(-1)  # [P] one score per pair
         scores = logits.new_zeros(mask.numel()).index_put((slots,), logits).view(mask.shape)
         loss = self.loss_fn(scores, labels, mask)
-        if not torch.isfinite(loss):
-            raise RerankitError(
-                f"training diverged: the loss is {loss.item()} at step {self.state.global_step}; "
-                "lower training.learning_rate (or head_learning_rate); the run is not finished"
-            )
         return (loss, outputs) if return_outputs else loss
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
@@ -153,23 +166,12 @@ def _overrides_from_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def _on_cpu(config: TrainConfig) -> bool:
-    import torch
-
-    return config.training.use_cpu or not torch.cuda.is_available()
-
-
 def _precision(config: TrainConfig) -> dict[str, bool]:
-    import torch
-
     wanted = config.training.precision
-    on_gpu = not _on_cpu(config)
     if wanted == "auto":
-        if on_gpu:
-            wanted = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        else:
-            # CPUs with native bf16 (AVX512-BF16/AMX) train markedly faster under bf16 autocast.
-            wanted = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+        # Native bf16 (CUDA, AVX512-BF16/AMX CPUs) trains markedly faster under autocast;
+        # emulated bf16 (AVX2-only CPUs) is many times slower than fp32.
+        wanted = "bf16" if bf16_is_native(training_device(config)) else "fp32"
     return {"bf16": wanted == "bf16", "fp16": wanted == "fp16"}
 
 
@@ -220,7 +222,7 @@ def training_arguments(config: TrainConfig, output_dir: Path) -> TrainingArgumen
         report_to=tcfg.report_to,
         seed=config.seed,
         data_seed=config.seed,
-        use_cpu=_on_cpu(config),
+        use_cpu=training_device(config) == "cpu",
         gradient_checkpointing=tcfg.gradient_checkpointing and config.quantization.mode == "none",
         remove_unused_columns=False,
         dataloader_num_workers=tcfg.dataloader_num_workers,
@@ -320,7 +322,8 @@ def _train(
         train, cfg.sampling.num_negatives, cfg.sampling.hard_ratio, cfg.sampling.max_positives, cfg.seed
     )
     dataset = EpochGroupDataset(sampler)
-    callbacks: list[TrainerCallback] = [EpochCallback(dataset)]
+    divergence = DivergenceCallback()
+    callbacks: list[TrainerCallback] = [EpochCallback(dataset), divergence]
     if cfg.training.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(cfg.training.early_stopping_patience))
     # The Trainer's TensorBoard callback reads its log folder from the environment when built.
@@ -337,6 +340,12 @@ def _train(
         if main_process:
             write_json(out / run_folder.BASELINE_FILE, baseline)
     trainer.train(resume_from_checkpoint=resume_from)
+    if divergence.diverged_at is not None:
+        step, loss = divergence.diverged_at
+        raise RerankitError(
+            f"training diverged: the train loss is {loss} at step {step}; lower "
+            "training.learning_rate (or head_learning_rate); the run is not finished"
+        )
 
     key = _metric_key(cfg)
     evals = [

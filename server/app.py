@@ -36,7 +36,7 @@ from litestar.handlers import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 
 from rerankit.encoding import QueryTooLongError
-from rerankit.errors import ModelLoadError
+from rerankit.errors import ModelLoadError, RerankitError
 from rerankit.ordering import best_first
 from rerankit.scoring import sigmoid
 from rerankit.server.prometheus import CONTENT_TYPE_LATEST, ServerMetrics, http_metrics_config
@@ -164,8 +164,8 @@ async def _rank(
             detail="the inference queue is full; retry later",
             headers={"Retry-After": str(settings.retry_after_s)},
         ) from None
-    except ValueError as exc:  # this request's own pairs could not be scored
-        raise _field_error(docs_field, str(exc)) from None
+    except QueryTooLongError as exc:  # checked above; the model's own check agrees
+        raise _field_error("query", str(exc)) from None
     finally:
         watcher.cancel()
     if scores is None:  # client gone: nobody reads the answer
@@ -286,7 +286,8 @@ def _internal_error(_: Request, exc: Exception) -> Response:
     if isinstance(exc, HTTPException):
         body = {"status_code": exc.status_code, "detail": exc.detail}
         return Response(body, status_code=exc.status_code, headers=exc.headers, media_type=MediaType.JSON)
-    log.error("unexpected %s while answering a request", type(exc).__name__)
+    # The traceback names code, not request text: it goes to the log, never to the client.
+    log.error("unexpected %s while answering a request", type(exc).__name__, exc_info=exc)
     body = {"status_code": 500, "detail": "internal error"}
     return Response(body, status_code=500, media_type=MediaType.JSON)
 
@@ -313,17 +314,22 @@ def load_reranker(settings: ServerSettings, reranker=None):
     """The model ``settings`` name (or ``reranker``), warmed up and checked to score finitely."""
     from rerankit.inference import Reranker
 
-    if reranker is None:
-        reranker = Reranker.load(
-            settings.model,
-            device=settings.device,
-            dtype=settings.dtype,
-            trust_remote_code=settings.trust_remote_code,
-            allow_pickle=settings.allow_pickle,
-        )
-    if settings.max_batch_tokens:
-        reranker.max_tokens = settings.max_batch_tokens
-    warm = reranker.score(WARMUP_PAIRS, raw=True)
+    try:
+        if reranker is None:
+            reranker = Reranker.load(
+                settings.model,
+                device=settings.device,
+                dtype=settings.dtype,
+                trust_remote_code=settings.trust_remote_code,
+                allow_pickle=settings.allow_pickle,
+            )
+        if settings.max_batch_tokens:
+            reranker.max_tokens = settings.max_batch_tokens
+        warm = reranker.score(WARMUP_PAIRS, raw=True)
+    except RerankitError:
+        raise
+    except Exception as exc:  # whatever else a broken folder raises: one clear line, exit 2
+        raise ModelLoadError(f"cannot load {settings.model}: {type(exc).__name__}: {exc}") from exc
     if not all(math.isfinite(s) for s in warm):
         raise ModelLoadError(f"{settings.model} scores NaN or infinity; refusing to serve it")
     return reranker

@@ -4,8 +4,10 @@ uvicorn bounds idle keep-alive connections but gives a client unlimited time to 
 request: 200 connections dribbling header bytes hold 200 sockets for as long as they like.
 ``RequestDeadlineH11`` (uvicorn's h11 protocol plus one timer) closes a connection whose
 request — headers and body — has not fully arrived ``request_read_timeout_s`` seconds after the
-connection opened or its previous response ended. ``limit_concurrency`` caps connections
-(uvicorn answers 503 past it).
+connection opened or after the request's first byte; between requests uvicorn's keep-alive
+timeout applies. ``limit_concurrency`` caps open connections and requests (uvicorn answers 503
+past it): keep it well above the expected load, and limit connections per client at the load
+balancer.
 """
 
 from __future__ import annotations
@@ -26,25 +28,31 @@ class RequestDeadlineH11(H11Protocol):
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm()
+        self._arm()  # a new connection must bring its first request in time
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._arm()
+    def data_received(self, data: bytes) -> None:
+        if self._deadline is None:  # the first bytes of a request on a kept-alive connection
+            self._arm()
+        super().data_received(data)
+        if self.conn.their_state is h11.DONE:  # the whole request is in: no deadline while answering
+            self._disarm()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
+        self._disarm()
         super().connection_lost(exc)
 
     def _arm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
+        self._disarm()
         self._deadline = self.loop.call_later(self.request_read_timeout_s, self._expire)
 
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
     def _expire(self) -> None:
-        # IDLE: not a byte of the next request yet; SEND_BODY: headers or body still coming.
-        # DONE: the request is in and being answered, however long that takes.
+        self._deadline = None
+        # IDLE: the headers are not complete yet; SEND_BODY: the body is still coming.
         if self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing():
             self.transport.close()
 

@@ -40,6 +40,6 @@ class ServerSettings:
     # keep_alive_s; past max_connections open connections (and requests) uvicorn answers 503.
     request_read_timeout_s: float = 30.0
     keep_alive_s: int = 5
-    max_connections: int = 512
+    max_connections: int = 2048
     # Seconds clients are asked to wait after a 429.
     retry_after_s: int = 1

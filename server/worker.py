@@ -138,7 +138,8 @@ class InferenceWorker:
                 for job in jobs:
                     self._score_round([job])
                 return
-            log.warning("a request of %d pairs failed: %s", len(docs), type(exc).__name__)
+            # Request text stays out of the log; the traceback (code only) goes in.
+            log.error("a request of %d pairs failed: %s", len(docs), type(exc).__name__, exc_info=exc)
             jobs[0].loop.call_soon_threadsafe(_set_exception, jobs[0].future, exc)
             return
         self._on_batch(len(docs), len(jobs))

@@ -191,3 +191,23 @@ def test_a_failing_round_rescores_the_other_jobs():
     good, bad, other = asyncio.run(main())
     assert good.tolist() == [2.0] and other.tolist() == [4.0]
     assert isinstance(bad, ValueError)
+
+
+def test_concurrent_async_calls_on_one_in_process_reranker_score_like_solo(reranker):
+    """LocalBackend.arank runs in threads: concurrent calls (long documents truncated by the
+    shared tokenizer) each get exactly their solo scores."""
+    from rerankit.integrations.backend import LocalBackend
+
+    backend = LocalBackend(reranker)
+    words = ["apple", "zinc", "river", "quartz", "castle", "oxide"]
+    calls = [
+        (f"tell me about {words[i % 6]}", [f"{w} story " * (1 + (i + j) % 40) for j, w in enumerate(words)])
+        for i in range(24)
+    ]
+    solo = [dict(backend.rank(q, docs, None)) for q, docs in calls]
+
+    async def together():
+        return await asyncio.gather(*(backend.arank(q, docs, None) for q, docs in calls))
+
+    for want, got in zip(solo, asyncio.run(together())):
+        assert dict(got) == pytest.approx(want, abs=1e-6)

@@ -1,0 +1,109 @@
+"""Does a document's score depend on the other documents scored with it?
+
+    python benchmarks/neighbour_drift.py [--model outputs/demo] [--queries 42] [--top-k 24]
+
+The same merged model scores the inference benchmark's pairs (SQuAD questions × their BM25
+top-k paragraphs) three ways, in fp32 and in bf16: each pair alone (batch of one), each
+query's documents in one call (one request), and every pair in one call (requests merged by
+the server's cross-request batching, so each pair shares its batch — and padded width — with
+other queries' documents). Reports the largest raw-score difference from "alone" and how many
+queries' top-10 order changes. Writes benchmarks/results/neighbour_drift.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from inference import load_pairs, prepare_model  # noqa: E402
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def same_top10(a: list[np.ndarray], b: list[np.ndarray]) -> int:
+    from rerankit.ordering import best_first
+
+    return sum(best_first(x, 10).tolist() == best_first(y, 10).tolist() for x, y in zip(a, b))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="outputs/demo", help="Run folder or merged model.")
+    parser.add_argument("--queries", type=int, default=42)
+    parser.add_argument("--top-k", type=int, default=24)
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
+    args = parser.parse_args()
+
+    from rerankit import Reranker
+    from rerankit.loading import bf16_is_native
+
+    queries, docs, _, _ = load_pairs(args.queries, args.top_k)
+    model = prepare_model(args.model if Path(args.model).exists() else None)
+    rows = []
+    for dtype in args.dtypes:
+        reranker = Reranker.load(model, device="cpu", dtype=dtype, max_length=256)
+        alone = [np.array([reranker.logits([q], [d])[0] for d in ds]) for q, ds in zip(queries, docs)]
+        per_query = [reranker.logits([q] * len(ds), ds) for q, ds in zip(queries, docs)]
+        flat = reranker.logits(
+            [q for q, ds in zip(queries, docs) for _ in ds], [d for ds in docs for d in ds]
+        )
+        merged = np.split(flat, np.cumsum([len(ds) for ds in docs])[:-1])
+        for name, scores in (("one request", per_query), ("all requests merged", merged)):
+            diff = max(float(np.abs(a - s).max()) for a, s in zip(alone, scores))
+            rows.append(
+                {
+                    "dtype": dtype,
+                    "scored with": name,
+                    "max_abs_raw_diff_vs_alone": diff,
+                    "same_top10_vs_alone": f"{same_top10(alone, scores)}/{len(queries)}",
+                }
+            )
+            print(rows[-1], flush=True)
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    meta = {
+        "date": date.today().isoformat(),
+        "commit": commit.stdout.strip(),
+        "model": args.model,
+        "queries": len(queries),
+        "pairs": sum(len(d) for d in docs),
+        "cpu": cpu_name(),
+        "native_bf16": bf16_is_native("cpu"),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "neighbour_drift.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    lines = [
+        f"# Score drift with batch neighbours ({meta['pairs']} pairs, {meta['queries']} queries; "
+        f"{meta['date']}, commit {meta['commit']})",
+        "",
+        f"CPU: {meta['cpu']} (native bf16: {meta['native_bf16']}). Each pair scored alone is the reference.",
+        "",
+        "| dtype | scored with | max abs. raw-score difference | same top-10 order |",
+        "|---|---|---:|---:|",
+    ]
+    lines += [
+        f"| {r['dtype']} | {r['scored with']} | {r['max_abs_raw_diff_vs_alone']:.2e} "
+        f"| {r['same_top10_vs_alone']} |"
+        for r in rows
+    ]
+    (args.out / "neighbour_drift.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
