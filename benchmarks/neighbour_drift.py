@@ -7,7 +7,7 @@ top-k paragraphs) three ways, in fp32 and in bf16: each pair alone (batch of one
 query's documents in one call (one request), and every pair in one call (requests merged by
 the server's cross-request batching, so each pair shares its batch — and padded width — with
 other queries' documents). Reports the largest raw-score difference from "alone" and how many
-queries' top-10 order changes. Writes benchmarks/results/neighbour_drift.{json,md}.
+queries' top-10 order changes. Writes benchmarks/results/<--name>.{json,md} (default neighbour_drift).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=24)
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
+    parser.add_argument("--name", default="neighbour_drift", help="Results file name (without suffix).")
     args = parser.parse_args()
 
     from rerankit import Reranker
@@ -86,7 +87,7 @@ def main() -> None:
         "native_bf16": bf16_is_native("cpu"),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "neighbour_drift.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    (args.out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [
         f"# Score drift with batch neighbours ({meta['pairs']} pairs, {meta['queries']} queries; "
         f"{meta['date']}, commit {meta['commit']})",
@@ -101,7 +102,7 @@ def main() -> None:
         f"| {r['same_top10_vs_alone']} |"
         for r in rows
     ]
-    (args.out / "neighbour_drift.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

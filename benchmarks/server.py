@@ -51,7 +51,7 @@ def start_server(model: str, dtype: str, cross: bool) -> tuple[subprocess.Popen,
         str(port),
         "--dtype",
         dtype,
-    ] + ([] if cross else ["--no-cross-batching"])
+    ] + ["--cross-batching" if cross else "--no-cross-batching"]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, HF_HUB_OFFLINE="1")
     )

@@ -107,6 +107,15 @@ def _read_docs(path: str) -> list[str]:
     return docs
 
 
+_dtype_option = click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    default="auto",
+    show_default=True,
+    help="Inference precision (auto: bf16 where the hardware runs it natively, else fp32).",
+)
+
+
 def _trust_options(func):
     """--trust-remote-code and --allow-pickle: only the caller turns either on."""
     func = click.option(
@@ -132,13 +141,7 @@ def _trust_options(func):
     help="Documents: .jsonl with a 'text' field, or a text file with one per line.",
 )
 @click.option("--top-k", type=click.IntRange(min=1), default=None, help="Show only the best K.")
-@click.option(
-    "--dtype",
-    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-    default="auto",
-    show_default=True,
-    help="Inference precision (auto: bf16 where the hardware has it).",
-)
+@_dtype_option
 @click.option("--raw", is_flag=True, help="Raw logits instead of sigmoid scores.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @_trust_options
@@ -248,13 +251,7 @@ def export_command(
 @click.option(
     "--max-queries", type=click.IntRange(min=1), default=None, help="Evaluate only the first N queries."
 )
-@click.option(
-    "--dtype",
-    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-    default="auto",
-    show_default=True,
-    help="Inference precision (auto: bf16 where the hardware has it).",
-)
+@_dtype_option
 @click.option(
     "--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON here."
 )
@@ -472,13 +469,7 @@ def split(data_path: str, valid_ratio: float, group_by: str, seed: int, out_dir:
     default=None,
     help="Require 'Authorization: Bearer KEY' on the rerank routes (env RERANKIT_API_KEY).",
 )
-@click.option(
-    "--dtype",
-    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-    default="auto",
-    show_default=True,
-    help="Inference precision (auto: bf16 where the hardware has it).",
-)
+@_dtype_option
 @click.option(
     "--max-batch-tokens",
     type=int,
@@ -507,7 +498,12 @@ def split(data_path: str, valid_ratio: float, group_by: str, seed: int, out_dir:
     show_default=True,
     help="Open connections (and requests) at most; past it the answer is 503.",
 )
-@click.option("--no-cross-batching", is_flag=True, help="Score each request on its own.")
+@click.option(
+    "--cross-batching/--no-cross-batching",
+    default=None,
+    help="Merge concurrent requests into shared batches (default: only in fp32, where scores do "
+    "not depend on batch neighbours).",
+)
 @click.option("--model-name", default="rerankit", show_default=True, help="Name echoed in responses.")
 @_trust_options
 @_one_line_errors
@@ -520,7 +516,7 @@ def serve(
     max_batch_tokens: int | None,
     max_documents: int,
     max_queue_pairs: int,
-    no_cross_batching: bool,
+    cross_batching: bool | None,
     request_read_timeout: float,
     max_connections: int,
     model_name: str,
@@ -544,7 +540,7 @@ def serve(
         max_batch_tokens=max_batch_tokens,
         max_documents=max_documents,
         max_queue_pairs=max_queue_pairs,
-        cross_batching=not no_cross_batching,
+        cross_batching=cross_batching,
         request_read_timeout_s=request_read_timeout,
         max_connections=max_connections,
         trust_remote_code=trust_remote_code,

@@ -310,6 +310,15 @@ def _validation_error(_: Request, exc: ValidationException) -> Response:
     )
 
 
+def _cross_batching(settings: ServerSettings, reranker) -> bool:
+    """The setting, or (auto) on only when the model scores in fp32."""
+    import torch
+
+    if settings.cross_batching is not None:
+        return settings.cross_batching
+    return next(reranker.model.parameters()).dtype == torch.float32
+
+
 def load_reranker(settings: ServerSettings, reranker=None):
     """The model ``settings`` name (or ``reranker``), warmed up and checked to score finitely."""
     from rerankit.inference import Reranker
@@ -353,7 +362,7 @@ def create_app(settings: ServerSettings, reranker=None) -> Litestar:
             state.worker = InferenceWorker(
                 lambda q, d: loaded.logits(q, d),
                 max_queue_pairs=settings.max_queue_pairs,
-                cross_batching=settings.cross_batching,
+                cross_batching=_cross_batching(settings, loaded),
                 batch_wait_ms=settings.batch_wait_ms,
                 max_pairs_per_round=settings.max_pairs_per_round,
                 on_batch=state.metrics.observe_batch,

@@ -294,3 +294,43 @@ def metric_value(text: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return sample.value
     return 0.0
+
+
+@pytest.fixture(scope="session")
+def fp32_reranker(tiny_bert_run):
+    """The tiny run loaded for inference in fp32 (scores exact across batch neighbours)."""
+    from rerankit import Reranker
+
+    return Reranker.load(tiny_bert_run[0].output_dir, device="cpu", dtype="float32")
+
+
+def wait_ready(client, seconds: float = 30.0) -> None:
+    """Poll /health of a TestClient until the model is loaded and warmed."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while client.get("/health").status_code != 200:
+        assert time.monotonic() < deadline, "server never became ready"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def make_client(fp32_reranker):
+    """make_client(**settings) -> a ready Litestar TestClient serving the tiny model."""
+    from litestar.testing import TestClient
+
+    from rerankit.server import ServerSettings, create_app
+
+    clients = []
+
+    def make(**overrides):
+        settings = ServerSettings(model="in-memory", **overrides)
+        client = TestClient(create_app(settings, reranker=fp32_reranker))
+        client.__enter__()
+        clients.append(client)
+        wait_ready(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)

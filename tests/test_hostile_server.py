@@ -4,17 +4,12 @@ API key protects stays protected."""
 
 import asyncio
 import threading
-import time
 
 import numpy as np
 import pytest
 
 pytest.importorskip("litestar")
 
-from litestar.testing import TestClient  # noqa: E402
-
-from rerankit import Reranker  # noqa: E402
-from rerankit.server import ServerSettings, create_app  # noqa: E402
 
 pytestmark = pytest.mark.smoke
 
@@ -22,29 +17,9 @@ QUERY = "tell me about apple"
 DOCS = ["zinc of the old quartz", "apple story with apple", "the river is old"]
 
 
-@pytest.fixture(scope="module")
-def reranker(tiny_bert_run):
-    return Reranker.load(tiny_bert_run[0].output_dir, device="cpu", dtype="float32")
-
-
 @pytest.fixture
-def make_client(reranker):
-    clients = []
-
-    def make(**overrides):
-        settings = ServerSettings(model="in-memory", **overrides)
-        client = TestClient(create_app(settings, reranker=reranker))
-        client.__enter__()
-        clients.append(client)
-        deadline = time.monotonic() + 30
-        while client.get("/health").status_code != 200:
-            assert time.monotonic() < deadline, "server never became ready"
-            time.sleep(0.05)
-        return client
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
+def reranker(fp32_reranker):
+    return fp32_reranker
 
 
 def post_raw(client, path, content: bytes):
@@ -211,3 +186,18 @@ def test_concurrent_async_calls_on_one_in_process_reranker_score_like_solo(reran
 
     for want, got in zip(solo, asyncio.run(together())):
         assert dict(got) == pytest.approx(want, abs=1e-6)
+
+
+def test_cross_batching_is_on_by_default_only_in_fp32(tiny_bert_run, make_client):
+    """bf16 scores move with batch neighbours, so by default a bf16 server never merges one
+    client's pairs with another's; fp32 scores do not, so merging is safe there."""
+    from rerankit import Reranker
+    from rerankit.server import ServerSettings
+    from rerankit.server.app import _cross_batching
+
+    half = Reranker.load(tiny_bert_run[0].output_dir, device="cpu", dtype="bfloat16")
+    full = Reranker.load(tiny_bert_run[0].output_dir, device="cpu", dtype="float32")
+    auto = ServerSettings(model="x")
+    assert _cross_batching(auto, full) is True and _cross_batching(auto, half) is False
+    assert _cross_batching(ServerSettings(model="x", cross_batching=True), half) is True
+    assert make_client().app.state.worker.cross_batching is True  # the fp32 tiny model

@@ -8,10 +8,9 @@ import pytest
 
 pytest.importorskip("litestar")
 
-from conftest import metric_value  # noqa: E402
+from conftest import metric_value, wait_ready  # noqa: E402
 from litestar.testing import TestClient  # noqa: E402
 
-from rerankit import Reranker  # noqa: E402
 from rerankit.server import ServerSettings, create_app  # noqa: E402
 
 pytestmark = pytest.mark.smoke
@@ -26,35 +25,9 @@ DOCS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def reranker(tiny_bert_run):
-    return Reranker.load(tiny_bert_run[0].output_dir, device="cpu", dtype="float32")
-
-
-def wait_ready(client, seconds=30.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if client.get("/health").status_code == 200:
-            return
-        time.sleep(0.05)
-    raise AssertionError("server never became ready")
-
-
 @pytest.fixture
-def make_client(reranker):
-    clients = []
-
-    def make(**overrides):
-        settings = ServerSettings(model="in-memory", **overrides)
-        client = TestClient(create_app(settings, reranker=reranker))
-        client.__enter__()
-        clients.append(client)
-        wait_ready(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
+def reranker(fp32_reranker):
+    return fp32_reranker
 
 
 @pytest.fixture
