@@ -116,6 +116,29 @@ _dtype_option = click.option(
 )
 
 
+def _long_document_options(func):
+    """--long-documents and --window-aggregate; unset, a run folder's own setting applies."""
+    func = click.option(
+        "--window-aggregate",
+        type=click.Choice(["max", "first", "mean", "max+first"]),
+        default=None,
+        help="How a long document's window scores combine (with --long-documents windows; default max).",
+    )(func)
+    return click.option(
+        "--long-documents",
+        type=click.Choice(["truncate", "windows"]),
+        default=None,
+        help="Documents longer than the model's window: truncate, or score every window.",
+    )(func)
+
+
+def _windows(long_documents: str | None, window_aggregate: str | None) -> dict | None:
+    """The --long-documents options as Reranker.load's long_documents (None: unset)."""
+    chosen = {"mode": long_documents, "aggregate": window_aggregate}
+    chosen = {k: v for k, v in chosen.items() if v is not None}
+    return chosen or None
+
+
 def _trust_options(func):
     """--trust-remote-code and --allow-pickle: only the caller turns either on."""
     func = click.option(
@@ -144,6 +167,7 @@ def _trust_options(func):
 @_dtype_option
 @click.option("--raw", is_flag=True, help="Raw logits instead of sigmoid scores.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_long_document_options
 @_trust_options
 @_one_line_errors
 def rerank(
@@ -154,6 +178,8 @@ def rerank(
     dtype: str,
     raw: bool,
     as_json: bool,
+    long_documents: str | None,
+    window_aggregate: str | None,
     trust_remote_code: bool,
     allow_pickle: bool,
 ) -> None:
@@ -164,7 +190,11 @@ def rerank(
     if not docs:
         raise RerankitError(f"{docs_path}: no documents")
     reranker = Reranker.load(
-        model_path, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+        model_path,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+        long_documents=_windows(long_documents, window_aggregate),
     )
     try:
         results = reranker.rerank(query, docs, top_k=top_k, raw=raw)
@@ -255,6 +285,7 @@ def export_command(
 @click.option(
     "--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON here."
 )
+@_long_document_options
 @_trust_options
 @_one_line_errors
 def eval_command(
@@ -268,6 +299,8 @@ def eval_command(
     max_queries: int | None,
     dtype: str,
     out_path: str | None,
+    long_documents: str | None,
+    window_aggregate: str | None,
     trust_remote_code: bool,
     allow_pickle: bool,
 ) -> None:
@@ -277,7 +310,11 @@ def eval_command(
     from rerankit.report import metrics_table
 
     reranker = Reranker.load(
-        model_path, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+        model_path,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+        long_documents=_windows(long_documents, window_aggregate),
     )
     if Path(data_path).is_dir():
         result = evaluate_beir(
@@ -505,6 +542,7 @@ def split(data_path: str, valid_ratio: float, group_by: str, seed: int, out_dir:
     "not depend on batch neighbours).",
 )
 @click.option("--model-name", default="rerankit", show_default=True, help="Name echoed in responses.")
+@_long_document_options
 @_trust_options
 @_one_line_errors
 def serve(
@@ -520,6 +558,8 @@ def serve(
     request_read_timeout: float,
     max_connections: int,
     model_name: str,
+    long_documents: str | None,
+    window_aggregate: str | None,
     trust_remote_code: bool,
     allow_pickle: bool,
 ) -> None:
@@ -545,6 +585,7 @@ def serve(
         max_connections=max_connections,
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
+        long_documents=_windows(long_documents, window_aggregate),
     )
     reranker = load_reranker(settings)
     run(create_app(settings, reranker=reranker), settings, host, port)

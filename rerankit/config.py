@@ -28,6 +28,21 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
+class LongDocumentsConfig(_Section):
+    """How documents longer than the pair's window are scored (see rerankit.windows)."""
+
+    # truncate: the first window only; windows: every window, aggregated.
+    mode: Literal["truncate", "windows"] = "truncate"
+    # Document tokens per window; null: what the query and special tokens leave of max_length.
+    window: int | None = Field(None, ge=8)
+    # Tokens shared by consecutive windows.
+    stride: int = Field(32, ge=0)
+    # max (MaxP), first (FirstP), mean, or max+first (their mean).
+    aggregate: Literal["max", "first", "mean", "max+first"] = "max"
+    # Windows per document at most; what lies beyond them is not read.
+    max_windows: int = Field(8, ge=1, le=1024)
+
+
 class ModelConfig(_Section):
     # Hub id or local path; the hub id of all-MiniLM-L6-v2 resolves to the packaged copy.
     name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2"
@@ -39,6 +54,9 @@ class ModelConfig(_Section):
     # Override every dropout probability of the backbone (hidden, attention); null keeps the
     # checkpoint's. 0 trains faster on CPU: attention without dropout runs the fused SDPA kernel.
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    # Documents longer than the window: truncated (default) or scored by windows at inference
+    # (Reranker, rerankit eval, the server and the adapters read it from the run folder).
+    long_documents: LongDocumentsConfig = Field(default_factory=LongDocumentsConfig)
 
 
 class QuantizationConfig(_Section):

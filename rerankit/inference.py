@@ -16,14 +16,17 @@ bf16 rounding with the padded width of its batch.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
 from rerankit import run_folder
-from rerankit.errors import ModelLoadError
+from rerankit.config import LongDocumentsConfig
+from rerankit.encoding import check_query_lengths
+from rerankit.errors import ConfigError, ModelLoadError
 from rerankit.fusion import rrf
 from rerankit.loading import (
     bf16_is_native,
@@ -34,6 +37,7 @@ from rerankit.loading import (
 )
 from rerankit.ordering import best_first
 from rerankit.scoring import score_pairs, sigmoid
+from rerankit.windows import aggregate, split_documents
 
 # The file peft reads an adapter from (it falls back to a pickle, adapter_model.bin, without it).
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -94,8 +98,10 @@ class Reranker:
         max_tokens: int | None = None,
         max_batch: int = 128,
         source: str = "",
+        long_documents: LongDocumentsConfig | Mapping | None = None,
     ) -> None:
         self.model, self.tokenizer = model.eval(), tokenizer
+        self.long_documents = _window_options(long_documents)
         if max_tokens is None:
             # Padded tokens per forward pass: on CPU small batches stay in cache and run
             # faster (benchmarks/results/inference.md); a GPU wants large ones.
@@ -114,6 +120,7 @@ class Reranker:
         max_length: int | None = None,
         trust_remote_code: bool = False,
         allow_pickle: bool = False,
+        long_documents: LongDocumentsConfig | Mapping | None = None,
     ) -> Reranker:
         """Load a run folder, an exported folder, or any HF cross-encoder path or hub id.
 
@@ -127,6 +134,10 @@ class Reranker:
         the code of the base model the manifest names runs too, so trust the folder as much as
         that base), and
         pickle weights (``.bin``) need ``allow_pickle=True``; safetensors are read otherwise.
+
+        ``long_documents`` (a ``LongDocumentsConfig`` or its fields as a mapping, e.g.
+        ``{"mode": "windows", "aggregate": "max"}``) scores documents longer than the window by
+        windows (``rerankit.windows``); a run folder's own setting is the default.
         """
         device = device or default_device()
         if dtype is None or dtype == "auto":
@@ -157,6 +168,7 @@ class Reranker:
             else:
                 model = _plain(str(model_dir), tokenizer, dtype, trust, pickle)
             max_length = max_length or manifest["max_length"]
+            long_documents = long_documents or manifest.get("long_documents")
         elif (path / "adapter_config.json").exists():
             from peft import PeftConfig
 
@@ -171,7 +183,13 @@ class Reranker:
             tokenizer = load_tokenizer(name, trust)
             model = _plain(name, tokenizer, dtype, trust, pickle)
         max_length = max_length or min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
-        return cls(model.to(device), tokenizer, max_length=max_length, source=str(path))
+        return cls(
+            model.to(device),
+            tokenizer,
+            max_length=max_length,
+            source=str(path),
+            long_documents=long_documents,
+        )
 
     def score(self, pairs: Sequence[tuple[str, str]], *, raw: bool = False) -> list[float]:
         """Scores of (query, document) pairs, in input order."""
@@ -220,22 +238,48 @@ class Reranker:
         Safe to call from several threads: calls take turns on the model and its tokenizer
         (a fast tokenizer's truncation settings are shared state).
         """
+        return self.window_logits(queries, docs)[0]
+
+    def window_logits(self, queries: Sequence[str], docs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``logits`` and, per pair, how many windows of its document were scored (1 unless
+        ``long_documents.mode`` is ``windows`` and the document is longer than one window)."""
         for i, doc in enumerate(docs):
             if not doc.strip():
                 raise ValueError(f"document {i} is empty or whitespace-only: nothing to score")
+        options = self.long_documents
         with self._lock:
-            return score_pairs(
-                self.model,
-                self.tokenizer,
-                queries,
-                docs,
-                max_length=self.max_length,
-                max_tokens=self.max_tokens,
-                max_batch=self.max_batch,
+            if options.mode == "truncate":
+                return self._score(queries, docs), np.ones(len(docs), dtype=np.int64)
+            check_query_lengths(self.tokenizer, queries, self.max_length)  # before budgets
+            flat_queries, flat_docs, owner = split_documents(
+                self.tokenizer, queries, docs, self.max_length, options
             )
+            window_scores = self._score(flat_queries, flat_docs)
+        counts = np.bincount(owner, minlength=len(docs))
+        return aggregate(window_scores, owner, len(docs), options.aggregate), counts
+
+    def _score(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+        return score_pairs(
+            self.model,
+            self.tokenizer,
+            queries,
+            docs,
+            max_length=self.max_length,
+            max_tokens=self.max_tokens,
+            max_batch=self.max_batch,
+        )
 
     def __repr__(self) -> str:
         return f"Reranker({self.source!r}, max_length={self.max_length})"
+
+
+def _window_options(value: LongDocumentsConfig | Mapping | None) -> LongDocumentsConfig:
+    if isinstance(value, LongDocumentsConfig):
+        return value
+    try:
+        return LongDocumentsConfig.model_validate(dict(value or {}))
+    except ValidationError as exc:
+        raise ConfigError(f"long_documents: {exc.errors()[0]['loc']} {exc.errors()[0]['msg']}") from None
 
 
 def _first_stage_scores(first_stage, num_docs: int) -> list[np.ndarray]:

@@ -210,6 +210,7 @@ def mark_finished(out: Path, config, digest: str, built) -> None:
             "base_revision": config.model.revision,
             "trust_remote_code": config.model.trust_remote_code,
             "max_length": config.model.max_length,
+            "long_documents": config.model.long_documents.model_dump(),
             "adapter": bool(config.lora.enabled),
             "trained_quantization": config.quantization.mode,
             "modules_to_save": built.modules_to_save,

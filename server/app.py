@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
+import numpy as np
 from litestar import Litestar, MediaType, Request, Response, get, head, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
@@ -142,8 +143,9 @@ async def _rank(
     max_tokens_per_doc: int | None,
     raw: bool,
     docs_field: str,
-) -> list[tuple[int, float]]:
-    """Validate, score through the worker, and return (index, score) best first."""
+) -> tuple[list[tuple[int, float]], int]:
+    """Validate, score through the worker, and return (index, score) best first, with the
+    number of document windows scored."""
     settings: ServerSettings = state.settings
     _check_request(settings, query, docs, docs_field, top_n, max_tokens_per_doc)
     _ready(state)
@@ -170,9 +172,11 @@ async def _rank(
         watcher.cancel()
     if scores is None:  # client gone: nobody reads the answer
         raise HTTPException(status_code=499, detail="client closed the request")
+    # The worker answers one row per document: (logit, windows scored).
+    scores, windows = scores[:, 0], int(scores[:, 1].sum())
     if not raw:
         scores = sigmoid(scores)
-    return [(int(i), float(scores[i])) for i in best_first(scores, top_n)]  # top_n > len: all
+    return [(int(i), float(scores[i])) for i in best_first(scores, top_n)], windows  # top_n > len: all
 
 
 def _document_texts(documents: list) -> list[str]:
@@ -182,7 +186,7 @@ def _document_texts(documents: list) -> list[str]:
 
 async def _cohere(request: Request, state: State, data: RerankRequest) -> RerankResponse:
     docs = _document_texts(data.documents)
-    ranked = await _rank(
+    ranked, windows = await _rank(
         request,
         state,
         data.query,
@@ -202,6 +206,7 @@ async def _cohere(request: Request, state: State, data: RerankRequest) -> Rerank
             "api_version": {"version": "2"},
             "billed_units": {"search_units": 1},
             "model": state.settings.model_name,
+            "windows_scored": windows,
         },
     )
 
@@ -237,7 +242,7 @@ async def rerank_any(request: Request, state: State, data: dict[str, Any]) -> An
     if "texts" not in data:
         return await _cohere(request, state, _convert(data, RerankRequest))
     tei = _convert(data, TEIRerankRequest)
-    ranked = await _rank(
+    ranked, _ = await _rank(
         request,
         state,
         tei.query,
@@ -331,6 +336,7 @@ def load_reranker(settings: ServerSettings, reranker=None):
                 dtype=settings.dtype,
                 trust_remote_code=settings.trust_remote_code,
                 allow_pickle=settings.allow_pickle,
+                long_documents=settings.long_documents,
             )
         if settings.max_batch_tokens:
             reranker.max_tokens = settings.max_batch_tokens
@@ -360,7 +366,7 @@ def create_app(settings: ServerSettings, reranker=None) -> Litestar:
                 return
             state.request_tokenizer = RequestTokenizer(loaded.tokenizer, loaded.max_length)
             state.worker = InferenceWorker(
-                lambda q, d: loaded.logits(q, d),
+                lambda q, d: np.column_stack(loaded.window_logits(q, d)),
                 max_queue_pairs=settings.max_queue_pairs,
                 cross_batching=_cross_batching(settings, loaded),
                 batch_wait_ms=settings.batch_wait_ms,

@@ -18,6 +18,9 @@ class ServerSettings:
     # read pickle weights (.bin/.pt) instead of safetensors.
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    # Long documents (fields of config.model.long_documents, e.g. {"mode": "windows"});
+    # None: the run folder's own setting.
+    long_documents: dict | None = None
     # Bearer token required on the rerank routes; None leaves them open.
     api_key: str | None = None
     # Limits: documents per request, request body size, characters per document and query.

@@ -1,0 +1,88 @@
+"""Long documents: scoring a document by windows of its text instead of truncating it.
+
+A cross-encoder reads at most ``max_length`` tokens of a (query, document) pair; truncation
+throws away everything after the first window, wherever the answer is. With windows, the
+document part is cut into overlapping token windows (the query stays whole in each), every
+window is scored as its own pair, and the document's score is an aggregate of its windows'
+scores (Dai & Callan, 2019: FirstP / MaxP):
+
+- ``max``: the best window (MaxP, the default), ``first``: the first (FirstP, what truncation
+  gives), ``mean``: their mean, ``max+first``: the mean of the best and the first.
+
+The options are ``config.LongDocumentsConfig`` (config ``model.long_documents``). Windows are
+cut on token offsets of the document alone and handed on as text, so every pair
+still goes through the one pair encoding (``encoding.encode_pairs``) and the same token-budget
+batching as any other pair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from rerankit.config import LongDocumentsConfig
+
+
+def window_spans(num_tokens: int, size: int, stride: int, max_windows: int) -> list[tuple[int, int]]:
+    """Token ranges [start, end) covering ``num_tokens`` with windows of ``size`` overlapping
+    by ``stride``; at most ``max_windows`` (the last ones are dropped)."""
+    if num_tokens <= size:
+        return [(0, num_tokens)]
+    step = max(1, size - min(stride, size - 1))
+    spans = []
+    start = 0
+    while len(spans) < max_windows:
+        end = min(start + size, num_tokens)
+        spans.append((start, end))
+        if end == num_tokens:
+            break
+        start += step
+    return spans
+
+
+def split_documents(
+    tokenizer, queries: Sequence[str], docs: Sequence[str], max_length: int, options: LongDocumentsConfig
+) -> tuple[list[str], list[str], list[int]]:
+    """Every (query, document) pair as one or more (query, window) pairs.
+
+    Returns the flat queries, the flat window texts and, per window, the index of the pair it
+    came from. A document that fits the pair's budget stays one window (its whole text).
+    """
+    special = tokenizer.num_special_tokens_to_add(pair=True)
+    query_lengths = {
+        q: len(ids)
+        for q, ids in zip(
+            dict.fromkeys(queries),
+            tokenizer(list(dict.fromkeys(queries)), add_special_tokens=False)["input_ids"],
+        )
+    }
+    encoded = tokenizer(list(docs), add_special_tokens=False, return_offsets_mapping=True)
+    flat_queries, flat_docs, owner = [], [], []
+    for i, (query, doc, offsets) in enumerate(zip(queries, docs, encoded["offset_mapping"])):
+        budget = max(1, max_length - special - query_lengths[query])
+        size = min(options.window or budget, budget)
+        for start, end in window_spans(len(offsets), size, options.stride, options.max_windows):
+            text = doc if (start, end) == (0, len(offsets)) else doc[offsets[start][0] : offsets[end - 1][1]]
+            flat_queries.append(query)
+            flat_docs.append(text)
+            owner.append(i)
+    return flat_queries, flat_docs, owner
+
+
+def aggregate(window_scores: np.ndarray, owner: Sequence[int], num_docs: int, how: str) -> np.ndarray:
+    """One score per document from its windows' scores (windows in document order)."""
+    per_doc: list[list[float]] = [[] for _ in range(num_docs)]
+    for score, i in zip(window_scores, owner):
+        per_doc[i].append(float(score))
+    result = np.empty(num_docs, dtype=np.float32)
+    for i, scores in enumerate(per_doc):
+        if how == "max":
+            result[i] = max(scores)
+        elif how == "first":
+            result[i] = scores[0]
+        elif how == "mean":
+            result[i] = sum(scores) / len(scores)
+        else:  # max+first
+            result[i] = (max(scores) + scores[0]) / 2
+    return result

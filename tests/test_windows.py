@@ -1,0 +1,100 @@
+"""Long documents scored by windows: boundaries, aggregates, the query kept whole, and a
+relevant passage past the first window found by windows and missed by truncation."""
+
+import numpy as np
+import pytest
+from conftest import NOISE
+
+from rerankit import Reranker
+from rerankit.config import LongDocumentsConfig
+from rerankit.windows import aggregate, split_documents, window_spans
+
+pytestmark = pytest.mark.smoke
+
+
+@pytest.mark.parametrize("num_tokens, size, stride", [(100, 20, 5), (57, 16, 0), (33, 10, 9), (10, 10, 3)])
+def test_windows_cover_every_token_and_overlap_by_the_stride_only(num_tokens, size, stride):
+    spans = window_spans(num_tokens, size, stride, max_windows=1000)
+    assert spans[0][0] == 0 and spans[-1][1] == num_tokens
+    assert all(end - start <= size for start, end in spans)
+    for (s1, e1), (s2, _) in zip(spans, spans[1:]):
+        assert s2 > s1 and e1 - s2 <= stride  # no gap, overlap at most the stride
+        assert s2 <= e1  # no token lost
+    assert window_spans(num_tokens, size, stride, max_windows=2) == spans[:2]
+
+
+def test_aggregates_on_a_hand_made_example():
+    scores = np.array([1.0, 3.0, 2.0, 5.0, -1.0])
+    owner = [0, 0, 0, 1, 2]  # document 0 has three windows, the others one
+    assert aggregate(scores, owner, 3, "max").tolist() == [3.0, 5.0, -1.0]
+    assert aggregate(scores, owner, 3, "first").tolist() == [1.0, 5.0, -1.0]
+    assert aggregate(scores, owner, 3, "mean").tolist() == [2.0, 5.0, -1.0]
+    assert aggregate(scores, owner, 3, "max+first").tolist() == [2.0, 5.0, -1.0]
+
+
+def test_every_window_keeps_the_whole_query(fp32_reranker):
+    tokenizer = fp32_reranker.tokenizer
+    query = "tell me about the apple story"
+    doc = " ".join(["zinc quartz oxide"] * 40)
+    options = LongDocumentsConfig(mode="windows", stride=4)
+    queries, windows, owner = split_documents(tokenizer, [query], [doc], 48, options)
+    assert len(windows) > 1 and set(owner) == {0} and set(queries) == {query}
+    for window in windows:
+        ids = tokenizer(query, window, truncation="only_second", max_length=48)["input_ids"]
+        assert len(ids) <= 48  # the window fits beside the query: nothing is cut from it
+        assert tokenizer.decode(ids).startswith("[CLS] " + query + " [SEP]")
+    joined = " ".join(windows)
+    assert all(word in joined.split() for word in doc.split()[-3:])  # the end is read
+
+
+def test_a_passage_past_the_first_window_is_found_by_windows_and_missed_by_truncation(tiny_bert_run):
+    """The tiny toy model ranks documents with the query's topic word above noise. Both
+    documents open with the same 60 noise words; only one has its topic past the first window."""
+    opening = " ".join(NOISE[i % len(NOISE)] for i in range(60))
+    docs = [opening + " the old zinc story" * 6, opening + " apple story with apple and the apple" * 4]
+    query = "tell me about apple"
+    run = tiny_bert_run[0].output_dir
+    truncated = Reranker.load(run, device="cpu", dtype="float32")
+    windowed = Reranker.load(
+        run, device="cpu", dtype="float32", long_documents={"mode": "windows", "stride": 8}
+    )
+    cut = truncated.score([(query, d) for d in docs], raw=True)
+    assert cut[0] == pytest.approx(cut[1], abs=1e-5)  # the same first window: no way to tell
+    scores, counts = windowed.window_logits([query, query], docs)
+    assert counts.min() > 1
+    assert scores[1] > scores[0] + 0.5
+    assert windowed.rerank(query, docs).indices == [1, 0]
+    first = Reranker.load(
+        run, device="cpu", dtype="float32", long_documents={"mode": "windows", "aggregate": "first"}
+    )
+    np.testing.assert_allclose(first.logits([query, query], docs), cut, atol=1e-5)
+
+
+def test_server_meta_counts_the_windows(tiny_bert_run):
+    pytest.importorskip("litestar")
+    from conftest import wait_ready
+    from litestar.testing import TestClient
+
+    from rerankit.server import ServerSettings, create_app
+
+    windowed = Reranker.load(
+        tiny_bert_run[0].output_dir, device="cpu", dtype="float32", long_documents={"mode": "windows"}
+    )
+    long_doc = " ".join(NOISE[i % len(NOISE)] for i in range(60)) + " apple"
+    with TestClient(create_app(ServerSettings(model="in-memory"), reranker=windowed)) as client:
+        wait_ready(client)
+        body = {"query": "tell me about apple", "documents": ["apple story", long_doc]}
+        meta = client.post("/v2/rerank", json=body).json()["meta"]
+        assert meta["windows_scored"] == 1 + windowed.window_logits([body["query"]], [long_doc])[1][0] > 2
+        cut = client.post("/v2/rerank", json={**body, "max_tokens_per_doc": 10}).json()["meta"]
+        assert cut["windows_scored"] == 2  # cut to 10 tokens first: one window each
+
+
+def test_a_megabyte_document_is_refused_or_bounded_never_a_stall(make_client):
+    import time
+
+    client = make_client()
+    start = time.monotonic()
+    response = client.post("/v2/rerank", json={"query": "apple", "documents": ["zinc " * 200_000]})
+    assert response.status_code == 400 and "longer than 100000 characters" in response.json()["detail"]
+    assert time.monotonic() - start < 10
