@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rerankit.encoding import encode_pairs
+from rerankit.config import LongDocumentsConfig
+from rerankit.encoding import check_query_lengths, encode_pairs
 from rerankit.sampling import Group, NegativeSampler
+from rerankit.windows import split_documents
 
 
 class EpochGroupDataset:
@@ -35,11 +37,14 @@ class GroupCollator:
 
     Returns the tokenized pairs (only real ones, no padding slots) and
     ``group_labels``/``group_mask`` of shape (queries, longest group) with ``pair_slots``,
-    the flat position of each pair in that grid.
+    the flat position of each pair in that grid. With ``long_documents.mode: windows`` the
+    tokenized rows are the documents' windows and ``window_owner`` says which pair each belongs
+    to (the loss then scores a document by the aggregate of its windows: MaxP).
     """
 
-    def __init__(self, tokenizer, max_length: int) -> None:
+    def __init__(self, tokenizer, max_length: int, long_documents: LongDocumentsConfig | None = None) -> None:
         self.tokenizer, self.max_length = tokenizer, max_length
+        self.long_documents = long_documents or LongDocumentsConfig()
 
     def __call__(self, groups: Sequence[Group]) -> dict:
         import torch
@@ -55,6 +60,13 @@ class GroupCollator:
                 slots.append(row * width + col)
                 labels[row, col] = label
                 mask[row, col] = True
+        if self.long_documents.mode == "windows":
+            check_query_lengths(self.tokenizer, queries, self.max_length)
+            queries, docs, owner = split_documents(
+                self.tokenizer, queries, docs, self.max_length, self.long_documents
+            )
         batch = dict(encode_pairs(self.tokenizer, queries, docs, self.max_length))
         batch.update(group_labels=labels, group_mask=mask, pair_slots=torch.tensor(slots, dtype=torch.long))
+        if self.long_documents.mode == "windows":
+            batch["window_owner"] = torch.tensor(owner, dtype=torch.long)
         return batch

@@ -25,7 +25,6 @@ from pydantic import ValidationError
 
 from rerankit import run_folder
 from rerankit.config import LongDocumentsConfig
-from rerankit.encoding import check_query_lengths
 from rerankit.errors import ConfigError, ModelLoadError
 from rerankit.fusion import rrf
 from rerankit.loading import (
@@ -37,7 +36,7 @@ from rerankit.loading import (
 )
 from rerankit.ordering import best_first
 from rerankit.scoring import score_pairs, sigmoid
-from rerankit.windows import aggregate, split_documents
+from rerankit.windows import score_documents
 
 # The file peft reads an adapter from (it falls back to a pickle, adapter_model.bin, without it).
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -246,17 +245,10 @@ class Reranker:
         for i, doc in enumerate(docs):
             if not doc.strip():
                 raise ValueError(f"document {i} is empty or whitespace-only: nothing to score")
-        options = self.long_documents
         with self._lock:
-            if options.mode == "truncate":
-                return self._score(queries, docs), np.ones(len(docs), dtype=np.int64)
-            check_query_lengths(self.tokenizer, queries, self.max_length)  # before budgets
-            flat_queries, flat_docs, owner = split_documents(
-                self.tokenizer, queries, docs, self.max_length, options
+            return score_documents(
+                self._score, self.tokenizer, queries, docs, self.max_length, self.long_documents
             )
-            window_scores = self._score(flat_queries, flat_docs)
-        counts = np.bincount(owner, minlength=len(docs))
-        return aggregate(window_scores, owner, len(docs), options.aggregate), counts
 
     def _score(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
         return score_pairs(

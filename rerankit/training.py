@@ -39,6 +39,7 @@ from rerankit.report import write_curve, write_report
 from rerankit.sampling import NegativeSampler
 from rerankit.split import split_records
 from rerankit.validation import ValidationSet, Validator
+from rerankit.windows import aggregate_tensor
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class RerankTrainer(Trainer):
     def __init__(
         self,
         *args,
+        long_documents,
         loss_fn,
         validator: Validator,
         modules_to_save: list[str],
@@ -89,14 +91,18 @@ class RerankTrainer(Trainer):
         # accumulation steps itself (it skips that for models that take loss kwargs).
         self.model_accepts_loss_kwargs = False
         self.loss_fn, self.validator = loss_fn, validator
+        self.long_documents = long_documents
         self.modules_to_save, self.head_learning_rate = modules_to_save, head_learning_rate
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("group_labels")  # [Q, G] 1 = positive, 0 = negative
         mask = inputs.pop("group_mask")  # [Q, G] True where a document sits
         slots = inputs.pop("pair_slots")  # [P] flat index of each pair in Q×G
+        owner = inputs.pop("window_owner", None)  # [W] pair of each window (long documents)
         outputs = model(**inputs)
-        logits = outputs.logits.float().view(-1)  # [P] one score per pair
+        logits = outputs.logits.float().view(-1)  # [P] one score per pair, or [W] per window
+        if owner is not None:  # a document's score is the aggregate of its windows' (MaxP)
+            logits = aggregate_tensor(logits, owner, len(slots), self.long_documents.aggregate)
         scores = logits.new_zeros(mask.numel()).index_put((slots,), logits).view(mask.shape)
         loss = self.loss_fn(scores, labels, mask)
         return (loss, outputs) if return_outputs else loss
@@ -242,8 +248,9 @@ def _make_trainer(cfg: TrainConfig, out: Path, built, dataset, vset, validator, 
         args=training_arguments(cfg, out),
         train_dataset=dataset,
         eval_dataset=vset,  # scored by the validator; given so the Trainer schedules evaluations
-        data_collator=GroupCollator(built.tokenizer, cfg.model.max_length),
+        data_collator=GroupCollator(built.tokenizer, cfg.model.max_length, cfg.model.long_documents),
         callbacks=callbacks,
+        long_documents=cfg.model.long_documents,
         loss_fn=build_loss(
             cfg.loss.name,
             margin=cfg.loss.margin,
@@ -316,7 +323,12 @@ def _train(
     built = build_model(cfg)
     vset = ValidationSet.from_records(valid)
     validator = Validator(
-        vset, built.tokenizer, cfg.model.max_length, cfg.evaluation.recall_at, cfg.evaluation.batch_size
+        vset,
+        built.tokenizer,
+        cfg.model.max_length,
+        cfg.evaluation.recall_at,
+        cfg.evaluation.batch_size,
+        cfg.model.long_documents,
     )
     sampler = NegativeSampler(
         train, cfg.sampling.num_negatives, cfg.sampling.hard_ratio, cfg.sampling.max_positives, cfg.seed

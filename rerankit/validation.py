@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rerankit.config import LongDocumentsConfig
 from rerankit.data import QueryRecord
 from rerankit.errors import RerankitError
 from rerankit.ranking_metrics import ranking_metrics
+from rerankit.windows import score_documents
 
 
 @dataclass(frozen=True)
@@ -62,24 +64,35 @@ class Validator:
     """Scores a ValidationSet with a model and returns its metrics."""
 
     def __init__(
-        self, vset: ValidationSet, tokenizer, max_length: int, recall_at: int = 10, batch_size: int = 64
+        self,
+        vset: ValidationSet,
+        tokenizer,
+        max_length: int,
+        recall_at: int = 10,
+        batch_size: int = 64,
+        long_documents: LongDocumentsConfig | None = None,
     ) -> None:
         self.vset, self.tokenizer = vset, tokenizer
         self.max_length, self.recall_at, self.batch_size = max_length, recall_at, batch_size
+        self.long_documents = long_documents or LongDocumentsConfig()
 
     def scores(self, model) -> np.ndarray:
+        """The model's score of every candidate (truncated or by windows, as configured)."""
         from rerankit.scoring import score_pairs
 
+        def score(queries, docs):
+            return score_pairs(
+                model,
+                self.tokenizer,
+                queries,
+                docs,
+                max_length=self.max_length,
+                max_tokens=self.batch_size * self.max_length,
+                max_batch=self.batch_size,
+            )
+
         queries, docs = self.vset.flat_pairs()
-        return score_pairs(
-            model,
-            self.tokenizer,
-            queries,
-            docs,
-            max_length=self.max_length,
-            max_tokens=self.batch_size * self.max_length,
-            max_batch=self.batch_size,
-        )
+        return score_documents(score, self.tokenizer, queries, docs, self.max_length, self.long_documents)[0]
 
     def evaluate(self, model) -> dict[str, float]:
         """Metrics of the model's scores; RerankitError when a score is NaN or infinite (a

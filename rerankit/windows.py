@@ -17,11 +17,12 @@ batching as any other pair.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from rerankit.config import LongDocumentsConfig
+from rerankit.encoding import check_query_lengths
 
 
 def window_spans(num_tokens: int, size: int, stride: int, max_windows: int) -> list[tuple[int, int]]:
@@ -86,3 +87,46 @@ def aggregate(window_scores: np.ndarray, owner: Sequence[int], num_docs: int, ho
         else:  # max+first
             result[i] = (max(scores) + scores[0]) / 2
     return result
+
+
+def aggregate_tensor(window_scores, owner, num_docs: int, how: str):
+    """``aggregate`` for torch tensors, differentiable: trains a document's score as the
+    aggregate of its windows' scores (MaxP for ``max``). ``owner``: a long tensor."""
+    import torch
+
+    if how in ("max", "max+first"):
+        best = window_scores.new_full((num_docs,), float("-inf"))
+        best = best.scatter_reduce(0, owner, window_scores, reduce="amax", include_self=False)
+    if how in ("first", "max+first"):
+        positions = torch.arange(len(owner), device=owner.device)
+        first_index = torch.full((num_docs,), len(owner), device=owner.device, dtype=torch.long)
+        first_index = first_index.scatter_reduce(0, owner, positions, reduce="amin", include_self=False)
+        first = window_scores[first_index]
+    if how == "max":
+        return best
+    if how == "first":
+        return first
+    if how == "max+first":
+        return (best + first) / 2
+    total = window_scores.new_zeros(num_docs).index_add(0, owner, window_scores)
+    counts = torch.bincount(owner, minlength=num_docs).to(window_scores.dtype)
+    return total / counts
+
+
+def score_documents(
+    score_pairs: Callable[[Sequence[str], Sequence[str]], np.ndarray],
+    tokenizer,
+    queries: Sequence[str],
+    docs: Sequence[str],
+    max_length: int,
+    options: LongDocumentsConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of (query, document) pairs as ``options`` says (truncated, or by windows), and
+    per pair the number of windows scored. ``score_pairs`` scores plain pairs."""
+    if options.mode == "truncate":
+        return score_pairs(queries, docs), np.ones(len(docs), dtype=np.int64)
+    check_query_lengths(tokenizer, queries, max_length)  # before the budgets depend on them
+    flat_queries, flat_docs, owner = split_documents(tokenizer, queries, docs, max_length, options)
+    window_scores = score_pairs(flat_queries, flat_docs)
+    counts = np.bincount(owner, minlength=len(docs))
+    return aggregate(window_scores, owner, len(docs), options.aggregate), counts

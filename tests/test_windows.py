@@ -98,3 +98,56 @@ def test_a_megabyte_document_is_refused_or_bounded_never_a_stall(make_client):
     response = client.post("/v2/rerank", json={"query": "apple", "documents": ["zinc " * 200_000]})
     assert response.status_code == 400 and "longer than 100000 characters" in response.json()["detail"]
     assert time.monotonic() - start < 10
+
+
+def test_tensor_aggregate_matches_numpy_and_trains_the_best_window():
+    import torch
+
+    from rerankit.windows import aggregate_tensor
+
+    scores = np.array([1.0, 3.0, 2.0, 5.0, -1.0])
+    owner = [0, 0, 0, 1, 2]
+    for how in ("max", "first", "mean", "max+first"):
+        got = aggregate_tensor(torch.tensor(scores), torch.tensor(owner), 3, how)
+        np.testing.assert_allclose(got.numpy(), aggregate(scores, owner, 3, how))
+    window = torch.tensor(scores, requires_grad=True)
+    aggregate_tensor(window, torch.tensor(owner), 3, "max").sum().backward()
+    assert window.grad.tolist() == [0.0, 1.0, 0.0, 1.0, 1.0]  # MaxP: only the best window learns
+
+
+def _buried(lines, words=40):
+    """Toy lines whose documents open with ``words`` filler words: the topic lies past the
+    first window of the tiny model's 48 tokens. Doc ids are hashes: trec_eval breaks score
+    ties by doc id, and the toy's "q0p1" (positive) > "q0n1" (negative) would reward ties."""
+    import hashlib
+
+    from conftest import FILLER
+
+    prefix = " ".join(FILLER[i % len(FILLER)] for i in range(words))
+    for line in lines:
+        for doc in line["positives"] + line["negatives"]:
+            doc["text"] = f"{prefix} {doc['text']}"
+            doc["doc_id"] = hashlib.sha1(doc["doc_id"].encode()).hexdigest()[:10]
+    return lines
+
+
+def test_maxp_training_learns_what_firstp_cannot_see(tiny_bert_dir, tmp_path):
+    import json
+
+    from conftest import tiny_config, toy_lines, write_jsonl
+
+    import rerankit
+
+    train = write_jsonl(tmp_path / "train.jsonl", _buried(toy_lines(48, seed=1)))
+    valid_lines = [dict(row, query_text="valid " + row["query_text"]) for row in toy_lines(16, seed=2)]
+    valid = write_jsonl(tmp_path / "valid.jsonl", _buried(valid_lines))
+    results = {}
+    for mode in ("truncate", "windows"):
+        config = tiny_config(tiny_bert_dir, train, valid, tmp_path / mode)
+        config["model"]["long_documents"] = {"mode": mode, "stride": 8}
+        results[mode] = rerankit.fit(config).metrics["best"]["ndcg@10"]
+    assert results["windows"] > results["truncate"] + 0.05, results
+    manifest = json.loads((tmp_path / "windows" / "run.json").read_text())
+    assert manifest["long_documents"]["mode"] == "windows"
+    loaded = Reranker.load(tmp_path / "windows", device="cpu", dtype="float32")
+    assert loaded.long_documents.mode == "windows"
