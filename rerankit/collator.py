@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rerankit.config import LongDocumentsConfig
-from rerankit.encoding import check_query_lengths, encode_pairs
+from rerankit.encoding import encode_pairs
 from rerankit.sampling import Group, NegativeSampler
 from rerankit.windows import split_documents
 
@@ -61,7 +61,6 @@ class GroupCollator:
                 labels[row, col] = label
                 mask[row, col] = True
         if self.long_documents.mode == "windows":
-            check_query_lengths(self.tokenizer, queries, self.max_length)
             queries, docs, owner = split_documents(
                 self.tokenizer, queries, docs, self.max_length, self.long_documents
             )

@@ -49,7 +49,9 @@ def split_documents(
 
     Returns the flat queries, the flat window texts and, per window, the index of the pair it
     came from. A document that fits the pair's budget stays one window (its whole text).
+    Raises QueryTooLongError when a query leaves no room for its document.
     """
+    check_query_lengths(tokenizer, queries, max_length)
     special = tokenizer.num_special_tokens_to_add(pair=True)
     query_lengths = {
         q: len(ids)
@@ -125,7 +127,6 @@ def score_documents(
     per pair the number of windows scored. ``score_pairs`` scores plain pairs."""
     if options.mode == "truncate":
         return score_pairs(queries, docs), np.ones(len(docs), dtype=np.int64)
-    check_query_lengths(tokenizer, queries, max_length)  # before the budgets depend on them
     flat_queries, flat_docs, owner = split_documents(tokenizer, queries, docs, max_length, options)
     window_scores = score_pairs(flat_queries, flat_docs)
     counts = np.bincount(owner, minlength=len(docs))
