@@ -39,6 +39,7 @@ from quality import (  # noqa: E402
     in_fresh_process,
     metrics_of,
     prepare_training_files,
+    score_with,
     split_by_article,
     train_rerankit,
 )
@@ -111,11 +112,9 @@ def window_pass(reranker, test) -> tuple[dict[str, list[np.ndarray]], float, int
 
 
 def truncated_pass(reranker, test) -> tuple[list[np.ndarray], float]:
-    pairs = [(q, test["docs"][d]) for q, ids in zip(test["queries"], test["hits"]) for d in ids]
     started = time.perf_counter()
-    flat = np.asarray(reranker.score(pairs, raw=True))
-    seconds = time.perf_counter() - started
-    return np.split(flat, np.cumsum([len(ids) for ids in test["hits"]])[:-1]), seconds
+    scores = score_with(reranker, test)
+    return scores, time.perf_counter() - started
 
 
 def evaluate_model(path: str, test, max_length: int) -> list[dict[str, Any]]:

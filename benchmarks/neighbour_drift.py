@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from inference import load_pairs, prepare_model  # noqa: E402
+from inference import load_pairs, prepare_model, top10_agreement  # noqa: E402
 
 
 def cpu_name() -> str:
@@ -32,12 +32,6 @@ def cpu_name() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return "unknown"
-
-
-def same_top10(a: list[np.ndarray], b: list[np.ndarray]) -> int:
-    from rerankit.ordering import best_first
-
-    return sum(best_first(x, 10).tolist() == best_first(y, 10).tolist() for x, y in zip(a, b))
 
 
 def main() -> None:
@@ -71,7 +65,7 @@ def main() -> None:
                     "dtype": dtype,
                     "scored with": name,
                     "max_abs_raw_diff_vs_alone": diff,
-                    "same_top10_vs_alone": f"{same_top10(alone, scores)}/{len(queries)}",
+                    "same_top10_vs_alone": f"{top10_agreement(alone, scores)}/{len(queries)}",
                 }
             )
             print(rows[-1], flush=True)

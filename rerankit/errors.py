@@ -45,6 +45,12 @@ class MissingExtraError(RerankitError, ImportError):
     """An optional dependency is needed; the message names the extra to install."""
 
 
+def short_reason(exc: BaseException) -> str:
+    """``Type: first line of the message`` (or just the type): a reason fit for one line."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 def require(module: str, extra: str):
     """Import an optional dependency or raise MissingExtraError naming the extra."""
     import importlib

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from rerankit import run_folder
 from rerankit.config import LongDocumentsConfig
-from rerankit.errors import ConfigError, ModelLoadError
+from rerankit.errors import ConfigError, ModelLoadError, short_reason
 from rerankit.fusion import rrf
 from rerankit.loading import (
     bf16_is_native,
@@ -271,7 +271,9 @@ def _window_options(value: LongDocumentsConfig | Mapping | None) -> LongDocument
     try:
         return LongDocumentsConfig.model_validate(dict(value or {}))
     except ValidationError as exc:
-        raise ConfigError(f"long_documents: {exc.errors()[0]['loc']} {exc.errors()[0]['msg']}") from None
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error["loc"])
+        raise ConfigError(f"long_documents.{key}: {error['msg']} (got {error.get('input')!r})") from None
 
 
 def _first_stage_scores(first_stage, num_docs: int) -> list[np.ndarray]:
@@ -306,7 +308,7 @@ def _plain(name: str, tokenizer, dtype, trust_remote_code: bool, allow_pickle: b
             use_safetensors=None if allow_pickle else True,
         )
     except Exception as exc:  # corrupt or missing files surface as many error types
-        raise ModelLoadError(f"cannot load a cross-encoder from {name!r}: {_reason(exc)}") from exc
+        raise ModelLoadError(f"cannot load a cross-encoder from {name!r}: {short_reason(exc)}") from exc
     if model.config.num_labels != 1:
         raise ModelLoadError(
             f"{name!r} has {model.config.num_labels} output labels; a reranker needs exactly one"
@@ -346,13 +348,7 @@ def _merged(
         return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     except Exception as exc:  # corrupt or missing files surface as many error types
         raise ModelLoadError(
-            f"cannot load the adapter in {adapter_dir} onto {base!r}: {_reason(exc)}"
+            f"cannot load the adapter in {adapter_dir} onto {base!r}: {short_reason(exc)}"
         ) from exc
     finally:
         hf_logging.set_verbosity(verbosity)
-
-
-def _reason(exc: Exception) -> str:
-    """The first line of an error, with its type when the message alone is unclear."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

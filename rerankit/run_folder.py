@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from rerankit.errors import ModelLoadError, RerankitError
+from rerankit.errors import ModelLoadError, RerankitError, short_reason
 from rerankit.files import atomic_write_text, read_json, write_json
 
 MANIFEST = "run.json"
@@ -73,18 +73,18 @@ def check_checkpoint(checkpoint: str | Path) -> None:
             "the run as it was: delete this checkpoint folder to resume from an earlier one, "
             "or start again with --overwrite"
         )
+    from safetensors import safe_open
+
     try:
         empty = [name for name in CHECKPOINT_FILES if (folder / name).stat().st_size == 0]
         if empty:
             raise ValueError(f"empty {', '.join(empty)}")
         read_json(folder / "trainer_state.json")
         for weights in folder.glob("*.safetensors"):
-            from safetensors import safe_open
-
             with safe_open(str(weights), framework="pt") as handle:
                 handle.keys()
     except Exception as exc:  # JSON or safetensors errors: the files are damaged
-        raise RerankitError(f"{folder}: damaged checkpoint ({type(exc).__name__}: {exc})") from None
+        raise RerankitError(f"{folder}: damaged checkpoint ({short_reason(exc)})") from None
 
 
 def is_run_folder(out: Path) -> bool:

@@ -37,7 +37,7 @@ from litestar.handlers import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 
 from rerankit.encoding import QueryTooLongError
-from rerankit.errors import ModelLoadError, RerankitError
+from rerankit.errors import ModelLoadError, RerankitError, short_reason
 from rerankit.ordering import best_first
 from rerankit.scoring import sigmoid
 from rerankit.server.prometheus import CONTENT_TYPE_LATEST, ServerMetrics, http_metrics_config
@@ -344,7 +344,7 @@ def load_reranker(settings: ServerSettings, reranker=None):
     except RerankitError:
         raise
     except Exception as exc:  # whatever else a broken folder raises: one clear line, exit 2
-        raise ModelLoadError(f"cannot load {settings.model}: {type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(f"cannot load {settings.model}: {short_reason(exc)}") from exc
     if not all(math.isfinite(s) for s in warm):
         raise ModelLoadError(f"{settings.model} scores NaN or infinity; refusing to serve it")
     return reranker
