@@ -132,6 +132,17 @@ def _long_document_options(func):
     )(func)
 
 
+def _prompt_option(func):
+    """--prompt: the template a decoder LLM reads pairs through (unset: the model's own)."""
+    return click.option(
+        "--prompt",
+        type=click.Choice(["auto", "none", "qwen3", "plain"]),
+        default=None,
+        help="Prompt template of a decoder LLM reranker (default: the one it was trained or "
+        "exported with; auto for other checkpoints).",
+    )(func)
+
+
 def _windows(long_documents: str | None, window_aggregate: str | None) -> dict | None:
     """The --long-documents options as Reranker.load's long_documents (None: unset)."""
     chosen = {"mode": long_documents, "aggregate": window_aggregate}
@@ -168,6 +179,7 @@ def _trust_options(func):
 @click.option("--raw", is_flag=True, help="Raw logits instead of sigmoid scores.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @_long_document_options
+@_prompt_option
 @_trust_options
 @_one_line_errors
 def rerank(
@@ -180,6 +192,7 @@ def rerank(
     as_json: bool,
     long_documents: str | None,
     window_aggregate: str | None,
+    prompt: str | None,
     trust_remote_code: bool,
     allow_pickle: bool,
 ) -> None:
@@ -195,6 +208,7 @@ def rerank(
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
         long_documents=_windows(long_documents, window_aggregate),
+        prompt=prompt,
     )
     try:
         results = reranker.rerank(query, docs, top_k=top_k, raw=raw)
@@ -226,10 +240,21 @@ def rerank(
     help="Precision of the merged weights.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option(
+    "--causal-lm",
+    default=None,
+    help="Also write the merged causal LM here (yes/no decoder runs), scored by logit(yes) - logit(no).",
+)
 @_trust_options
 @_one_line_errors
 def export_command(
-    run_dir: str, out: str, dtype: str, overwrite: bool, trust_remote_code: bool, allow_pickle: bool
+    run_dir: str,
+    out: str,
+    dtype: str,
+    overwrite: bool,
+    causal_lm: str | None,
+    trust_remote_code: bool,
+    allow_pickle: bool,
 ) -> None:
     """Merge a run's adapter into a plain Hugging Face cross-encoder (safetensors)."""
     from rerankit.export import export
@@ -241,10 +266,13 @@ def export_command(
         overwrite=overwrite,
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
+        causal_lm=causal_lm,
     )
     click.echo(
         f"merged model written to {path} (load it with Reranker.load or sentence_transformers.CrossEncoder)"
     )
+    if causal_lm:
+        click.echo(f"merged causal LM written to {causal_lm} (Reranker.load scores it by yes/no)")
 
 
 @main.command(name="eval")
@@ -286,6 +314,7 @@ def export_command(
     "--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON here."
 )
 @_long_document_options
+@_prompt_option
 @_trust_options
 @_one_line_errors
 def eval_command(
@@ -301,6 +330,7 @@ def eval_command(
     out_path: str | None,
     long_documents: str | None,
     window_aggregate: str | None,
+    prompt: str | None,
     trust_remote_code: bool,
     allow_pickle: bool,
 ) -> None:
@@ -315,6 +345,7 @@ def eval_command(
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
         long_documents=_windows(long_documents, window_aggregate),
+        prompt=prompt,
     )
     if Path(data_path).is_dir():
         result = evaluate_beir(
@@ -543,6 +574,7 @@ def split(data_path: str, valid_ratio: float, group_by: str, seed: int, out_dir:
 )
 @click.option("--model-name", default="rerankit", show_default=True, help="Name echoed in responses.")
 @_long_document_options
+@_prompt_option
 @_trust_options
 @_one_line_errors
 def serve(
@@ -560,6 +592,7 @@ def serve(
     model_name: str,
     long_documents: str | None,
     window_aggregate: str | None,
+    prompt: str | None,
     trust_remote_code: bool,
     allow_pickle: bool,
 ) -> None:
@@ -586,6 +619,7 @@ def serve(
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
         long_documents=_windows(long_documents, window_aggregate),
+        prompt=prompt,
     )
     reranker = load_reranker(settings)
     run(create_app(settings, reranker=reranker), settings, host, port)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from rerankit.config import LongDocumentsConfig
 from rerankit.encoding import encode_pairs
+from rerankit.prompts import PromptTemplate
 from rerankit.sampling import Group, NegativeSampler
 from rerankit.windows import split_documents
 
@@ -42,8 +43,14 @@ class GroupCollator:
     to (the loss then scores a document by the aggregate of its windows: MaxP).
     """
 
-    def __init__(self, tokenizer, max_length: int, long_documents: LongDocumentsConfig | None = None) -> None:
-        self.tokenizer, self.max_length = tokenizer, max_length
+    def __init__(
+        self,
+        tokenizer,
+        max_length: int,
+        long_documents: LongDocumentsConfig | None = None,
+        prompt: PromptTemplate | None = None,
+    ) -> None:
+        self.tokenizer, self.max_length, self.prompt = tokenizer, max_length, prompt
         self.long_documents = long_documents or LongDocumentsConfig()
 
     def __call__(self, groups: Sequence[Group]) -> dict:
@@ -62,9 +69,9 @@ class GroupCollator:
                 mask[row, col] = True
         if self.long_documents.mode == "windows":
             queries, docs, owner = split_documents(
-                self.tokenizer, queries, docs, self.max_length, self.long_documents
+                self.tokenizer, queries, docs, self.max_length, self.long_documents, self.prompt
             )
-        batch = dict(encode_pairs(self.tokenizer, queries, docs, self.max_length))
+        batch = dict(encode_pairs(self.tokenizer, queries, docs, self.max_length, prompt=self.prompt))
         batch.update(group_labels=labels, group_mask=mask, pair_slots=torch.tensor(slots, dtype=torch.long))
         if self.long_documents.mode == "windows":
             batch["window_owner"] = torch.tensor(owner, dtype=torch.long)

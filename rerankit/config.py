@@ -43,6 +43,30 @@ class LongDocumentsConfig(_Section):
     max_windows: int = Field(8, ge=1, le=1024)
 
 
+class PromptConfig(_Section):
+    """How a pair is written for a decoder LLM (see rerankit.prompts)."""
+
+    # auto: none for encoders; for decoders qwen3 when the tokenizer has ChatML tokens, else plain.
+    template: Literal["auto", "none", "qwen3", "plain", "custom"] = "auto"
+    # The task in words (qwen3's <Instruct>); null keeps the preset's.
+    instruction: str | None = None
+    # custom only: text before the body, the body ({query}, {instruction}, {document} last), after.
+    prefix: str = ""
+    body: str = "Query: {query}\nDocument: {document}"
+    suffix: str = ""
+    # Answer words of yes/no scoring (one token each); null keeps the preset's.
+    yes: str | None = None
+    no: str | None = None
+
+    @model_validator(mode="after")
+    def _body_has_its_fields(self) -> PromptConfig:
+        if not self.body.endswith("{document}") or self.body.count("{document}") != 1:
+            raise ValueError("body must end with {document} (and hold it once)")
+        if self.body.count("{query}") != 1:
+            raise ValueError("body must hold {query} once")
+        return self
+
+
 class ModelConfig(_Section):
     # Hub id or local path; the hub id of all-MiniLM-L6-v2 resolves to the packaged copy.
     name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2"
@@ -57,6 +81,11 @@ class ModelConfig(_Section):
     # Documents longer than the window: truncated (default) or scored by windows at inference
     # (Reranker, rerankit eval, the server and the adapters read it from the run folder).
     long_documents: LongDocumentsConfig = Field(default_factory=LongDocumentsConfig)
+    # The prompt template of decoder LLMs (encoders keep their pair encoding).
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    # seq_cls: a new score head on the last token; yes_no: logit("yes") - logit("no") of the LM
+    # head (kept frozen, so the model stays a causal LM); auto: yes_no for decoders with a template.
+    head: Literal["auto", "seq_cls", "yes_no"] = "auto"
 
 
 class QuantizationConfig(_Section):
@@ -132,7 +161,12 @@ class TrainingConfig(_Section):
     max_grad_norm: float = Field(1.0, gt=0)
     # auto: bf16 autocast on CUDA GPUs with bf16 and on CPUs with AVX512-BF16/AMX, else fp32.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    gradient_checkpointing: bool = False
+    # Recompute activations in the backward pass: less memory, ~30 % more time; auto: on for
+    # decoder LLMs, off for encoders.
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    # adamw (torch); adamw_8bit, paged_adamw_8bit, paged_adamw_32bit: bitsandbytes' optimizers
+    # (8-bit states; paged ones move to CPU memory under GPU memory pressure; CUDA only).
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"] = "adamw"
     logging_steps: int = Field(10, ge=1)
     # Checkpoints kept for --resume (the best one is always kept).
     save_total_limit: int = Field(2, ge=1)

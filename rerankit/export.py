@@ -5,6 +5,13 @@ one label) with its tokenizer, which other tools load unchanged:
 ``sentence_transformers.CrossEncoder(path)`` gives the same sigmoid scores as
 ``Reranker.load(run).score``. The tokenizer's ``model_max_length`` is set to the run's
 ``max_length``, so every loader truncates the same way.
+
+A decoder LLM run exports the same way, with its prompt template twice: in
+``rerankit_export.json`` (read by ``Reranker.load``) and as the tokenizer's chat template over
+a ``query``/``document`` message pair, which sentence-transformers' ``CrossEncoder`` applies
+by itself. A yes/no run's classifier is the converted one: its one-label head is
+``W[yes] − W[no]``. ``causal_lm`` also writes the merged causal LM (Qwen3-Reranker layout:
+the score is ``logit(yes) − logit(no)`` at the last position), for tools that serve those.
 """
 
 from __future__ import annotations
@@ -14,10 +21,9 @@ import shutil
 from pathlib import Path
 
 from rerankit import run_folder
+from rerankit.encoding import special_tokens_around
 from rerankit.errors import RerankitError
-
-# Written into every export: where it came from (and the mark --overwrite looks for).
-EXPORT_INFO = "rerankit_export.json"
+from rerankit.prompts import EXPORT_INFO
 
 
 def export(
@@ -28,44 +34,89 @@ def export(
     overwrite: bool = False,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    causal_lm: str | Path | None = None,
 ) -> Path:
-    """Merge the run's adapter into its base and write it to ``out``; returns ``out``."""
+    """Merge the run's adapter into its base and write it to ``out``; returns ``out``.
+
+    ``causal_lm``: also write the merged causal LM there (yes/no runs only).
+    """
     from rerankit import __version__
     from rerankit.inference import Reranker
 
     run_dir, out = Path(run_dir), Path(out)
     manifest = run_folder.read_manifest(run_dir)
-    if out.exists():
-        if not overwrite:
-            raise RerankitError(f"{out} exists; pass --overwrite to replace it")
-        if not out.is_dir() or (not (out / EXPORT_INFO).exists() and any(out.iterdir())):
-            raise RerankitError(
-                f"{out} is not a rerankit export; --overwrite replaces only one (or an empty "
-                "folder): choose another --out"
-            )
+    targets = [out] if causal_lm is None else [out, Path(causal_lm)]
+    for target in targets:
+        _check_target(target, overwrite)
+    if causal_lm is not None and manifest.get("head") != "yes_no":
+        raise RerankitError(
+            f"{run_dir} scores with a new classification head ({manifest.get('head') or 'seq_cls'}), "
+            "which a causal LM cannot carry; --causal-lm needs a run trained with model.head: yes_no"
+        )
     reranker = Reranker.load(
         run_dir, device="cpu", dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
     )
+    tokenizer = reranker.tokenizer
+    tokenizer.model_max_length = reranker.max_length
+    if reranker.prompt is not None:
+        leading, trailing = (tokenizer.decode(ids) for ids in special_tokens_around(tokenizer))
+        tokenizer.chat_template = reranker.prompt.chat_template(leading, trailing)
+    info = {
+        "exported_from": str(run_dir.resolve()),
+        "config_hash": manifest["config_hash"],
+        "base_model": manifest["base_model"],
+        "max_length": reranker.max_length,
+        "dtype": dtype,
+        "head": manifest.get("head", "seq_cls"),
+        "prompt": reranker.prompt.to_dict() if reranker.prompt is not None else None,
+        "rerankit_version": __version__,
+    }
+    _write(out, reranker.model, tokenizer, {**info, "layout": "sequence-classification"})
+    if causal_lm is not None:
+        model = _causal_lm(manifest, reranker, dtype, trust_remote_code, allow_pickle)
+        _write(Path(causal_lm), model, tokenizer, {**info, "layout": "causal-lm"})
+    return out
+
+
+def _check_target(out: Path, overwrite: bool) -> None:
+    if not out.exists():
+        return
+    if not overwrite:
+        raise RerankitError(f"{out} exists; pass --overwrite to replace it")
+    if not out.is_dir() or (not (out / EXPORT_INFO).exists() and any(out.iterdir())):
+        raise RerankitError(
+            f"{out} is not a rerankit export; --overwrite replaces only one (or an empty "
+            "folder): choose another folder"
+        )
+
+
+def _write(out: Path, model, tokenizer, info: dict) -> None:
+    """Model, tokenizer and export info into ``out``, swapped in whole."""
     staging = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    reranker.model.save_pretrained(str(staging), safe_serialization=True)
-    reranker.tokenizer.model_max_length = reranker.max_length
-    reranker.tokenizer.save_pretrained(str(staging))
-    (staging / EXPORT_INFO).write_text(
-        json.dumps(
-            {
-                "exported_from": str(run_dir.resolve()),
-                "config_hash": manifest["config_hash"],
-                "base_model": manifest["base_model"],
-                "max_length": reranker.max_length,
-                "dtype": dtype,
-                "rerankit_version": __version__,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    model.save_pretrained(str(staging), safe_serialization=True)
+    tokenizer.save_pretrained(str(staging))
+    (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
     # The old export goes only once the new one is complete on disk.
     shutil.rmtree(out, ignore_errors=True)
     staging.replace(out)
-    return out
+
+
+def _causal_lm(manifest: dict, reranker, dtype: str, trust_remote_code: bool, allow_pickle: bool):
+    """The base causal LM with the run's merged body: its LM head (untouched by training, the
+    yes/no head is frozen) gives ``logit(yes) − logit(no)`` equal to the classifier's score."""
+    from transformers import AutoModelForCausalLM
+
+    from rerankit.loading import resolve_model_path, torch_dtype
+
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model_path(manifest["base_model"]),
+        revision=manifest.get("base_revision"),
+        dtype=torch_dtype(dtype),
+        trust_remote_code=trust_remote_code,
+        use_safetensors=None if allow_pickle else True,
+    )
+    body = getattr(model, model.base_model_prefix)
+    body.load_state_dict(getattr(reranker.model, reranker.model.base_model_prefix).state_dict())
+    model.config.pad_token_id = reranker.model.config.pad_token_id
+    return model

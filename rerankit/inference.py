@@ -15,6 +15,7 @@ bf16 rounding with the padded width of its batch.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from rerankit.loading import (
     torch_dtype,
 )
 from rerankit.ordering import best_first
+from rerankit.prompts import PromptTemplate, answer_head_weight, prompt_for_checkpoint, set_answer_head
 from rerankit.scoring import score_pairs, sigmoid
 from rerankit.windows import score_documents
 
@@ -98,8 +100,9 @@ class Reranker:
         max_batch: int = 128,
         source: str = "",
         long_documents: LongDocumentsConfig | Mapping | None = None,
+        prompt: PromptTemplate | None = None,
     ) -> None:
-        self.model, self.tokenizer = model.eval(), tokenizer
+        self.model, self.tokenizer, self.prompt = model.eval(), tokenizer, prompt
         self.long_documents = _window_options(long_documents)
         if max_tokens is None:
             # Padded tokens per forward pass: on CPU small batches stay in cache and run
@@ -120,6 +123,7 @@ class Reranker:
         trust_remote_code: bool = False,
         allow_pickle: bool = False,
         long_documents: LongDocumentsConfig | Mapping | None = None,
+        prompt: str | Mapping | PromptTemplate | None = None,
     ) -> Reranker:
         """Load a run folder, an exported folder, or any HF cross-encoder path or hub id.
 
@@ -137,6 +141,13 @@ class Reranker:
         ``long_documents`` (a ``LongDocumentsConfig`` or its fields as a mapping, e.g.
         ``{"mode": "windows", "aggregate": "max"}``) scores documents longer than the window by
         windows (``rerankit.windows``); a run folder's own setting is the default.
+
+        ``prompt``: the template a decoder LLM reads pairs through (``rerankit.prompts``): a
+        preset name ("qwen3", "plain", "none", "auto"), ``PromptConfig`` fields or a
+        ``PromptTemplate``. The default is the one the run trained with or the export recorded;
+        for other checkpoints ``auto`` (decoders: qwen3 with ChatML tokens, else plain). A causal
+        LM checkpoint (a Qwen3-Reranker, or ``rerankit export --causal-lm``) is scored by
+        ``logit(yes) − logit(no)`` at its last position.
         """
         device = device or default_device()
         if dtype is None or dtype == "auto":
@@ -159,13 +170,16 @@ class Reranker:
             adapter_weights = ADAPTER_WEIGHTS if manifest["adapter"] else None
             check_local_model(str(model_dir), allow_pickle=pickle, weights=adapter_weights)
             tokenizer = load_tokenizer(str(model_dir), trust)
+            if prompt is None:  # a run without a template (an encoder) reads the pair encoding
+                prompt = PromptTemplate.from_dict(manifest["prompt"]) if manifest.get("prompt") else "none"
             if manifest["adapter"]:
                 base = resolve_model_path(manifest["base_model"])
                 check_local_model(base, allow_pickle=pickle)
                 revision = manifest.get("base_revision")
                 model = _merged(base, model_dir, tokenizer, dtype, trust, pickle, revision)
+                prompt = _prompt(str(model_dir), model, tokenizer, prompt)
             else:
-                model = _plain(str(model_dir), tokenizer, dtype, trust, pickle)
+                model, prompt = _plain(str(model_dir), tokenizer, dtype, trust, pickle, prompt)
             max_length = max_length or manifest["max_length"]
             long_documents = long_documents or manifest.get("long_documents")
         elif (path / "adapter_config.json").exists():
@@ -176,11 +190,12 @@ class Reranker:
             check_local_model(base, allow_pickle=pickle)
             tokenizer = load_tokenizer(str(path), trust)
             model = _merged(base, path, tokenizer, dtype, trust, pickle)
+            prompt = _prompt(str(path), model, tokenizer, prompt)
         else:
             check_local_model(given, allow_pickle=pickle)
             name = resolve_model_path(given)
             tokenizer = load_tokenizer(name, trust)
-            model = _plain(name, tokenizer, dtype, trust, pickle)
+            model, prompt = _plain(name, tokenizer, dtype, trust, pickle, prompt)
         max_length = max_length or min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
         return cls(
             model.to(device),
@@ -188,6 +203,7 @@ class Reranker:
             max_length=max_length,
             source=str(path),
             long_documents=long_documents,
+            prompt=prompt,
         )
 
     def score(self, pairs: Sequence[tuple[str, str]], *, raw: bool = False) -> list[float]:
@@ -247,7 +263,7 @@ class Reranker:
                 raise ValueError(f"document {i} is empty or whitespace-only: nothing to score")
         with self._lock:
             return score_documents(
-                self._score, self.tokenizer, queries, docs, self.max_length, self.long_documents
+                self._score, self.tokenizer, queries, docs, self.max_length, self.long_documents, self.prompt
             )
 
     def _score(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
@@ -259,6 +275,7 @@ class Reranker:
             max_length=self.max_length,
             max_tokens=self.max_tokens,
             max_batch=self.max_batch,
+            prompt=self.prompt,
         )
 
     def __repr__(self) -> str:
@@ -297,25 +314,44 @@ def _first_stage_scores(first_stage, num_docs: int) -> list[np.ndarray]:
     return arrays
 
 
-def _plain(name: str, tokenizer, dtype, trust_remote_code: bool, allow_pickle: bool):
-    from transformers import AutoModelForSequenceClassification
+def _prompt(path: str, model, tokenizer, given) -> PromptTemplate | None:
+    try:
+        return prompt_for_checkpoint(path, model.config, tokenizer, given)
+    except (ValidationError, TypeError, ValueError) as exc:
+        raise ConfigError(f"prompt: {short_reason(exc)}") from None
+
+
+def _plain(name: str, tokenizer, dtype, trust_remote_code: bool, allow_pickle: bool, prompt):
+    """A sequence-classification checkpoint, or a causal LM scored by yes/no; and its prompt."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            name,
-            dtype=dtype,
-            trust_remote_code=trust_remote_code,
-            use_safetensors=None if allow_pickle else True,
-        )
+        hf_config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        causal = any(a.endswith("ForCausalLM") for a in hf_config.architectures or [])
+        # A causal LM's load report lists the score head as missing: it is set below.
+        quiet = _quiet_transformers() if causal else contextlib.nullcontext()
+        with quiet:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                name,
+                dtype=dtype,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=None if allow_pickle else True,
+                **({"num_labels": 1} if causal else {}),
+            )
     except Exception as exc:  # corrupt or missing files surface as many error types
         raise ModelLoadError(f"cannot load a cross-encoder from {name!r}: {short_reason(exc)}") from exc
+    prompt = _prompt(name, model, tokenizer, prompt)
+    if causal:
+        if prompt is None:
+            raise ModelLoadError(f"{name!r} is a causal LM: it is scored by yes/no through a prompt template")
+        set_answer_head(model, answer_head_weight(model, name, hf_config, tokenizer, prompt))
     if model.config.num_labels != 1:
         raise ModelLoadError(
             f"{name!r} has {model.config.num_labels} output labels; a reranker needs exactly one"
         )
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return model
+    return model, prompt
 
 
 def _merged(
@@ -330,25 +366,34 @@ def _merged(
     """Base model in ``dtype`` with the adapter (and its trained head) merged in."""
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
+
+    # The base's load report lists the score head as missing: the adapter brings it.
+    with _quiet_transformers():
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                base,
+                num_labels=1,
+                dtype=dtype,
+                trust_remote_code=trust_remote_code,
+                revision=revision,
+                pad_token_id=tokenizer.pad_token_id,
+                use_safetensors=None if allow_pickle else True,
+            )
+            return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+        except Exception as exc:  # corrupt or missing files surface as many error types
+            raise ModelLoadError(
+                f"cannot load the adapter in {adapter_dir} onto {base!r}: {short_reason(exc)}"
+            ) from exc
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' logging at errors only (its load reports), restored afterwards."""
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
-    # The base's load report lists the score head as missing: the adapter brings it.
     hf_logging.set_verbosity_error()
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            base,
-            num_labels=1,
-            dtype=dtype,
-            trust_remote_code=trust_remote_code,
-            revision=revision,
-            pad_token_id=tokenizer.pad_token_id,
-            use_safetensors=None if allow_pickle else True,
-        )
-        return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    except Exception as exc:  # corrupt or missing files surface as many error types
-        raise ModelLoadError(
-            f"cannot load the adapter in {adapter_dir} onto {base!r}: {short_reason(exc)}"
-        ) from exc
+        yield
     finally:
         hf_logging.set_verbosity(verbosity)

@@ -5,6 +5,10 @@ transformers' ``AutoModelForSequenceClassification(num_labels=1)`` gives the cro
 (QLoRA: 4-bit NF4 with double quantization), and peft adds the LoRA adapters. The score
 head (and, by default, BERT's pooler) is trained in full through ``modules_to_save`` and is
 therefore saved with the adapter.
+
+A decoder scored by yes/no (``model.head: yes_no``) gets the head ``W[yes] − W[no]`` of its LM
+head (``prompts.answer_head_weight``), saved with the adapter too but frozen: the model stays
+the causal LM it was, so its export scores the same as a causal LM and as a classifier.
 """
 
 from __future__ import annotations
@@ -16,6 +20,14 @@ from typing import Any
 
 from rerankit.errors import ModelLoadError
 from rerankit.loading import bf16_is_native, load_tokenizer, resolve_model_path, torch_dtype
+from rerankit.prompts import (
+    PromptTemplate,
+    answer_head_weight,
+    is_decoder,
+    resolve_head,
+    resolve_prompt,
+    set_answer_head,
+)
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +134,9 @@ class BuiltModel:
     base_path: str  # resolved path or hub id of the backbone
     modules_to_save: list[str]
     target_modules: list[str]
+    prompt: PromptTemplate | None = None  # the decoder's template; None: the pair encoding
+    head: str = "seq_cls"  # seq_cls or yes_no
+    gradient_checkpointing: bool = False
 
 
 def training_device(config) -> str:
@@ -129,6 +144,12 @@ def training_device(config) -> str:
     import torch
 
     return "cpu" if config.training.use_cpu or not torch.cuda.is_available() else "cuda"
+
+
+def wants_gradient_checkpointing(config, hf_config) -> bool:
+    """The config's choice; ``auto``: on for decoder LLMs, whose activations dominate memory."""
+    wanted = config.training.gradient_checkpointing
+    return is_decoder(hf_config) if wanted == "auto" else bool(wanted)
 
 
 def build_model(config) -> BuiltModel:
@@ -144,6 +165,12 @@ def build_model(config) -> BuiltModel:
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load model config of {mcfg.name_or_path!r}: {exc}") from exc
     tokenizer = load_tokenizer(path, mcfg.trust_remote_code, mcfg.revision)
+    try:
+        prompt = resolve_prompt(mcfg.prompt, hf_config, tokenizer)
+    except ValueError as exc:
+        raise ModelLoadError(f"model.prompt: {exc}") from None
+    head = resolve_head(mcfg.head, hf_config, prompt)
+    checkpointing = wants_gradient_checkpointing(config, hf_config)
     if hf_config.pad_token_id is None:
         hf_config.pad_token_id = tokenizer.pad_token_id
     vocab_size = getattr(hf_config, "vocab_size", None)
@@ -169,20 +196,29 @@ def build_model(config) -> BuiltModel:
         )
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load {mcfg.name_or_path!r}: {exc}") from exc
+    if head == "yes_no":
+        if prompt is None:
+            raise ModelLoadError("model.head yes_no needs a prompt template (model.prompt.template)")
+        set_answer_head(model, answer_head_weight(model, path, hf_config, tokenizer, prompt))
 
     modules_to_save = head_module_names(model)
     if lcfg.train_pooler:
         modules_to_save += pooler_module_names(model)
     modules_to_save += [m for m in lcfg.modules_to_save if m not in modules_to_save]
+    extras = dict(prompt=prompt, head=head, gradient_checkpointing=checkpointing)
     if not lcfg.enabled:
-        return BuiltModel(model, tokenizer, path, modules_to_save, [])
+        if head == "yes_no":
+            freeze_answer_head(model)
+        return BuiltModel(model, tokenizer, path, modules_to_save, [], **extras)
 
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if quant is not None:
         keep_training_layout(model)
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=config.training.gradient_checkpointing
+            model,
+            use_gradient_checkpointing=checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     targets = (
         lora_target_modules(model, hf_config.model_type, exclude=modules_to_save)
@@ -198,4 +234,13 @@ def build_model(config) -> BuiltModel:
         task_type="SEQ_CLS",
     )
     model = get_peft_model(model, peft_config)
-    return BuiltModel(model, tokenizer, path, modules_to_save, targets)
+    if head == "yes_no":
+        freeze_answer_head(model)
+    return BuiltModel(model, tokenizer, path, modules_to_save, targets, **extras)
+
+
+def freeze_answer_head(model) -> None:
+    """The yes/no head stays ``W[yes] − W[no]``: LoRA adapts the body, the answer is fixed."""
+    for name, param in model.named_parameters():
+        if any(part in HEAD_NAMES for part in name.split(".")):
+            param.requires_grad_(False)

@@ -211,6 +211,9 @@ def mark_finished(out: Path, config, digest: str, built) -> None:
             "trust_remote_code": config.model.trust_remote_code,
             "max_length": config.model.max_length,
             "long_documents": config.model.long_documents.model_dump(),
+            # The template pairs were read through (null: the pair encoding) and the head.
+            "prompt": built.prompt.to_dict() if built.prompt is not None else None,
+            "head": built.head,
             "adapter": bool(config.lora.enabled),
             "trained_quantization": config.quantization.mode,
             "modules_to_save": built.modules_to_save,

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from rerankit.encoding import encode_pairs
+from rerankit.prompts import PromptTemplate
 
 
 def sigmoid(logits) -> np.ndarray:
@@ -51,15 +52,21 @@ def score_pairs(
     max_batch: int = 128,
     autocast_dtype=None,
     progress: bool = False,
+    prompt: PromptTemplate | None = None,
 ) -> np.ndarray:
-    """Raw scores (logits) of each (queries[i], docs[i]) pair, fp32, in input order."""
+    """Raw scores (logits) of each (queries[i], docs[i]) pair, fp32, in input order.
+
+    ``prompt``: the template a decoder reads pairs through (None: the pair encoding).
+    """
     import torch
 
     if len(queries) != len(docs):
         raise ValueError(f"got {len(queries)} queries but {len(docs)} documents")
     if not queries:
         return np.zeros(0, dtype=np.float32)
-    encoded = encode_pairs(tokenizer, queries, docs, max_length, padding=False, return_tensors=None)
+    encoded = encode_pairs(
+        tokenizer, queries, docs, max_length, padding=False, return_tensors=None, prompt=prompt
+    )
     lengths = [len(ids) for ids in encoded["input_ids"]]
     device = next(model.parameters()).device
     scores = np.empty(len(queries), dtype=np.float32)

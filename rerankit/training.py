@@ -73,6 +73,21 @@ class DivergenceCallback(TrainerCallback):
             control.should_training_stop = True
 
 
+def optimizer_class(name: str):
+    """torch's AdamW, or one of bitsandbytes' AdamW with 8-bit or paged states."""
+    import torch
+
+    if name == "adamw":
+        return torch.optim.AdamW
+    import bitsandbytes.optim as bnb_optim
+
+    return {
+        "adamw_8bit": bnb_optim.AdamW8bit,
+        "paged_adamw_8bit": bnb_optim.PagedAdamW8bit,
+        "paged_adamw_32bit": bnb_optim.PagedAdamW32bit,
+    }[name]
+
+
 class RerankTrainer(Trainer):
     """Trainer with a group ranking loss and full-validation-set ranking evaluation."""
 
@@ -84,6 +99,7 @@ class RerankTrainer(Trainer):
         validator: Validator,
         modules_to_save: list[str],
         head_learning_rate: float | None = None,
+        optimizer_name: str = "adamw",
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -93,6 +109,7 @@ class RerankTrainer(Trainer):
         self.loss_fn, self.validator = loss_fn, validator
         self.long_documents = long_documents
         self.modules_to_save, self.head_learning_rate = modules_to_save, head_learning_rate
+        self.optimizer_name = optimizer_name
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("group_labels")  # [Q, G] 1 = positive, 0 = negative
@@ -116,9 +133,8 @@ class RerankTrainer(Trainer):
         return metrics
 
     def create_optimizer(self, model=None):
-        """AdamW; the fully trained modules (score head, pooler) may get their own LR."""
-        import torch
-
+        """AdamW (torch's, or bitsandbytes' 8-bit/paged one); the fully trained modules (score
+        head, pooler) may get their own LR."""
         if self.optimizer is not None:
             return self.optimizer
         model = model if model is not None else self.model
@@ -129,7 +145,7 @@ class RerankTrainer(Trainer):
             if param.requires_grad:
                 is_head = any(part in self.modules_to_save for part in name.split("."))
                 groups.setdefault((is_head, name in decay), []).append(param)
-        self.optimizer = torch.optim.AdamW(
+        self.optimizer = optimizer_class(self.optimizer_name)(
             [
                 {
                     "params": params,
@@ -154,6 +170,8 @@ class FitResult:
     # The trained (best) model as it is in memory, e.g. 4-bit base + adapter, and its tokenizer.
     model: Any = field(default=None, repr=False)
     tokenizer: Any = field(default=None, repr=False)
+    # The template a decoder reads pairs through (rerankit.prompts); None: the pair encoding.
+    prompt: Any = field(default=None, repr=False)
 
     @property
     def model_dir(self) -> Path:
@@ -203,7 +221,11 @@ def _load_data(config: TrainConfig):
     return train, valid, reports
 
 
-def training_arguments(config: TrainConfig, output_dir: Path) -> TrainingArguments:
+def training_arguments(
+    config: TrainConfig, output_dir: Path, gradient_checkpointing: bool = False
+) -> TrainingArguments:
+    """The Trainer's arguments; ``gradient_checkpointing`` as resolved for the model
+    (``model_builder.wants_gradient_checkpointing``; a quantized model has it from peft)."""
     tcfg, ecfg = config.training, config.evaluation
     strategy = "steps" if ecfg.eval_steps else "epoch"
     return TrainingArguments(
@@ -229,12 +251,23 @@ def training_arguments(config: TrainConfig, output_dir: Path) -> TrainingArgumen
         seed=config.seed,
         data_seed=config.seed,
         use_cpu=training_device(config) == "cpu",
-        gradient_checkpointing=tcfg.gradient_checkpointing and config.quantization.mode == "none",
+        **_checkpointing(gradient_checkpointing and config.quantization.mode == "none"),
         remove_unused_columns=False,
         dataloader_num_workers=tcfg.dataloader_num_workers,
         dataloader_pin_memory=False,
         **_precision(config),
     )
+
+
+def _checkpointing(on: bool) -> dict[str, Any]:
+    """TrainingArguments' activation (gradient) checkpointing, under the name this transformers
+    has (it renamed gradient_* to activation_*). Non-reentrant: it needs no input that requires
+    grad, and LoRA freezes the embeddings."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    prefix = "activation" if "activation_checkpointing" in names else "gradient"
+    return {f"{prefix}_checkpointing": on, f"{prefix}_checkpointing_kwargs": {"use_reentrant": False}}
 
 
 def _metric_key(config: TrainConfig) -> str:
@@ -245,10 +278,12 @@ def _metric_key(config: TrainConfig) -> str:
 def _make_trainer(cfg: TrainConfig, out: Path, built, dataset, vset, validator, callbacks):
     return RerankTrainer(
         model=built.model,
-        args=training_arguments(cfg, out),
+        args=training_arguments(cfg, out, built.gradient_checkpointing),
         train_dataset=dataset,
         eval_dataset=vset,  # scored by the validator; given so the Trainer schedules evaluations
-        data_collator=GroupCollator(built.tokenizer, cfg.model.max_length, cfg.model.long_documents),
+        data_collator=GroupCollator(
+            built.tokenizer, cfg.model.max_length, cfg.model.long_documents, built.prompt
+        ),
         callbacks=callbacks,
         long_documents=cfg.model.long_documents,
         loss_fn=build_loss(
@@ -260,6 +295,7 @@ def _make_trainer(cfg: TrainConfig, out: Path, built, dataset, vset, validator, 
         validator=validator,
         modules_to_save=built.modules_to_save,
         head_learning_rate=cfg.training.head_learning_rate,
+        optimizer_name=cfg.training.optimizer,
     )
 
 
@@ -329,6 +365,7 @@ def _train(
         cfg.evaluation.recall_at,
         cfg.evaluation.batch_size,
         cfg.model.long_documents,
+        built.prompt,
     )
     sampler = NegativeSampler(
         train, cfg.sampling.num_negatives, cfg.sampling.hard_ratio, cfg.sampling.max_positives, cfg.seed
@@ -390,4 +427,4 @@ def _train(
         curve = write_curve(out / run_folder.CURVE_FILE, metrics)
         write_report(out / run_folder.REPORT_FILE, metrics, cfg, digest, curve)
         run_folder.mark_finished(out, cfg, digest, built)
-    return FitResult(out, metrics, cfg, metrics["data"], trainer.model, built.tokenizer)
+    return FitResult(out, metrics, cfg, metrics["data"], trainer.model, built.tokenizer, built.prompt)

@@ -15,6 +15,7 @@ import numpy as np
 from rerankit.config import LongDocumentsConfig
 from rerankit.data import QueryRecord
 from rerankit.errors import RerankitError
+from rerankit.prompts import PromptTemplate
 from rerankit.ranking_metrics import ranking_metrics
 from rerankit.windows import score_documents
 
@@ -71,8 +72,9 @@ class Validator:
         recall_at: int = 10,
         batch_size: int = 64,
         long_documents: LongDocumentsConfig | None = None,
+        prompt: PromptTemplate | None = None,
     ) -> None:
-        self.vset, self.tokenizer = vset, tokenizer
+        self.vset, self.tokenizer, self.prompt = vset, tokenizer, prompt
         self.max_length, self.recall_at, self.batch_size = max_length, recall_at, batch_size
         self.long_documents = long_documents or LongDocumentsConfig()
 
@@ -89,10 +91,13 @@ class Validator:
                 max_length=self.max_length,
                 max_tokens=self.batch_size * self.max_length,
                 max_batch=self.batch_size,
+                prompt=self.prompt,
             )
 
         queries, docs = self.vset.flat_pairs()
-        return score_documents(score, self.tokenizer, queries, docs, self.max_length, self.long_documents)[0]
+        return score_documents(
+            score, self.tokenizer, queries, docs, self.max_length, self.long_documents, self.prompt
+        )[0]
 
     def evaluate(self, model) -> dict[str, float]:
         """Metrics of the model's scores; RerankitError when a score is NaN or infinite (a

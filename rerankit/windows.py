@@ -22,7 +22,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from rerankit.config import LongDocumentsConfig
-from rerankit.encoding import check_query_lengths
+from rerankit.encoding import document_budgets
+from rerankit.prompts import PromptTemplate
 
 
 def window_spans(num_tokens: int, size: int, stride: int, max_windows: int) -> list[tuple[int, int]]:
@@ -43,7 +44,12 @@ def window_spans(num_tokens: int, size: int, stride: int, max_windows: int) -> l
 
 
 def split_documents(
-    tokenizer, queries: Sequence[str], docs: Sequence[str], max_length: int, options: LongDocumentsConfig
+    tokenizer,
+    queries: Sequence[str],
+    docs: Sequence[str],
+    max_length: int,
+    options: LongDocumentsConfig,
+    prompt: PromptTemplate | None = None,
 ) -> tuple[list[str], list[str], list[int]]:
     """Every (query, document) pair as one or more (query, window) pairs.
 
@@ -51,20 +57,16 @@ def split_documents(
     came from. A document that fits the pair's budget stays one window (its whole text).
     Raises QueryTooLongError when a query leaves no room for its document.
     """
-    check_query_lengths(tokenizer, queries, max_length)
-    special = tokenizer.num_special_tokens_to_add(pair=True)
-    query_lengths = {
-        q: len(ids)
-        for q, ids in zip(
-            dict.fromkeys(queries),
-            tokenizer(list(dict.fromkeys(queries)), add_special_tokens=False)["input_ids"],
-        )
-    }
-    encoded = tokenizer(list(docs), add_special_tokens=False, return_offsets_mapping=True)
+    budgets = document_budgets(tokenizer, queries, max_length, prompt)
+    encoded = tokenizer(
+        list(docs),
+        add_special_tokens=False,
+        return_offsets_mapping=True,
+        split_special_tokens=prompt is not None,
+    )
     flat_queries, flat_docs, owner = [], [], []
     for i, (query, doc, offsets) in enumerate(zip(queries, docs, encoded["offset_mapping"])):
-        budget = max(1, max_length - special - query_lengths[query])
-        size = min(options.window or budget, budget)
+        size = min(options.window or budgets[query], budgets[query])
         for start, end in window_spans(len(offsets), size, options.stride, options.max_windows):
             text = doc if (start, end) == (0, len(offsets)) else doc[offsets[start][0] : offsets[end - 1][1]]
             flat_queries.append(query)
@@ -122,12 +124,13 @@ def score_documents(
     docs: Sequence[str],
     max_length: int,
     options: LongDocumentsConfig,
+    prompt: PromptTemplate | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scores of (query, document) pairs as ``options`` says (truncated, or by windows), and
     per pair the number of windows scored. ``score_pairs`` scores plain pairs."""
     if options.mode == "truncate":
         return score_pairs(queries, docs), np.ones(len(docs), dtype=np.int64)
-    flat_queries, flat_docs, owner = split_documents(tokenizer, queries, docs, max_length, options)
+    flat_queries, flat_docs, owner = split_documents(tokenizer, queries, docs, max_length, options, prompt)
     window_scores = score_pairs(flat_queries, flat_docs)
     counts = np.bincount(owner, minlength=len(docs))
     return aggregate(window_scores, owner, len(docs), options.aggregate), counts

@@ -337,6 +337,7 @@ def load_reranker(settings: ServerSettings, reranker=None):
                 trust_remote_code=settings.trust_remote_code,
                 allow_pickle=settings.allow_pickle,
                 long_documents=settings.long_documents,
+                prompt=settings.prompt,
             )
         if settings.max_batch_tokens:
             reranker.max_tokens = settings.max_batch_tokens
@@ -364,7 +365,7 @@ def create_app(settings: ServerSettings, reranker=None) -> Litestar:
                 log.error("could not load %s: %s", settings.model, exc)
                 state.load_error = str(exc)
                 return
-            state.request_tokenizer = RequestTokenizer(loaded.tokenizer, loaded.max_length)
+            state.request_tokenizer = RequestTokenizer(loaded.tokenizer, loaded.max_length, loaded.prompt)
             state.worker = InferenceWorker(
                 lambda q, d: np.column_stack(loaded.window_logits(q, d)),
                 max_queue_pairs=settings.max_queue_pairs,

@@ -21,6 +21,8 @@ class ServerSettings:
     # Long documents (fields of config.model.long_documents, e.g. {"mode": "windows"});
     # None: the run folder's own setting.
     long_documents: dict | None = None
+    # Prompt template of a decoder LLM ("qwen3", "plain", "none", "auto"); None: the model's own.
+    prompt: str | None = None
     # Bearer token required on the rerank routes; None leaves them open.
     api_key: str | None = None
     # Limits: documents per request, request body size, characters per document and query.

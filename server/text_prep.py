@@ -12,20 +12,21 @@ import threading
 from collections.abc import Sequence
 
 from rerankit.encoding import check_query_lengths
+from rerankit.prompts import PromptTemplate
 
 
 class RequestTokenizer:
     """The request side's own tokenizer: query-length checks and ``max_tokens_per_doc`` cuts."""
 
-    def __init__(self, tokenizer, max_length: int) -> None:
+    def __init__(self, tokenizer, max_length: int, prompt: PromptTemplate | None = None) -> None:
         self.tokenizer = copy.deepcopy(tokenizer)
-        self.max_length = max_length
+        self.max_length, self.prompt = max_length, prompt
         self._lock = threading.Lock()
 
     def check_query(self, query: str) -> None:
         """QueryTooLongError when the query alone fills the model's window."""
         with self._lock:
-            check_query_lengths(self.tokenizer, [query], self.max_length)
+            check_query_lengths(self.tokenizer, [query], self.max_length, self.prompt)
 
     def truncate(self, texts: Sequence[str], max_tokens: int) -> list[str]:
         """Each text cut after its first ``max_tokens`` tokens (at a character offset)."""

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random BERT and Qwen2 cross-encoders built locally, and toy data.
+"""Shared fixtures: tiny random BERT, Qwen2/Qwen3 and Llama models built locally, and toy data.
 
 The toy task is learnable by a tiny random model in a few dozen steps: each query names a
 topic, its positives contain that topic word, and its mined (hard) negatives are about
@@ -110,21 +110,48 @@ def _bert_tokenizer():
     return BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
 
 
-def _decoder_tokenizer():
+# Words of the prompt templates (rerankit.prompts), so the tiny tokenizers keep them short.
+TEMPLATE_TEXT = (
+    "Judge whether the Document meets the requirements based on the Query and the Instruct provided. "
+    'Note that the answer can only be "yes" or "no". Given a web search query, retrieve relevant '
+    "passages that answer the query system user assistant <think> </think> <Instruct>: <Query>: "
+    "<Document>: Query: Document: Relevant: yes no"
+)
+
+
+def _decoder_tokenizer(chat: bool = False, bos: bool = False):
     """A byte-level BPE tokenizer with an EOS but no pad token, as decoder LLMs ship.
 
-    Trained here on the toy vocabulary; its EOS is Qwen's "<|endoftext|>", so that
-    AutoTokenizer's Qwen2 class (chosen from the model type) reads it back unchanged.
+    Trained here on the toy vocabulary and the templates' words ("yes" and "no" whole, with and
+    without a leading space). ``chat``: Qwen's ChatML tokens too; ``bos``: Llama's "<s>", added
+    before every text. Qwen's EOS is "<|endoftext|>", which AutoTokenizer reads back unchanged.
     """
-    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers import ByteLevelBPETokenizer, processors
     from transformers import PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
-    text = " ".join(WORDS + [str(d) for d in range(10)])
+    text = " ".join(WORDS + [str(d) for d in range(10)]) + " " + TEMPLATE_TEXT
+    if bos:
+        specials = ["<s>", "</s>"]
+    else:
+        specials = ["<|endoftext|>"] + (["<|im_start|>", "<|im_end|>"] if chat else [])
     bpe.train_from_iterator(
-        [text] * 10, vocab_size=400, min_frequency=1, special_tokens=["<|endoftext|>"], show_progress=False
+        [text] * 10 + ["yes", "no"] * 10,
+        vocab_size=600,
+        min_frequency=1,
+        special_tokens=specials,
+        show_progress=False,
     )
-    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>")
+    if bos:
+        bpe._tokenizer.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bpe.token_to_id("<s>"))]
+        )
+        return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer,
+        eos_token="<|endoftext|>",
+        additional_special_tokens=specials[1:],
+    )
 
 
 @pytest.fixture(scope="session")
@@ -173,6 +200,44 @@ def tiny_qwen_dir(tmp_path_factory) -> Path:
     Qwen2ForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def _save_decoder(folder: Path, kind: str) -> Path:
+    """A tiny random causal LM of ``kind`` (qwen3: tied embeddings, ChatML tokenizer; llama:
+    untied LM head, BOS), saved as decoder checkpoints are: no score head."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = _decoder_tokenizer(chat=kind == "qwen3", bos=kind == "llama")
+    torch.manual_seed(0)
+    shape = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    if kind == "qwen3":
+        model = Qwen3ForCausalLM(Qwen3Config(**shape, head_dim=16, tie_word_embeddings=True))
+    else:
+        config = LlamaConfig(**shape, bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=False)
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_dir(tmp_path_factory) -> Path:
+    return _save_decoder(tmp_path_factory.mktemp("tiny-qwen3"), "qwen3")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    return _save_decoder(tmp_path_factory.mktemp("tiny-llama"), "llama")
 
 
 @pytest.fixture

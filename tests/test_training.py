@@ -21,7 +21,12 @@ def _fit(model_dir, train, valid, out, **sections):
 
 def _validator(result, valid_path):
     records, _ = read_records(valid_path)
-    return Validator(ValidationSet.from_records(records), result.tokenizer, result.config.model.max_length)
+    return Validator(
+        ValidationSet.from_records(records),
+        result.tokenizer,
+        result.config.model.max_length,
+        prompt=result.prompt,
+    )
 
 
 def _reload_4bit(run_dir, base_dir):
