@@ -146,6 +146,15 @@ def training_device(config) -> str:
     return "cpu" if config.training.use_cpu or not torch.cuda.is_available() else "cuda"
 
 
+def training_precision(config) -> str:
+    """fp32, bf16 or fp16; ``auto``: bf16 where the hardware runs it natively (CUDA,
+    AVX512-BF16/AMX CPUs), fp32 elsewhere (emulated bf16 is many times slower than fp32)."""
+    wanted = config.training.precision
+    if wanted == "auto":
+        return "bf16" if bf16_is_native(training_device(config)) else "fp32"
+    return wanted
+
+
 def wants_gradient_checkpointing(config, hf_config) -> bool:
     """The config's choice; ``auto``: on for decoder LLMs, whose activations dominate memory."""
     wanted = config.training.gradient_checkpointing
@@ -190,9 +199,20 @@ def build_model(config) -> BuiltModel:
     if compute_dtype == "auto":
         compute_dtype = "bfloat16" if bf16_is_native(training_device(config)) else "float32"
     quant = quantization_config(qcfg.mode, qcfg.quant_type, qcfg.double_quant, compute_dtype, skip)
+    # LoRA under bf16 keeps its frozen base in bf16 (half the memory; peft keeps the adapter
+    # weights in fp32). The Trainer does not move a bitsandbytes model, so a quantized one is
+    # loaded onto its GPU.
+    half_base = quant is None and lcfg.enabled and training_precision(config) == "bf16"
+    device = training_device(config)
+    placement = {"device_map": {"": _local_gpu()}} if quant is not None and device == "cuda" else {}
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, config=hf_config, quantization_config=quant, dtype=torch.float32, **kwargs
+            path,
+            config=hf_config,
+            quantization_config=quant,
+            dtype=torch.bfloat16 if half_base else torch.float32,
+            **placement,
+            **kwargs,
         )
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load {mcfg.name_or_path!r}: {exc}") from exc
@@ -237,6 +257,13 @@ def build_model(config) -> BuiltModel:
     if head == "yes_no":
         freeze_answer_head(model)
     return BuiltModel(model, tokenizer, path, modules_to_save, targets, **extras)
+
+
+def _local_gpu() -> int:
+    """This process's GPU (one per process under torchrun/accelerate)."""
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def freeze_answer_head(model) -> None:

@@ -32,9 +32,8 @@ from rerankit.config import TrainConfig, config_hash, load_config
 from rerankit.data import read_records
 from rerankit.errors import RerankitError
 from rerankit.files import read_json, write_json
-from rerankit.loading import bf16_is_native
 from rerankit.losses import build_loss
-from rerankit.model_builder import build_model, training_device
+from rerankit.model_builder import build_model, training_device, training_precision
 from rerankit.report import write_curve, write_report
 from rerankit.sampling import NegativeSampler
 from rerankit.split import split_records
@@ -191,11 +190,7 @@ def _overrides_from_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _precision(config: TrainConfig) -> dict[str, bool]:
-    wanted = config.training.precision
-    if wanted == "auto":
-        # Native bf16 (CUDA, AVX512-BF16/AMX CPUs) trains markedly faster under autocast;
-        # emulated bf16 (AVX2-only CPUs) is many times slower than fp32.
-        wanted = "bf16" if bf16_is_native(training_device(config)) else "fp32"
+    wanted = training_precision(config)
     return {"bf16": wanted == "bf16", "fp16": wanted == "fp16"}
 
 
