@@ -10,9 +10,12 @@ on every projection, 4-bit NF4 for QLoRA, gradient checkpointing on for decoders
 loss over each query's documents, AdamW (or bitsandbytes' 8-bit / paged AdamW). Each row runs in
 its own process, so its peak is its own:
 
-- CUDA: ``torch.cuda.max_memory_allocated`` (what the model, optimizer and activations hold);
-- CPU: the process's peak resident memory, less that of the same process before the model
-  was built (Python, torch and the libraries).
+- CUDA: ``torch.cuda.max_memory_allocated`` during the training steps (what the model, the
+  optimizer and the activations hold);
+- CPU: the process's peak resident memory during the training steps (Linux ``VmHWM``, reset
+  once the model is built), less its size before the model was built (Python, torch and the
+  libraries). Loading can peak higher (weights are converted, then quantized): that peak is
+  the ``load`` column; ``held`` is what the built model holds before the first step.
 
 One step is ``groups`` queries × ``docs`` documents × ``length`` tokens (random token ids; the
 cost does not depend on the text). The first step is a warm-up; the table gives the median of
@@ -26,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -104,10 +106,21 @@ def measure_row(folder: Path, mode: str, args) -> dict:
     from rerankit.training import optimizer_class
 
     cuda = torch.cuda.is_available()
-    before = _peak_rss_mib()
+    # The libraries' own memory is not the model's: import them before the baseline.
+    import bitsandbytes  # noqa: F401
+    import peft  # noqa: F401
+    from transformers import AutoModelForSequenceClassification  # noqa: F401
+
+    before = _resident_mib("VmRSS")
     config = validate_config(
         {
-            "model": {"name_or_path": str(folder), "max_length": args.length, "head": "seq_cls"},
+            # Random token ids stand in for text: the template does not change the step's cost.
+            "model": {
+                "name_or_path": str(folder),
+                "max_length": args.length,
+                "head": "seq_cls",
+                "prompt": {"template": "none"},
+            },
             "quantization": {"mode": "4bit" if mode == "qlora" else "none"},
             "lora": {"enabled": mode != "full", "r": 16, "alpha": 32},
             "data": {"train": "unused.jsonl"},
@@ -133,8 +146,13 @@ def measure_row(folder: Path, mode: str, args) -> dict:
     labels[:, 0] = 1
     mask = torch.ones(args.groups, args.docs, dtype=torch.bool, device=device)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")
+    load_peak = torch.cuda.max_memory_allocated() if cuda else _resident_mib("VmHWM") - before
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    else:
+        _release_freed_memory()
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    held = torch.cuda.memory_allocated() / 2**20 if cuda else _resident_mib("VmRSS") - before
     times = []
     for _ in range(args.steps):
         start = time.perf_counter()
@@ -148,9 +166,11 @@ def measure_row(folder: Path, mode: str, args) -> dict:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
         print(f"  step {len(times)}: {times[-1]:.1f} s, loss {loss.item():.4f}", file=sys.stderr, flush=True)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mib() - before
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _resident_mib("VmHWM") - before
     return {
         "peak_mib": round(peak),
+        "load_peak_mib": round(load_peak / 2**20 if cuda else load_peak),
+        "held_mib": round(held),
         "step_s": round(statistics.median(times[1:] or times), 2),
         "trainable_params": sum(p.numel() for p in trainable),
         "params": sum(p.numel() * (2 if _is_4bit(p) else 1) for p in model.parameters()),
@@ -174,11 +194,56 @@ def _is_4bit(param) -> bool:
     return type(param).__name__ == "Params4bit"  # two 4-bit weights per stored byte
 
 
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _release_freed_memory() -> None:
+    """Hand memory freed while loading back to the OS: glibc keeps freed heap resident, which
+    would count in the training peak."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _resident_mib(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak since start or the last reset) of this process, in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def full_fine_tune_bytes(size: str) -> int:
+    """fp32 weights, gradients and two AdamW states: 16 bytes a parameter (counted on the meta
+    device, nothing allocated)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    shape = dict(SHAPES[size])
+    config = AutoConfig.for_model(shape.pop("model_type"), **shape)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return 16 * sum(p.numel() for p in model.parameters())
+
+
+def memory_total() -> int:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.mem_get_info()[1]
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no MemTotal in /proc/meminfo")
 
 
 def run_row(size: str, mode: str, folder: Path, args) -> dict:
+    if mode == "full" and (need := full_fine_tune_bytes(size)) > memory_total():
+        return {
+            "size": size,
+            "mode": mode,
+            "error": f"not run: fp32 weights, gradients and AdamW states alone need {need / 2**30:.0f} GiB, "
+            f"more than the {memory_total() / 2**30:.0f} GiB here",
+        }
     command = [sys.executable, __file__, "--row", mode, "--folder", str(folder), *_shared(args)]
     started = time.perf_counter()
     try:
@@ -235,22 +300,24 @@ def write_results(rows: list[dict], args, out: Path) -> Path:
         f"optimizer {args.optimizer}. Random weights in the published shapes "
         "(`benchmarks/llm_memory.py`). Peak: "
         + (
-            "`torch.cuda.max_memory_allocated`."
+            "`torch.cuda.max_memory_allocated` during the steps; load: while the model was built."
             if device == "cuda"
-            else "the process's peak resident memory less its size before the model was built."
+            else "the process's peak resident memory during the steps (load: while the model was "
+            "built), less its size before the model was built."
         ),
         "",
-        "| model | params | method | precision (base) | trainable | peak memory | s / step |",
-        "|---|---:|---|---|---:|---:|---:|",
+        "| model | params | method | precision (base) | trainable | held | peak memory | load | s / step |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['size']} | | {MODES[row['mode']]} | | | {row['error']} | |")
+            lines.append(f"| {row['size']} | | {MODES[row['mode']]} | | | | {row['error']} | | |")
             continue
         lines.append(
             f"| {row['size']} | {row['params'] / 1e9:.2f} B | {MODES[row['mode']]} | "
             f"{row['precision']} ({row['base_dtype']}) | {row['trainable_params'] / 1e6:.1f} M | "
-            f"{row['peak_mib'] / 1024:.2f} GiB | {row['step_s']} |"
+            f"{row['held_mib'] / 1024:.2f} GiB | {row['peak_mib'] / 1024:.2f} GiB | "
+            f"{row['load_peak_mib'] / 1024:.2f} GiB | {row['step_s']} |"
         )
     name.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

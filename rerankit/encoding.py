@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rerankit.errors import ModelLoadError
 from rerankit.prompts import PromptTemplate
 
 # Tokens a query must leave for its document (and the special tokens around the pair).
@@ -92,8 +93,10 @@ class _TemplateParts:
         pad = tokenizer.pad_token_id
         if self.after and pad is not None and self.after[-1] == pad:
             # Sequence-classification heads read the last token that is not padding.
-            raise ValueError(
-                "the prompt template ends with the pad token; give the tokenizer another pad token"
+            raise ModelLoadError(
+                f"the {prompt.name} prompt template ends with the pad token "
+                f"{tokenizer.pad_token!r}: the score would be read one token early; give the "
+                "tokenizer another pad token"
             )
 
     @classmethod
@@ -104,12 +107,20 @@ class _TemplateParts:
         return cache[prompt]
 
 
+def check_template(tokenizer, prompt: PromptTemplate | None) -> None:
+    """ModelLoadError when a template cannot work with this tokenizer (checked at load)."""
+    if prompt is not None:
+        _TemplateParts.of(tokenizer, prompt)
+
+
 def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
     """The special tokens the tokenizer puts before and after one text (a BOS, say)."""
     plain = tokenizer("x", add_special_tokens=False)["input_ids"]
     marked = tokenizer("x")["input_ids"]
-    start = next(i for i in range(len(marked)) if marked[i : i + len(plain)] == plain)
-    return marked[:start], marked[start + len(plain) :]
+    starts = [i for i in range(len(marked)) if plain and marked[i : i + len(plain)] == plain]
+    if not starts:  # "x" is not even one token for this tokenizer: nothing to learn from it
+        return [], []
+    return marked[: starts[0]], marked[starts[0] + len(plain) :]
 
 
 def _tokenize(tokenizer, texts: Sequence[str], user_text: bool, **kwargs):

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from rerankit import run_folder
 from rerankit.config import LongDocumentsConfig
+from rerankit.encoding import check_template
 from rerankit.errors import ConfigError, ModelLoadError, short_reason
 from rerankit.fusion import rrf
 from rerankit.loading import (
@@ -196,6 +197,7 @@ class Reranker:
             name = resolve_model_path(given)
             tokenizer = load_tokenizer(name, trust)
             model, prompt = _plain(name, tokenizer, dtype, trust, pickle, prompt)
+        check_template(tokenizer, prompt)
         max_length = max_length or min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
         return cls(
             model.to(device),

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rerankit.encoding import check_template
 from rerankit.errors import ModelLoadError
 from rerankit.loading import bf16_is_native, load_tokenizer, resolve_model_path, torch_dtype
 from rerankit.prompts import (
@@ -178,6 +179,7 @@ def build_model(config) -> BuiltModel:
         prompt = resolve_prompt(mcfg.prompt, hf_config, tokenizer)
     except ValueError as exc:
         raise ModelLoadError(f"model.prompt: {exc}") from None
+    check_template(tokenizer, prompt)
     head = resolve_head(mcfg.head, hf_config, prompt)
     checkpointing = wants_gradient_checkpointing(config, hf_config)
     if hf_config.pad_token_id is None:

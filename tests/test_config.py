@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from rerankit.config import apply_overrides, config_hash, load_config, parse_override
@@ -75,3 +77,10 @@ def test_relative_data_paths_resolve_against_config_folder(tmp_path):
     path = tmp_path / "cfg" / "c.yaml"
     path.write_text("data:\n  train: train.jsonl\n")
     assert load_config(path).data.train == str(tmp_path / "cfg" / "train.jsonl")
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=str)
+def test_every_shipped_config_validates(path):
+    config = load_config(path)
+    assert Path(config.data.train).exists()

@@ -269,3 +269,50 @@ def test_server_and_adapters_rank_like_the_reranker(qwen3_run):
         [Document(page_content=d) for d in docs], query
     )
     assert [d.page_content for d in compressed] == [r.text for r in expected]
+
+
+def test_long_documents_are_read_by_windows_under_a_template(qwen3_run):
+    reranker = Reranker.load(
+        qwen3_run.output_dir,
+        device="cpu",
+        dtype="float32",
+        long_documents={"mode": "windows", "max_windows": 64},
+    )
+    query = "tell me about apple number 3"
+    long_doc = "zinc oxide quartz " * 80 + "the apple story is old"
+    logits, windows = reranker.window_logits([query, query], [long_doc, "the apple story is old"])
+    assert windows.tolist()[1] == 1 and windows[0] > 1
+    # The best window is the one holding the answer: the document scores as its last window.
+    tail = reranker.logits([query], [long_doc[-200:]])[0]
+    assert logits[0] >= tail - 1e-4
+
+
+def test_lora_under_bf16_keeps_the_frozen_base_in_bf16(tiny_qwen3_dir, tmp_path):
+    from rerankit.config import validate_config
+    from rerankit.model_builder import build_model
+    from rerankit.scoring import score_pairs
+
+    config = validate_config(
+        {
+            "model": {"name_or_path": str(tiny_qwen3_dir), "max_length": TEMPLATE_LENGTH},
+            "quantization": {"mode": "none"},
+            "data": {"train": "unused.jsonl"},
+            "training": {"precision": "bf16", "use_cpu": True},
+        }
+    )
+    built = build_model(config)
+    dtypes = {name: p.dtype for name, p in built.model.named_parameters()}
+    assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.float32}
+    assert {d for n, d in dtypes.items() if "lora_" not in n} == {torch.bfloat16}
+    scores = score_pairs(
+        built.model, built.tokenizer, *zip(*PAIRS), max_length=TEMPLATE_LENGTH, prompt=built.prompt
+    )
+    assert np.isfinite(scores).all()
+
+
+def test_a_template_ending_in_the_pad_token_is_refused(tiny_qwen3_dir):
+    from rerankit.errors import ModelLoadError
+
+    custom = {"template": "custom", "suffix": "\nRelevant:<|endoftext|>", "yes": " yes", "no": " no"}
+    with pytest.raises(ModelLoadError, match="ends with the pad token '<\\|endoftext\\|>'"):
+        Reranker.load(tiny_qwen3_dir, device="cpu", dtype="float32", prompt=custom)
