@@ -357,6 +357,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     from rerankit.config import load_config
+    from rerankit.model_builder import training_precision
 
     base = dict(parse_ablation("main: " + " ".join(args.overrides))[1])
     args.train_queries = args.train_queries or (400 if args.quick else 600)
@@ -413,8 +414,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from rerankit.inference import Reranker
 
-    def add_trained(name: str, trained: dict[str, Any], scores: list[np.ndarray], **extra) -> None:
+    def add_trained(name: str, trained: dict[str, Any], reranker, **extra) -> None:
+        scores = score_with(reranker, test)
         add({"name": name, **extra, **trained, **metrics_of(test, scores)})
+        if reranker.fusion is not None:  # learned on the run's validation queries, never on these
+            add(
+                {
+                    "name": f"{name} ⊕ BM25 ({reranker.fusion_name}, fitted on validation)",
+                    "fused": True,
+                    **metrics_of(test, [reranker.fuse(s, [b]) for b, s in zip(test["bm25"], scores)]),
+                }
+            )
         # The lever `rerankit eval` and `Reranker.rerank(first_stage=...)` offer: RRF with the first stage(s).
         add(
             {
@@ -443,7 +453,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs += [(name, {**base, **o}) for name, o in map(parse_ablation, args.ablation)]
     for i, (name, overrides) in enumerate(runs):
         trained = in_fresh_process(train_rerankit, args.config, files, str(work / f"rerankit_{i}"), overrides)
-        add_trained(name, trained, score_with(Reranker.load(trained["path"]), test), overrides=overrides)
+        add_trained(name, trained, Reranker.load(trained["path"]), overrides=overrides)
     for i, lr in enumerate([] if args.no_peer else args.peer_lr or [1e-4]):
         trained = in_fresh_process(
             train_peer,
@@ -454,13 +464,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             queries_per_step=cfg.training.batch_size,
             max_length=cfg.model.max_length,
             learning_rate=lr,
-            bf16=cfg.training.precision != "fp32",
+            # As rerankit's own precision resolves: bf16 only where the hardware runs it natively.
+            bf16=training_precision(cfg) == "bf16",
             seed=cfg.seed,
         )
         add_trained(
             f"sentence-transformers CrossEncoderTrainer (BCE, lr {lr:.0e})",
             trained,
-            score_with(Reranker.load(trained["path"]), test),
+            Reranker.load(trained["path"]),
         )
 
     result = {

@@ -21,7 +21,9 @@ from typing import Any
 
 from rerankit.errors import RerankitError
 
-Ranked = list[tuple[int, float]]  # (index into the input, relevance score), best first
+# (index into the input, relevance score), best first: by the reranker's score, or by its
+# fusion with the first stage when the caller gave first-stage scores.
+Ranked = list[tuple[int, float]]
 
 
 class LocalBackend:
@@ -29,11 +31,16 @@ class LocalBackend:
         self.reranker = reranker
         self.name = getattr(reranker, "source", "") or "rerankit"
 
-    def rank(self, query: str, texts: Sequence[str], top_n: int | None) -> Ranked:
-        return [(r.index, r.score) for r in self.reranker.rerank(query, list(texts), top_k=top_n)]
+    def rank(
+        self, query: str, texts: Sequence[str], top_n: int | None, first_stage: Sequence[float] | None = None
+    ) -> Ranked:
+        ranked = self.reranker.rerank(query, list(texts), top_k=top_n, first_stage=first_stage)
+        return [(r.index, r.score) for r in ranked]
 
-    async def arank(self, query: str, texts: Sequence[str], top_n: int | None) -> Ranked:
-        return await asyncio.to_thread(self.rank, query, texts, top_n)
+    async def arank(
+        self, query: str, texts: Sequence[str], top_n: int | None, first_stage: Sequence[float] | None = None
+    ) -> Ranked:
+        return await asyncio.to_thread(self.rank, query, texts, top_n, first_stage)
 
 
 class _RetryableStatus(Exception):
@@ -154,8 +161,11 @@ class RemoteBackend:
         except httpx.TransportError as exc:
             raise RerankitError(f"{self.url} unreachable after {self.max_retries + 1} tries: {exc}") from None
 
-    def _body(self, query: str, texts: Sequence[str], top_n: int | None) -> dict:
-        return {"model": self.name, "query": query, "documents": list(texts), "top_n": top_n}
+    def _body(self, query: str, texts: Sequence[str], top_n: int | None, first_stage=None) -> dict:
+        body = {"model": self.name, "query": query, "documents": list(texts), "top_n": top_n}
+        if first_stage is not None:  # rerankit's extension: the server fuses with it
+            body["first_stage_scores"] = [float(s) for s in first_stage]
+        return body
 
     def _parse(self, response, num_docs: int) -> Ranked:
         """The (index, score) pairs of a 200 answer, checked against the documents sent."""
@@ -190,17 +200,22 @@ class RemoteBackend:
         response = await self._async_client().post(self.url, json=body)
         return self._parse(response, len(body["documents"]))
 
-    def rank(self, query: str, texts: Sequence[str], top_n: int | None) -> Ranked:
+    def rank(
+        self, query: str, texts: Sequence[str], top_n: int | None, first_stage: Sequence[float] | None = None
+    ) -> Ranked:
         from tenacity import Retrying
 
         with self._final_errors():
-            return Retrying(**self._policy())(self._post, self._body(query, texts, top_n))
+            return Retrying(**self._policy())(self._post, self._body(query, texts, top_n, first_stage))
 
-    async def arank(self, query: str, texts: Sequence[str], top_n: int | None) -> Ranked:
+    async def arank(
+        self, query: str, texts: Sequence[str], top_n: int | None, first_stage: Sequence[float] | None = None
+    ) -> Ranked:
         from tenacity import AsyncRetrying
 
+        body = self._body(query, texts, top_n, first_stage)
         with self._final_errors():
-            return await AsyncRetrying(**self._policy())(self._apost, self._body(query, texts, top_n))
+            return await AsyncRetrying(**self._policy())(self._apost, body)
 
 
 def _detail(response) -> str:

@@ -37,6 +37,9 @@ class RerankitCompressor(BaseDocumentCompressor):
     api_key: str | None = None
     top_n: int | None = 3  # None keeps every document
     score_threshold: float | None = None
+    # Metadata key holding the retriever's score of each document: when set, the order is the
+    # reranker's fusion with it (learned on the run's validation set, else RRF).
+    first_stage_key: str | None = None
     timeout: float = 30.0
     max_retries: int = 3
     dtype: str = "auto"
@@ -66,16 +69,32 @@ class RerankitCompressor(BaseDocumentCompressor):
     ) -> Sequence[Document]:
         if not documents:
             return []
-        ranked = self._backend.rank(query, [d.page_content for d in documents], self.top_n)
-        return self._select(documents, ranked)
+        texts, first_stage = self._inputs(documents)
+        return self._select(documents, self._backend.rank(query, texts, self.top_n, first_stage))
+
+    def _inputs(self, documents: Sequence[Document]) -> tuple[list[str], list[float] | None]:
+        """The texts to score and, with ``first_stage_key``, each document's retriever score."""
+        texts = [d.page_content for d in documents]
+        if self.first_stage_key is None:
+            return texts, None
+        scores = []
+        for i, doc in enumerate(documents):
+            value = doc.metadata.get(self.first_stage_key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ValueError(
+                    f"document {i}: metadata[{self.first_stage_key!r}] is {value!r}, not the "
+                    "retriever's score (first_stage_key)"
+                )
+            scores.append(float(value))
+        return texts, scores
 
     async def acompress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks = None
     ) -> Sequence[Document]:
         if not documents:
             return []
-        ranked = await self._backend.arank(query, [d.page_content for d in documents], self.top_n)
-        return self._select(documents, ranked)
+        texts, first_stage = self._inputs(documents)
+        return self._select(documents, await self._backend.arank(query, texts, self.top_n, first_stage))
 
     def as_runnable(self) -> Runnable:
         """A Runnable taking ``{"documents": [...], "query": str}`` (sync and async)."""

@@ -36,6 +36,11 @@ class RerankitRerank(BaseNodePostprocessor):
     base_url: str | None = Field(default=None, description="A rerankit server instead.")
     api_key: str | None = Field(default=None)
     keep_retrieval_score: bool = Field(default=False)
+    fuse_retrieval_score: bool = Field(
+        default=False,
+        description="Order by the reranker's fusion with each node's retrieval score (learned on "
+        "the run's validation set, else RRF); the node's score stays the reranker's.",
+    )
     timeout: float = Field(default=30.0)
     max_retries: int = Field(default=3)
     dtype: str = Field(default="auto")
@@ -58,6 +63,17 @@ class RerankitRerank(BaseNodePostprocessor):
         )
         return (query_bundle.query_str, [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes])
 
+    def _retrieval_scores(self, nodes: list[NodeWithScore]) -> list[float] | None:
+        """The nodes' retrieval scores when fused with (``fuse_retrieval_score``)."""
+        if not self.fuse_retrieval_score:
+            return None
+        missing = [i for i, n in enumerate(nodes) if n.score is None]
+        if missing:
+            raise ValueError(
+                f"node {missing[0]} has no retrieval score to fuse with (fuse_retrieval_score=True)"
+            )
+        return [float(n.score) for n in nodes]
+
     def _finish(self, nodes: list[NodeWithScore], ranked) -> list[NodeWithScore]:
         """The ranked nodes with their new scores; emits the rerank end event."""
         out = []
@@ -76,7 +92,9 @@ class RerankitRerank(BaseNodePostprocessor):
         if not nodes:
             return []
         query, texts = self._start(nodes, query_bundle)
-        return self._finish(nodes, self._backend.rank(query, texts, self.top_n))
+        return self._finish(
+            nodes, self._backend.rank(query, texts, self.top_n, self._retrieval_scores(nodes))
+        )
 
     @dispatcher.span
     async def _apostprocess_nodes(
@@ -85,4 +103,5 @@ class RerankitRerank(BaseNodePostprocessor):
         if not nodes:
             return []
         query, texts = self._start(nodes, query_bundle)
-        return self._finish(nodes, await self._backend.arank(query, texts, self.top_n))
+        ranked = await self._backend.arank(query, texts, self.top_n, self._retrieval_scores(nodes))
+        return self._finish(nodes, ranked)

@@ -372,6 +372,11 @@ def eval_command(
                 (result["first_stage"]["name"], result["first_stage"]),
                 (f"reranked by {model_path}", result["reranked"]),
                 (result["fused_name"], result["fused"]),
+                *(
+                    [("fused: RRF (untuned)", result["fused_rrf"])]
+                    if "RRF" not in result["fused_name"]
+                    else []
+                ),
             ],
             f"recall@{recall_at}",
         )

@@ -4,7 +4,10 @@ The result is an ordinary ``AutoModelForSequenceClassification`` checkpoint (saf
 one label) with its tokenizer, which other tools load unchanged:
 ``sentence_transformers.CrossEncoder(path)`` gives the same sigmoid scores as
 ``Reranker.load(run).score``. The tokenizer's ``model_max_length`` is set to the run's
-``max_length``, so every loader truncates the same way.
+``max_length``, so every loader truncates the same way. The run's calibration
+(``rerankit.calibration``) is folded into a head that has a bias (encoders: ``sigmoid`` of the
+exported logit is the calibrated probability, in any tool); a head without one (decoders)
+keeps its logits, and the calibration is recorded for ``Reranker.load`` to apply.
 
 A decoder LLM run exports the same way, with its prompt template twice: in
 ``rerankit_export.json`` (read by ``Reranker.load``) and as the tokenizer's chat template over
@@ -61,6 +64,8 @@ def export(
     if reranker.prompt is not None:
         leading, trailing = (tokenizer.decode(ids) for ids in special_tokens_around(tokenizer))
         tokenizer.chat_template = reranker.prompt.chat_template(leading, trailing)
+    calibration = reranker.calibration
+    folded = calibration is not None and _fold_calibration(reranker.model, calibration)
     info = {
         "exported_from": str(run_dir.resolve()),
         "config_hash": manifest["config_hash"],
@@ -69,6 +74,8 @@ def export(
         "dtype": dtype,
         "head": manifest.get("head", "seq_cls"),
         "prompt": reranker.prompt.to_dict() if reranker.prompt is not None else None,
+        "calibration": {**calibration.to_dict(), "folded": folded} if calibration else None,
+        "fusion": reranker.fusion.to_dict() if reranker.fusion else None,
         "rerankit_version": __version__,
     }
     _write(out, reranker.model, tokenizer, {**info, "layout": "sequence-classification"})
@@ -76,6 +83,21 @@ def export(
         model = _causal_lm(manifest, reranker, dtype, trust_remote_code, allow_pickle)
         _write(Path(causal_lm), model, tokenizer, {**info, "layout": "causal-lm"})
     return out
+
+
+def _fold_calibration(model, calibration) -> bool:
+    """``scale · logit + bias`` written into the one-label output layer, when it has a bias
+    (BERT's ``classifier``, RoBERTa's ``classifier.out_proj``); False where it cannot be."""
+    import torch
+
+    head = getattr(model, "classifier", None)
+    layer = getattr(head, "out_proj", head)
+    if not isinstance(layer, torch.nn.Linear) or layer.out_features != 1 or layer.bias is None:
+        return False
+    with torch.no_grad():
+        layer.weight.mul_(calibration.scale)
+        layer.bias.mul_(calibration.scale).add_(calibration.bias)
+    return True
 
 
 def _check_target(out: Path, overwrite: bool) -> None:

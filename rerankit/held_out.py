@@ -98,8 +98,9 @@ def evaluate_beir(
 ) -> dict[str, Any]:
     """The first stage's top-k over the corpus vs the reranker's order of the same top-k.
 
-    The fused row is the reciprocal-rank fusion of the reranker's order with each ranking the
-    first stage is made of (BM25, the bi-encoder, or both for ``hybrid``).
+    The fused row is the reranker's fusion (``Reranker.fuse``) with each ranking the first
+    stage is made of (BM25, the bi-encoder, or both for ``hybrid``): learned on the run's
+    validation set where it applies, else reciprocal-rank fusion (also reported as ``fused_rrf``).
     """
     from tqdm.auto import tqdm
 
@@ -113,11 +114,12 @@ def evaluate_beir(
     qids = sorted(qrels)[:max_queries] if max_queries else sorted(qrels)
     qrels = {q: qrels[q] for q in qids}
     hits = first_stage_top_k(corpus, [queries[q] for q in qids], top_k, first_stage, dense_model)
-    first, reranked, fused = {}, {}, {}
+    first, reranked, fused, fused_rrf = {}, {}, {}, {}
     for qid, (ids, own, components) in tqdm(list(zip(qids, hits)), desc="reranking", unit="query"):
         scores = np.asarray(reranker.score([(queries[qid], corpus[d]) for d in ids], raw=True))
         first[qid], reranked[qid] = dict(zip(ids, own)), dict(zip(ids, scores))
-        fused[qid] = dict(zip(ids, rrf([*components.values(), scores])))
+        fused[qid] = dict(zip(ids, reranker.fuse(scores, list(components.values()))))
+        fused_rrf[qid] = dict(zip(ids, rrf([*components.values(), scores])))
     name = {"bm25": "bm25", "dense": "bi-encoder", "hybrid": "hybrid (bm25 + bi-encoder, RRF)"}
     return {
         "data": str(folder),
@@ -130,8 +132,16 @@ def evaluate_beir(
         },
         "reranked": ranking_metrics(qrels, reranked, recall_at),
         "fused": ranking_metrics(qrels, fused, recall_at),
-        "fused_name": "fused: RRF(" + ", ".join([*hits[0].components, "reranker"]) + ")" if hits else "",
+        "fused_name": _fused_name(reranker, [*hits[0].components] if hits else []),
+        "fused_rrf": ranking_metrics(qrels, fused_rrf, recall_at),
     }
+
+
+def _fused_name(reranker, components: list[str]) -> str:
+    parts = ", ".join([*components, "reranker"])
+    if len(components) == 1 and reranker.fusion is not None:
+        return f"fused: {reranker.fusion_name} ({parts})"
+    return f"fused: RRF({parts})"
 
 
 def evaluate_seed_file(reranker, path: str | Path, *, recall_at: int = 10) -> dict[str, Any]:
@@ -148,7 +158,8 @@ def evaluate_seed_file(reranker, path: str | Path, *, recall_at: int = 10) -> di
         "pairs": vset.num_pairs,
         "first_stage": {"name": "bm25 over the candidates", **vset.metrics(bm25, recall_at)},
         "reranked": vset.metrics(scores, recall_at),
-        "fused": vset.metrics([rrf([b, s]) for b, s in zip(bm25, scores)], recall_at),
-        "fused_name": "fused: RRF(bm25, reranker)",
+        "fused": vset.metrics([reranker.fuse(s, [b]) for b, s in zip(bm25, scores)], recall_at),
+        "fused_name": _fused_name(reranker, ["bm25"]),
+        "fused_rrf": vset.metrics([rrf([b, s]) for b, s in zip(bm25, scores)], recall_at),
         "data_report": report.summary(),
     }

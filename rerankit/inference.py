@@ -5,8 +5,10 @@ full or half precision — never the 4-bit training weights — with the trained
 restored from the adapter. An exported (merged) folder, or any Hugging Face
 sequence-classification cross-encoder path or hub id, loads the same way.
 
-Scores: ``raw=False`` (the default) gives ``sigmoid(logit)`` in [0, 1], as
-sentence-transformers' ``CrossEncoder`` does for one-label models; ``raw=True`` the logit.
+Scores: ``raw=False`` (the default) gives a relevance probability in [0, 1]: for a run
+trained here ``sigmoid(scale · logit + bias)`` with the calibration fitted on its validation
+set (``rerankit.calibration``), for other models ``sigmoid(logit)``, as sentence-transformers'
+``CrossEncoder`` gives for one-label models; ``raw=True`` the logit.
 Under bf16/fp16 the model runs in that precision and its logits are widened to fp32 before
 the sigmoid (computed in float64). Batches are cut by length, not by call, so in fp32 a
 document's score does not depend on the other documents of the call; under bf16 it can move by
@@ -16,6 +18,7 @@ bf16 rounding with the padded width of its batch.
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,10 +28,11 @@ import numpy as np
 from pydantic import ValidationError
 
 from rerankit import run_folder
+from rerankit.calibration import Calibration
 from rerankit.config import LongDocumentsConfig
 from rerankit.encoding import check_template
 from rerankit.errors import ConfigError, ModelLoadError, short_reason
-from rerankit.fusion import rrf
+from rerankit.fusion import LearnedFusion, rrf
 from rerankit.loading import (
     bf16_is_native,
     check_local_model,
@@ -37,7 +41,13 @@ from rerankit.loading import (
     torch_dtype,
 )
 from rerankit.ordering import best_first
-from rerankit.prompts import PromptTemplate, answer_head_weight, prompt_for_checkpoint, set_answer_head
+from rerankit.prompts import (
+    EXPORT_INFO,
+    PromptTemplate,
+    answer_head_weight,
+    prompt_for_checkpoint,
+    set_answer_head,
+)
 from rerankit.scoring import score_pairs, sigmoid
 from rerankit.windows import score_documents
 
@@ -102,8 +112,11 @@ class Reranker:
         source: str = "",
         long_documents: LongDocumentsConfig | Mapping | None = None,
         prompt: PromptTemplate | None = None,
+        calibration: Calibration | None = None,
+        fusion: LearnedFusion | None = None,
     ) -> None:
         self.model, self.tokenizer, self.prompt = model.eval(), tokenizer, prompt
+        self.calibration, self.fusion = calibration, fusion
         self.long_documents = _window_options(long_documents)
         if max_tokens is None:
             # Padded tokens per forward pass: on CPU small batches stay in cache and run
@@ -171,8 +184,9 @@ class Reranker:
             adapter_weights = ADAPTER_WEIGHTS if manifest["adapter"] else None
             check_local_model(str(model_dir), allow_pickle=pickle, weights=adapter_weights)
             tokenizer = load_tokenizer(str(model_dir), trust)
+            recorded = path / run_folder.MANIFEST
             if prompt is None:  # a run without a template (an encoder) reads the pair encoding
-                prompt = PromptTemplate.from_dict(manifest["prompt"]) if manifest.get("prompt") else "none"
+                prompt = _recorded(recorded, manifest, "prompt", PromptTemplate.from_dict) or "none"
             if manifest["adapter"]:
                 base = resolve_model_path(manifest["base_model"])
                 check_local_model(base, allow_pickle=pickle)
@@ -183,6 +197,8 @@ class Reranker:
                 model, prompt = _plain(str(model_dir), tokenizer, dtype, trust, pickle, prompt)
             max_length = max_length or manifest["max_length"]
             long_documents = long_documents or manifest.get("long_documents")
+            calibration = _recorded(recorded, manifest, "calibration", Calibration.from_dict)
+            fusion = _recorded(recorded, manifest, "fusion", LearnedFusion.from_dict)
         elif (path / "adapter_config.json").exists():
             from peft import PeftConfig
 
@@ -192,11 +208,13 @@ class Reranker:
             tokenizer = load_tokenizer(str(path), trust)
             model = _merged(base, path, tokenizer, dtype, trust, pickle)
             prompt = _prompt(str(path), model, tokenizer, prompt)
+            calibration = fusion = None
         else:
             check_local_model(given, allow_pickle=pickle)
             name = resolve_model_path(given)
             tokenizer = load_tokenizer(name, trust)
             model, prompt = _plain(name, tokenizer, dtype, trust, pickle, prompt)
+            calibration, fusion = _export_extras(name)
         check_template(tokenizer, prompt)
         max_length = max_length or min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
         return cls(
@@ -206,6 +224,8 @@ class Reranker:
             source=str(path),
             long_documents=long_documents,
             prompt=prompt,
+            calibration=calibration,
+            fusion=fusion,
         )
 
     def score(self, pairs: Sequence[tuple[str, str]], *, raw: bool = False) -> list[float]:
@@ -214,7 +234,26 @@ class Reranker:
             return []
         queries, docs = zip(*pairs)
         logits = self.logits(queries, docs)
-        return (logits if raw else sigmoid(logits)).tolist()
+        return (logits if raw else self.probabilities(logits)).tolist()
+
+    def fuse(self, logits: np.ndarray, first_stage: Sequence[np.ndarray]) -> np.ndarray:
+        """Fused scores of one query's documents from the reranker's logits and first-stage
+        scores: the fusion learned on the run's validation set (``rerankit.fusion``) when there
+        is one and one first stage; else the reciprocal-rank fusion of every ranking."""
+        if self.fusion is not None and len(first_stage) == 1:
+            return self.fusion.combine(np.asarray(logits), np.asarray(first_stage[0]))
+        return rrf([*first_stage, np.asarray(logits)])
+
+    @property
+    def fusion_name(self) -> str:
+        """How ``fuse`` combines one first stage with the reranker, in words."""
+        if self.fusion is None:
+            return "RRF"
+        return f"learned {self.fusion.method}, reranker weight {self.fusion.weight:.2f}"
+
+    def probabilities(self, logits) -> np.ndarray:
+        """Relevance probabilities of raw logits: calibrated when the model carries a calibration."""
+        return sigmoid(logits) if self.calibration is None else self.calibration.probabilities(logits)
 
     def rerank(
         self,
@@ -229,18 +268,17 @@ class Reranker:
 
         ``first_stage``: the retriever's scores of ``docs`` (higher is better), or a list of
         several retrievers' scores (say BM25's and a bi-encoder's, the parts of a hybrid
-        retriever). The order is then the reciprocal-rank fusion (``rerankit.fusion.rrf``) of
-        each of those rankings with the reranker's, and each result carries ``fused_score``.
-        On the quality benchmark, fusing with BM25 and the bi-encoder ranks better than either
-        alone (``benchmarks/results/quality.md``).
+        retriever). The order is then their fusion with the reranker's (``fuse``) and each
+        result carries ``fused_score``; ``score`` stays the reranker's.
         """
         if top_k is not None and top_k < 0:
             raise ValueError(f"top_k must be at least 0 (or None for all), got {top_k}")
         if not docs:
             return RerankResults()
         rankings = _first_stage_scores(first_stage, len(docs))
-        scores = np.asarray(self.score([(query, d) for d in docs], raw=raw))
-        fused = rrf([*rankings, scores]) if rankings else None
+        logits = self.logits([query] * len(docs), docs)
+        scores = logits if raw else self.probabilities(logits)
+        fused = self.fuse(logits, rankings) if rankings else None
         order = best_first(scores if fused is None else fused, top_k)
         return RerankResults(
             RerankResult(int(i), float(scores[i]), docs[i], rank, None if fused is None else float(fused[i]))
@@ -314,6 +352,34 @@ def _first_stage_scores(first_stage, num_docs: int) -> list[np.ndarray]:
             bad = int(np.flatnonzero(~np.isfinite(scores))[0])
             raise ValueError(f"{where}: the score of document {bad} is not a finite number")
     return arrays
+
+
+def _export_extras(path: str) -> tuple[Calibration | None, LearnedFusion | None]:
+    """The calibration an export recorded (when not folded into its head) and its fusion."""
+    info_file = Path(path) / EXPORT_INFO
+    if not info_file.is_file():
+        return None, None
+    try:
+        info = json.loads(info_file.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ModelLoadError(f"{info_file}: not valid JSON ({exc})") from None
+    calibration = _recorded(info_file, info, "calibration", Calibration.from_dict)
+    if calibration is not None and (info.get("calibration") or {}).get("folded", True):
+        calibration = None  # already in the exported head
+    return calibration, _recorded(info_file, info, "fusion", LearnedFusion.from_dict)
+
+
+def _recorded(source: Path, record: Mapping, key: str, parse):
+    """``parse(record[key])`` (None when absent or null), or ModelLoadError naming the file."""
+    value = record.get(key)
+    if value is None:
+        return None
+    try:
+        if not isinstance(value, Mapping):
+            raise TypeError(f"expected an object, got {type(value).__name__}")
+        return parse(value)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ModelLoadError(f"{source}: {key}: {exc}") from None
 
 
 def _prompt(path: str, model, tokenizer, given) -> PromptTemplate | None:

@@ -189,8 +189,11 @@ def prompt_for_checkpoint(path: str, hf_config, tokenizer, given=None) -> Prompt
     if given is None:
         info = Path(path) / EXPORT_INFO
         if info.is_file():
-            recorded = json.loads(info.read_text(encoding="utf-8")).get("prompt")
-            return PromptTemplate.from_dict(recorded) if recorded else None
+            try:
+                recorded = json.loads(info.read_text(encoding="utf-8")).get("prompt")
+                return PromptTemplate.from_dict(recorded) if recorded else None
+            except (ValueError, TypeError, AttributeError) as exc:
+                raise ModelLoadError(f"{info}: prompt: {exc}") from None
         given = "auto"
     fields = {"template": given} if isinstance(given, str) else dict(given)
     return resolve_prompt(PromptConfig(**fields), hf_config, tokenizer)

@@ -38,6 +38,15 @@ def verdict(metrics: dict[str, Any]) -> str:
         )
     if best <= base:
         parts.append("WARNING: training did not improve on the untrained model.")
+    fusion = metrics.get("fusion")
+    if fusion:
+        fused = fusion["value"]
+        parts.append(
+            f"Fused with BM25 ({fusion['method']}, reranker weight {fusion['weight']:.2f}): "
+            f"{key} {fused:.4f} ({fused - first:+.4f} over BM25)."
+        )
+        if fused < first:
+            parts.append("WARNING: even fused with it, the reranker ranks WORSE than BM25 here.")
     return " ".join(parts)
 
 
@@ -66,6 +75,8 @@ def write_report(path: Path, metrics: dict[str, Any], config, digest: str, curve
         "",
         "BM25 is computed over the same validation candidates (index over all of them).",
         "",
+        *fusion_lines(metrics),
+        *calibration_lines(metrics.get("calibration")),
         "## Data",
         "",
     ]
@@ -78,6 +89,55 @@ def write_report(path: Path, metrics: dict[str, Any], config, digest: str, curve
     if curve is not None:
         text += ["", f"![training curve]({curve.name})"]
     atomic_write_text(path, "\n".join(text) + "\n")
+
+
+def fusion_lines(metrics: dict[str, Any]) -> list[str]:
+    """The fusion section: BM25, the reranker, untuned RRF and the learned fusion."""
+    fusion = metrics.get("fusion")
+    if not fusion:
+        return []
+    key = fusion["metric"]
+    rows = [
+        ("BM25", metrics["first_stage"][key]),
+        ("reranker alone (best)", metrics["best"].get(key, float("nan"))),
+        ("RRF(BM25, reranker), untuned", fusion["untuned_rrf"]),
+        (f"learned: {fusion['method']}, reranker weight {fusion['weight']:.2f}", fusion["value"]),
+    ]
+    return [
+        "## Fusion with the first stage",
+        "",
+        "Fitted on these validation queries (their candidates ranked by BM25); `Reranker.rerank("
+        "first_stage=...)`, `rerankit eval`, the server and the adapters use it.",
+        "",
+        f"| ranking | {key} |",
+        "|---|---:|",
+        *(f"| {name} | {value:.4f} |" for name, value in rows),
+        "",
+    ]
+
+
+def calibration_lines(report: dict[str, Any] | None) -> list[str]:
+    """The calibration section: the fitted scale and bias and the ECE before and after."""
+    if not report:
+        return []
+    fitted = report["calibration"]
+    how = (
+        f"`sigmoid({fitted['scale']:.4g} · logit + {fitted['bias']:.4g})`"
+        if fitted
+        else "none (the validation pairs hold one class only)"
+    )
+    return [
+        "## Calibration",
+        "",
+        f"Relevance scores are {how}, fitted on the {report['pairs']} validation pairs "
+        "(Platt scaling; raw logits on request).",
+        "",
+        "| scores | expected calibration error (10 bins) |",
+        "|---|---:|",
+        f"| sigmoid(logit) | {report['ece_before']:.4f} |",
+        f"| calibrated | {report['ece_after']:.4f} |",
+        "",
+    ]
 
 
 def write_curve(path: Path, metrics: dict[str, Any]) -> Path | None:

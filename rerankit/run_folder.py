@@ -194,7 +194,9 @@ def save_model(out: Path, model, tokenizer) -> None:
     os.replace(staging, final)
 
 
-def mark_finished(out: Path, config, digest: str, built) -> None:
+def mark_finished(
+    out: Path, config, digest: str, built, calibration: dict | None = None, fusion=None
+) -> None:
     """Write the manifest: the last file of a run, whose presence means "finished"."""
     from rerankit import __version__
 
@@ -214,6 +216,10 @@ def mark_finished(out: Path, config, digest: str, built) -> None:
             # The template pairs were read through (null: the pair encoding) and the head.
             "prompt": built.prompt.to_dict() if built.prompt is not None else None,
             "head": built.head,
+            # Platt scaling of the logits (rerankit.calibration); null: plain sigmoid.
+            "calibration": calibration,
+            # The fusion with the first stage fitted on validation (rerankit.fusion); null: RRF.
+            "fusion": fusion.to_dict() if fusion is not None else None,
             "adapter": bool(config.lora.enabled),
             "trained_quantization": config.quantization.mode,
             "modules_to_save": built.modules_to_save,

@@ -27,11 +27,13 @@ from unittest.mock import patch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 
 from rerankit import run_folder
+from rerankit.calibration import calibration_report
 from rerankit.collator import EpochGroupDataset, GroupCollator
 from rerankit.config import TrainConfig, config_hash, load_config
 from rerankit.data import read_records
 from rerankit.errors import RerankitError
 from rerankit.files import read_json, write_json
+from rerankit.fusion import LearnedFusion
 from rerankit.losses import build_loss
 from rerankit.model_builder import build_model, training_device, training_precision
 from rerankit.report import write_curve, write_report
@@ -403,6 +405,11 @@ def _train(
     if best is None or best[key] < baseline[key]:
         # The best checkpoint is still saved; the report and the CLI say it lost.
         log.warning("no evaluation beat the untrained model on %s", key)
+    # The kept (best) model's scores of every validation pair: mapped to probabilities, and
+    # fused with BM25 (fitted on these validation queries only, never on test ones).
+    best_logits = validator.scores(trainer.model)
+    calibration = calibration_report(best_logits, vset.flat_labels())
+    fusion = validator.fusion_report(best_logits, key)
     metrics = {
         "first_stage": {"name": "bm25 (over the validation candidates)", **first_stage},
         "baseline": baseline,
@@ -413,6 +420,8 @@ def _train(
         "train_queries": len(train),
         "valid_queries": len(vset),
         "valid_pairs": vset.num_pairs,
+        "calibration": calibration,
+        "fusion": fusion,
         "wall_time_s": round(time.perf_counter() - started, 1),
         "data": {name: r.__dict__ for name, r in reports.items()},
     }
@@ -421,5 +430,7 @@ def _train(
         write_json(out / run_folder.METRICS_FILE, metrics)
         curve = write_curve(out / run_folder.CURVE_FILE, metrics)
         write_report(out / run_folder.REPORT_FILE, metrics, cfg, digest, curve)
-        run_folder.mark_finished(out, cfg, digest, built)
+        run_folder.mark_finished(
+            out, cfg, digest, built, calibration["calibration"], LearnedFusion.from_dict(fusion)
+        )
     return FitResult(out, metrics, cfg, metrics["data"], trainer.model, built.tokenizer, built.prompt)

@@ -15,6 +15,7 @@ import numpy as np
 from rerankit.config import LongDocumentsConfig
 from rerankit.data import QueryRecord
 from rerankit.errors import RerankitError
+from rerankit.fusion import fit_fusion
 from rerankit.prompts import PromptTemplate
 from rerankit.ranking_metrics import ranking_metrics
 from rerankit.windows import score_documents
@@ -45,6 +46,10 @@ class ValidationSet:
         queries = [q for q, docs in zip(self.queries, self.candidates) for _ in docs]
         docs = [text for docs in self.candidates for _, text in docs]
         return queries, docs
+
+    def flat_labels(self) -> list[int]:
+        """1 for a positive, 0 for a negative, in ``flat_pairs`` order."""
+        return [int(d in rel) for docs, rel in zip(self.candidates, self.relevant) for d, _ in docs]
 
     def split_scores(self, flat: Sequence[float]) -> list[np.ndarray]:
         flat = np.asarray(flat, dtype=np.float64)
@@ -111,10 +116,22 @@ class Validator:
             )
         return self.vset.metrics(self.vset.split_scores(scores), self.recall_at)
 
-    def bm25_metrics(self) -> dict[str, float]:
-        """BM25's metrics over the same candidates: the first stage the model must beat."""
+    def bm25_scores(self) -> list[np.ndarray]:
+        """BM25's scores of each query's candidates (an index over all of them)."""
         from rerankit.first_stage import bm25_candidate_scores
 
-        return self.vset.metrics(
-            bm25_candidate_scores(self.vset.queries, self.vset.candidates), self.recall_at
+        return bm25_candidate_scores(self.vset.queries, self.vset.candidates)
+
+    def bm25_metrics(self) -> dict[str, float]:
+        """BM25's metrics over the same candidates: the first stage the model must beat."""
+        return self.vset.metrics(self.bm25_scores(), self.recall_at)
+
+    def fusion_report(self, logits: np.ndarray, key: str) -> dict:
+        """The fusion of the model's ``logits`` (every candidate) with BM25 that ranks these
+        validation queries best by ``key`` (``fusion.fit_fusion``), and what it measured."""
+        fusion, summary = fit_fusion(
+            self.vset.split_scores(logits),
+            self.bm25_scores(),
+            lambda scores: self.vset.metrics(scores, self.recall_at)[key],
         )
+        return {**fusion.to_dict(), "metric": key, "value": summary["value"], **summary}

@@ -39,7 +39,6 @@ from litestar.openapi import OpenAPIConfig
 from rerankit.encoding import QueryTooLongError
 from rerankit.errors import ModelLoadError, RerankitError, short_reason
 from rerankit.ordering import best_first
-from rerankit.scoring import sigmoid
 from rerankit.server.prometheus import CONTENT_TYPE_LATEST, ServerMetrics, http_metrics_config
 from rerankit.server.schemas import (
     RerankRequest,
@@ -143,11 +142,14 @@ async def _rank(
     max_tokens_per_doc: int | None,
     raw: bool,
     docs_field: str,
-) -> tuple[list[tuple[int, float]], int]:
-    """Validate, score through the worker, and return (index, score) best first, with the
-    number of document windows scored."""
+    first_stage: list[float] | None = None,
+) -> tuple[list[tuple[int, float, float | None]], int]:
+    """Validate, score through the worker, and return (index, score, fused score or None)
+    best first, with the number of document windows scored."""
     settings: ServerSettings = state.settings
     _check_request(settings, query, docs, docs_field, top_n, max_tokens_per_doc)
+    if first_stage is not None:
+        _check_first_stage(first_stage, len(docs))
     _ready(state)
     prep: RequestTokenizer = state.request_tokenizer
     # Tokenizing is CPU work: off the event loop, with the request side's own tokenizer. The
@@ -173,10 +175,22 @@ async def _rank(
     if scores is None:  # client gone: nobody reads the answer
         raise HTTPException(status_code=499, detail="client closed the request")
     # The worker answers one row per document: (logit, windows scored).
-    scores, windows = scores[:, 0], int(scores[:, 1].sum())
-    if not raw:
-        scores = sigmoid(scores)
-    return [(int(i), float(scores[i])) for i in best_first(scores, top_n)], windows  # top_n > len: all
+    logits, windows = scores[:, 0], int(scores[:, 1].sum())
+    scores = logits if raw else state.reranker.probabilities(logits)
+    if first_stage is None:
+        return [(int(i), float(scores[i]), None) for i in best_first(scores, top_n)], windows
+    fused = state.reranker.fuse(logits, [np.asarray(first_stage, dtype=np.float64)])
+    return [(int(i), float(scores[i]), float(fused[i])) for i in best_first(fused, top_n)], windows
+
+
+def _check_first_stage(scores: list[float], num_docs: int) -> None:
+    if len(scores) != num_docs:
+        raise _field_error(
+            "first_stage_scores", f"expected {num_docs} scores (one per document), got {len(scores)}"
+        )
+    bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]
+    if bad:
+        raise _field_error(f"first_stage_scores[{bad[0]}]", "not a finite number")
 
 
 def _document_texts(documents: list) -> list[str]:
@@ -195,9 +209,11 @@ async def _cohere(request: Request, state: State, data: RerankRequest) -> Rerank
         max_tokens_per_doc=data.max_tokens_per_doc,
         raw=bool(data.raw_scores),
         docs_field="documents",
+        first_stage=data.first_stage_scores,
     )
     results = [
-        RerankResultItem(i, s, ResultDocument(docs[i]) if data.return_documents else None) for i, s in ranked
+        RerankResultItem(i, s, ResultDocument(docs[i]) if data.return_documents else None, fused)
+        for i, s, fused in ranked
     ]
     return RerankResponse(
         id=str(uuid.uuid4()),
@@ -252,7 +268,7 @@ async def rerank_any(request: Request, state: State, data: dict[str, Any]) -> An
         raw=bool(tei.raw_scores),
         docs_field="texts",
     )
-    return [TEIResultItem(i, s, tei.texts[i] if tei.return_text else None) for i, s in ranked]
+    return [TEIResultItem(i, s, tei.texts[i] if tei.return_text else None) for i, s, _ in ranked]
 
 
 @get("/health", summary="200 once the model is loaded and warmed, else 503", opt={"public": True})

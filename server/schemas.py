@@ -26,6 +26,10 @@ class RerankRequest(msgspec.Struct, forbid_unknown_fields=False):
     return_documents: bool | None = None
     # Not Cohere's: raw logits instead of sigmoid relevance scores.
     raw_scores: bool | None = None
+    # Not Cohere's: the retriever's score of each document (higher is better). The order is then
+    # the reranker's fusion with it (learned on the run's validation set, else RRF), and each
+    # result carries ``fused_score``; ``relevance_score`` stays the reranker's.
+    first_stage_scores: list[float] | None = None
 
 
 class TEIRerankRequest(msgspec.Struct, forbid_unknown_fields=False):
@@ -51,6 +55,7 @@ class RerankResultItem(msgspec.Struct, omit_defaults=True):
     index: int
     relevance_score: float
     document: ResultDocument | None = None
+    fused_score: float | None = None
 
 
 class RerankResponse(msgspec.Struct):

@@ -43,12 +43,15 @@ def test_rerank_fuses_with_first_stage_scores(reranker):
 
     plain = reranker.rerank(QUERY, DOCS)
     own = np.array([r.score for r in sorted(plain, key=lambda r: r.index)])
+    logits = reranker.logits([QUERY] * len(DOCS), DOCS)
     # a first stage that ranks the documents in the reverse of the reranker's order
     reverse = -own
     bm25_like = np.arange(len(DOCS), 0, -1, dtype=float)  # input order, best first
     for first_stage in (reverse, [reverse, bm25_like]):
-        rankings = [first_stage] if isinstance(first_stage, np.ndarray) else first_stage
-        fused = rrf([*rankings, own])
+        if isinstance(first_stage, np.ndarray):  # one first stage: the fusion learned on validation
+            fused = reranker.fusion.combine(logits, first_stage)
+        else:  # several: reciprocal-rank fusion of every ranking
+            fused = rrf([*first_stage, logits])
         results = reranker.rerank(QUERY, DOCS, first_stage=first_stage, top_k=3)
         assert results.indices == list(np.argsort(-fused, kind="stable")[:3])
         assert [r.fused_score for r in results] == pytest.approx(sorted(fused, reverse=True)[:3])
@@ -67,10 +70,11 @@ def test_rerank_rejects_first_stage_scores_that_do_not_fit(reranker):
         reranker.rerank(QUERY, DOCS, first_stage=[1, 2, float("nan"), 4, 5])
 
 
-def test_scores_are_sigmoid_of_raw_and_independent_of_neighbours(reranker):
+def test_scores_are_calibrated_sigmoids_of_raw_and_independent_of_neighbours(reranker):
     pairs = [(QUERY, d) for d in DOCS]
     raw = np.array(reranker.score(pairs, raw=True))
-    assert np.allclose(reranker.score(pairs), 1 / (1 + np.exp(-raw)), atol=1e-7)
+    scale, bias = reranker.calibration.scale, reranker.calibration.bias  # fitted on validation
+    assert np.allclose(reranker.score(pairs), 1 / (1 + np.exp(-(scale * raw + bias))), atol=1e-7)
     alone = [reranker.score([p], raw=True)[0] for p in pairs]
     np.testing.assert_allclose(alone, raw, atol=1e-5)
     reversed_scores = reranker.score(pairs[::-1], raw=True)[::-1]
@@ -104,7 +108,8 @@ def test_bf16_load_widens_logits_before_the_sigmoid_and_ranks_alike(tiny_bert_ru
     scores = np.array(half.score(pairs))
     assert scores.max() < 1.0
     assert len(set(scores.tolist())) == len(set(raw.tolist()))
-    np.testing.assert_allclose(scores, 1 / (1 + np.exp(-raw.astype(np.float64))), rtol=0, atol=1e-12)
+    expected = half.calibration.probabilities(raw.astype(np.float64))
+    np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-12)
 
 
 def test_export_loads_in_sentence_transformers_with_the_same_scores(tiny_bert_run, reranker, tmp_path):

@@ -18,6 +18,7 @@ from rerankit.errors import ConfigError, RerankitError
 from rerankit.export import export
 from rerankit.prompts import PRESETS
 from rerankit.sampling import Group
+from rerankit.windows import split_documents
 
 pytestmark = pytest.mark.smoke
 
@@ -282,9 +283,24 @@ def test_long_documents_are_read_by_windows_under_a_template(qwen3_run):
     long_doc = "zinc oxide quartz " * 80 + "the apple story is old"
     logits, windows = reranker.window_logits([query, query], [long_doc, "the apple story is old"])
     assert windows.tolist()[1] == 1 and windows[0] > 1
-    # The best window is the one holding the answer: the document scores as its last window.
-    tail = reranker.logits([query], [long_doc[-200:]])[0]
-    assert logits[0] >= tail - 1e-4
+    # Each window fits the template's window whole (suffix included), and the document scores
+    # as its best window.
+    _, texts, _ = split_documents(
+        reranker.tokenizer, [query], [long_doc], TEMPLATE_LENGTH, reranker.long_documents, reranker.prompt
+    )
+    assert len(texts) == windows[0]
+    encoded = encode_pairs(
+        reranker.tokenizer,
+        [query] * len(texts),
+        texts,
+        10_000,
+        padding=False,
+        return_tensors=None,
+        prompt=reranker.prompt,
+    )
+    assert max(len(ids) for ids in encoded["input_ids"]) <= TEMPLATE_LENGTH
+    reranker.long_documents = reranker.long_documents.model_copy(update={"mode": "truncate"})
+    assert logits[0] == pytest.approx(reranker.logits([query] * len(texts), texts).max(), abs=1e-5)
 
 
 def test_lora_under_bf16_keeps_the_frozen_base_in_bf16(tiny_qwen3_dir, tmp_path):
