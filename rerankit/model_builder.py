@@ -231,6 +231,10 @@ def build_model(config) -> BuiltModel:
     if not lcfg.enabled:
         if head == "yes_no":
             freeze_answer_head(model)
+            if getattr(hf_config, "tie_word_embeddings", False):
+                # The LM head is the input embeddings: they stay as they were, so the causal
+                # LM's logit(yes) - logit(no) keeps equal to the frozen head.
+                model.get_input_embeddings().weight.requires_grad_(False)
         return BuiltModel(model, tokenizer, path, modules_to_save, [], **extras)
 
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training

@@ -269,7 +269,8 @@ def _lm_head_rows(model_path: str, ids: list[int]):
     if index is not None:
         weight_map = json.loads(Path(index).read_text())["weight_map"]
         shard = weight_map.get("lm_head.weight")
-        file = fetch(shard) if shard else None
+        # A shard is a file beside the index, never a path elsewhere.
+        file = fetch(shard) if isinstance(shard, str) and Path(shard).name == shard else None
     else:
         file = fetch("model.safetensors")
     if file is None:

@@ -122,7 +122,8 @@ def calibration_lines(report: dict[str, Any] | None) -> list[str]:
         return []
     fitted = report["calibration"]
     how = (
-        f"`sigmoid({fitted['scale']:.4g} · logit + {fitted['bias']:.4g})`"
+        f"`sigmoid({fitted['scale']:.4g} · logit {'+' if fitted['bias'] >= 0 else '−'} "
+        f"{abs(fitted['bias']):.4g})`"
         if fitted
         else "none (the validation pairs hold one class only)"
     )

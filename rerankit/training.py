@@ -111,6 +111,8 @@ class RerankTrainer(Trainer):
         self.long_documents = long_documents
         self.modules_to_save, self.head_learning_rate = modules_to_save, head_learning_rate
         self.optimizer_name = optimizer_name
+        # Validation scores per evaluated step: the kept model's are reused after training.
+        self.scores_at: dict[int, Any] = {}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("group_labels")  # [Q, G] 1 = positive, 0 = negative
@@ -128,6 +130,7 @@ class RerankTrainer(Trainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         start = time.perf_counter()
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in self.validator.evaluate(self.model).items()}
+        self.scores_at[self.state.global_step] = self.validator.last_scores
         metrics[f"{metric_key_prefix}_runtime"] = round(time.perf_counter() - start, 3)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
@@ -407,7 +410,9 @@ def _train(
         log.warning("no evaluation beat the untrained model on %s", key)
     # The kept (best) model's scores of every validation pair: mapped to probabilities, and
     # fused with BM25 (fitted on these validation queries only, never on test ones).
-    best_logits = validator.scores(trainer.model)
+    best_logits = trainer.scores_at.get(best["step"]) if best else None
+    if best_logits is None:  # evaluated before a resume: score again
+        best_logits = validator.scores(trainer.model)
     calibration = calibration_report(best_logits, vset.flat_labels())
     fusion = validator.fusion_report(best_logits, key)
     metrics = {

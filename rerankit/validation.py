@@ -82,6 +82,7 @@ class Validator:
         self.vset, self.tokenizer, self.prompt = vset, tokenizer, prompt
         self.max_length, self.recall_at, self.batch_size = max_length, recall_at, batch_size
         self.long_documents = long_documents or LongDocumentsConfig()
+        self.last_scores: np.ndarray | None = None  # of the latest ``evaluate``
 
     def scores(self, model) -> np.ndarray:
         """The model's score of every candidate (truncated or by windows, as configured)."""
@@ -107,7 +108,7 @@ class Validator:
     def evaluate(self, model) -> dict[str, float]:
         """Metrics of the model's scores; RerankitError when a score is NaN or infinite (a
         broken model must never be reported, kept or marked finished)."""
-        scores = self.scores(model)
+        scores = self.last_scores = self.scores(model)
         if not np.isfinite(scores).all():
             bad = int((~np.isfinite(scores)).sum())
             raise RerankitError(

@@ -332,3 +332,16 @@ def test_a_template_ending_in_the_pad_token_is_refused(tiny_qwen3_dir):
     custom = {"template": "custom", "suffix": "\nRelevant:<|endoftext|>", "yes": " yes", "no": " no"}
     with pytest.raises(ModelLoadError, match="ends with the pad token '<\\|endoftext\\|>'"):
         Reranker.load(tiny_qwen3_dir, device="cpu", dtype="float32", prompt=custom)
+
+
+def test_a_full_fine_tune_with_tied_embeddings_still_exports_a_matching_causal_lm(tiny_qwen3_dir, tmp_path):
+    run = _run(
+        tiny_qwen3_dir,
+        tmp_path,
+        quantization={"mode": "none"},
+        lora={"enabled": False},
+        training={"epochs": 1, "learning_rate": 1e-3},
+    )
+    expected = np.array(Reranker.load(run.output_dir, device="cpu", dtype="float32").score(PAIRS, raw=True))
+    export(run.output_dir, tmp_path / "seq-cls", causal_lm=tmp_path / "causal")
+    np.testing.assert_allclose(_causal_scores(tmp_path / "causal", run.prompt, PAIRS), expected, atol=1e-3)
