@@ -15,11 +15,11 @@ its own process, so its peak is its own:
 - CPU: the process's peak resident memory during the training steps (Linux ``VmHWM``, reset
   once the model is built), less its size before the model was built (Python, torch and the
   libraries). Loading can peak higher (weights are converted, then quantized): that peak is
-  the ``load`` column; ``held`` is what the built model holds before the first step. Rows run
-  with ``MALLOC_MMAP_THRESHOLD_=65536``, so glibc hands freed tensors back to the OS at once and
-  the resident peak is what the tensors need (with glibc's default, memory freed in one layer
-  stays resident: the 0.5B LoRA row then peaked at 4.75 GiB instead of 2.52 GiB, and stepped
-  ~15 % faster).
+  the ``load`` column; ``held`` is what the built model holds before the first step. With
+  glibc's default allocator (what a training process gets) memory freed in one layer can stay
+  resident, so the peak is above what the tensors need; ``--return-freed-memory`` runs the rows
+  with ``MALLOC_MMAP_THRESHOLD_=65536`` (freed tensors go back to the OS at once, a little
+  slower) and writes ``llm_memory_<device>_freed`` instead.
 
 One step is ``groups`` queries × ``docs`` documents × ``length`` tokens (random token ids; the
 cost does not depend on the text). The first step is a warm-up; the table gives the median of
@@ -251,7 +251,7 @@ def run_row(size: str, mode: str, folder: Path, args) -> dict:
         }
     command = [sys.executable, __file__, "--row", mode, "--folder", str(folder), *_shared(args)]
     started = time.perf_counter()
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    env = {**os.environ, **({"MALLOC_MMAP_THRESHOLD_": "65536"} if args.return_freed_memory else {})}
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=args.row_timeout, env=env)
     except subprocess.TimeoutExpired:
@@ -295,9 +295,10 @@ def write_results(rows: list[dict], args, out: Path) -> Path:
         "torch": torch.__version__,
         "step": f"{args.groups} queries x {args.docs} documents x {args.length} tokens",
         "optimizer": args.optimizer,
+        "allocator": "MALLOC_MMAP_THRESHOLD_=65536" if args.return_freed_memory else "glibc default",
     }
     out.mkdir(parents=True, exist_ok=True)
-    name = out / f"llm_memory_{device}"
+    name = out / f"llm_memory_{device}{'_freed' if args.return_freed_memory else ''}"
     name.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
     lines = [
         f"# Fine-tuning memory of decoder rerankers ({meta['date']}, commit {meta['commit']})",
@@ -309,7 +310,7 @@ def write_results(rows: list[dict], args, out: Path) -> Path:
             "`torch.cuda.max_memory_allocated` during the steps; load: while the model was built."
             if device == "cuda"
             else "the process's peak resident memory during the steps (load: while the model was "
-            "built), less its size before the model was built."
+            f"built), less its size before the model was built; allocator: {meta['allocator']}."
         ),
         "",
         "| model | params | method | precision (base) | trainable | held | peak memory | load | s / step |",
@@ -342,6 +343,12 @@ def main() -> None:
         "--optimizer",
         default="adamw",
         choices=["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"],
+    )
+    parser.add_argument(
+        "--return-freed-memory",
+        action="store_true",
+        help="glibc returns freed memory at once (MALLOC_MMAP_THRESHOLD_=65536): the peak then "
+        "counts what the tensors need, not what the allocator kept",
     )
     parser.add_argument("--row-timeout", type=int, default=3600, help="Seconds a row may take.")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/rerankit-bench/llm_memory")
