@@ -150,6 +150,20 @@ def _windows(long_documents: str | None, window_aggregate: str | None) -> dict |
     return chosen or None
 
 
+def _load(model_path, dtype, long_documents, window_aggregate, prompt, trust_remote_code, allow_pickle):
+    """``Reranker.load`` with the options rerank and eval share."""
+    from rerankit.inference import Reranker
+
+    return Reranker.load(
+        model_path,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+        long_documents=_windows(long_documents, window_aggregate),
+        prompt=prompt,
+    )
+
+
 def _trust_options(func):
     """--trust-remote-code and --allow-pickle: only the caller turns either on."""
     func = click.option(
@@ -197,18 +211,11 @@ def rerank(
     allow_pickle: bool,
 ) -> None:
     """Rank documents for one query."""
-    from rerankit.inference import Reranker
-
     docs = _read_docs(docs_path)
     if not docs:
         raise RerankitError(f"{docs_path}: no documents")
-    reranker = Reranker.load(
-        model_path,
-        dtype=dtype,
-        trust_remote_code=trust_remote_code,
-        allow_pickle=allow_pickle,
-        long_documents=_windows(long_documents, window_aggregate),
-        prompt=prompt,
+    reranker = _load(
+        model_path, dtype, long_documents, window_aggregate, prompt, trust_remote_code, allow_pickle
     )
     try:
         results = reranker.rerank(query, docs, top_k=top_k, raw=raw)
@@ -336,16 +343,10 @@ def eval_command(
 ) -> None:
     """Compare a reranker with its first stage on held-out data."""
     from rerankit.held_out import evaluate_beir, evaluate_seed_file
-    from rerankit.inference import Reranker
     from rerankit.report import metrics_table
 
-    reranker = Reranker.load(
-        model_path,
-        dtype=dtype,
-        trust_remote_code=trust_remote_code,
-        allow_pickle=allow_pickle,
-        long_documents=_windows(long_documents, window_aggregate),
-        prompt=prompt,
+    reranker = _load(
+        model_path, dtype, long_documents, window_aggregate, prompt, trust_remote_code, allow_pickle
     )
     if Path(data_path).is_dir():
         result = evaluate_beir(

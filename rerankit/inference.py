@@ -192,7 +192,7 @@ class Reranker:
                 check_local_model(base, allow_pickle=pickle)
                 revision = manifest.get("base_revision")
                 model = _merged(base, model_dir, tokenizer, dtype, trust, pickle, revision)
-                prompt = _prompt(str(model_dir), model, tokenizer, prompt)
+                prompt = _prompt(model, tokenizer, prompt)
             else:
                 model, prompt = _plain(str(model_dir), tokenizer, dtype, trust, pickle, prompt)
             max_length = max_length or manifest["max_length"]
@@ -207,14 +207,16 @@ class Reranker:
             check_local_model(base, allow_pickle=pickle)
             tokenizer = load_tokenizer(str(path), trust)
             model = _merged(base, path, tokenizer, dtype, trust, pickle)
-            prompt = _prompt(str(path), model, tokenizer, prompt)
+            prompt = _prompt(model, tokenizer, _given_or_recorded(prompt, *_export_info(str(path))))
             calibration = fusion = None
         else:
             check_local_model(given, allow_pickle=pickle)
             name = resolve_model_path(given)
             tokenizer = load_tokenizer(name, trust)
+            info_file, info = _export_info(name)  # read once: prompt, calibration, fusion
+            prompt = _given_or_recorded(prompt, info_file, info)
             model, prompt = _plain(name, tokenizer, dtype, trust, pickle, prompt)
-            calibration, fusion = _export_extras(name)
+            calibration, fusion = _export_extras(info_file, info)
         check_template(tokenizer, prompt)
         max_length = max_length or min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
         return cls(
@@ -354,15 +356,32 @@ def _first_stage_scores(first_stage, num_docs: int) -> list[np.ndarray]:
     return arrays
 
 
-def _export_extras(path: str) -> tuple[Calibration | None, LearnedFusion | None]:
-    """The calibration an export recorded (when not folded into its head) and its fusion."""
-    info_file = Path(path) / EXPORT_INFO
+def _export_info(folder: str) -> tuple[Path, dict | None]:
+    """The folder's export record (``rerankit_export.json``) and its content, None when absent."""
+    info_file = Path(folder) / EXPORT_INFO
     if not info_file.is_file():
-        return None, None
+        return info_file, None
     try:
         info = json.loads(info_file.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise ModelLoadError(f"{info_file}: not valid JSON ({exc})") from None
+    if not isinstance(info, dict):
+        raise ModelLoadError(f"{info_file}: expected a JSON object, got {type(info).__name__}")
+    return info_file, info
+
+
+def _given_or_recorded(given, info_file: Path, info: dict | None):
+    """The prompt the caller gave; else the one an export recorded (null: the pair encoding);
+    else None (``auto``)."""
+    if given is not None or info is None:
+        return given
+    return _recorded(info_file, info, "prompt", PromptTemplate.from_dict) or "none"
+
+
+def _export_extras(info_file: Path, info: dict | None) -> tuple[Calibration | None, LearnedFusion | None]:
+    """The calibration an export recorded (when not folded into its head) and its fusion."""
+    if info is None:
+        return None, None
     calibration = _recorded(info_file, info, "calibration", Calibration.from_dict)
     if calibration is not None and (info.get("calibration") or {}).get("folded", True):
         calibration = None  # already in the exported head
@@ -382,9 +401,9 @@ def _recorded(source: Path, record: Mapping, key: str, parse):
         raise ModelLoadError(f"{source}: {key}: {exc}") from None
 
 
-def _prompt(path: str, model, tokenizer, given) -> PromptTemplate | None:
+def _prompt(model, tokenizer, given) -> PromptTemplate | None:
     try:
-        return prompt_for_checkpoint(path, model.config, tokenizer, given)
+        return prompt_for_checkpoint(model.config, tokenizer, given)
     except (ValidationError, TypeError, ValueError) as exc:
         raise ConfigError(f"prompt: {short_reason(exc)}") from None
 
@@ -408,7 +427,7 @@ def _plain(name: str, tokenizer, dtype, trust_remote_code: bool, allow_pickle: b
             )
     except Exception as exc:  # corrupt or missing files surface as many error types
         raise ModelLoadError(f"cannot load a cross-encoder from {name!r}: {short_reason(exc)}") from exc
-    prompt = _prompt(name, model, tokenizer, prompt)
+    prompt = _prompt(model, tokenizer, prompt)
     if causal:
         if prompt is None:
             raise ModelLoadError(f"{name!r} is a causal LM: it is scored by yes/no through a prompt template")

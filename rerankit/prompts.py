@@ -177,24 +177,14 @@ def resolve_prompt(prompt_config, hf_config, tokenizer) -> PromptTemplate | None
     return PromptTemplate(**{**template.to_dict(), **changes})
 
 
-def prompt_for_checkpoint(path: str, hf_config, tokenizer, given=None) -> PromptTemplate | None:
-    """The template of a checkpoint: ``given`` (a preset name, "auto", "none", a PromptTemplate
-    or ``PromptConfig`` fields), else the one its export recorded, else ``auto``."""
-    import json
-
+def prompt_for_checkpoint(hf_config, tokenizer, given=None) -> PromptTemplate | None:
+    """The template ``given`` names (a preset name, "auto", "none", a PromptTemplate or
+    ``PromptConfig`` fields); None means ``auto``."""
     from rerankit.config import PromptConfig
 
     if isinstance(given, PromptTemplate):
         return given
-    if given is None:
-        info = Path(path) / EXPORT_INFO
-        if info.is_file():
-            try:
-                recorded = json.loads(info.read_text(encoding="utf-8")).get("prompt")
-                return PromptTemplate.from_dict(recorded) if recorded else None
-            except (ValueError, TypeError, AttributeError) as exc:
-                raise ModelLoadError(f"{info}: prompt: {exc}") from None
-        given = "auto"
+    given = "auto" if given is None else given
     fields = {"template": given} if isinstance(given, str) else dict(given)
     return resolve_prompt(PromptConfig(**fields), hf_config, tokenizer)
 

@@ -83,6 +83,7 @@ class Validator:
         self.max_length, self.recall_at, self.batch_size = max_length, recall_at, batch_size
         self.long_documents = long_documents or LongDocumentsConfig()
         self.last_scores: np.ndarray | None = None  # of the latest ``evaluate``
+        self._bm25: list[np.ndarray] | None = None
 
     def scores(self, model) -> np.ndarray:
         """The model's score of every candidate (truncated or by windows, as configured)."""
@@ -118,10 +119,13 @@ class Validator:
         return self.vset.metrics(self.vset.split_scores(scores), self.recall_at)
 
     def bm25_scores(self) -> list[np.ndarray]:
-        """BM25's scores of each query's candidates (an index over all of them)."""
+        """BM25's scores of each query's candidates (an index over all of them), computed once:
+        the first-stage row and the fusion both need them."""
         from rerankit.first_stage import bm25_candidate_scores
 
-        return bm25_candidate_scores(self.vset.queries, self.vset.candidates)
+        if self._bm25 is None:
+            self._bm25 = bm25_candidate_scores(self.vset.queries, self.vset.candidates)
+        return self._bm25
 
     def bm25_metrics(self) -> dict[str, float]:
         """BM25's metrics over the same candidates: the first stage the model must beat."""

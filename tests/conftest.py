@@ -179,34 +179,22 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_qwen_dir(tmp_path_factory) -> Path:
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny-qwen2")
-    tokenizer = _decoder_tokenizer()
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
-    # Saved as a causal LM, as decoder checkpoints are: the score head is new at load time.
-    Qwen2ForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return _save_decoder(tmp_path_factory.mktemp("tiny-qwen2"), "qwen2")
 
 
 def _save_decoder(folder: Path, kind: str) -> Path:
-    """A tiny random causal LM of ``kind`` (qwen3: tied embeddings, ChatML tokenizer; llama:
-    untied LM head, BOS), saved as decoder checkpoints are: no score head."""
+    """A tiny random causal LM of ``kind`` (qwen2: untied LM head, no ChatML tokens; qwen3:
+    tied embeddings, ChatML tokenizer; llama: untied LM head, BOS), saved as decoder checkpoints
+    are: no score head (it is new at load time)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
 
     tokenizer = _decoder_tokenizer(chat=kind == "qwen3", bos=kind == "llama")
     torch.manual_seed(0)
@@ -220,7 +208,9 @@ def _save_decoder(folder: Path, kind: str) -> Path:
         max_position_embeddings=512,
         eos_token_id=tokenizer.eos_token_id,
     )
-    if kind == "qwen3":
+    if kind == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**shape, tie_word_embeddings=False))
+    elif kind == "qwen3":
         model = Qwen3ForCausalLM(Qwen3Config(**shape, head_dim=16, tie_word_embeddings=True))
     else:
         config = LlamaConfig(**shape, bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=False)
