@@ -1,13 +1,16 @@
 """HTTP serving throughput: `rerankit serve` on loopback against the in-process Reranker.
 
     python benchmarks/server.py [--model outputs/demo] [--requests 64] [--clients 1 8 32]
+                                [--backends torch openvino onnx]
 
 Each request is a SQuAD question with its BM25 top-20 paragraphs (20 documents) in the
 Cohere v2 shape. For each client count, N concurrent clients (asyncio + httpx, one process)
 send the same fixed list of requests to a real server process; the server runs once with
 cross-request batching and once without. The in-process figure scores the same pairs with
 ``Reranker.score`` one request at a time and all at once. Reports requests/s, pairs/s,
-p50/p99 latency and errors; writes benchmarks/results/server.{json,md}.
+p50/p99 latency and errors, per runtime (``--backends``; an export with graphs runs them, other
+folders are converted at load) against the in-process rate of the same runtime; writes
+benchmarks/results/server.{json,md}.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, dtype: str, cross: bool) -> tuple[subprocess.Popen, str]:
+def start_server(model: str, dtype: str, cross: bool, backend: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [
         sys.executable,
@@ -51,6 +54,8 @@ def start_server(model: str, dtype: str, cross: bool) -> tuple[subprocess.Popen,
         str(port),
         "--dtype",
         dtype,
+        "--backend",
+        backend,
     ] + ["--cross-batching" if cross else "--no-cross-batching"]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, HF_HUB_OFFLINE="1")
@@ -106,23 +111,11 @@ async def load(base: str, bodies: list[dict], clients: int) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "outputs/demo"))
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--requests", type=int, default=64)
-    parser.add_argument("--docs", type=int, default=20)
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
-    args = parser.parse_args()
-
+def measure(args, backend: str, queries, candidates, bodies, pairs) -> list[dict]:
+    """In-process and served rates of one runtime; the server's against the in-process one."""
     from rerankit import Reranker
 
-    queries, candidates, _, _ = load_pairs(args.requests, args.docs, seed=1)
-    bodies = [{"model": "rerankit", "query": q, "documents": docs} for q, docs in zip(queries, candidates)]
-    pairs = [(q, d) for q, docs in zip(queries, candidates) for d in docs]
-
-    reranker = Reranker.load(args.model, dtype=args.dtype)
+    reranker = Reranker.load(args.model, dtype=args.dtype, backend=backend)
     reranker.score(pairs[:40])  # warm-up
     start = time.perf_counter()
     for q, docs in zip(queries, candidates):
@@ -134,24 +127,27 @@ def main() -> None:
     del reranker
     rows = [
         {
+            "backend": backend,
             "setup": "in-process Reranker.score, one request at a time",
             "clients": 1,
             "pairs_per_s": round(per_request, 1),
         },
         {
+            "backend": backend,
             "setup": "in-process Reranker.score, all pairs in one call",
             "clients": 1,
             "pairs_per_s": round(all_at_once, 1),
         },
     ]
     for cross in (True, False):
-        proc, base = start_server(args.model, args.dtype, cross)
+        proc, base = start_server(args.model, args.dtype, cross, backend)
         try:
             asyncio.run(load(base, bodies[:8], 4))  # warm-up
             for clients in args.clients:
                 result = asyncio.run(load(base, bodies, clients))
                 rows.append(
                     {
+                        "backend": backend,
                         "setup": f"rerankit serve, cross-request batching {'on' if cross else 'off'}",
                         "clients": clients,
                         **result,
@@ -169,15 +165,39 @@ def main() -> None:
         on = by[("rerankit serve, cross-request batching on", clients)]
         off = by[("rerankit serve, cross-request batching off", clients)]
         on["vs_no_cross_batching"] = round(on["pairs_per_s"] / off["pairs_per_s"], 2)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(ROOT / "outputs/demo"))
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--docs", type=int, default=20)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument(
+        "--backends", nargs="+", default=["torch"], choices=["auto", "torch", "openvino", "onnx"]
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
+    args = parser.parse_args()
+
+    queries, candidates, _, _ = load_pairs(args.requests, args.docs, seed=1)
+    bodies = [{"model": "rerankit", "query": q, "documents": docs} for q, docs in zip(queries, candidates)]
+    pairs = [(q, d) for q, docs in zip(queries, candidates) for d in docs]
+
+    rows = []
+    for backend in args.backends:
+        rows += measure(args, backend, queries, candidates, bodies, pairs)
 
     table = [
-        "| setup | clients | requests/s | pairs/s | p50 ms | p99 ms | errors | × in-process "
+        "| backend | setup | clients | requests/s | pairs/s | p50 ms | p99 ms | errors | × in-process "
         "| × no cross-batching |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         table.append(
-            f"| {r['setup']} | {r['clients']} | {r.get('requests_per_s', '')} | {r['pairs_per_s']} | "
+            f"| {r['backend']} | {r['setup']} | {r['clients']} | {r.get('requests_per_s', '')} | "
+            f"{r['pairs_per_s']} | "
             f"{r.get('p50_ms', '')} | {r.get('p99_ms', '')} | {r.get('errors', '')} | "
             f"{r.get('vs_in_process', '')} | {r.get('vs_no_cross_batching', '')} |"
         )
@@ -189,6 +209,7 @@ def main() -> None:
         "pairs": len(pairs),
         "model": args.model,
         "dtype": args.dtype,
+        "backends": args.backends,
         "cores": os.cpu_count(),
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from rerankit.errors import RerankitError
+from rerankit.graph_export import DEFAULT_TOLERANCE
 
 
 def _one_line_errors(func):
@@ -109,11 +110,32 @@ def _read_docs(path: str) -> list[str]:
 
 _dtype_option = click.option(
     "--dtype",
-    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    type=click.Choice(["auto", "float32", "bfloat16", "float16", "int8"]),
     default="auto",
     show_default=True,
-    help="Inference precision (auto: bf16 where the hardware runs it natively, else fp32).",
+    help="Inference precision (auto: bf16 where the hardware runs it natively, else fp32, or "
+    "whatever runtime --backend picks, int8 graphs included; float32: fp32 only; int8: an "
+    "export's int8 graph).",
 )
+
+
+def _backend_options(func):
+    """--backend and --allow-failed-gate: which runtime scores (rerankit.runtimes)."""
+    from rerankit.runtimes import BACKENDS
+
+    func = click.option(
+        "--allow-failed-gate",
+        is_flag=True,
+        help="Run an exported graph even though it failed its accuracy gate.",
+    )(func)
+    return click.option(
+        "--backend",
+        type=click.Choice(list(BACKENDS)),
+        default="auto",
+        show_default=True,
+        help="Runtime on the CPU (auto: the fastest one that passed an export's accuracy gate, "
+        "else torch). openvino/onnx need rerankit[openvino]/rerankit[onnx].",
+    )(func)
 
 
 def _long_document_options(func):
@@ -150,18 +172,11 @@ def _windows(long_documents: str | None, window_aggregate: str | None) -> dict |
     return chosen or None
 
 
-def _load(model_path, dtype, long_documents, window_aggregate, prompt, trust_remote_code, allow_pickle):
+def _load(model_path: str, long_documents: str | None, window_aggregate: str | None, **options):
     """``Reranker.load`` with the options rerank and eval share."""
     from rerankit.inference import Reranker
 
-    return Reranker.load(
-        model_path,
-        dtype=dtype,
-        trust_remote_code=trust_remote_code,
-        allow_pickle=allow_pickle,
-        long_documents=_windows(long_documents, window_aggregate),
-        prompt=prompt,
-    )
+    return Reranker.load(model_path, long_documents=_windows(long_documents, window_aggregate), **options)
 
 
 def _trust_options(func):
@@ -194,6 +209,7 @@ def _trust_options(func):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @_long_document_options
 @_prompt_option
+@_backend_options
 @_trust_options
 @_one_line_errors
 def rerank(
@@ -207,6 +223,8 @@ def rerank(
     long_documents: str | None,
     window_aggregate: str | None,
     prompt: str | None,
+    backend: str,
+    allow_failed_gate: bool,
     trust_remote_code: bool,
     allow_pickle: bool,
 ) -> None:
@@ -215,7 +233,15 @@ def rerank(
     if not docs:
         raise RerankitError(f"{docs_path}: no documents")
     reranker = _load(
-        model_path, dtype, long_documents, window_aggregate, prompt, trust_remote_code, allow_pickle
+        model_path,
+        long_documents,
+        window_aggregate,
+        dtype=dtype,
+        prompt=prompt,
+        backend=backend,
+        allow_failed_gate=allow_failed_gate,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
     )
     try:
         results = reranker.rerank(query, docs, top_k=top_k, raw=raw)
@@ -252,6 +278,33 @@ def rerank(
     default=None,
     help="Also write the merged causal LM here (yes/no decoder runs), scored by logit(yes) - logit(no).",
 )
+@click.option(
+    "--format",
+    "formats",
+    type=click.Choice(["openvino", "onnx"]),
+    multiple=True,
+    help="Also write a CPU graph (repeatable), measured against the fp32 model on the run's validation set.",
+)
+@click.option(
+    "--quantize",
+    type=click.Choice(["int8"]),
+    default=None,
+    help="Also write int8 graphs (OpenVINO: static, calibrated on validation pairs; ONNX: dynamic).",
+)
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(min=0.0),
+    default=DEFAULT_TOLERANCE,
+    show_default=True,
+    help="Accuracy gate: the largest change of validation NDCG@10 a graph may cause.",
+)
+@click.option(
+    "--validation",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Seed-format JSONL to measure (and calibrate int8) on, instead of the run's validation split.",
+)
+@click.option("--force", is_flag=True, help="Write graphs that failed the accuracy gate (marked failed).")
 @_trust_options
 @_one_line_errors
 def export_command(
@@ -260,11 +313,19 @@ def export_command(
     dtype: str,
     overwrite: bool,
     causal_lm: str | None,
+    formats: tuple[str, ...],
+    quantize: str | None,
+    tolerance: float,
+    validation: str | None,
+    force: bool,
     trust_remote_code: bool,
     allow_pickle: bool,
 ) -> None:
-    """Merge a run's adapter into a plain Hugging Face cross-encoder (safetensors)."""
+    """Merge a run's adapter into a plain Hugging Face cross-encoder (safetensors), and
+    optionally OpenVINO / ONNX graphs behind an accuracy gate."""
     from rerankit.export import export
+    from rerankit.prompts import EXPORT_INFO
+    from rerankit.runtimes import describe
 
     path = export(
         run_dir,
@@ -274,10 +335,20 @@ def export_command(
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
         causal_lm=causal_lm,
+        formats=formats,
+        quantize=quantize,
+        tolerance=tolerance,
+        validation=validation,
+        force=force,
     )
     click.echo(
         f"merged model written to {path} (load it with Reranker.load or sentence_transformers.CrossEncoder)"
     )
+    gate = json.loads((Path(path) / EXPORT_INFO).read_text()).get("accuracy_gate")
+    if gate:
+        click.echo(f"runtimes measured on {gate['validation']['queries']} validation queries:")
+        for runtime in gate["runtimes"]:
+            click.echo(f"  {describe(runtime)}")
     if causal_lm:
         click.echo(f"merged causal LM written to {causal_lm} (Reranker.load scores it by yes/no)")
 
@@ -322,6 +393,7 @@ def export_command(
 )
 @_long_document_options
 @_prompt_option
+@_backend_options
 @_trust_options
 @_one_line_errors
 def eval_command(
@@ -338,6 +410,8 @@ def eval_command(
     long_documents: str | None,
     window_aggregate: str | None,
     prompt: str | None,
+    backend: str,
+    allow_failed_gate: bool,
     trust_remote_code: bool,
     allow_pickle: bool,
 ) -> None:
@@ -346,7 +420,15 @@ def eval_command(
     from rerankit.report import metrics_table
 
     reranker = _load(
-        model_path, dtype, long_documents, window_aggregate, prompt, trust_remote_code, allow_pickle
+        model_path,
+        long_documents,
+        window_aggregate,
+        dtype=dtype,
+        prompt=prompt,
+        backend=backend,
+        allow_failed_gate=allow_failed_gate,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
     )
     if Path(data_path).is_dir():
         result = evaluate_beir(
@@ -437,6 +519,19 @@ def eval_command(
     show_default=True,
     help="Bi-encoder for dense/hybrid (path or hub id; the default is packaged).",
 )
+@click.option(
+    "--pseudo-queries",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Corpus adaptation: N inverse-cloze queries per --corpus passage (a sentence as the "
+    "query, the passage without it as the positive), instead of --queries/--qrels.",
+)
+@click.option(
+    "--keep-sentence",
+    is_flag=True,
+    help="With --pseudo-queries: leave the query's sentence in its positive.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the pseudo-query draw.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False))
 @_one_line_errors
 def mine(
@@ -449,13 +544,30 @@ def mine(
     skip_top: int,
     margin: float | None,
     dense_model: str,
+    pseudo_queries: int | None,
+    keep_sentence: bool,
+    seed: int,
     out_path: str,
 ) -> None:
     """Mine hard negatives and write seed-format JSONL for training."""
     from rerankit import mining
+    from rerankit import pseudo_queries as pq
+    from rerankit.beir import read_corpus
     from rerankit.data import write_records
 
-    if input_path:
+    pseudo = None
+    if pseudo_queries:
+        if not corpus or queries or qrels or input_path:
+            raise RerankitError("--pseudo-queries builds queries from --corpus alone")
+        documents = read_corpus(corpus)
+        pseudo = pq.build(documents, pseudo_queries, remove_sentence=not keep_sentence, seed=seed)
+        if not pseudo:
+            raise RerankitError(
+                f"{corpus}: no passage has two sentences, one of five words or more, to make an "
+                "inverse-cloze query from"
+            )
+        data = pq.mining_input(documents, pseudo)
+    elif input_path:
         data = mining.from_seed_lines(input_path, corpus)
     elif corpus and queries and qrels:
         data = mining.from_beir(corpus, queries, qrels)
@@ -474,6 +586,8 @@ def mine(
         margin=margin,
         dense_model=dense_model,
     )
+    if pseudo is not None:
+        records = pq.records(pseudo, records)
     write_records(records, out_path)
     short = sum(len(r.negatives) < num_negatives for r in records)
     click.echo(
@@ -581,6 +695,7 @@ def split(data_path: str, valid_ratio: float, group_by: str, seed: int, out_dir:
 @click.option("--model-name", default="rerankit", show_default=True, help="Name echoed in responses.")
 @_long_document_options
 @_prompt_option
+@_backend_options
 @_trust_options
 @_one_line_errors
 def serve(
@@ -599,6 +714,8 @@ def serve(
     long_documents: str | None,
     window_aggregate: str | None,
     prompt: str | None,
+    backend: str,
+    allow_failed_gate: bool,
     trust_remote_code: bool,
     allow_pickle: bool,
 ) -> None:
@@ -626,6 +743,8 @@ def serve(
         allow_pickle=allow_pickle,
         long_documents=_windows(long_documents, window_aggregate),
         prompt=prompt,
+        backend=backend,
+        allow_failed_gate=allow_failed_gate,
     )
     reranker = load_reranker(settings)
     run(create_app(settings, reranker=reranker), settings, host, port)

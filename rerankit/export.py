@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rerankit import run_folder
 from rerankit.encoding import special_tokens_around
 from rerankit.errors import RerankitError
+from rerankit.graph_export import DEFAULT_TOLERANCE, failures, gate_record, run_validation_set, write_graphs
 from rerankit.prompts import EXPORT_INFO
+from rerankit.runtimes import describe
 
 
 def export(
@@ -38,10 +41,24 @@ def export(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     causal_lm: str | Path | None = None,
+    formats: Sequence[str] = (),
+    quantize: str | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    validation: str | Path | None = None,
+    force: bool = False,
+    calibration_pairs: Sequence[tuple[str, str]] | None = None,
 ) -> Path:
     """Merge the run's adapter into its base and write it to ``out``; returns ``out``.
 
     ``causal_lm``: also write the merged causal LM there (yes/no runs only).
+
+    ``formats`` (``openvino``, ``onnx``): also write CPU graphs of the model, fp32 and, with
+    ``quantize="int8"``, int8 (OpenVINO's static, calibrated on validation pairs or
+    ``calibration_pairs``; ONNX's dynamic). Every graph is measured against the torch fp32
+    model on the run's validation set (``validation``: a seed-format JSONL instead); one whose
+    NDCG@10 moves by more than ``tolerance`` fails the accuracy gate, and the export is refused
+    unless ``force`` (then ``Reranker.load`` runs that graph only when asked). See
+    ``rerankit.graph_export``.
     """
     from rerankit import __version__
     from rerankit.inference import Reranker
@@ -51,6 +68,11 @@ def export(
     targets = [out] if causal_lm is None else [out, Path(causal_lm)]
     for target in targets:
         _check_target(target, overwrite)
+    if quantize and not formats:
+        raise RerankitError("--quantize applies to a graph: give --format openvino or --format onnx")
+    if formats and dtype != "float32":
+        raise RerankitError(f"graphs (--format) are written from the fp32 model; got --dtype {dtype}")
+    vset, source = run_validation_set(run_dir, validation) if formats else (None, None)
     if causal_lm is not None and manifest.get("head") != "yes_no":
         raise RerankitError(
             f"{run_dir} scores with a new classification head ({manifest.get('head') or 'seq_cls'}), "
@@ -78,7 +100,29 @@ def export(
         "fusion": reranker.fusion.to_dict() if reranker.fusion else None,
         "rerankit_version": __version__,
     }
-    _write(out, reranker.model, tokenizer, {**info, "layout": "sequence-classification"})
+    record = {**info, "layout": "sequence-classification"}
+
+    def graphs(staging: Path) -> None:
+        records = write_graphs(
+            staging,
+            reranker,
+            vset,
+            formats,
+            quantize=quantize,
+            tolerance=tolerance,
+            calibration=calibration_pairs,
+        )
+        record["accuracy_gate"] = gate_record(records, vset, source, tolerance)
+        failed = failures(records)
+        if failed and not force:
+            raise RerankitError(
+                f"accuracy gate: NDCG@10 on {len(vset)} validation queries moved by more than {tolerance} ("
+                + "; ".join(describe(r) for r in failed)
+                + "); nothing was written. Raise --tolerance, or write it anyway with --force "
+                "(Reranker.load then runs that graph only with allow_failed_gate)"
+            )
+
+    _write(out, reranker.model, tokenizer, record, graphs if formats else None)
     if causal_lm is not None:
         model = _causal_lm(manifest, reranker, dtype, trust_remote_code, allow_pickle)
         _write(Path(causal_lm), model, tokenizer, {**info, "layout": "causal-lm"})
@@ -112,12 +156,19 @@ def _check_target(out: Path, overwrite: bool) -> None:
         )
 
 
-def _write(out: Path, model, tokenizer, info: dict) -> None:
-    """Model, tokenizer and export info into ``out``, swapped in whole."""
+def _write(out: Path, model, tokenizer, info: dict, extra: Callable[[Path], None] | None = None) -> None:
+    """Model, tokenizer, ``extra(staging)``'s files and export info into ``out``, swapped in
+    whole (nothing is left behind when ``extra`` raises)."""
     staging = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(str(staging), safe_serialization=True)
-    tokenizer.save_pretrained(str(staging))
+    try:
+        model.save_pretrained(str(staging), safe_serialization=True)
+        tokenizer.save_pretrained(str(staging))
+        if extra is not None:
+            extra(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
     # The old export goes only once the new one is complete on disk.
     shutil.rmtree(out, ignore_errors=True)

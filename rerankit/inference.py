@@ -31,7 +31,7 @@ from rerankit import run_folder
 from rerankit.calibration import Calibration
 from rerankit.config import LongDocumentsConfig
 from rerankit.encoding import check_template
-from rerankit.errors import ConfigError, ModelLoadError, short_reason
+from rerankit.errors import ConfigError, ModelLoadError, RerankitError, short_reason
 from rerankit.fusion import LearnedFusion, rrf
 from rerankit.loading import (
     bf16_is_native,
@@ -47,6 +47,14 @@ from rerankit.prompts import (
     answer_head_weight,
     prompt_for_checkpoint,
     set_answer_head,
+)
+from rerankit.runtimes import (
+    BACKENDS,
+    GRAPH_BACKENDS,
+    NO_INT8_GRAPH,
+    GraphModel,
+    load_graph,
+    pick_runtime,
 )
 from rerankit.scoring import score_pairs, sigmoid
 from rerankit.windows import score_documents
@@ -115,13 +123,15 @@ class Reranker:
         calibration: Calibration | None = None,
         fusion: LearnedFusion | None = None,
     ) -> None:
-        self.model, self.tokenizer, self.prompt = model.eval(), tokenizer, prompt
+        # a torch module, or a compiled graph (rerankit.runtimes) that has no train/eval modes
+        self.model = model.eval() if hasattr(model, "eval") else model
+        self.tokenizer, self.prompt = tokenizer, prompt
         self.calibration, self.fusion = calibration, fusion
         self.long_documents = _window_options(long_documents)
         if max_tokens is None:
             # Padded tokens per forward pass: on CPU small batches stay in cache and run
             # faster (benchmarks/results/inference.md); a GPU wants large ones.
-            max_tokens = 2048 if next(model.parameters()).device.type == "cpu" else 32768
+            max_tokens = 2048 if device_type(model) == "cpu" else 32768
         self.max_length, self.max_tokens, self.max_batch = max_length, max_tokens, max_batch
         self.source = source
         self._lock = threading.Lock()
@@ -138,13 +148,17 @@ class Reranker:
         allow_pickle: bool = False,
         long_documents: LongDocumentsConfig | Mapping | None = None,
         prompt: str | Mapping | PromptTemplate | None = None,
+        backend: str = "auto",
+        allow_failed_gate: bool = False,
     ) -> Reranker:
         """Load a run folder, an exported folder, or any HF cross-encoder path or hub id.
 
-        ``device`` defaults to CUDA when present. ``dtype`` ("float32", "bfloat16",
-        "float16", a torch dtype, or "auto"/None) defaults to bf16 where the hardware runs it
-        natively (CUDA with bf16, CPUs with AVX512-BF16/AMX) and fp32 elsewhere; pass
-        ``dtype="float32"`` for scores identical to sentence-transformers' fp32.
+        ``device`` defaults to CUDA when present (the CPU for graph backends). ``dtype``
+        ("float32", "bfloat16", "float16", a torch dtype, "int8" for an export's int8 graph,
+        or "auto"/None) defaults to bf16 where the hardware runs it natively (CUDA with bf16,
+        CPUs with AVX512-BF16/AMX) and fp32 elsewhere, or to the runtime ``backend`` picks;
+        pass ``dtype="float32"`` for fp32 scores, identical to sentence-transformers' fp32
+        (an export's fp32 graph, when ``auto`` picks it, within 1e-4).
 
         Nothing in the folder runs unless the caller asks: Python code shipped with a model
         needs ``trust_remote_code=True`` (a run folder's manifest cannot turn it on; with it,
@@ -162,10 +176,26 @@ class Reranker:
         for other checkpoints ``auto`` (decoders: qwen3 with ChatML tokens, else plain). A causal
         LM checkpoint (a Qwen3-Reranker, or ``rerankit export --causal-lm``) is scored by
         ``logit(yes) − logit(no)`` at its last position.
+
+        ``backend``: ``torch``, or a CPU graph runtime, ``openvino`` or ``onnx``
+        (``rerankit.runtimes``; extras ``rerankit[openvino]``/``rerankit[onnx]``). An export
+        written with ``--format`` carries its graphs and their measured accuracy gate
+        (``rerankit.graph_export``): a graph backend runs its fastest graph that passed
+        (``dtype="int8"`` or ``"float32"`` names one; a graph that failed loads only with
+        ``allow_failed_gate=True``); without graphs the model is converted at load, in fp32.
+        ``auto`` (the default) on a CPU runs the fastest runtime that passed its export's gate,
+        torch where none was measured; on a GPU, torch.
         """
-        device = device or default_device()
-        if dtype is None or dtype == "auto":
-            dtype = default_dtype(device)
+        if device is None:  # graphs run on the CPU, whatever else the machine has
+            device = "cpu" if backend in GRAPH_BACKENDS or dtype == "int8" else default_device()
+        backend = _backend(backend, device, dtype)
+        precision = _graph_precision(dtype, backend)
+        if precision == "int8" and not (Path(path) / EXPORT_INFO).is_file():
+            raise ModelLoadError(f"{path}: {NO_INT8_GRAPH}")  # before reading any weights
+        if precision is not None:  # a graph's precision; any torch model read for it is fp32
+            dtype = torch_dtype("float32")
+        elif dtype is None or dtype == "auto":
+            dtype = default_dtype(device) if backend in ("torch", "auto") else torch_dtype("float32")
         elif isinstance(dtype, str):
             dtype = torch_dtype(dtype)
         trust, pickle = trust_remote_code, allow_pickle
@@ -213,14 +243,22 @@ class Reranker:
             check_local_model(given, allow_pickle=pickle)
             name = resolve_model_path(given)
             tokenizer = load_tokenizer(name, trust)
-            info_file, info = _export_info(name)  # read once: prompt, calibration, fusion
+            info_file, info = _export_info(name)  # read once: prompt, calibration, fusion, graphs
             prompt = _given_or_recorded(prompt, info_file, info)
-            model, prompt = _plain(name, tokenizer, dtype, trust, pickle, prompt)
+            gate = _recorded(info_file, info or {}, "accuracy_gate", dict)
+            runtime = pick_runtime(gate, Path(name), backend, precision, allow_failed_gate, info_file)
+            if runtime is None:
+                model, prompt = _plain(name, tokenizer, dtype, trust, pickle, prompt)
+            else:  # the export's own graph: no torch weights are read
+                model = load_graph(Path(name) / runtime["file"], runtime["backend"], runtime["precision"])
+                prompt = _prompt_of(name, tokenizer, trust, prompt)
             calibration, fusion = _export_extras(info_file, info)
+        if backend in GRAPH_BACKENDS and not isinstance(model, GraphModel):
+            model = _converted(model, tokenizer, max_length or 512, prompt, backend)
         check_template(tokenizer, prompt)
         max_length = max_length or min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
         return cls(
-            model.to(device),
+            model if isinstance(model, GraphModel) else model.to(device),
             tokenizer,
             max_length=max_length,
             source=str(path),
@@ -252,6 +290,18 @@ class Reranker:
         if self.fusion is None:
             return "RRF"
         return f"learned {self.fusion.method}, reranker weight {self.fusion.weight:.2f}"
+
+    @property
+    def neighbour_independent(self) -> bool:
+        """Whether a pair's score is the same whatever else shares its batch: in fp32 torch and
+        in compiled graphs with fixed scales (fp32; OpenVINO's static int8); not under
+        bf16/fp16, where rounding moves with a batch's padded width, nor ONNX's dynamic int8,
+        whose activation ranges are taken per batch."""
+        import torch
+
+        if isinstance(self.model, GraphModel):
+            return not self.model.batch_dependent
+        return next(self.model.parameters()).dtype == torch.float32
 
     def probabilities(self, logits) -> np.ndarray:
         """Relevance probabilities of raw logits: calibrated when the model carries a calibration."""
@@ -322,6 +372,70 @@ class Reranker:
 
     def __repr__(self) -> str:
         return f"Reranker({self.source!r}, max_length={self.max_length})"
+
+
+def device_type(model) -> str:
+    """``cpu``/``cuda`` of a torch model's weights; a compiled graph runs on the CPU."""
+    if isinstance(model, GraphModel):
+        return model.device_type
+    return next(model.parameters()).device.type
+
+
+def _backend(backend: str, device: str, dtype) -> str:
+    """The backend as given, checked: graph runtimes are CPU-only; ``auto`` is torch off the
+    CPU and for half precision (graphs run in fp32 or int8)."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend in GRAPH_BACKENDS and device != "cpu":
+        raise ConfigError(f"backend {backend!r} runs on the CPU; got device {device!r}")
+    half = str(dtype).removeprefix("torch.") in ("bfloat16", "bf16", "float16", "fp16")
+    if backend == "auto" and (device != "cpu" or half):
+        return "torch"
+    if backend in GRAPH_BACKENDS and half:
+        raise ConfigError(f"backend {backend!r} runs fp32 or int8 graphs; got dtype {dtype!r}")
+    return backend
+
+
+def _graph_precision(dtype, backend: str) -> str | None:
+    """The precision ``dtype`` asks of a graph (or, under ``auto``, of any runtime): ``int8``
+    or ``fp32``; None when it leaves the choice open (or names torch's)."""
+    if dtype == "int8":
+        if backend == "torch":
+            raise ConfigError(f"dtype 'int8' needs a graph backend ({', '.join(GRAPH_BACKENDS)} or auto)")
+        return "int8"
+    if backend != "torch" and str(dtype).removeprefix("torch.") in ("float32", "fp32"):
+        return "fp32"
+    return None
+
+
+def _prompt_of(name: str, tokenizer, trust_remote_code: bool, given) -> PromptTemplate | None:
+    """The prompt of a checkpoint read from its config alone (no weights)."""
+    from transformers import AutoConfig
+
+    try:
+        hf_config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        return prompt_for_checkpoint(hf_config, tokenizer, given)
+    except (ValidationError, TypeError, ValueError, OSError) as exc:
+        raise ConfigError(f"prompt: {short_reason(exc)}") from None
+
+
+def _converted(model, tokenizer, max_length: int, prompt, backend: str) -> GraphModel:
+    """``model`` converted to an fp32 ``backend`` graph, compiled; the files go once compiled."""
+    import tempfile
+
+    from rerankit.runtimes import GRAPH_FILES, convert, example_batch
+
+    with tempfile.TemporaryDirectory(prefix="rerankit-graph-") as folder:
+        try:
+            example = example_batch(tokenizer, max_length, prompt)
+            path = convert(model, example, backend, Path(folder) / GRAPH_FILES[(backend, "fp32")])
+        except RerankitError:
+            raise
+        except Exception as exc:  # the converters raise many error types
+            raise ModelLoadError(
+                f"cannot convert the model to a {backend} graph: {short_reason(exc)}"
+            ) from exc
+        return load_graph(path, backend, "fp32")
 
 
 def _window_options(value: LongDocumentsConfig | Mapping | None) -> LongDocumentsConfig:

@@ -17,6 +17,7 @@ import numpy as np
 
 from rerankit.encoding import encode_pairs
 from rerankit.prompts import PromptTemplate
+from rerankit.runtimes import GraphModel
 
 
 def sigmoid(logits) -> np.ndarray:
@@ -56,6 +57,7 @@ def score_pairs(
 ) -> np.ndarray:
     """Raw scores (logits) of each (queries[i], docs[i]) pair, fp32, in input order.
 
+    ``model``: a torch sequence classifier, or a compiled graph (``rerankit.runtimes``).
     ``prompt``: the template a decoder reads pairs through (None: the pair encoding).
     """
     import torch
@@ -68,13 +70,20 @@ def score_pairs(
         tokenizer, queries, docs, max_length, padding=False, return_tensors=None, prompt=prompt
     )
     lengths = [len(ids) for ids in encoded["input_ids"]]
-    device = next(model.parameters()).device
     scores = np.empty(len(queries), dtype=np.float32)
     batches = token_budget_batches(lengths, max_tokens, max_batch)
     if progress:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc="scoring", unit="batch")
+    if isinstance(model, GraphModel):  # OpenVINO / ONNX Runtime: numpy in, fp32 logits out
+        for batch in batches:
+            features = tokenizer.pad(
+                {k: [v[i] for i in batch] for k, v in encoded.items()}, return_tensors="np"
+            )
+            scores[batch] = model(features)
+        return scores
+    device = next(model.parameters()).device
     autocast = (
         torch.autocast(device.type, dtype=autocast_dtype)
         if autocast_dtype is not None

@@ -199,7 +199,9 @@ def _precision(config: TrainConfig) -> dict[str, bool]:
     return {"bf16": wanted == "bf16", "fp16": wanted == "fp16"}
 
 
-def _load_data(config: TrainConfig):
+def load_split(config: TrainConfig):
+    """The training and validation records of ``config`` (split by query, as ``fit`` splits
+    them), and the data reports."""
     dcfg = config.data
     train, train_report = read_records(dcfg.train, dcfg.on_error, dcfg.max_document_chars)
     reports = {"train": train_report}
@@ -324,7 +326,7 @@ def fit(
     started = time.perf_counter()
     # Config and data are checked before the run folder is touched, so a bad run never
     # deletes or clobbers a good one.
-    train, valid, reports = _load_data(cfg)
+    train, valid, reports = load_split(cfg)
     for report in reports.values():
         log.info(report.summary())
     # Under torchrun/accelerate only the main process touches the run folder.

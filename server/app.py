@@ -332,12 +332,11 @@ def _validation_error(_: Request, exc: ValidationException) -> Response:
 
 
 def _cross_batching(settings: ServerSettings, reranker) -> bool:
-    """The setting, or (auto) on only when the model scores in fp32."""
-    import torch
-
+    """The setting, or (auto) on only when a pair's score does not depend on its batch
+    neighbours (``Reranker.neighbour_independent``)."""
     if settings.cross_batching is not None:
         return settings.cross_batching
-    return next(reranker.model.parameters()).dtype == torch.float32
+    return reranker.neighbour_independent
 
 
 def load_reranker(settings: ServerSettings, reranker=None):
@@ -354,6 +353,8 @@ def load_reranker(settings: ServerSettings, reranker=None):
                 allow_pickle=settings.allow_pickle,
                 long_documents=settings.long_documents,
                 prompt=settings.prompt,
+                backend=settings.backend,
+                allow_failed_gate=settings.allow_failed_gate,
             )
         if settings.max_batch_tokens:
             reranker.max_tokens = settings.max_batch_tokens

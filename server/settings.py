@@ -23,6 +23,10 @@ class ServerSettings:
     long_documents: dict | None = None
     # Prompt template of a decoder LLM ("qwen3", "plain", "none", "auto"); None: the model's own.
     prompt: str | None = None
+    # Runtime ("auto", "torch", "openvino", "onnx"; rerankit.runtimes) and whether an exported
+    # graph that failed its accuracy gate may run.
+    backend: str = "auto"
+    allow_failed_gate: bool = False
     # Bearer token required on the rerank routes; None leaves them open.
     api_key: str | None = None
     # Limits: documents per request, request body size, characters per document and query.
@@ -34,7 +38,6 @@ class ServerSettings:
     max_queue_pairs: int = 20_000
     # Padded tokens per forward pass (None: the Reranker's default for the device).
     max_batch_tokens: int | None = None
-    # Merge pairs of concurrent requests into shared batches.
     # Merge pairs of concurrent requests into shared batches. None (auto): only when the model
     # scores in fp32, where a pair's score does not depend on its batch neighbours; under
     # bf16/fp16 it moves with them (benchmarks/results/neighbour_drift*.md), so merging would

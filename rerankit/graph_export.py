@@ -1,0 +1,206 @@
+"""The graphs of an export (``rerankit export --format openvino|onnx [--quantize int8]``) and
+the accuracy gate that decides which of them may serve.
+
+Each graph (``rerankit.runtimes``) scores every validation pair of the run, as does the merged
+torch model in fp32; the export record keeps, per runtime, how far its logits moved (largest
+|Δ logit|), the share of queries whose top 10 kept its order, its NDCG@10 and the change, and
+its measured pairs/s on the exporting machine. A graph whose NDCG@10 moved by more than the
+tolerance fails the gate: the export is refused (or written only when forced), and
+``Reranker.load`` will not pick it unless asked to (``runtimes.pick_runtime``: on a CPU,
+``backend="auto"`` runs the fastest runtime that passed).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rerankit.encoding import encode_pairs
+from rerankit.errors import RerankitError
+from rerankit.runtimes import GRAPH_FILES, convert, example_batch, load_graph, passed, quantize_int8
+from rerankit.scoring import token_budget_batches
+from rerankit.validation import ValidationSet
+
+log = logging.getLogger(__name__)
+
+GATE_METRIC = "ndcg@10"
+# NDCG-neutral: int8 graphs of the demo model that moved validation NDCG@10 by 0.005 and 0.01
+# moved it by 0.02-0.03 on held-out questions (benchmarks/results/inference.md).
+DEFAULT_TOLERANCE = 0.002
+# Warm-up pairs scored before a runtime is timed (first calls compile kernels).
+WARMUP_PAIRS = 16
+
+
+def run_validation_set(run_dir: Path, path: str | Path | None = None) -> tuple[ValidationSet, str]:
+    """The run's validation queries (rebuilt from its config, split as ``fit`` split them) or
+    those of the seed-format JSONL at ``path``; and where they came from."""
+    from rerankit.config import load_config
+    from rerankit.data import read_records
+    from rerankit.training import load_split
+
+    if path is not None:
+        records, _ = read_records(path)
+        source = str(path)
+    else:
+        config_file = run_dir / "config.yaml"
+        try:
+            _, records, _ = load_split(load_config(config_file))
+        except (OSError, RerankitError) as exc:
+            raise RerankitError(
+                f"cannot rebuild the validation set of {run_dir} from {config_file} ({exc}); "
+                "give the validation pairs with --validation FILE"
+            ) from None
+        source = f"{config_file} (validation split)"
+    if not records:
+        raise RerankitError(f"{source}: no validation queries to measure the graphs on")
+    return ValidationSet.from_records(records), source
+
+
+def write_graphs(
+    folder: Path,
+    reranker,
+    vset: ValidationSet,
+    formats: Sequence[str],
+    *,
+    quantize: str | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    calibration_pairs: int = 512,
+    calibration: Sequence[tuple[str, str]] | None = None,
+    seed: int = 0,
+) -> list[dict]:
+    """Write ``formats``' fp32 graphs (and int8 ones with ``quantize="int8"``) of the fp32
+    ``reranker`` into ``folder``; return one record per runtime, the torch reference first.
+
+    OpenVINO's static int8 calibrates its activation ranges on ``calibration`` pairs when
+    given, else on ``calibration_pairs`` validation pairs drawn with ``seed``.
+    """
+    from rerankit.inference import Reranker
+
+    queries, docs = vset.flat_pairs()
+    labels = f"{len(vset)} validation queries, {len(queries)} pairs"
+    log.info("scoring %s with the torch fp32 model (the reference)", labels)
+    reference, speed = _timed(reranker, queries, docs)
+    reference_ndcg = _ndcg(vset, reference)
+    records = [{"backend": "torch", "precision": "fp32", "file": None, "pairs_per_second": speed}]
+    if not formats:
+        return records
+    example = example_batch(reranker.tokenizer, reranker.max_length, reranker.prompt)
+    for backend in formats:
+        precisions = ["fp32"] + ([quantize] if quantize else [])
+        for precision in precisions:
+            relative = GRAPH_FILES[(backend, precision)]
+            target = folder / relative
+            log.info("writing the %s %s graph %s", backend, precision, relative)
+            pairs = None
+            try:
+                if precision == "fp32":
+                    convert(reranker.model, example, backend, target)
+                else:
+                    fp32_graph = folder / GRAPH_FILES[(backend, "fp32")]
+                    if backend == "openvino":  # static: calibrated; ONNX's dynamic int8 is not
+                        pairs = calibration or _sample_pairs(queries, docs, calibration_pairs, seed)
+                    batches = _batches(reranker, pairs) if pairs else ()
+                    quantize_int8(fp32_graph, backend, target, batches)
+            except RerankitError:
+                raise
+            except Exception as exc:  # converters raise many error types
+                raise RerankitError(f"cannot write the {backend} {precision} graph: {exc}") from exc
+            graph = load_graph(target, backend, precision)
+            scorer = Reranker(
+                graph,
+                reranker.tokenizer,
+                max_length=reranker.max_length,
+                long_documents=reranker.long_documents,
+                prompt=reranker.prompt,
+            )
+            log.info("scoring %s with the %s %s graph", labels, backend, precision)
+            logits, speed = _timed(scorer, queries, docs)
+            agreement = _agreement(vset, reference, logits, reference_ndcg)
+            passed = abs(agreement["ndcg@10_delta"]) <= tolerance
+            records.append(
+                {
+                    "backend": backend,
+                    "precision": precision,
+                    "file": relative,
+                    **({"quantization": _quantization(backend, pairs)} if precision != "fp32" else {}),
+                    "pairs_per_second": speed,
+                    **agreement,
+                    "gate": "passed" if passed else "failed",
+                }
+            )
+    return records
+
+
+def gate_record(records: Sequence[dict], vset: ValidationSet, source: str, tolerance: float) -> dict:
+    """The export record's ``accuracy_gate``: the rule, the data and every runtime's figures."""
+    return {
+        "metric": GATE_METRIC,
+        "tolerance": tolerance,
+        "reference": "torch fp32",
+        "validation": {"source": source, "queries": len(vset), "pairs": vset.num_pairs},
+        "runtimes": list(records),
+    }
+
+
+def failures(records: Sequence[dict]) -> list[dict]:
+    return [r for r in records if not passed(r)]
+
+
+def _timed(reranker, queries: Sequence[str], docs: Sequence[str]) -> tuple[np.ndarray, float]:
+    reranker.logits(queries[:WARMUP_PAIRS], docs[:WARMUP_PAIRS])
+    started = time.perf_counter()
+    logits = reranker.logits(queries, docs)
+    return logits, len(queries) / (time.perf_counter() - started)
+
+
+def _ndcg(vset: ValidationSet, logits: np.ndarray) -> float:
+    return vset.metrics(vset.split_scores(logits))[GATE_METRIC]
+
+
+def _agreement(vset: ValidationSet, reference: np.ndarray, logits: np.ndarray, reference_ndcg: float) -> dict:
+    top = lambda scores: list(np.argsort(-scores, kind="stable")[:10])
+    same = [top(a) == top(b) for a, b in zip(vset.split_scores(reference), vset.split_scores(logits))]
+    ndcg = _ndcg(vset, logits)
+    return {
+        "max_abs_logit_delta": float(np.max(np.abs(reference - logits))) if len(logits) else 0.0,
+        "identical_top10": float(np.mean(same)) if same else 1.0,
+        "reference_ndcg@10": reference_ndcg,
+        "ndcg@10": ndcg,
+        "ndcg@10_delta": ndcg - reference_ndcg,
+    }
+
+
+def _quantization(backend: str, calibration: Sequence | None) -> str:
+    if not calibration:
+        return "dynamic (activation ranges per batch)"
+    return f"static (activation ranges calibrated on {len(calibration)} pairs)"
+
+
+def _sample_pairs(queries: Sequence[str], docs: Sequence[str], n: int, seed: int) -> list[tuple[str, str]]:
+    picked = random.Random(seed).sample(range(len(queries)), min(n, len(queries)))
+    return [(queries[i], docs[i]) for i in sorted(picked)]
+
+
+def _batches(reranker, pairs: Sequence[tuple[str, str]]) -> list[dict]:
+    """Calibration pairs tokenized and cut into the batches inference runs (same budget)."""
+    queries, docs = zip(*pairs)
+    tokenizer = reranker.tokenizer
+    encoded = encode_pairs(
+        tokenizer,
+        queries,
+        docs,
+        reranker.max_length,
+        padding=False,
+        return_tensors=None,
+        prompt=reranker.prompt,
+    )
+    lengths = [len(ids) for ids in encoded["input_ids"]]
+    return [
+        dict(tokenizer.pad({k: [v[i] for i in batch] for k, v in encoded.items()}, return_tensors="np"))
+        for batch in token_budget_batches(lengths, reranker.max_tokens, reranker.max_batch)
+    ]

@@ -1,0 +1,326 @@
+"""Compiled CPU runtimes of a merged cross-encoder: OpenVINO and ONNX Runtime graphs.
+
+Which library does what:
+
+- torch → OpenVINO IR: OpenVINO's own PyTorch frontend (``openvino.convert_model``).
+- torch → ONNX: torch's TorchScript exporter (``torch.onnx.export(dynamo=False)``). Its dynamo
+  exporter bakes the example batch's attention mask into BERT graphs (every padded batch then
+  scores wrong), so it is not used.
+- int8 for OpenVINO: static, NNCF (``nncf.quantize``, transformer preset), its activation
+  ranges calibrated on tokenized (query, document) pairs, the run's own validation pairs.
+- int8 for ONNX: ONNX Runtime's dynamic quantization of the MatMuls (``quantize_dynamic``,
+  int8 weights per channel, activation ranges taken per batch at run time). Its static
+  quantization lost far more NDCG on MiniLM than the accuracy gate allows (the figures are in
+  README's section on CPU runtimes). Per-batch ranges make a pair's score depend a little on the other
+  pairs of its batch, so ``GraphModel.batch_dependent`` is True for it.
+- optimum-intel / optimum-onnx would wrap the same steps, but pin transformers versions
+  rerankit cannot run with, so they are not used.
+
+A graph runs every batch ``rerankit.scoring`` cuts (the same token budget, the same length
+sorting) and returns fp32 logits. fp32 graphs run with OpenVINO's f32 precision hint: on a
+CPU with bf16 units it would otherwise compute in bf16 without saying so.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rerankit.errors import ModelLoadError, RerankitError, require, short_reason
+
+GRAPH_BACKENDS = ("openvino", "onnx")
+BACKENDS = ("auto", "torch", *GRAPH_BACKENDS)
+# Where each graph lives inside an export folder (the layout sentence-transformers also reads).
+GRAPH_FILES = {
+    ("openvino", "fp32"): "openvino/openvino_model.xml",
+    ("openvino", "int8"): "openvino/openvino_model_int8.xml",
+    ("onnx", "fp32"): "onnx/model.onnx",
+    ("onnx", "int8"): "onnx/model_int8.onnx",
+}
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+NO_INT8_GRAPH = (
+    "no int8 graph here passed the accuracy gate with its runtime installed (write one with "
+    "rerankit export --format openvino|onnx --quantize int8; one that failed loads with a named "
+    "backend and allow_failed_gate=True)"
+)
+# The pip extra that brings each backend's runtime.
+EXTRAS = {"openvino": "openvino", "onnx": "onnx"}
+
+
+@dataclass(frozen=True)
+class GraphModel:
+    """A converted cross-encoder run on the CPU: call it with a padded batch (numpy arrays by
+    input name) for its fp32 logits, one per row."""
+
+    backend: str
+    precision: str
+    path: Path
+    input_names: tuple[str, ...]
+    _run: object
+    device_type: str = "cpu"
+    # activation ranges computed per batch (ONNX dynamic int8): scores move with neighbours
+    batch_dependent: bool = False
+
+    def __call__(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
+        inputs = {name: np.asarray(features[name], dtype=np.int64) for name in self.input_names}
+        logits = np.asarray(self._run(inputs), dtype=np.float32)
+        return logits.reshape(len(inputs["input_ids"]), -1)[:, 0]
+
+    def __repr__(self) -> str:
+        return f"GraphModel({self.backend}, {self.precision}, {str(self.path)!r})"
+
+
+def load_graph(
+    path: str | Path, backend: str, precision: str = "fp32", threads: int | None = None
+) -> GraphModel:
+    """Compile the graph file at ``path`` for the CPU with ``backend``'s runtime."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no {backend} graph here (write one with rerankit export --format)")
+    try:
+        if backend == "openvino":
+            graph = _openvino_graph(path, precision)
+        elif backend == "onnx":
+            graph = _onnx_graph(path, precision)
+        else:
+            raise ValueError(
+                f"unknown graph backend {backend!r}; expected one of {', '.join(GRAPH_BACKENDS)}"
+            )
+    except RerankitError:
+        raise
+    except Exception as exc:  # a damaged graph surfaces as many error types
+        raise ModelLoadError(f"cannot load the {backend} graph {path}: {short_reason(exc)}") from exc
+    if "input_ids" not in graph.input_names or "attention_mask" not in graph.input_names:
+        raise ModelLoadError(
+            f"{path}: graph inputs {list(graph.input_names)}; expected some of {MODEL_INPUTS}"
+        )
+    return graph
+
+
+def _openvino_graph(path: Path, precision: str) -> GraphModel:
+    ov = require("openvino", EXTRAS["openvino"])
+    core = ov.Core()
+    model = core.read_model(str(path))
+    ports = [port.get_names() for port in model.inputs]
+    names = tuple(n for n in MODEL_INPUTS if any(n in port for port in ports))
+    if len(names) != len(ports):
+        raise ModelLoadError(f"{path}: graph inputs {ports}; expected some of {MODEL_INPUTS}")
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    output = compiled.outputs[0]
+    return GraphModel("openvino", precision, path, names, lambda inputs: compiled(inputs)[output])
+
+
+def _onnx_graph(path: Path, precision: str) -> GraphModel:
+    ort = require("onnxruntime", EXTRAS["onnx"])
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = tuple(i.name for i in session.get_inputs())
+    unknown = [n for n in names if n not in MODEL_INPUTS]
+    if unknown:
+        raise ModelLoadError(f"{path}: unexpected graph inputs {unknown}; expected some of {MODEL_INPUTS}")
+    run = lambda inputs: session.run(None, inputs)[0]
+    return GraphModel("onnx", precision, path, names, run, batch_dependent=precision == "int8")
+
+
+def _logits_module(model, names: Sequence[str]):
+    """The classifier with keyword inputs and its logits as the one output, for tracing."""
+    import torch
+
+    class Logits(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            extra = {"token_type_ids": token_type_ids} if "token_type_ids" in names else {}
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
+
+    return Logits().eval()
+
+
+def example_batch(tokenizer, max_length: int, prompt=None) -> dict:
+    """Two pairs of different lengths, padded: the tracing input (shapes stay dynamic)."""
+    from rerankit.encoding import encode_pairs
+
+    queries, docs = ["a question", "another question here"], ["a short document", "a longer document " * 8]
+    batch = encode_pairs(tokenizer, queries, docs, max_length, prompt=prompt)
+    return {name: batch[name] for name in MODEL_INPUTS if name in batch}
+
+
+def convert(model, example: Mapping, backend: str, out: Path) -> Path:
+    """Write ``model`` (a torch sequence classifier, fp32) as a ``backend`` fp32 graph at ``out``."""
+    import torch
+
+    names = list(example)
+    wrapper = _logits_module(model.float().eval(), names)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Tracing warns about Python branches on shapes of the example (causal flags, mask
+    # padding) that are constant for every cross-encoder batch; scores are checked instead.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if backend == "openvino":
+            ov = require("openvino", EXTRAS["openvino"])
+            graph = ov.convert_model(wrapper, example_input=dict(example))
+            for port, name in zip(graph.inputs, names):
+                port.get_tensor().set_names({name})
+            ov.save_model(graph, str(out), compress_to_fp16=False)
+        elif backend == "onnx":
+            require("onnx", EXTRAS["onnx"])
+            dims = {0: "batch", 1: "sequence"}
+            torch.onnx.export(
+                wrapper,
+                (),
+                str(out),
+                kwargs=dict(example),
+                input_names=names,
+                output_names=["logits"],
+                dynamic_axes={**dict.fromkeys(names, dims), "logits": {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
+        else:
+            raise ValueError(f"unknown graph backend {backend!r}")
+    return out
+
+
+def quantize_int8(
+    fp32_graph: Path, backend: str, out: Path, calibration: Iterable[Mapping[str, np.ndarray]] = ()
+) -> Path:
+    """int8 of ``fp32_graph`` written to ``out``: OpenVINO's static, its activation ranges
+    calibrated on ``calibration`` (padded batches, numpy arrays by input name); ONNX's dynamic
+    (no calibration)."""
+    if backend == "openvino":
+        batches = [{k: np.asarray(v, dtype=np.int64) for k, v in b.items()} for b in calibration]
+        if not batches:
+            raise RerankitError("static int8 calibration needs at least one batch of pairs")
+        ov = require("openvino", EXTRAS["openvino"])
+        nncf = require("nncf", EXTRAS["openvino"])
+        model = ov.Core().read_model(str(fp32_graph))
+        quantized = nncf.quantize(
+            model,
+            nncf.Dataset(batches),
+            model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=len(batches),
+        )
+        ov.save_model(quantized, str(out), compress_to_fp16=False)
+        return out
+    if backend == "onnx":
+        require("onnxruntime", EXTRAS["onnx"])
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        prepared = out.with_name(out.stem + ".prepared.onnx")
+        try:
+            quant_pre_process(str(fp32_graph), str(prepared), skip_symbolic_shape=True)
+            quantize_dynamic(
+                str(prepared),
+                str(out),
+                op_types_to_quantize=["MatMul"],
+                per_channel=True,
+                weight_type=QuantType.QInt8,
+            )
+        finally:
+            prepared.unlink(missing_ok=True)
+        return out
+    raise ValueError(f"unknown graph backend {backend!r}")
+
+
+def describe(record: Mapping) -> str:
+    """One line of a runtime's figures, e.g. for the export's report or a refusal."""
+    name = f"{record['backend']} {record['precision']}"
+    if record["backend"] == "torch":
+        return f"{name}: {record['pairs_per_second']:.1f} pairs/s (reference)"
+    figure = lambda key, spec: format(record[key], spec) if isinstance(record.get(key), (int, float)) else "?"
+    return (
+        f"{name}: {record['pairs_per_second']:.1f} pairs/s, NDCG@10 {figure('ndcg@10', '.4f')} "
+        f"({figure('ndcg@10_delta', '+.4f')}), identical top-10 {figure('identical_top10', '.0%')}, "
+        f"max |Δ logit| {figure('max_abs_logit_delta', '.4g')}, gate {record['gate']}"
+    )
+
+
+def passed(record: Mapping) -> bool:
+    """Whether a runtime may run unasked: the torch reference, or a graph that passed its gate."""
+    return record["backend"] == "torch" or record.get("gate") == "passed"
+
+
+def runtime_records(gate: Mapping | None, source: Path) -> list[dict]:
+    """An export's ``accuracy_gate`` runtimes, checked; ModelLoadError naming the field
+    otherwise. Each graph's ``file`` is the layout's (``GRAPH_FILES``), never the record's own,
+    so a record cannot point outside its folder."""
+    if gate is None:
+        return []
+    runtimes = gate.get("runtimes")
+    if not isinstance(runtimes, list):
+        raise ModelLoadError(
+            f"{source}: accuracy_gate.runtimes: expected a list, got {type(runtimes).__name__}"
+        )
+    records = []
+    for i, record in enumerate(runtimes):
+        where = f"{source}: accuracy_gate.runtimes[{i}]"
+        if not isinstance(record, Mapping):
+            raise ModelLoadError(f"{where}: expected an object, got {type(record).__name__}")
+        key = (record.get("backend"), record.get("precision"))
+        if key != ("torch", "fp32") and key not in GRAPH_FILES:
+            raise ModelLoadError(f"{where}: unknown runtime {key[0]!r} {key[1]!r}")
+        if key[0] != "torch" and record.get("gate") not in ("passed", "failed"):
+            raise ModelLoadError(f"{where}.gate: expected 'passed' or 'failed', got {record.get('gate')!r}")
+        speed = record.get("pairs_per_second")
+        if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not speed >= 0:
+            raise ModelLoadError(f"{where}.pairs_per_second: expected a number, got {speed!r}")
+        records.append({**record, "file": GRAPH_FILES.get(key)})
+    return records
+
+
+def pick_runtime(
+    gate: Mapping | None,
+    folder: Path,
+    backend: str,
+    precision: str | None,
+    allow_failed_gate: bool,
+    source: Path,
+) -> dict | None:
+    """The runtime record ``Reranker.load`` should run from an export's ``accuracy_gate``;
+    None for the torch model. ``backend="auto"``: the fastest of ``precision`` (any when None)
+    that passed the gate, has its file and its runtime installed; torch when no graph was
+    measured. A named graph backend: its fastest graph of ``precision`` that passed, or any
+    with ``allow_failed_gate``; None when it has none (converted at load, fp32)."""
+    runtimes = runtime_records(gate, source)
+    if backend == "torch":
+        return None
+    present = lambda r: r["file"] is None or (folder / r["file"]).is_file()
+    speed = lambda r: r["pairs_per_second"]
+    wanted = lambda r: precision is None or r["precision"] == precision
+    if backend == "auto":
+        usable = [r for r in runtimes if passed(r) and wanted(r) and present(r) and _installed(r["backend"])]
+        if precision == "int8" and not usable:
+            raise ModelLoadError(f"{source}: {NO_INT8_GRAPH}")
+        best = max(usable, key=speed, default=None)
+        return None if best is None or best["backend"] == "torch" else best
+    mine = [r for r in runtimes if r["backend"] == backend and wanted(r)]
+    if not mine:
+        if precision == "int8":
+            raise ModelLoadError(f"{source}: {NO_INT8_GRAPH}")
+        return None
+    passing = [r for r in mine if passed(r)]
+    if not passing and not allow_failed_gate:
+        raise ModelLoadError(
+            f"{source}: the {backend} graphs here failed the accuracy gate on the run's validation set ("
+            + "; ".join(describe(r) for r in mine)
+            + "); load one anyway with allow_failed_gate=True (--allow-failed-gate)"
+        )
+    chosen = max(passing or mine, key=speed)
+    if not present(chosen):
+        raise ModelLoadError(f"{source}: lists the graph {chosen['file']}, which is missing from {folder}")
+    return chosen
+
+
+def _installed(backend: str) -> bool:
+    import importlib.util
+
+    module = {"torch": "torch", "openvino": "openvino", "onnx": "onnxruntime"}.get(backend)
+    return module is not None and importlib.util.find_spec(module) is not None

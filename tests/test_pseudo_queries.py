@@ -1,0 +1,78 @@
+"""Inverse-cloze pseudo-queries: the query's sentence never leaks into its positive (when cut),
+its own passage is never a negative, and the same corpus and seed give the same file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rerankit import pseudo_queries as pq
+
+pytestmark = pytest.mark.smoke
+
+CORPUS = {
+    "d1": "The Nile is the longest river in Africa. It flows north through eleven countries. "
+    "Its delta empties into the Mediterranean Sea near Alexandria.",
+    "d2": "Mount Kilimanjaro is a dormant volcano in Tanzania. It has three volcanic cones. "
+    "The summit is the highest point in Africa at nearly six thousand metres.",
+    "d3": "Paris is the capital of France. The city hosts the Louvre, the most visited museum "
+    "in the world. Millions of tourists visit it every single year.",
+    "d4": "Too short.",
+    "d5": "Bananas are berries in the botanical sense of the word. Strawberries, however, are not "
+    "true berries at all according to botanists.",
+}
+
+
+def test_inverse_cloze_cuts_the_sentence_out_of_its_positive():
+    pseudo = pq.build(CORPUS, per_passage=2, seed=3)
+    assert {p.doc_id for p in pseudo} == {"d1", "d2", "d3", "d5"}  # d4 has one sentence
+    for p in pseudo:
+        assert p.query in pq.sentences(CORPUS[p.doc_id]) and len(p.query.split()) >= 5
+        assert p.query not in p.positive
+        assert p.positive and all(s in CORPUS[p.doc_id] for s in pq.sentences(p.positive))
+        assert len(pq.sentences(p.positive)) == len(pq.sentences(CORPUS[p.doc_id])) - 1
+    per_doc = [p.doc_id for p in pseudo]
+    assert per_doc.count("d1") == 2 and len({p.query for p in pseudo}) == len(pseudo)
+    assert pq.build(CORPUS, per_passage=2, seed=3) == pseudo
+    kept = pq.build(CORPUS, per_passage=1, seed=3, remove_sentence=False)
+    assert all(p.query in p.positive and p.positive == CORPUS[p.doc_id] for p in kept)
+    with pytest.raises(ValueError, match="per_passage"):
+        pq.build(CORPUS, per_passage=0)
+
+
+def test_mine_pseudo_queries_cli_writes_training_lines(tmp_path):
+    from click.testing import CliRunner
+
+    from rerankit.cli import main
+    from rerankit.data import read_records
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in CORPUS.items()))
+    out = tmp_path / "pseudo.jsonl"
+    args = [
+        "mine",
+        "--corpus",
+        str(corpus),
+        "--pseudo-queries",
+        "1",
+        "--num-negatives",
+        "2",
+        "--out",
+        str(out),
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    records, _ = read_records(out)
+    assert len(records) == 4
+    for record in records:
+        (positive,) = record.positives
+        assert record.query not in positive.text  # cut out of the positive
+        assert len(record.negatives) == 2
+        assert positive.doc_id not in {n.doc_id for n in record.negatives}
+        # the untouched passage (which still holds the sentence) is no negative either
+        assert all(record.query not in n.text for n in record.negatives)
+    assert CliRunner().invoke(main, args).exit_code == 0 and read_records(out)[0] == records
+
+    bad = CliRunner().invoke(main, ["mine", "--pseudo-queries", "1", "--out", str(out)])
+    assert bad.exit_code == 2 and "--pseudo-queries builds queries from --corpus alone" in bad.output

@@ -1,0 +1,278 @@
+"""OpenVINO and ONNX Runtime backends: the same scores as torch fp32, the export's graphs and
+their accuracy gate, and the server on a graph backend."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("nncf")
+
+from rerankit import Reranker
+from rerankit.errors import ConfigError, ModelLoadError, RerankitError
+
+pytestmark = pytest.mark.smoke
+
+GRAPH_BACKENDS = ["openvino", "onnx"]
+QUERY = "tell me about apple"
+DOCS = [
+    "apple apple orchard fruit",
+    "the stock market fell",
+    "apple pie recipe with cinnamon and a long crust " * 5,
+    "banana",
+    "apples grow on trees in the orchard near the river",
+]
+
+
+def pairs():
+    return [(QUERY, d) for d in DOCS]
+
+
+@pytest.fixture(scope="module", params=GRAPH_BACKENDS)
+def graph_reranker(request, tiny_bert_run):
+    """The tiny run converted at load to each graph backend (fp32)."""
+    return Reranker.load(tiny_bert_run[0].output_dir, device="cpu", backend=request.param)
+
+
+def test_graph_backend_scores_match_torch_fp32_and_ignore_neighbours(graph_reranker, fp32_reranker):
+    from rerankit.runtimes import GraphModel
+
+    assert isinstance(graph_reranker.model, GraphModel)
+    raw = np.array(graph_reranker.score(pairs(), raw=True))
+    np.testing.assert_allclose(raw, fp32_reranker.score(pairs(), raw=True), atol=1e-4)
+    # same calibration, same order
+    np.testing.assert_allclose(graph_reranker.score(pairs()), fp32_reranker.score(pairs()), atol=1e-5)
+    assert graph_reranker.rerank(QUERY, DOCS).indices == fp32_reranker.rerank(QUERY, DOCS).indices
+    alone = [graph_reranker.score([p], raw=True)[0] for p in pairs()]
+    np.testing.assert_allclose(alone, raw, atol=1e-5)
+    np.testing.assert_allclose(graph_reranker.score(pairs()[::-1], raw=True)[::-1], raw, atol=1e-5)
+    assert graph_reranker.neighbour_independent
+
+
+@pytest.mark.parametrize("backend", GRAPH_BACKENDS)
+def test_packaged_backbone_converts_exactly(backend, tmp_path):
+    """all-MiniLM-L6-v2 with a seeded one-label head: the graph gives torch's fp32 logits."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rerankit.loading import resolve_model_path
+
+    base = resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_pretrained(base, num_labels=1).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(base).save_pretrained(tmp_path)
+    reference = Reranker.load(tmp_path, device="cpu", dtype="float32", backend="torch")
+    graph = Reranker.load(tmp_path, device="cpu", backend=backend)
+    np.testing.assert_allclose(graph.score(pairs(), raw=True), reference.score(pairs(), raw=True), atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def graph_export(tiny_bert_run, tmp_path_factory):
+    """The tiny run exported with fp32 and int8 graphs of both backends."""
+    from rerankit.export import export
+
+    out = tmp_path_factory.mktemp("graphs") / "export"
+    # the tiny model's int8 rounding is coarse: a wide gate, so every graph is written and measured
+    export(tiny_bert_run[0].output_dir, out, formats=GRAPH_BACKENDS, quantize="int8", tolerance=0.05)
+    return out
+
+
+def test_export_writes_measured_graphs_and_loads_them(graph_export):
+    from rerankit.runtimes import GRAPH_FILES
+
+    gate = json.loads((graph_export / "rerankit_export.json").read_text())["accuracy_gate"]
+    assert gate["validation"]["queries"] == 16 and gate["tolerance"] == 0.05
+    runtimes = {(r["backend"], r["precision"]): r for r in gate["runtimes"]}
+    assert set(runtimes) == {("torch", "fp32"), *GRAPH_FILES}
+    for key, relative in GRAPH_FILES.items():
+        record = runtimes[key]
+        assert (graph_export / relative).is_file() and record["file"] == relative
+        assert record["gate"] == "passed" and abs(record["ndcg@10_delta"]) <= 0.05
+        assert record["pairs_per_second"] > 0 and 0 <= record["identical_top10"] <= 1
+    for key in [("openvino", "fp32"), ("onnx", "fp32")]:
+        assert runtimes[key]["max_abs_logit_delta"] < 1e-3
+        assert runtimes[key]["identical_top10"] == 1.0
+
+    # the export's own torch model (its head carries the folded calibration)
+    reference = Reranker.load(graph_export, device="cpu", backend="torch", dtype="float32")
+    torch_scores = np.array(reference.score(pairs(), raw=True))
+    for backend in GRAPH_BACKENDS:
+        fp32 = Reranker.load(graph_export, backend=backend, dtype="float32")
+        assert fp32.model.path == graph_export / GRAPH_FILES[(backend, "fp32")]
+        np.testing.assert_allclose(fp32.score(pairs(), raw=True), torch_scores, atol=1e-4)
+        int8 = Reranker.load(graph_export, backend=backend, dtype="int8")
+        assert int8.model.precision == "int8"
+        raw = np.array(int8.score(pairs(), raw=True))
+        assert np.abs(raw - torch_scores).max() < 0.5  # int8 rounding, not another model
+        # OpenVINO's int8 has calibrated static ranges; ONNX's dynamic int8 takes them per batch
+        assert int8.neighbour_independent == (backend == "openvino")
+        if backend == "openvino":
+            alone = [int8.score([p], raw=True)[0] for p in pairs()]
+            np.testing.assert_allclose(alone, raw, atol=1e-5)
+            np.testing.assert_allclose(int8.score(pairs()[::-1], raw=True)[::-1], raw, atol=1e-5)
+        fastest = max(
+            (r for r in gate["runtimes"] if r["backend"] == backend), key=lambda r: r["pairs_per_second"]
+        )
+        assert Reranker.load(graph_export, backend=backend).model.path == graph_export / fastest["file"]
+    # auto: the fastest runtime of all that passed (torch included); float32: of the fp32 ones
+    for dtype, precisions in [(None, {"fp32", "int8"}), ("float32", {"fp32"}), ("int8", {"int8"})]:
+        best = max(
+            (r for r in gate["runtimes"] if r["precision"] in precisions), key=lambda r: r["pairs_per_second"]
+        )
+        chosen = Reranker.load(graph_export, device="cpu", dtype=dtype).model
+        assert getattr(chosen, "path", None) == (
+            None if best["file"] is None else graph_export / best["file"]
+        )
+    assert (
+        Reranker.load(graph_export, backend="torch").model.__class__.__name__
+        == "BertForSequenceClassification"
+    )
+
+
+def test_accuracy_gate_refuses_a_broken_quantisation(tiny_bert_run, tmp_path, monkeypatch):
+    """An "int8" graph that reverses the ranking (its head negated) fails the gate: nothing is
+    written unless forced, and a forced one loads only when asked."""
+    import rerankit.graph_export as graph_export
+    from rerankit.runtimes import convert
+
+    def broken_quantize(fp32_graph, backend, out, calibration=()):
+        import copy
+
+        import torch
+
+        model = copy.deepcopy(broken_quantize.model)
+        with torch.no_grad():
+            model.classifier.weight.neg_()
+        return convert(model, broken_quantize.example, backend, out)
+
+    real_convert = graph_export.convert
+
+    def remember(model, example, backend, out):
+        broken_quantize.model, broken_quantize.example = model, example
+        return real_convert(model, example, backend, out)
+
+    monkeypatch.setattr(graph_export, "convert", remember)
+    monkeypatch.setattr(graph_export, "quantize_int8", broken_quantize)
+    from rerankit.export import export
+
+    run, out = tiny_bert_run[0].output_dir, tmp_path / "export"
+    with pytest.raises(RerankitError, match=r"accuracy gate: NDCG@10 .*\(openvino int8: .* gate failed"):
+        export(run, out, formats=["openvino"], quantize="int8")
+    assert not out.exists() and not any(tmp_path.iterdir())  # nothing left behind
+
+    export(run, out, formats=["openvino"], quantize="int8", force=True)
+    runtimes = json.loads((out / "rerankit_export.json").read_text())["accuracy_gate"]["runtimes"]
+    failed = next(r for r in runtimes if r["precision"] == "int8")
+    assert failed["gate"] == "failed" and failed["ndcg@10_delta"] < -0.01
+    with pytest.raises(ModelLoadError, match="failed the accuracy gate.*allow_failed_gate"):
+        Reranker.load(out, backend="openvino", dtype="int8")
+    forced = Reranker.load(out, backend="openvino", dtype="int8", allow_failed_gate=True)
+    assert forced.model.precision == "int8"
+    # a failed graph is never what auto or the backend's default picks
+    assert Reranker.load(out, backend="openvino").model.precision == "fp32"
+    assert getattr(Reranker.load(out, device="cpu").model, "precision", "fp32") == "fp32"
+
+
+def test_export_validation_and_backend_errors_are_clear(tiny_bert_run, tmp_path):
+    from rerankit.export import export
+
+    run = tiny_bert_run[0].output_dir
+    with pytest.raises(RerankitError, match="--quantize applies to a graph"):
+        export(run, tmp_path / "a", quantize="int8")
+    with pytest.raises(RerankitError, match="written from the fp32 model"):
+        export(run, tmp_path / "b", formats=["onnx"], dtype="bfloat16")
+    with pytest.raises(ConfigError, match="backend must be one of"):
+        Reranker.load(run, backend="tensorrt")
+    with pytest.raises(ConfigError, match="dtype 'int8' needs a graph backend"):
+        Reranker.load(run, dtype="int8", backend="torch")
+    with pytest.raises(ConfigError, match="runs fp32 or int8 graphs"):
+        Reranker.load(run, dtype="bfloat16", backend="onnx")
+    with pytest.raises(ModelLoadError, match="no int8 graph here passed"):
+        Reranker.load(run, dtype="int8")  # a run folder has no graphs
+    with pytest.raises(ConfigError, match="runs on the CPU"):
+        Reranker.load(run, backend="openvino", device="cuda")
+
+
+def test_server_on_a_graph_backend_answers_like_in_process(tiny_bert_run):
+    from conftest import wait_ready
+    from litestar.testing import TestClient
+
+    from rerankit.server import ServerSettings, create_app
+
+    settings = ServerSettings(model=str(tiny_bert_run[0].output_dir), backend="openvino")
+    in_process = Reranker.load(settings.model, backend="openvino")
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client, 120)
+        body = client.post("/v2/rerank", json={"query": QUERY, "documents": DOCS}).json()
+    assert [r["index"] for r in body["results"]] == in_process.rerank(QUERY, DOCS).indices
+    expected = in_process.score(pairs())
+    for r in body["results"]:
+        assert r["relevance_score"] == pytest.approx(expected[r["index"]], abs=1e-6)
+
+
+def test_damaged_gate_records_are_refused_and_cannot_point_outside(graph_export, tmp_path):
+    """The graph file comes from the export layout, never from the record; a damaged record is
+    a clear error naming the field, even for the torch backend."""
+    import shutil
+
+    from rerankit.runtimes import GRAPH_FILES
+
+    folder = tmp_path / "export"
+    shutil.copytree(graph_export, folder)
+    info_file = folder / "rerankit_export.json"
+    info = json.loads(info_file.read_text())
+
+    def load_with(runtimes, **options):
+        info_file.write_text(
+            json.dumps({**info, "accuracy_gate": {**info["accuracy_gate"], "runtimes": runtimes}})
+        )
+        return Reranker.load(folder, device="cpu", **options)
+
+    good = info["accuracy_gate"]["runtimes"]
+    hostile = [{**r, "file": "../../etc/passwd"} if r["file"] else r for r in good]
+    loaded = load_with(hostile, backend="onnx", dtype="float32")
+    assert loaded.model.path == folder / GRAPH_FILES[("onnx", "fp32")]
+    for runtimes, field in [
+        (5, "accuracy_gate.runtimes: expected a list"),
+        (["x"], r"runtimes\[0\]: expected an object"),
+        ([{**good[1], "backend": "tensorrt"}], r"runtimes\[0\]: unknown runtime 'tensorrt'"),
+        ([{**good[1], "gate": None}], r"runtimes\[0\].gate: expected 'passed' or 'failed'"),
+        ([{**good[1], "pairs_per_second": "fast"}], r"runtimes\[0\].pairs_per_second"),
+    ]:
+        with pytest.raises(ModelLoadError, match=field):
+            load_with(runtimes, backend="torch")
+    # a graph listed but deleted: auto runs the next fastest that is there
+    fastest = max((r for r in good if r["file"]), key=lambda r: r["pairs_per_second"])
+    (folder / fastest["file"]).unlink()
+    chosen = load_with(good).model
+    assert getattr(chosen, "path", None) != folder / fastest["file"]
+
+
+def test_cli_backend_errors_are_one_line(tiny_bert_run):
+    from click.testing import CliRunner
+
+    from rerankit.cli import main
+
+    run = str(tiny_bert_run[0].output_dir)
+    result = CliRunner().invoke(
+        main,
+        [
+            "rerank",
+            "--model",
+            run,
+            "--query",
+            "q",
+            "--docs",
+            __file__,
+            "--backend",
+            "torch",
+            "--dtype",
+            "int8",
+        ],
+    )
+    assert result.exit_code == 2 and "dtype 'int8' needs a graph backend" in result.output
+    assert "Traceback" not in result.output
