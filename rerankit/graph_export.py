@@ -121,16 +121,16 @@ def write_graphs(
             log.info("scoring %s with the %s %s graph", labels, backend, precision)
             logits, speed = _timed(scorer, queries, docs)
             agreement = _agreement(vset, reference, logits, reference_ndcg)
-            passed = abs(agreement["ndcg@10_delta"]) <= tolerance
+            within = abs(agreement["ndcg@10_delta"]) <= tolerance
             records.append(
                 {
                     "backend": backend,
                     "precision": precision,
                     "file": relative,
-                    **({"quantization": _quantization(backend, pairs)} if precision != "fp32" else {}),
+                    **({"quantization": _quantization(pairs)} if precision != "fp32" else {}),
                     "pairs_per_second": speed,
                     **agreement,
-                    "gate": "passed" if passed else "failed",
+                    "gate": "passed" if within else "failed",
                 }
             )
     return records
@@ -175,7 +175,7 @@ def _agreement(vset: ValidationSet, reference: np.ndarray, logits: np.ndarray, r
     }
 
 
-def _quantization(backend: str, calibration: Sequence | None) -> str:
+def _quantization(calibration: Sequence | None) -> str:
     if not calibration:
         return "dynamic (activation ranges per batch)"
     return f"static (activation ranges calibrated on {len(calibration)} pairs)"
