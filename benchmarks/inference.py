@@ -215,22 +215,21 @@ def flops_per_pair(model_dir: Path, tokenizer, pairs, max_length: int, max_token
     """Encoder FLOPs per pair at the padded lengths of rerankit's token-budget batches."""
     from transformers import AutoConfig
 
-    from rerankit.encoding import encode_pairs
-    from rerankit.scoring import token_budget_batches
+    from rerankit.scoring import budget_batches
 
     config = AutoConfig.from_pretrained(model_dir)
     h, ffn, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    encoded = encode_pairs(
+    encoded, batches = budget_batches(
         tokenizer,
         [q for q, _ in pairs],
         [d for _, d in pairs],
-        max_length,
-        padding=False,
-        return_tensors=None,
+        max_length=max_length,
+        max_tokens=max_tokens,
+        max_batch=128,
     )
     lengths = [len(ids) for ids in encoded["input_ids"]]
     total = 0.0
-    for batch in token_budget_batches(lengths, max_tokens, 128):
+    for batch in batches:
         b, width = len(batch), max(lengths[i] for i in batch)
         total += layers * (b * width * (8 * h * h + 4 * h * ffn) + 4 * b * width * width * h)
     return total / len(pairs)

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rerankit.encoding import encode_pairs
 from rerankit.errors import RerankitError
 from rerankit.runtimes import GRAPH_FILES, convert, example_batch, load_graph, passed, quantize_int8
-from rerankit.scoring import token_budget_batches
+from rerankit.scoring import budget_batches, pad_batch
 from rerankit.validation import ValidationSet
 
 log = logging.getLogger(__name__)
@@ -189,18 +188,13 @@ def _sample_pairs(queries: Sequence[str], docs: Sequence[str], n: int, seed: int
 def _batches(reranker, pairs: Sequence[tuple[str, str]]) -> list[dict]:
     """Calibration pairs tokenized and cut into the batches inference runs (same budget)."""
     queries, docs = zip(*pairs)
-    tokenizer = reranker.tokenizer
-    encoded = encode_pairs(
-        tokenizer,
+    encoded, batches = budget_batches(
+        reranker.tokenizer,
         queries,
         docs,
-        reranker.max_length,
-        padding=False,
-        return_tensors=None,
+        max_length=reranker.max_length,
+        max_tokens=reranker.max_tokens,
+        max_batch=reranker.max_batch,
         prompt=reranker.prompt,
     )
-    lengths = [len(ids) for ids in encoded["input_ids"]]
-    return [
-        dict(tokenizer.pad({k: [v[i] for i in batch] for k, v in encoded.items()}, return_tensors="np"))
-        for batch in token_budget_batches(lengths, reranker.max_tokens, reranker.max_batch)
-    ]
+    return [dict(pad_batch(reranker.tokenizer, encoded, batch, "np")) for batch in batches]

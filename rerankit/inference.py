@@ -222,7 +222,7 @@ class Reranker:
                 check_local_model(base, allow_pickle=pickle)
                 revision = manifest.get("base_revision")
                 model = _merged(base, model_dir, tokenizer, dtype, trust, pickle, revision)
-                prompt = _prompt(model, tokenizer, prompt)
+                prompt = _prompt(model.config, tokenizer, prompt)
             else:
                 model, prompt = _plain(str(model_dir), tokenizer, dtype, trust, pickle, prompt)
             max_length = max_length or manifest["max_length"]
@@ -237,7 +237,7 @@ class Reranker:
             check_local_model(base, allow_pickle=pickle)
             tokenizer = load_tokenizer(str(path), trust)
             model = _merged(base, path, tokenizer, dtype, trust, pickle)
-            prompt = _prompt(model, tokenizer, _given_or_recorded(prompt, *_export_info(str(path))))
+            prompt = _prompt(model.config, tokenizer, _given_or_recorded(prompt, *_export_info(str(path))))
             calibration = fusion = None
         else:
             check_local_model(given, allow_pickle=pickle)
@@ -414,9 +414,9 @@ def _prompt_of(name: str, tokenizer, trust_remote_code: bool, given) -> PromptTe
 
     try:
         hf_config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
-        return prompt_for_checkpoint(hf_config, tokenizer, given)
-    except (ValidationError, TypeError, ValueError, OSError) as exc:
+    except (ValueError, OSError) as exc:
         raise ConfigError(f"prompt: {short_reason(exc)}") from None
+    return _prompt(hf_config, tokenizer, given)
 
 
 def _converted(model, tokenizer, max_length: int, prompt, backend: str) -> GraphModel:
@@ -515,9 +515,9 @@ def _recorded(source: Path, record: Mapping, key: str, parse):
         raise ModelLoadError(f"{source}: {key}: {exc}") from None
 
 
-def _prompt(model, tokenizer, given) -> PromptTemplate | None:
+def _prompt(hf_config, tokenizer, given) -> PromptTemplate | None:
     try:
-        return prompt_for_checkpoint(model.config, tokenizer, given)
+        return prompt_for_checkpoint(hf_config, tokenizer, given)
     except (ValidationError, TypeError, ValueError) as exc:
         raise ConfigError(f"prompt: {short_reason(exc)}") from None
 
@@ -541,7 +541,7 @@ def _plain(name: str, tokenizer, dtype, trust_remote_code: bool, allow_pickle: b
             )
     except Exception as exc:  # corrupt or missing files surface as many error types
         raise ModelLoadError(f"cannot load a cross-encoder from {name!r}: {short_reason(exc)}") from exc
-    prompt = _prompt(model, tokenizer, prompt)
+    prompt = _prompt(model.config, tokenizer, prompt)
     if causal:
         if prompt is None:
             raise ModelLoadError(f"{name!r} is a causal LM: it is scored by yes/no through a prompt template")

@@ -42,6 +42,32 @@ def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_batch: int
     return batches
 
 
+def budget_batches(
+    tokenizer,
+    queries: Sequence[str],
+    docs: Sequence[str],
+    *,
+    max_length: int,
+    max_tokens: int,
+    max_batch: int,
+    prompt: PromptTemplate | None = None,
+) -> tuple[dict, list[list[int]]]:
+    """The pairs tokenized once without padding, and their indices cut into token-budget
+    batches (``token_budget_batches``); ``pad_batch`` turns one batch into model inputs."""
+    encoded = encode_pairs(
+        tokenizer, queries, docs, max_length, padding=False, return_tensors=None, prompt=prompt
+    )
+    lengths = [len(ids) for ids in encoded["input_ids"]]
+    return encoded, token_budget_batches(lengths, max_tokens, max_batch)
+
+
+def pad_batch(tokenizer, encoded: dict, batch: Sequence[int], return_tensors: str):
+    """The pairs ``batch`` of ``encoded`` padded to their longest, as ``return_tensors`` arrays."""
+    return tokenizer.pad(
+        {k: [v[i] for i in batch] for k, v in encoded.items()}, return_tensors=return_tensors
+    )
+
+
 def score_pairs(
     model,
     tokenizer,
@@ -66,22 +92,23 @@ def score_pairs(
         raise ValueError(f"got {len(queries)} queries but {len(docs)} documents")
     if not queries:
         return np.zeros(0, dtype=np.float32)
-    encoded = encode_pairs(
-        tokenizer, queries, docs, max_length, padding=False, return_tensors=None, prompt=prompt
+    encoded, batches = budget_batches(
+        tokenizer,
+        queries,
+        docs,
+        max_length=max_length,
+        max_tokens=max_tokens,
+        max_batch=max_batch,
+        prompt=prompt,
     )
-    lengths = [len(ids) for ids in encoded["input_ids"]]
     scores = np.empty(len(queries), dtype=np.float32)
-    batches = token_budget_batches(lengths, max_tokens, max_batch)
     if progress:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc="scoring", unit="batch")
     if isinstance(model, GraphModel):  # OpenVINO / ONNX Runtime: numpy in, fp32 logits out
         for batch in batches:
-            features = tokenizer.pad(
-                {k: [v[i] for i in batch] for k, v in encoded.items()}, return_tensors="np"
-            )
-            scores[batch] = model(features)
+            scores[batch] = model(pad_batch(tokenizer, encoded, batch, "np"))
         return scores
     device = next(model.parameters()).device
     autocast = (
@@ -94,9 +121,7 @@ def score_pairs(
     try:
         with torch.inference_mode(), autocast:
             for batch in batches:
-                features = tokenizer.pad(
-                    {k: [v[i] for i in batch] for k, v in encoded.items()}, return_tensors="pt"
-                )
+                features = pad_batch(tokenizer, encoded, batch, "pt")
                 features = {k: v.to(device) for k, v in features.items()}
                 logits = model(**features).logits
                 scores[batch] = logits.float().view(len(batch), -1)[:, 0].cpu().numpy()
