@@ -26,6 +26,10 @@ Protocol (all fixed by seeds, so a rerun gives the same table):
   beat sentence-transformers' documented 2e-5 on this protocol (0.30 against 0.19 NDCG@10 at 8
   queries per step, 0.48 against 0.21 at 4); ``--peer-lr`` runs others. The peer's result
   swings with the training seed (results/quality_ablations.md).
+- Corpus adaptation: a run whose config enables ``adaptation`` (e.g. ``--ablation "ICT:
+  adaptation.corpus=yes"``) adapts to this benchmark's corpus, every paragraph of all 48
+  articles and no question: what a user has. The mined training lines carry BM25's scores,
+  the teacher of ``loss.distillation`` runs.
 - Test side: ``--test-queries`` questions sampled from the test articles; BM25 retrieves the
   top 30 of the whole corpus (all 48 articles, as a deployed retriever would search) and
   each model reorders those 30. NDCG@10 and MRR@10 (``ir_measures``) count a positive BM25
@@ -107,6 +111,7 @@ def prepare_training_files(
         MiningInput(docs, {q: queries[q] for q in qids}, {q: positives[q] for q in qids}),
         method="bm25",
         num_negatives=num_negatives,
+        teacher_scores=True,  # BM25's scores: the target of runs with loss.distillation
     )
     train, valid = split_records(records, 0.1, seed=seed, group_by="query")
     work.mkdir(parents=True, exist_ok=True)
@@ -120,6 +125,13 @@ def prepare_training_files(
         "mined_negatives": num_negatives,
         "corpus": len(docs),
     }
+
+
+def write_corpus(corpus: dict[str, str], path: Path) -> str:
+    """The whole corpus (every article's paragraphs, no question) for corpus adaptation."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"_id": d, "text": t}) + "\n" for d, t in corpus.items()))
+    return str(path)
 
 
 def first_stage_candidates(side, n_queries: int | None, top_k: int, seed: int):
@@ -189,14 +201,13 @@ def _peak_rss_mib() -> float:
 
 def train_rerankit(config: str, files: dict, out: str, overrides: dict) -> dict[str, Any]:
     import rerankit
+    from rerankit.config import load_config
 
     started = time.perf_counter()
-    result = rerankit.fit(
-        config,
-        output_dir=out,
-        overwrite=True,
-        overrides={"data.train": files["train"], "data.valid": files["valid"], **overrides},
-    )
+    overrides = {"data.train": files["train"], "data.valid": files["valid"], **overrides}
+    if load_config(config, overrides).adaptation.corpus:  # adapt to this benchmark's corpus
+        overrides["adaptation.corpus"] = files["corpus_file"]
+    result = rerankit.fit(config, output_dir=out, overwrite=True, overrides=overrides)
     return {
         "wall_s": time.perf_counter() - started,
         "peak_rss_mib": _peak_rss_mib(),
@@ -333,6 +344,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument(
+        "--no-default",
+        action="store_true",
+        help="skip the default recipe's row (ablations only; the same files give the same row as before)",
+    )
+    parser.add_argument(
         "--no-lora",
         action="store_true",
         help="skip the row of LoRA on the full-precision base (the same recipe without 4-bit quantization)",
@@ -374,6 +390,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sides["train"], args.train_queries, args.mined_negatives, args.seed, work / "data"
     )
     test = first_stage_candidates(sides["all"], args.test_queries, args.top_k, args.seed)
+    files["corpus_file"] = write_corpus(sides["all"][0], work / "data" / "corpus.jsonl")
     print(
         f"[{(time.perf_counter() - started) / 60:.1f} min] train side: {files['train_queries']} "
         f"+ {files['valid_queries']} valid questions; test side: {len(test['qids'])} questions "
@@ -441,7 +458,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             }
         )
 
-    runs = [(f"rerankit (QLoRA, {cfg.loss.name} loss)", base)]
+    runs = [] if args.no_default else [(f"rerankit (QLoRA, {cfg.loss.name} loss)", base)]
     if not args.no_lora:
         # What the 4-bit base costs or saves on this small backbone, measured beside it.
         runs.append(

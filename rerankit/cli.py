@@ -531,6 +531,11 @@ def eval_command(
     is_flag=True,
     help="With --pseudo-queries: leave the query's sentence in its positive.",
 )
+@click.option(
+    "--teacher-scores",
+    is_flag=True,
+    help='Write the first stage\'s score of every document ("score"), a target for loss.distillation.',
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the pseudo-query draw.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False))
 @_one_line_errors
@@ -546,6 +551,7 @@ def mine(
     dense_model: str,
     pseudo_queries: int | None,
     keep_sentence: bool,
+    teacher_scores: bool,
     seed: int,
     out_path: str,
 ) -> None:
@@ -585,6 +591,7 @@ def mine(
         skip_top=skip_top,
         margin=margin,
         dense_model=dense_model,
+        teacher_scores=teacher_scores,
     )
     if pseudo is not None:
         records = pq.records(pseudo, records)

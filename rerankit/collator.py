@@ -40,7 +40,9 @@ class GroupCollator:
     ``group_labels``/``group_mask`` of shape (queries, longest group) with ``pair_slots``,
     the flat position of each pair in that grid. With ``long_documents.mode: windows`` the
     tokenized rows are the documents' windows and ``window_owner`` says which pair each belongs
-    to (the loss then scores a document by the aggregate of its windows: MaxP).
+    to (the loss then scores a document by the aggregate of its windows: MaxP). When any group
+    carries teacher scores, ``group_teacher`` holds them on the same grid and
+    ``group_teacher_mask`` says where one is known.
     """
 
     def __init__(
@@ -75,4 +77,12 @@ class GroupCollator:
         batch.update(group_labels=labels, group_mask=mask, pair_slots=torch.tensor(slots, dtype=torch.long))
         if self.long_documents.mode == "windows":
             batch["window_owner"] = torch.tensor(owner, dtype=torch.long)
+        if any(t is not None for g in groups for t in g.teacher):
+            teacher = torch.zeros(len(groups), width)
+            known = torch.zeros(len(groups), width, dtype=torch.bool)
+            for row, group in enumerate(groups):
+                for col, score in enumerate(group.teacher):
+                    if score is not None:
+                        teacher[row, col], known[row, col] = score, True
+            batch.update(group_teacher=teacher, group_teacher_mask=known)
         return batch

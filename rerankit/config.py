@@ -145,6 +145,12 @@ class LossConfig(_Section):
     temperature: float = Field(1.0, gt=0.0)
     # bce: weight of positive pairs; null uses negatives/positives of the group shape.
     pos_weight: float | None = Field(None, gt=0.0)
+    # Distillation towards the documents' teacher "score" in the data, added to the ranking loss:
+    # kl (per-query softmax of standardized teacher scores; any scale) or margin_mse (the
+    # teacher's score differences as they are: a teacher on the model's logit scale).
+    distillation: Literal["none", "kl", "margin_mse"] = "none"
+    distillation_weight: float = Field(1.0, ge=0.0)
+    teacher_temperature: float = Field(1.0, gt=0.0)
 
 
 class TrainingConfig(_Section):
@@ -190,6 +196,23 @@ class EvaluationConfig(_Section):
     metric_for_best: Literal["ndcg@10", "mrr@10", "map", "recall", "pairwise_accuracy"] = "ndcg@10"
 
 
+class AdaptationConfig(_Section):
+    """Corpus adaptation (rerankit.adaptation): inverse-cloze pseudo-queries built from the
+    user's unlabelled passages train beside the labelled queries."""
+
+    # JSONL corpus ({_id, text, title?} or {doc_id, text}); null: no adaptation.
+    corpus: str | None = None
+    # Inverse-cloze queries per passage (each a different sentence of it).
+    per_passage: int = Field(1, ge=1)
+    # Cap on pseudo-queries (a seeded draw); null keeps them all.
+    max_queries: int | None = Field(None, ge=1)
+    # Cut the query's sentence out of its positive, so the match is by context, not by copy.
+    remove_sentence: bool = True
+    # First stage that mines the pseudo-queries' negatives over the corpus, and how many.
+    mining: Literal["bm25", "dense", "hybrid"] = "bm25"
+    num_negatives: int = Field(15, ge=1)
+
+
 class OutputConfig(_Section):
     dir: str = "outputs/run"
 
@@ -204,6 +227,7 @@ class TrainConfig(_Section):
     loss: LossConfig = Field(default_factory=LossConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    adaptation: AdaptationConfig = Field(default_factory=AdaptationConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
@@ -308,7 +332,7 @@ def load_config(
 ) -> TrainConfig:
     """Read a config (YAML path, mapping or TrainConfig) and apply dotted overrides.
 
-    Relative data paths in a YAML file are resolved against the current directory first
+    Relative data and corpus paths in a YAML file are resolved against the current directory first
     and, when they do not exist there, against the config file's folder.
     """
     if not isinstance(source, (str, Path, Mapping, TrainConfig)):
@@ -323,15 +347,15 @@ def load_config(
         raw, name, base = read_yaml(source), str(source), Path(source).resolve().parent
     config = validate_config(apply_overrides(raw, overrides or {}), name)
     if base is not None:
-        for field in ("train", "valid"):
-            value = getattr(config.data, field)
+        for section, field in (("data", "train"), ("data", "valid"), ("adaptation", "corpus")):
+            value = getattr(getattr(config, section), field)
             if (
                 value
                 and not Path(value).is_absolute()
                 and not Path(value).exists()
                 and (base / value).exists()
             ):
-                setattr(config.data, field, str(base / value))
+                setattr(getattr(config, section), field, str(base / value))
     return config
 
 

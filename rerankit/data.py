@@ -5,7 +5,10 @@ One line is one query::
     {"query_text": "...", "positives": [{"doc_id": "p1", "text": "..."}],
      "negatives": [{"doc_id": "n1", "text": "..."}], "source_chunk": "c1", "meta": {...}}
 
-``negatives`` (mined hard negatives), ``source_chunk`` and ``meta`` are optional.
+``negatives`` (mined hard negatives), ``source_chunk`` and ``meta`` are optional. A document may
+carry a teacher ``"score"`` (a finite number: a stronger model's or the first stage's score for
+this query, as ``rerankit mine --teacher-scores`` writes it), which ``loss.distillation`` trains
+towards.
 A line that breaks the format raises :class:`DataError` naming file, line and field
 (or, with ``on_error="skip"``, is left out and counted). Lines that are well formed but
 need cleaning have a defined behaviour, counted in :class:`DataReport`:
@@ -22,6 +25,7 @@ need cleaning have a defined behaviour, counted in :class:`DataReport`:
 from __future__ import annotations
 
 import json
+import math
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -36,6 +40,13 @@ from rerankit.errors import DataError
 class Doc:
     doc_id: str
     text: str
+    score: float | None = None  # teacher score for the line's query, when given
+
+    def to_json(self) -> dict[str, Any]:
+        line: dict[str, Any] = {"doc_id": self.doc_id, "text": self.text}
+        if self.score is not None:
+            line["score"] = self.score
+        return line
 
 
 @dataclass(frozen=True)
@@ -56,8 +67,8 @@ class QueryRecord:
         """The record as a seed-format line (round-trips through read_records)."""
         line: dict[str, Any] = {
             "query_text": self.query,
-            "positives": [asdict(d) for d in self.positives],
-            "negatives": [asdict(d) for d in self.negatives],
+            "positives": [d.to_json() for d in self.positives],
+            "negatives": [d.to_json() for d in self.negatives],
         }
         if self.source_chunk is not None:
             line["source_chunk"] = self.source_chunk
@@ -123,7 +134,7 @@ def _docs(value: Any, name: str, where: dict[str, Any], report: DataReport, max_
         label = f"{name}[{i}]"
         if not isinstance(item, dict):
             raise DataError(f"expected an object, got {type(item).__name__}", field=label, **where)
-        unknown = set(item) - {"doc_id", "text"}
+        unknown = set(item) - {"doc_id", "text", "score"}
         if unknown:
             raise DataError(f"unknown key(s) {sorted(unknown)}", field=label, **where)
         doc_id, text = item.get("doc_id"), item.get("text")
@@ -135,13 +146,18 @@ def _docs(value: Any, name: str, where: dict[str, Any], report: DataReport, max_
             raise DataError(
                 f"text must be a string, got {type(text).__name__}", field=f"{label}.text", **where
             )
+        score = item.get("score")
+        if score is not None and (
+            isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score)
+        ):
+            raise DataError(f"score must be a finite number, got {score!r}", field=f"{label}.score", **where)
         if not text.strip():
             report.dropped_empty_text_docs += 1
             continue
         if len(text) > max_chars:
             report.truncated_long_docs += 1
             text = text[:max_chars]
-        docs.append(Doc(str(doc_id), text))
+        docs.append(Doc(str(doc_id), text, None if score is None else float(score)))
     return docs
 
 

@@ -115,6 +115,54 @@ class BCEPairLoss(nn.Module):
         )
 
 
+class TeacherKLLoss(nn.Module):
+    """Distillation: KL(teacher ‖ student) over each query's documents with a known teacher score.
+
+    Teacher scores are standardized within the query first, so a teacher on any scale (BM25's
+    scores, a cosine, another cross-encoder's logits) gives a target of the same shape;
+    ``temperature`` sharpens (< 1) or flattens (> 1) it. A query needs two known documents.
+    """
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, scores, teacher, known):
+        count = known.sum(1, keepdim=True).clamp(min=1)
+        mean = (teacher * known).sum(1, keepdim=True) / count
+        spread = (((teacher - mean) ** 2) * known).sum(1, keepdim=True).div(count).sqrt()
+        target = ((teacher - mean) / (spread + 1e-6) / self.temperature).masked_fill(~known, float("-inf"))
+        student = scores.float().masked_fill(~known, float("-inf"))
+        target_log, student_log = F.log_softmax(target, 1), F.log_softmax(student, 1)
+        per_doc = (target_log.exp() * (target_log - student_log)).masked_fill(~known, 0.0)
+        usable = known.sum(1) >= 2
+        return _mean_over(per_doc.sum(1), usable)
+
+
+class MarginMSELoss(nn.Module):
+    """Distillation (Hofstätter et al., 2020): ``mean(((s_p - s_n) - (t_p - t_n))²)`` over
+    positive × negative pairs whose teacher scores are both known. The student copies the
+    teacher's margins as they are, so the teacher should score on the student's logit scale
+    (another cross-encoder); for other teachers ``kl`` is scale-free."""
+
+    def forward(self, scores, teacher, known, labels):
+        diff, valid = _pair_differences(scores.float(), labels, known)
+        teacher_diff, _ = _pair_differences(teacher.float(), labels, known)
+        return _mean_over((diff - teacher_diff) ** 2, valid)
+
+
+def build_distillation(name: str, temperature: float = 1.0):
+    """``loss.distillation``: a callable (scores, teacher, known, labels) -> loss, or None."""
+    if name == "none":
+        return None
+    if name == "kl":
+        kl = TeacherKLLoss(temperature)
+        return lambda scores, teacher, known, labels: kl(scores, teacher, known)
+    if name == "margin_mse":
+        return MarginMSELoss()
+    raise ValueError(f"unknown distillation {name!r}; expected none, kl or margin_mse")
+
+
 def build_loss(
     name: str, *, margin: float = 1.0, temperature: float = 1.0, pos_weight: float | None = None
 ) -> nn.Module:

@@ -13,7 +13,9 @@ For each query, candidates come from the first stage's ranking, minus:
 The next ``num_negatives`` candidates become the line's negatives. Rankings are
 deterministic (ties keep corpus order), so the same inputs give the same file. Queries are
 scored a block at a time against a corpus indexed once, so memory grows with the corpus,
-not with queries × corpus.
+not with queries × corpus. With ``teacher_scores`` every written document carries the first
+stage's score for its query (BM25's score, the cosine, or the hybrid's RRF), the ``"score"``
+that ``loss.distillation`` trains towards.
 
 sentence-transformers' ``util.mine_hard_negatives`` is not used: it works on single
 (anchor, positive) pairs and dense scores only, and rerankit needs several positives per
@@ -77,6 +79,7 @@ def mine(
     margin: float | None = None,
     dense_model: str = "sentence-transformers/all-MiniLM-L6-v2",
     block_size: int | None = None,
+    teacher_scores: bool = False,
 ) -> list[QueryRecord]:
     """Mine negatives for every query with a positive (see the module docstring).
 
@@ -106,6 +109,8 @@ def mine(
         guard = block.components["dense" if dense else "bm25"]
         for row, qid in enumerate(qids[block.start : block.start + len(block.ranking)]):
             pos_ids = data.positives[qid]
+            # The first stage's own score of each written document, as a distillation target.
+            scores = block.ranking[row] if teacher_scores else None
             floor = None
             if margin is not None:
                 weakest = min(guard[row, position[d]] for d in pos_ids)
@@ -115,7 +120,7 @@ def mine(
             while True:
                 order = best_first(block.ranking[row], k)
                 negatives = _negatives(
-                    data, qid, doc_ids, docs, order, guard[row], floor, skip_top, num_negatives
+                    data, qid, doc_ids, docs, order, guard[row], floor, skip_top, num_negatives, scores
                 )
                 if len(negatives) == num_negatives or k >= len(doc_ids):
                     break
@@ -123,7 +128,7 @@ def mine(
             records.append(
                 QueryRecord(
                     data.queries[qid],
-                    tuple(Doc(d, data.corpus[d]) for d in pos_ids),
+                    tuple(Doc(d, data.corpus[d], _score(scores, position[d])) for d in pos_ids),
                     negatives,
                     source_chunk=pos_ids[0] if len(pos_ids) == 1 else None,
                     meta={"query_id": qid, "mined_by": method},
@@ -142,6 +147,7 @@ def _negatives(
     floor: float | None,
     skip_top: int,
     num_negatives: int,
+    scores: np.ndarray | None = None,
 ) -> tuple[Doc, ...]:
     """The query's negatives from its ranking: positives (by id or text) out, window, guard."""
     pos_ids = set(data.positives[qid])
@@ -156,7 +162,11 @@ def _negatives(
             continue
         if floor is not None and guard[i] >= floor:
             continue
-        negatives.append(Doc(doc_ids[i], docs[i]))
+        negatives.append(Doc(doc_ids[i], docs[i], _score(scores, i)))
         if len(negatives) == num_negatives:
             break
     return tuple(negatives)
+
+
+def _score(scores: np.ndarray | None, index: int) -> float | None:
+    return None if scores is None else round(float(scores[index]), 6)

@@ -101,7 +101,7 @@ def records(pseudo: list[PseudoQuery], mined: list[QueryRecord]) -> list[QueryRe
         out.append(
             QueryRecord(
                 record.query,
-                (Doc(item.doc_id, item.positive),),
+                (Doc(item.doc_id, item.positive, record.positives[0].score),),
                 record.negatives,
                 source_chunk=item.doc_id,
                 meta={**record.meta, "pseudo_query": item.kind},

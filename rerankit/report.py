@@ -11,6 +11,16 @@ from rerankit.files import atomic_write_text
 COLUMNS = ("ndcg@10", "mrr@10", "map", "pairwise_accuracy")
 
 
+def adaptation_lines(adaptation: dict | None) -> list[str]:
+    if not adaptation:
+        return []
+    return [
+        f"- corpus adaptation: {adaptation['pseudo_queries']} inverse-cloze pseudo-queries from "
+        f"{adaptation['passages']} passages of `{adaptation['corpus']}`, negatives mined by "
+        f"{adaptation['mining']} ({adaptation['seconds']:.0f} s), trained beside the labelled queries"
+    ]
+
+
 def metrics_table(rows: list[tuple[str, dict[str, float]]], recall_key: str | None = None) -> str:
     """A Markdown table, one row per (label, metrics)."""
     columns = list(COLUMNS[:3]) + ([recall_key] if recall_key else []) + [COLUMNS[3]]
@@ -65,6 +75,7 @@ def write_report(path: Path, metrics: dict[str, Any], config, digest: str, curve
         f"loss: {config.loss.name}",
         f"- queries: {metrics['train_queries']} train, {metrics['valid_queries']} validation "
         f"({metrics['valid_pairs']} pairs, every positive and given negative)",
+        *adaptation_lines(metrics.get("adaptation")),
         f"- wall time: {metrics['wall_time_s']:.0f} s; config hash `{digest}`",
         "",
         verdict(metrics),

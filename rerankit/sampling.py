@@ -30,6 +30,9 @@ class Group:
     docs: tuple[str, ...]
     labels: tuple[int, ...]
     doc_ids: tuple[str, ...]
+    # Teacher score of each document for this query (None where the line gave none; always
+    # None for random negatives, whose scores, if any, were for another query).
+    teacher: tuple[float | None, ...] = ()
 
 
 def _query_seed(key: str) -> int:
@@ -79,13 +82,14 @@ class NegativeSampler:
         n_hard = min(round(self.hard_ratio * self.num_negatives), len(record.negatives))
         hard_idx = rng.choice(len(record.negatives), n_hard, replace=False) if n_hard else []
         negatives = [record.negatives[i] for i in hard_idx]
-        negatives += self._random_negatives(rng, record, negatives, self.num_negatives - len(negatives))
-        docs = positives + negatives
+        randoms = self._random_negatives(rng, record, negatives, self.num_negatives - len(negatives))
+        docs = positives + negatives + randoms
         return Group(
             record.query,
             tuple(d.text for d in docs),
-            tuple([1] * len(positives) + [0] * len(negatives)),
+            tuple([1] * len(positives) + [0] * (len(negatives) + len(randoms))),
             tuple(d.doc_id for d in docs),
+            tuple(d.score for d in positives + negatives) + (None,) * len(randoms),
         )
 
     def _random_negatives(

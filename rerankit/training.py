@@ -27,6 +27,7 @@ from unittest.mock import patch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 
 from rerankit import run_folder
+from rerankit.adaptation import AdaptationReport, pseudo_query_records
 from rerankit.calibration import calibration_report
 from rerankit.collator import EpochGroupDataset, GroupCollator
 from rerankit.config import TrainConfig, config_hash, load_config
@@ -34,7 +35,7 @@ from rerankit.data import read_records
 from rerankit.errors import RerankitError
 from rerankit.files import read_json, write_json
 from rerankit.fusion import LearnedFusion
-from rerankit.losses import build_loss
+from rerankit.losses import build_distillation, build_loss
 from rerankit.model_builder import build_model, training_device, training_precision
 from rerankit.report import write_curve, write_report
 from rerankit.sampling import NegativeSampler
@@ -101,6 +102,8 @@ class RerankTrainer(Trainer):
         modules_to_save: list[str],
         head_learning_rate: float | None = None,
         optimizer_name: str = "adamw",
+        distillation=None,
+        distillation_weight: float = 1.0,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -111,6 +114,7 @@ class RerankTrainer(Trainer):
         self.long_documents = long_documents
         self.modules_to_save, self.head_learning_rate = modules_to_save, head_learning_rate
         self.optimizer_name = optimizer_name
+        self.distillation, self.distillation_weight = distillation, distillation_weight
         # Validation scores per evaluated step: the kept model's are reused after training.
         self.scores_at: dict[int, Any] = {}
 
@@ -119,12 +123,16 @@ class RerankTrainer(Trainer):
         mask = inputs.pop("group_mask")  # [Q, G] True where a document sits
         slots = inputs.pop("pair_slots")  # [P] flat index of each pair in Q×G
         owner = inputs.pop("window_owner", None)  # [W] pair of each window (long documents)
+        teacher = inputs.pop("group_teacher", None)  # [Q, G] teacher scores, where the data has them
+        known = inputs.pop("group_teacher_mask", None)
         outputs = model(**inputs)
         logits = outputs.logits.float().view(-1)  # [P] one score per pair, or [W] per window
         if owner is not None:  # a document's score is the aggregate of its windows' (MaxP)
             logits = aggregate_tensor(logits, owner, len(slots), self.long_documents.aggregate)
         scores = logits.new_zeros(mask.numel()).index_put((slots,), logits).view(mask.shape)
         loss = self.loss_fn(scores, labels, mask)
+        if self.distillation is not None and teacher is not None:
+            loss = loss + self.distillation_weight * self.distillation(scores, teacher, known & mask, labels)
         return (loss, outputs) if return_outputs else loss
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
@@ -298,6 +306,8 @@ def _make_trainer(cfg: TrainConfig, out: Path, built, dataset, vset, validator, 
         modules_to_save=built.modules_to_save,
         head_learning_rate=cfg.training.head_learning_rate,
         optimizer_name=cfg.training.optimizer,
+        distillation=build_distillation(cfg.loss.distillation, cfg.loss.teacher_temperature),
+        distillation_weight=cfg.loss.distillation_weight,
     )
 
 
@@ -329,6 +339,18 @@ def fit(
     train, valid, reports = load_split(cfg)
     for report in reports.values():
         log.info(report.summary())
+    adaptation = None
+    if cfg.adaptation.corpus:
+        # Pseudo-queries train beside the labelled ones; never a validation question's text.
+        pseudo, adaptation = pseudo_query_records(cfg.adaptation, cfg.seed, {r.query for r in valid})
+        train = train + pseudo
+    if cfg.loss.distillation != "none" and not any(
+        d.score is not None for r in train for d in r.positives + r.negatives
+    ):
+        raise RerankitError(
+            f"loss.distillation is {cfg.loss.distillation} but no document of {cfg.data.train} has a "
+            'teacher "score" (rerankit mine --teacher-scores writes the first stage\'s)'
+        )
     # Under torchrun/accelerate only the main process touches the run folder.
     main_process = int(os.environ.get("RANK", "0")) == 0
     with contextlib.ExitStack() as stack:
@@ -340,7 +362,7 @@ def fit(
         resume_from = run_folder.last_checkpoint(out) if resume else None
         if resume_from is not None:
             run_folder.check_checkpoint(resume_from)
-        return _train(cfg, out, digest, train, valid, reports, resume_from, main_process, started)
+        return _train(cfg, out, digest, train, valid, reports, adaptation, resume_from, main_process, started)
 
 
 def _train(
@@ -350,6 +372,7 @@ def _train(
     train: list,
     valid: list,
     reports: dict,
+    adaptation: AdaptationReport | None,
     resume_from: str | None,
     main_process: bool,
     started: float,
@@ -424,7 +447,8 @@ def _train(
         "evaluations": evals,
         "train_loss": losses,
         "metric_for_best": key,
-        "train_queries": len(train),
+        "train_queries": len(train) - (adaptation.pseudo_queries if adaptation else 0),
+        "adaptation": adaptation.__dict__ if adaptation else None,
         "valid_queries": len(vset),
         "valid_pairs": vset.num_pairs,
         "calibration": calibration,

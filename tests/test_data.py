@@ -64,6 +64,17 @@ def test_reads_the_seed_format(tmp_path):
             "negatives[0].text",
         ),
         (json.dumps({"query_text": "q", "positives": [], "extra": 1}), "unknown key", None),
+        (
+            json.dumps({"query_text": "q", "positives": [{"doc_id": "p", "text": "t", "score": "high"}]}),
+            "score must be a finite number",
+            "positives[0].score",
+        ),
+        (
+            '{"query_text": "q", "positives": [{"doc_id": "p", "text": "t"}], '
+            '"negatives": [{"doc_id": "n", "text": "u", "score": NaN}]}',
+            "score must be a finite number",
+            "negatives[0].score",
+        ),
     ],
 )
 def test_bad_lines_name_file_line_and_field(tmp_path, bad, message, field):
@@ -125,6 +136,24 @@ def test_round_trip(tmp_path):
     write_records(records, tmp_path / "out.jsonl")
     again, _ = read_records(tmp_path / "out.jsonl")
     assert again == records
+
+
+def test_teacher_scores_round_trip(tmp_path):
+    path = write(
+        tmp_path / "d.jsonl",
+        json.dumps(
+            {
+                "query_text": "q",
+                "positives": [{"doc_id": "p", "text": "t", "score": 12}],
+                "negatives": [{"doc_id": "n", "text": "u", "score": -1.5}, {"doc_id": "m", "text": "v"}],
+            }
+        ),
+    )
+    (record,), _ = read_records(path)
+    assert [d.score for d in record.positives + record.negatives] == [12.0, -1.5, None]
+    again = write_records([record], tmp_path / "again.jsonl")
+    assert again == 1 and read_records(tmp_path / "again.jsonl")[0] == [record]
+    assert "score" not in json.loads((tmp_path / "again.jsonl").read_text())["negatives"][1]
 
 
 def test_normalize_query():

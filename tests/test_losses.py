@@ -77,3 +77,41 @@ def test_build_loss_names():
     assert isinstance(build_loss("listwise"), ListwiseSoftmaxLoss)
     with pytest.raises(ValueError, match="unknown loss 'hinge'"):
         build_loss("hinge")
+
+
+def test_teacher_kl_is_zero_when_the_student_copies_the_teacher_on_any_scale():
+    from rerankit.losses import TeacherKLLoss
+
+    teacher = torch.tensor([[3.0, 1.0, 2.0], [0.0, 5.0, 7.0]])
+    known = torch.tensor([[True, True, True], [True, True, False]])  # q1: only two known
+    z = (teacher - teacher.mean(1, keepdim=True)) / teacher.std(1, unbiased=False, keepdim=True)
+    z[1, :2] = torch.tensor([-1.0, 1.0])  # standardized over its two known documents
+    kl = TeacherKLLoss()
+    assert kl(z + 4.0, teacher, known).item() == pytest.approx(0.0, abs=1e-5)  # shift-free
+    assert kl(z, teacher * 10 + 3, known).item() == pytest.approx(0.0, abs=1e-5)  # teacher scale-free
+    student = torch.zeros(2, 3, requires_grad=True)
+    loss = kl(student, teacher, known)
+    # q0 by hand: p = softmax(z), KL(p || uniform over 3) = sum p log p + log 3
+    p = torch.softmax(z[0], 0)
+    q0 = (p * p.log()).sum().item() + math.log(3)
+    p1 = torch.softmax(torch.tensor([-1.0, 1.0]), 0)
+    q1 = (p1 * p1.log()).sum().item() + math.log(2)
+    assert loss.item() == pytest.approx((q0 + q1) / 2, rel=1e-4)
+    loss.backward()
+    assert student.grad[1, 2] == 0  # unknown teacher score: no gradient
+    lone = torch.tensor([[True, False, False], [False, False, False]])
+    assert kl(student, teacher, lone).item() == 0.0  # a query needs two known documents
+
+
+def test_margin_mse_hand_computed():
+    from rerankit.losses import MarginMSELoss, build_distillation
+
+    teacher = torch.tensor([[4.0, 1.0, 2.0], [1.0, 0.0, 0.0]])
+    known = torch.tensor([[True, True, True], [True, False, False]])  # q1's negative unknown
+    loss = MarginMSELoss()(SCORES, teacher, known, LABELS)
+    # q0 pairs (pos, neg): (0, 2): (2-1) - (4-2) = -1; (1, 2): (0.5-1) - (1-2) = 0.5
+    assert loss.item() == pytest.approx((1.0 + 0.25) / 2)
+    assert build_distillation("none") is None
+    assert build_distillation("margin_mse")(SCORES, teacher, known, LABELS).item() == pytest.approx(0.625)
+    with pytest.raises(ValueError, match="unknown distillation"):
+        build_distillation("mse")

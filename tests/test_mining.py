@@ -126,3 +126,35 @@ def test_cli_writes_lines_the_training_reader_accepts(beir, tmp_path):
     mined, _ = read_records(tmp_path / "m2.jsonl")
     assert [len(r.negatives) for r in mined] == [2, 2, 2]
     assert CliRunner().invoke(main, ["mine", "--out", str(out)]).exit_code == 2
+
+
+def test_teacher_scores_are_the_first_stage_scores(beir, tmp_path):
+    from rerankit.first_stage import BM25Index
+
+    data = mining.from_beir(beir / "corpus.jsonl", beir / "queries.jsonl", beir / "qrels.tsv")
+    plain = mining.mine(data, num_negatives=3)
+    scored = mining.mine(data, num_negatives=3, teacher_scores=True)
+    assert all(d.score is None for r in plain for d in r.positives + r.negatives)
+    bm25 = BM25Index(list(CORPUS.values())).scores(["apple pie recipe"])[0]
+    q1 = scored[0]
+    assert [d.doc_id for d in q1.negatives] == [d.doc_id for d in plain[0].negatives]
+    for doc in q1.positives + q1.negatives:
+        assert doc.score == pytest.approx(bm25[list(CORPUS).index(doc.doc_id)], abs=1e-5)
+    assert q1.positives[0].score > q1.negatives[-1].score
+    out = tmp_path / "scored.jsonl"
+    args = ["mine", "--corpus", str(beir / "corpus.jsonl"), "--queries", str(beir / "queries.jsonl")]
+    result = CliRunner().invoke(
+        main,
+        [
+            *args,
+            "--qrels",
+            str(beir / "qrels.tsv"),
+            "--teacher-scores",
+            "--num-negatives",
+            "3",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert read_records(out)[0] == scored

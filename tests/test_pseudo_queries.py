@@ -76,3 +76,60 @@ def test_mine_pseudo_queries_cli_writes_training_lines(tmp_path):
 
     bad = CliRunner().invoke(main, ["mine", "--pseudo-queries", "1", "--out", str(out)])
     assert bad.exit_code == 2 and "--pseudo-queries builds queries from --corpus alone" in bad.output
+
+
+def _toy_corpus(rng_seed: int = 0) -> list[dict]:
+    """Passages of three sentences in the toy vocabulary (the tiny BERT's words)."""
+    import random
+
+    from conftest import FILLER, TOPICS
+
+    rng = random.Random(rng_seed)
+    rows = []
+    for i in range(24):
+        topic = TOPICS[i % len(TOPICS)]
+        sentences = [
+            " ".join([topic.capitalize()] + [rng.choice(FILLER) for _ in range(6)] + [topic]) + "."
+            for _ in range(3)
+        ]
+        rows.append({"_id": f"c{i}", "text": " ".join(sentences)})
+    return rows
+
+
+def test_fit_trains_on_corpus_pseudo_queries_beside_the_labelled_ones(tiny_bert_dir, toy_data, tmp_path):
+    from conftest import tiny_config, write_jsonl
+
+    import rerankit
+    from rerankit.data import read_records
+
+    train, valid = toy_data
+    rows = _toy_corpus()
+    # A validation question written into the corpus as a sentence must not become a training query.
+    (valid_question, *_), _ = read_records(valid)
+    rows.append({"_id": "leak", "text": f"{valid_question.query}. Paris is the capital of France today."})
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", rows)
+    config = tiny_config(
+        tiny_bert_dir,
+        train,
+        valid,
+        tmp_path / "run",
+        training={"epochs": 1},
+        adaptation={"corpus": str(corpus), "max_queries": 20, "num_negatives": 3},
+    )
+    result = rerankit.fit(config)
+    adaptation = result.metrics["adaptation"]
+    assert adaptation["pseudo_queries"] == 20 and adaptation["passages"] == 25
+    assert result.metrics["train_queries"] == 48  # the labelled queries, counted apart
+    # The trainer saw both: one epoch of (48 + 20) queries at 8 per step is 9 steps (6 without).
+    assert result.metrics["evaluations"][-1]["step"] == 9
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "20 inverse-cloze pseudo-queries from 25 passages" in report
+
+    from rerankit.adaptation import pseudo_query_records
+    from rerankit.config import AdaptationConfig
+
+    records, _ = pseudo_query_records(
+        AdaptationConfig(corpus=str(corpus), per_passage=3), seed=7, exclude_queries={valid_question.query}
+    )
+    assert valid_question.query not in {r.query for r in records}
+    assert len(records) == 24 * 3 + 1  # every sentence of the toy passages, and the leak passage's other one

@@ -59,3 +59,20 @@ def test_missing_hard_negatives_are_filled_randomly():
     sampler = NegativeSampler(make_records(), num_negatives=4, hard_ratio=1.0)
     g = sampler.group(len(make_records()) - 1, 0)  # the shared query has no hard negatives
     assert g.labels.count(0) == 4
+
+
+def test_teacher_scores_follow_their_documents_and_random_negatives_have_none():
+    records = [
+        QueryRecord(
+            f"query {i}",
+            (Doc(f"p{i}", f"positive {i}", 10.0 + i),),
+            tuple(Doc(f"n{i}_{j}", f"negative {i} {j}", float(j)) for j in range(3)),
+        )
+        for i in range(4)
+    ]
+    group = NegativeSampler(records, num_negatives=4, hard_ratio=0.5, seed=1).group(2, epoch=0)
+    by_id = {d.doc_id: d.score for r in records for d in r.positives + r.negatives}
+    assert group.labels == (1, 0, 0, 0, 0) and len(group.teacher) == 5
+    assert group.teacher[:3] == tuple(by_id[d] for d in group.doc_ids[:3])  # positive, 2 hard
+    assert all(d.startswith(("p", "n")) and not d.startswith(("p2", "n2")) for d in group.doc_ids[3:])
+    assert group.teacher[3:] == (None, None)  # random: scored for another query, if at all

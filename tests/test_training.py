@@ -182,3 +182,31 @@ def test_8bit_base_trains_too(tiny_bert_dir, toy_data, tmp_path):
     m = result.metrics
     assert m["best"]["ndcg@10"] > m["baseline"]["ndcg@10"]
     assert json.loads((tmp_path / "run/run.json").read_text())["trained_quantization"] == "8bit"
+
+
+def test_distillation_needs_teacher_scores_and_changes_the_loss(tiny_bert_dir, toy_data, tmp_path):
+    from conftest import write_jsonl
+
+    train, valid = toy_data
+    with pytest.raises(
+        RerankitError, match='loss.distillation is kl but no document of .* has a teacher "score"'
+    ):
+        _fit(tiny_bert_dir, train, valid, tmp_path / "none", loss={"distillation": "kl"})
+    assert not (tmp_path / "none").exists()  # refused before the run folder is touched
+
+    # Teacher: positives 2, hard negatives 0 but the first one 1 (one query in two: a
+    # teacher that disagrees with the labels moves the loss away from the plain run's).
+    lines = [json.loads(row) for row in train.read_text().splitlines()]
+    for i, row in enumerate(lines):
+        for doc in row["positives"]:
+            doc["score"] = 2.0
+        for j, doc in enumerate(row["negatives"]):
+            doc["score"] = 1.0 if j == 0 and i % 2 else 0.0
+    scored = write_jsonl(tmp_path / "scored.jsonl", lines)
+    sections = dict(training={"epochs": 1})
+    plain = _fit(tiny_bert_dir, scored, valid, tmp_path / "plain", **sections).metrics
+    distilled = _fit(
+        tiny_bert_dir, scored, valid, tmp_path / "kl", loss={"distillation": "kl"}, **sections
+    ).metrics
+    assert plain["train_loss"][0]["loss"] != distilled["train_loss"][0]["loss"]
+    assert distilled["evaluations"][-1]["ndcg@10"] > 0

@@ -1,0 +1,61 @@
+"""Corpus adaptation inside ``fit``: the config's ``adaptation:`` section turns the user's
+unlabelled corpus into inverse-cloze training queries (``rerankit.pseudo_queries``), mines
+their negatives with the usual first stages (``rerankit.mining``) and hands them to the
+trainer beside the labelled queries. ``rerankit mine --pseudo-queries`` writes the same
+records to a file instead.
+
+A user always has the corpus the reranker will search, including the passages no labelled
+question touches; the pseudo-queries teach the model those passages' words and topics.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+from rerankit import pseudo_queries as pq
+from rerankit.beir import read_corpus
+from rerankit.config import AdaptationConfig
+from rerankit.data import QueryRecord, normalize_query
+from rerankit.errors import RerankitError
+from rerankit.mining import mine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AdaptationReport:
+    corpus: str
+    passages: int
+    pseudo_queries: int
+    mining: str
+    seconds: float
+
+
+def pseudo_query_records(
+    cfg: AdaptationConfig, seed: int, exclude_queries: set[str] = frozenset()
+) -> tuple[list[QueryRecord], AdaptationReport]:
+    """The training records of ``cfg.corpus``'s pseudo-queries (a seeded draw of at most
+    ``max_queries``), leaving out any whose text is a labelled query in ``exclude_queries``
+    (so a validation question can never come back as a training pseudo-query)."""
+    started = time.perf_counter()
+    corpus = read_corpus(cfg.corpus)
+    pseudo = pq.build(corpus, cfg.per_passage, remove_sentence=cfg.remove_sentence, seed=seed)
+    excluded = {normalize_query(q) for q in exclude_queries}  # case, spacing, end punctuation aside
+    pseudo = [p for p in pseudo if normalize_query(p.query) not in excluded]
+    if not pseudo:
+        raise RerankitError(
+            f"adaptation.corpus {cfg.corpus}: no passage has two sentences, one of five words or "
+            "more, to make an inverse-cloze query from"
+        )
+    if cfg.max_queries is not None and len(pseudo) > cfg.max_queries:
+        pseudo = random.Random(seed).sample(pseudo, cfg.max_queries)
+    log.info("adaptation: %d pseudo-queries from %d passages of %s", len(pseudo), len(corpus), cfg.corpus)
+    mined = mine(pq.mining_input(corpus, pseudo), method=cfg.mining, num_negatives=cfg.num_negatives)
+    records = pq.records(pseudo, mined)
+    report = AdaptationReport(
+        cfg.corpus, len(corpus), len(records), cfg.mining, round(time.perf_counter() - started, 1)
+    )
+    return records, report
