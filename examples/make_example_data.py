@@ -12,6 +12,9 @@ runs), so the example shows the same path a user takes:
   candidates are the BM25 top paragraphs over the whole corpus, i.e. what a first stage would
   hand the reranker, plus the positive.
 - ``sample_docs.jsonl``: BM25's top paragraphs for one held-out question, shuffled, for the demo.
+- ``squad_corpus.jsonl``: every paragraph of the 14 articles (training and held-out), no
+  question: the unlabelled corpus a user has, which ``adaptation.corpus`` turns into
+  inverse-cloze training queries.
 
 Data: SQuAD v1.1 (Rajpurkar et al., 2016), CC BY-SA 4.0; see examples/data/LICENSE.md.
 """
@@ -86,6 +89,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for name, records in (("squad_train.jsonl", train), ("squad_valid.jsonl", valid)):
         print(f"{args.out / name}: {write_records(records, args.out / name)} lines")
+    own = [(d, t) for d, t in corpus.items() if article(d) in TRAIN_ARTICLES + VALID_ARTICLES]
+    with (args.out / "squad_corpus.jsonl").open("w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps({"_id": d, "text": t}, ensure_ascii=False) + "\n" for d, t in own)
+    print(f"{args.out / 'squad_corpus.jsonl'}: {len(own)} lines")
     with (args.out / "sample_docs.jsonl").open("w", encoding="utf-8") as handle:
         handle.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in demo)
     print(f"{args.out / 'sample_docs.jsonl'}: {len(demo)} lines")

@@ -35,11 +35,11 @@ class AdaptationReport:
 
 
 def pseudo_query_records(
-    cfg: AdaptationConfig, seed: int, exclude_queries: set[str] = frozenset()
+    cfg: AdaptationConfig, seed: int, labelled: int, exclude_queries: set[str] = frozenset()
 ) -> tuple[list[QueryRecord], AdaptationReport]:
     """The training records of ``cfg.corpus``'s pseudo-queries (a seeded draw of at most
-    ``max_queries``), leaving out any whose text is a labelled query in ``exclude_queries``
-    (so a validation question can never come back as a training pseudo-query)."""
+    ``max_queries`` and ``ratio`` × ``labelled``), leaving out any whose text is a labelled query
+    in ``exclude_queries`` (so a validation question never comes back as a training query)."""
     started = time.perf_counter()
     corpus = read_corpus(cfg.corpus)
     pseudo = pq.build(corpus, cfg.per_passage, remove_sentence=cfg.remove_sentence, seed=seed)
@@ -50,8 +50,10 @@ def pseudo_query_records(
             f"adaptation.corpus {cfg.corpus}: no passage has two sentences, one of five words or "
             "more, to make an inverse-cloze query from"
         )
-    if cfg.max_queries is not None and len(pseudo) > cfg.max_queries:
-        pseudo = random.Random(seed).sample(pseudo, cfg.max_queries)
+    caps = [cfg.max_queries, None if cfg.ratio is None else max(1, round(cfg.ratio * labelled))]
+    cap = min((c for c in caps if c is not None), default=len(pseudo))
+    if len(pseudo) > cap:
+        pseudo = random.Random(seed).sample(pseudo, cap)
     log.info("adaptation: %d pseudo-queries from %d passages of %s", len(pseudo), len(corpus), cfg.corpus)
     mined = mine(pq.mining_input(corpus, pseudo), method=cfg.mining, num_negatives=cfg.num_negatives)
     records = pq.records(pseudo, mined)

@@ -204,8 +204,10 @@ class AdaptationConfig(_Section):
     corpus: str | None = None
     # Inverse-cloze queries per passage (each a different sentence of it).
     per_passage: int = Field(1, ge=1)
-    # Cap on pseudo-queries (a seeded draw); null keeps them all.
+    # Caps on pseudo-queries (a seeded draw; the smaller one applies): a number, and a multiple
+    # of the labelled training queries (each pseudo-query costs a labelled query's training time).
     max_queries: int | None = Field(None, ge=1)
+    ratio: float | None = Field(None, gt=0.0)
     # Cut the query's sentence out of its positive, so the match is by context, not by copy.
     remove_sentence: bool = True
     # First stage that mines the pseudo-queries' negatives over the corpus, and how many.

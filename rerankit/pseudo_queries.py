@@ -23,6 +23,11 @@ from rerankit.mining import MiningInput
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'“(A-Z0-9])")
 
 
+# Longer "sentences" (lists, tables, a missed sentence end) are not query-like, and would leave
+# the document little of the pair's token budget.
+MAX_WORDS = 48
+
+
 @dataclass(frozen=True)
 class PseudoQuery:
     query: str
@@ -43,14 +48,15 @@ def inverse_cloze(
     *,
     remove_sentence: bool = True,
     min_words: int = 5,
+    max_words: int = MAX_WORDS,
 ) -> list[PseudoQuery]:
-    """Up to ``n`` pseudo-queries of one passage, each a different sentence of at least
-    ``min_words`` words; none when the passage has fewer than two sentences (its positive
+    """Up to ``n`` pseudo-queries of one passage, each a different sentence of ``min_words`` to
+    ``max_words`` words; none when the passage has fewer than two sentences (its positive
     would be empty once the sentence is cut out)."""
     parts = sentences(text)
     if len(parts) < 2:
         return []
-    usable = [i for i, s in enumerate(parts) if len(s.split()) >= min_words]
+    usable = [i for i, s in enumerate(parts) if min_words <= len(s.split()) <= max_words]
     chosen = sorted(rng.sample(usable, min(n, len(usable))))
     return [
         PseudoQuery(

@@ -342,7 +342,9 @@ def fit(
     adaptation = None
     if cfg.adaptation.corpus:
         # Pseudo-queries train beside the labelled ones; never a validation question's text.
-        pseudo, adaptation = pseudo_query_records(cfg.adaptation, cfg.seed, {r.query for r in valid})
+        pseudo, adaptation = pseudo_query_records(
+            cfg.adaptation, cfg.seed, len(train), {r.query for r in valid}
+        )
         train = train + pseudo
     if cfg.loss.distillation != "none" and not any(
         d.score is not None for r in train for d in r.positives + r.negatives

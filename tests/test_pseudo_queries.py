@@ -39,6 +39,11 @@ def test_inverse_cloze_cuts_the_sentence_out_of_its_positive():
     assert all(p.query in p.positive and p.positive == CORPUS[p.doc_id] for p in kept)
     with pytest.raises(ValueError, match="per_passage"):
         pq.build(CORPUS, per_passage=0)
+    long = {
+        "d6": "Short one here but fine. Word " + " ".join(["word"] * 60) + ". Another fine sentence of words."
+    }
+    assert all(len(p.query.split()) <= pq.MAX_WORDS for p in pq.build(long, per_passage=3, seed=0))
+    assert len(pq.build(long, per_passage=3, seed=0)) == 2
 
 
 def test_mine_pseudo_queries_cli_writes_training_lines(tmp_path):
@@ -128,8 +133,11 @@ def test_fit_trains_on_corpus_pseudo_queries_beside_the_labelled_ones(tiny_bert_
     from rerankit.adaptation import pseudo_query_records
     from rerankit.config import AdaptationConfig
 
-    records, _ = pseudo_query_records(
-        AdaptationConfig(corpus=str(corpus), per_passage=3), seed=7, exclude_queries={valid_question.query}
-    )
+    config = AdaptationConfig(corpus=str(corpus), per_passage=3)
+    records, _ = pseudo_query_records(config, seed=7, labelled=48, exclude_queries={valid_question.query})
     assert valid_question.query not in {r.query for r in records}
     assert len(records) == 24 * 3 + 1  # every sentence of the toy passages, and the leak passage's other one
+    config.ratio = 0.5  # at most half as many as the labelled queries
+    assert len(pseudo_query_records(config, seed=7, labelled=48)[0]) == 24
+    config.max_queries = 10  # the smaller cap applies
+    assert len(pseudo_query_records(config, seed=7, labelled=48)[0]) == 10
