@@ -19,8 +19,6 @@ from rerankit import pseudo_queries as pq
 from rerankit.beir import read_corpus
 from rerankit.config import AdaptationConfig
 from rerankit.data import QueryRecord, normalize_query
-from rerankit.errors import RerankitError
-from rerankit.mining import mine
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +42,15 @@ def pseudo_query_records(
     corpus = read_corpus(cfg.corpus)
     pseudo = pq.build(corpus, cfg.per_passage, remove_sentence=cfg.remove_sentence, seed=seed)
     excluded = {normalize_query(q) for q in exclude_queries}  # case, spacing, end punctuation aside
-    pseudo = [p for p in pseudo if normalize_query(p.query) not in excluded]
-    if not pseudo:
-        raise RerankitError(
-            f"adaptation.corpus {cfg.corpus}: no passage has two sentences, one of five words or "
-            "more, to make an inverse-cloze query from"
-        )
+    pseudo = pq.require(
+        [p for p in pseudo if normalize_query(p.query) not in excluded], f"adaptation.corpus {cfg.corpus}"
+    )
     caps = [cfg.max_queries, None if cfg.ratio is None else max(1, round(cfg.ratio * labelled))]
     cap = min((c for c in caps if c is not None), default=len(pseudo))
     if len(pseudo) > cap:
         pseudo = random.Random(seed).sample(pseudo, cap)
     log.info("adaptation: %d pseudo-queries from %d passages of %s", len(pseudo), len(corpus), cfg.corpus)
-    mined = mine(pq.mining_input(corpus, pseudo), method=cfg.mining, num_negatives=cfg.num_negatives)
-    records = pq.records(pseudo, mined)
+    records = pq.mined_records(corpus, pseudo, method=cfg.mining, num_negatives=cfg.num_negatives)
     report = AdaptationReport(
         cfg.corpus, len(corpus), len(records), cfg.mining, round(time.perf_counter() - started, 1)
     )

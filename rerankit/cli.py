@@ -561,31 +561,7 @@ def mine(
     from rerankit.beir import read_corpus
     from rerankit.data import write_records
 
-    pseudo = None
-    if pseudo_queries:
-        if not corpus or queries or qrels or input_path:
-            raise RerankitError("--pseudo-queries builds queries from --corpus alone")
-        documents = read_corpus(corpus)
-        pseudo = pq.build(documents, pseudo_queries, remove_sentence=not keep_sentence, seed=seed)
-        if not pseudo:
-            raise RerankitError(
-                f"{corpus}: no passage has two sentences, one of five words or more, to make an "
-                "inverse-cloze query from"
-            )
-        data = pq.mining_input(documents, pseudo)
-    elif input_path:
-        data = mining.from_seed_lines(input_path, corpus)
-    elif corpus and queries and qrels:
-        data = mining.from_beir(corpus, queries, qrels)
-    else:
-        raise RerankitError("give --corpus, --queries and --qrels, or --input (seed lines)")
-    if not data.positives:
-        raise RerankitError(
-            "no query has a positive document in the corpus (check that --qrels ids match "
-            "--queries and --corpus, and that positives have a score > 0)"
-        )
-    records = mining.mine(
-        data,
+    options = dict(
         method=method,
         num_negatives=num_negatives,
         skip_top=skip_top,
@@ -593,12 +569,30 @@ def mine(
         dense_model=dense_model,
         teacher_scores=teacher_scores,
     )
-    if pseudo is not None:
-        records = pq.records(pseudo, records)
+    if pseudo_queries:
+        if not corpus or queries or qrels or input_path:
+            raise RerankitError("--pseudo-queries builds queries from --corpus alone")
+        documents = read_corpus(corpus)
+        pseudo = pq.build(documents, pseudo_queries, remove_sentence=not keep_sentence, seed=seed)
+        records = pq.mined_records(documents, pq.require(pseudo, corpus), **options)
+        searched = len(documents)
+    else:
+        if input_path:
+            data = mining.from_seed_lines(input_path, corpus)
+        elif corpus and queries and qrels:
+            data = mining.from_beir(corpus, queries, qrels)
+        else:
+            raise RerankitError("give --corpus, --queries and --qrels, or --input (seed lines)")
+        if not data.positives:
+            raise RerankitError(
+                "no query has a positive document in the corpus (check that --qrels ids match "
+                "--queries and --corpus, and that positives have a score > 0)"
+            )
+        records, searched = mining.mine(data, **options), len(data.corpus)
     write_records(records, out_path)
     short = sum(len(r.negatives) < num_negatives for r in records)
     click.echo(
-        f"{len(records)} queries mined by {method} over {len(data.corpus)} documents -> "
+        f"{len(records)} queries mined by {method} over {searched} documents -> "
         f"{out_path}" + (f" ({short} with fewer than {num_negatives} negatives)" if short else "")
     )
 

@@ -62,6 +62,8 @@ class GroupCollator:
         queries, docs, slots = [], [], []
         labels = torch.zeros(len(groups), width, dtype=torch.long)
         mask = torch.zeros(len(groups), width, dtype=torch.bool)
+        teacher = torch.zeros(len(groups), width)
+        known = torch.zeros(len(groups), width, dtype=torch.bool)
         for row, group in enumerate(groups):
             for col, (doc, label) in enumerate(zip(group.docs, group.labels)):
                 queries.append(group.query)
@@ -69,6 +71,9 @@ class GroupCollator:
                 slots.append(row * width + col)
                 labels[row, col] = label
                 mask[row, col] = True
+            for col, score in enumerate(group.teacher):
+                if score is not None:
+                    teacher[row, col], known[row, col] = score, True
         if self.long_documents.mode == "windows":
             queries, docs, owner = split_documents(
                 self.tokenizer, queries, docs, self.max_length, self.long_documents, self.prompt
@@ -77,12 +82,6 @@ class GroupCollator:
         batch.update(group_labels=labels, group_mask=mask, pair_slots=torch.tensor(slots, dtype=torch.long))
         if self.long_documents.mode == "windows":
             batch["window_owner"] = torch.tensor(owner, dtype=torch.long)
-        if any(t is not None for g in groups for t in g.teacher):
-            teacher = torch.zeros(len(groups), width)
-            known = torch.zeros(len(groups), width, dtype=torch.bool)
-            for row, group in enumerate(groups):
-                for col, score in enumerate(group.teacher):
-                    if score is not None:
-                        teacher[row, col], known[row, col] = score, True
+        if known.any():
             batch.update(group_teacher=teacher, group_teacher_mask=known)
         return batch

@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from rerankit.data import Doc, QueryRecord
-from rerankit.mining import MiningInput
+from rerankit.errors import RerankitError
+from rerankit.mining import MiningInput, mine
 
 # A sentence ends at . ! or ? followed by whitespace and an upper-case letter, digit or quote.
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'“(A-Z0-9])")
@@ -88,6 +89,22 @@ def build(
             doc_id, text, per_passage, rng, remove_sentence=remove_sentence, min_words=min_words
         )
     return pseudo
+
+
+def require(pseudo: list[PseudoQuery], source: str, min_words: int = 5) -> list[PseudoQuery]:
+    """``pseudo``, or RerankitError naming ``source`` when there is none to train on."""
+    if not pseudo:
+        raise RerankitError(
+            f"{source}: no passage has two sentences, one of {min_words} to {MAX_WORDS} words, to "
+            "make an inverse-cloze query from"
+        )
+    return pseudo
+
+
+def mined_records(corpus: Mapping[str, str], pseudo: list[PseudoQuery], **mine_options) -> list[QueryRecord]:
+    """The pseudo-queries' training records: negatives mined over ``corpus``
+    (``rerankit.mining.mine`` with ``mine_options``), positives as the queries see them."""
+    return records(pseudo, mine(mining_input(corpus, pseudo), **mine_options))
 
 
 def mining_input(corpus: Mapping[str, str], pseudo: list[PseudoQuery]) -> MiningInput:

@@ -82,6 +82,13 @@ def test_mine_pseudo_queries_cli_writes_training_lines(tmp_path):
     bad = CliRunner().invoke(main, ["mine", "--pseudo-queries", "1", "--out", str(out)])
     assert bad.exit_code == 2 and "--pseudo-queries builds queries from --corpus alone" in bad.output
 
+    short = tmp_path / "short.jsonl"  # one-sentence passages: no inverse-cloze query to make
+    short.write_text(json.dumps({"_id": "s1", "text": "Just one sentence here."}) + "\n")
+    bad = CliRunner().invoke(
+        main, ["mine", "--corpus", str(short), "--pseudo-queries", "1", "--out", str(out)]
+    )
+    assert bad.exit_code == 2 and f"{short}: no passage has two sentences, one of 5 to 48 words" in bad.output
+
 
 def _toy_corpus(rng_seed: int = 0) -> list[dict]:
     """Passages of three sentences in the toy vocabulary (the tiny BERT's words)."""
