@@ -111,7 +111,7 @@ def prepare_training_files(
         MiningInput(docs, {q: queries[q] for q in qids}, {q: positives[q] for q in qids}),
         method="bm25",
         num_negatives=num_negatives,
-        teacher_scores=True,  # BM25's scores: the target of runs with loss.distillation
+        teacher_scores=True,  # BM25's scores: distillation targets, and what score injection reads
     )
     train, valid = split_records(records, 0.1, seed=seed, group_by="query")
     work.mkdir(parents=True, exist_ok=True)
@@ -162,7 +162,14 @@ def metrics_of(test, scores: list[np.ndarray]) -> dict[str, float]:
 
 def score_with(reranker, test) -> list[np.ndarray]:
     """The reranker's raw scores of every test candidate, one array per question."""
-    pairs = [(q, test["docs"][d]) for q, ids in zip(test["queries"], test["hits"]) for d in ids]
+    pairs = []
+    for query, ids, bm25 in zip(test["queries"], test["hits"], test["bm25"]):
+        # A model trained with score injection reads BM25's score of each candidate; peers do not.
+        if getattr(reranker, "score_injection", None) is not None:
+            queries = reranker.queries_for(query, bm25, len(ids))
+        else:
+            queries = [query] * len(ids)
+        pairs += [(q, test["docs"][d]) for q, d in zip(queries, ids)]
     flat = np.asarray(reranker.score(pairs, raw=True))
     sizes = np.cumsum([len(ids) for ids in test["hits"]])[:-1]
     return np.split(flat, sizes)

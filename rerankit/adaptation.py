@@ -50,7 +50,10 @@ def pseudo_query_records(
     if len(pseudo) > cap:
         pseudo = random.Random(seed).sample(pseudo, cap)
     log.info("adaptation: %d pseudo-queries from %d passages of %s", len(pseudo), len(corpus), cfg.corpus)
-    records = pq.mined_records(corpus, pseudo, method=cfg.mining, num_negatives=cfg.num_negatives)
+    # With the first stage's scores, so distillation and score injection read pseudo-queries too.
+    records = pq.mined_records(
+        corpus, pseudo, method=cfg.mining, num_negatives=cfg.num_negatives, teacher_scores=True
+    )
     report = AdaptationReport(
         cfg.corpus, len(corpus), len(records), cfg.mining, round(time.perf_counter() - started, 1)
     )

@@ -8,6 +8,7 @@ from rerankit.config import LongDocumentsConfig
 from rerankit.encoding import encode_pairs
 from rerankit.prompts import PromptTemplate
 from rerankit.sampling import Group, NegativeSampler
+from rerankit.score_injection import ScoreInjection
 from rerankit.windows import split_documents
 
 
@@ -42,7 +43,8 @@ class GroupCollator:
     tokenized rows are the documents' windows and ``window_owner`` says which pair each belongs
     to (the loss then scores a document by the aggregate of its windows: MaxP). When any group
     carries teacher scores, ``group_teacher`` holds them on the same grid and
-    ``group_teacher_mask`` says where one is known.
+    ``group_teacher_mask`` says where one is known. With ``score_injection`` each pair's query
+    carries its document's first-stage level (``rerankit.score_injection``).
     """
 
     def __init__(
@@ -51,8 +53,10 @@ class GroupCollator:
         max_length: int,
         long_documents: LongDocumentsConfig | None = None,
         prompt: PromptTemplate | None = None,
+        score_injection: ScoreInjection | None = None,
     ) -> None:
         self.tokenizer, self.max_length, self.prompt = tokenizer, max_length, prompt
+        self.score_injection = score_injection
         self.long_documents = long_documents or LongDocumentsConfig()
 
     def __call__(self, groups: Sequence[Group]) -> dict:
@@ -66,7 +70,7 @@ class GroupCollator:
         known = torch.zeros(len(groups), width, dtype=torch.bool)
         for row, group in enumerate(groups):
             for col, (doc, label) in enumerate(zip(group.docs, group.labels)):
-                queries.append(group.query)
+                queries.append(self._query(group, col))
                 docs.append(doc)
                 slots.append(row * width + col)
                 labels[row, col] = label
@@ -85,3 +89,10 @@ class GroupCollator:
         if known.any():
             batch.update(group_teacher=teacher, group_teacher_mask=known)
         return batch
+
+    def _query(self, group: Group, col: int) -> str:
+        if self.score_injection is None:
+            return group.query
+        if not group.levels:
+            raise ValueError(f"score injection: the training query {group.query!r} has no first-stage score")
+        return self.score_injection.query(group.query, group.levels[col])

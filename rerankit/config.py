@@ -86,6 +86,10 @@ class ModelConfig(_Section):
     # seq_cls: a new score head on the last token; yes_no: logit("yes") - logit("no") of the LM
     # head (kept frozen, so the model stays a causal LM); auto: yes_no for decoders with a template.
     head: Literal["auto", "seq_cls", "yes_no"] = "auto"
+    # Write each document's first-stage score into the input (rerankit.score_injection): every
+    # document of the training and validation files needs its "score" (rerankit mine
+    # --teacher-scores), and the trained model ranks only with the first stage's scores given.
+    score_injection: bool = False
 
 
 class QuantizationConfig(_Section):

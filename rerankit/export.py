@@ -98,6 +98,7 @@ def export(
         "prompt": reranker.prompt.to_dict() if reranker.prompt is not None else None,
         "calibration": {**calibration.to_dict(), "folded": folded} if calibration else None,
         "fusion": reranker.fusion.to_dict() if reranker.fusion else None,
+        "score_injection": reranker.score_injection.to_dict() if reranker.score_injection else None,
         "rerankit_version": __version__,
     }
     record = {**info, "layout": "sequence-classification"}

@@ -80,7 +80,7 @@ def write_graphs(
     """
     from rerankit.inference import Reranker
 
-    queries, docs = vset.flat_pairs()
+    queries, docs = vset.flat_pairs(reranker.score_injection)  # as the model reads them
     labels = f"{len(vset)} validation queries, {len(queries)} pairs"
     log.info("scoring %s with the torch fp32 model (the reference)", labels)
     reference, speed = _timed(reranker, queries, docs)

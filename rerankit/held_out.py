@@ -116,7 +116,8 @@ def evaluate_beir(
     hits = first_stage_top_k(corpus, [queries[q] for q in qids], top_k, first_stage, dense_model)
     first, reranked, fused, fused_rrf = {}, {}, {}, {}
     for qid, (ids, own, components) in tqdm(list(zip(qids, hits)), desc="reranking", unit="query"):
-        scores = np.asarray(reranker.score([(queries[qid], corpus[d]) for d in ids], raw=True))
+        pair_queries = reranker.queries_for(queries[qid], own, len(ids))  # score injection reads `own`
+        scores = np.asarray(reranker.score(list(zip(pair_queries, [corpus[d] for d in ids])), raw=True))
         first[qid], reranked[qid] = dict(zip(ids, own)), dict(zip(ids, scores))
         fused[qid] = dict(zip(ids, reranker.fuse(scores, list(components.values()))))
         fused_rrf[qid] = dict(zip(ids, rrf([*components.values(), scores])))
@@ -148,7 +149,13 @@ def evaluate_seed_file(reranker, path: str | Path, *, recall_at: int = 10) -> di
     """Each query's positives + negatives, ranked by BM25 and by the reranker."""
     records, report = read_records(path)
     vset = ValidationSet.from_records(records)
-    queries, docs = vset.flat_pairs()
+    if reranker.score_injection is not None and any(None in scores for scores in vset.first_stage):
+        raise DataError(
+            'the model reads each document\'s first-stage "score" (score injection): give every '
+            "document of the file one (rerankit mine --teacher-scores)",
+            path=str(path),
+        )
+    queries, docs = vset.flat_pairs(reranker.score_injection)
     scores = vset.split_scores(reranker.score(list(zip(queries, docs)), raw=True))
     bm25 = bm25_candidate_scores(vset.queries, vset.candidates)
     return {

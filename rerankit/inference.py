@@ -56,6 +56,7 @@ from rerankit.runtimes import (
     load_graph,
     pick_runtime,
 )
+from rerankit.score_injection import ScoreInjection
 from rerankit.scoring import score_pairs, sigmoid
 from rerankit.windows import score_documents
 
@@ -122,11 +123,13 @@ class Reranker:
         prompt: PromptTemplate | None = None,
         calibration: Calibration | None = None,
         fusion: LearnedFusion | None = None,
+        score_injection: ScoreInjection | None = None,
     ) -> None:
         # a torch module, or a compiled graph (rerankit.runtimes) that has no train/eval modes
         self.model = model.eval() if hasattr(model, "eval") else model
         self.tokenizer, self.prompt = tokenizer, prompt
         self.calibration, self.fusion = calibration, fusion
+        self.score_injection = score_injection
         self.long_documents = _window_options(long_documents)
         if max_tokens is None:
             # Padded tokens per forward pass: on CPU small batches stay in cache and run
@@ -229,6 +232,7 @@ class Reranker:
             long_documents = long_documents or manifest.get("long_documents")
             calibration = _recorded(recorded, manifest, "calibration", Calibration.from_dict)
             fusion = _recorded(recorded, manifest, "fusion", LearnedFusion.from_dict)
+            injection = _recorded(recorded, manifest, "score_injection", ScoreInjection.from_dict)
         elif (path / "adapter_config.json").exists():
             from peft import PeftConfig
 
@@ -238,7 +242,7 @@ class Reranker:
             tokenizer = load_tokenizer(str(path), trust)
             model = _merged(base, path, tokenizer, dtype, trust, pickle)
             prompt = _prompt(model.config, tokenizer, _given_or_recorded(prompt, *_export_info(str(path))))
-            calibration = fusion = None
+            calibration = fusion = injection = None
         else:
             check_local_model(given, allow_pickle=pickle)
             name = resolve_model_path(given)
@@ -253,6 +257,7 @@ class Reranker:
                 model = load_graph(Path(name) / runtime["file"], runtime["backend"], runtime["precision"])
                 prompt = _prompt_of(name, tokenizer, trust, prompt)
             calibration, fusion = _export_extras(info_file, info)
+            injection = _recorded(info_file, info or {}, "score_injection", ScoreInjection.from_dict)
         if backend in GRAPH_BACKENDS and not isinstance(model, GraphModel):
             model = _converted(model, tokenizer, max_length or 512, prompt, backend)
         check_template(tokenizer, prompt)
@@ -266,6 +271,7 @@ class Reranker:
             prompt=prompt,
             calibration=calibration,
             fusion=fusion,
+            score_injection=injection,
         )
 
     def score(self, pairs: Sequence[tuple[str, str]], *, raw: bool = False) -> list[float]:
@@ -321,14 +327,16 @@ class Reranker:
         ``first_stage``: the retriever's scores of ``docs`` (higher is better), or a list of
         several retrievers' scores (say BM25's and a bi-encoder's, the parts of a hybrid
         retriever). The order is then their fusion with the reranker's (``fuse``) and each
-        result carries ``fused_score``; ``score`` stays the reranker's.
+        result carries ``fused_score``; ``score`` stays the reranker's. A model trained with
+        score injection (``score_injection``) reads the first (or only) of them in its input and
+        needs them.
         """
         if top_k is not None and top_k < 0:
             raise ValueError(f"top_k must be at least 0 (or None for all), got {top_k}")
         if not docs:
             return RerankResults()
         rankings = _first_stage_scores(first_stage, len(docs))
-        logits = self.logits([query] * len(docs), docs)
+        logits = self.logits(self.queries_for(query, rankings[0] if rankings else None, len(docs)), docs)
         scores = logits if raw else self.probabilities(logits)
         fused = self.fuse(logits, rankings) if rankings else None
         order = best_first(scores if fused is None else fused, top_k)
@@ -336,6 +344,20 @@ class Reranker:
             RerankResult(int(i), float(scores[i]), docs[i], rank, None if fused is None else float(fused[i]))
             for rank, i in enumerate(order)
         )
+
+    def queries_for(self, query: str, first_stage: Sequence[float] | None, num_docs: int) -> list[str]:
+        """``query`` as the model reads it beside each of ``num_docs`` documents: itself, or, for
+        a model trained with score injection, with each document's level of the first stage's
+        scores written in (``rerankit.score_injection``); ValueError when that model gets none.
+        Pairs for ``score``/``logits`` of such a model take their queries from here."""
+        if self.score_injection is None:
+            return [query] * num_docs
+        if first_stage is None:
+            raise ValueError(
+                "first_stage: this model reads each document's first-stage score in its input "
+                "(it was trained with model.score_injection); pass the retriever's scores"
+            )
+        return self.score_injection.queries(query, first_stage)
 
     def logits(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
         """Raw scores of the pairs (queries[i], docs[i]) as one fp32 array, in input order.

@@ -195,7 +195,7 @@ def save_model(out: Path, model, tokenizer) -> None:
 
 
 def mark_finished(
-    out: Path, config, digest: str, built, calibration: dict | None = None, fusion=None
+    out: Path, config, digest: str, built, calibration: dict | None = None, fusion=None, score_injection=None
 ) -> None:
     """Write the manifest: the last file of a run, whose presence means "finished"."""
     from rerankit import __version__
@@ -220,6 +220,9 @@ def mark_finished(
             "calibration": calibration,
             # The fusion with the first stage fitted on validation (rerankit.fusion); null: RRF.
             "fusion": fusion.to_dict() if fusion is not None else None,
+            # How the first stage's score is written into the input (rerankit.score_injection);
+            # null: the model reads no score.
+            "score_injection": score_injection.to_dict() if score_injection is not None else None,
             "adapter": bool(config.lora.enabled),
             "trained_quantization": config.quantization.mode,
             "modules_to_save": built.modules_to_save,

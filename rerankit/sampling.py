@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rerankit.data import Doc, QueryRecord
+from rerankit.score_injection import levels
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ class Group:
     # Teacher score of each document for this query (None where the line gave none; always
     # None for random negatives, whose scores, if any, were for another query).
     teacher: tuple[float | None, ...] = ()
+    # Each document's first-stage level (``rerankit.score_injection``) against the line's scored
+    # documents; empty when the line carries no score.
+    levels: tuple[int, ...] = ()
 
 
 def _query_seed(key: str) -> int:
@@ -84,12 +88,15 @@ class NegativeSampler:
         negatives = [record.negatives[i] for i in hard_idx]
         randoms = self._random_negatives(rng, record, negatives, self.num_negatives - len(negatives))
         docs = positives + negatives + randoms
+        teacher = tuple(d.score for d in positives + negatives) + (None,) * len(randoms)
+        scored = [d.score for d in record.positives + record.negatives if d.score is not None]
         return Group(
             record.query,
             tuple(d.text for d in docs),
             tuple([1] * len(positives) + [0] * (len(negatives) + len(randoms))),
             tuple(d.doc_id for d in docs),
-            tuple(d.score for d in positives + negatives) + (None,) * len(randoms),
+            teacher,
+            tuple(levels(teacher, scored)) if scored else (),
         )
 
     def _random_negatives(

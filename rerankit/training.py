@@ -39,6 +39,7 @@ from rerankit.losses import build_distillation, build_loss
 from rerankit.model_builder import build_model, training_device, training_precision
 from rerankit.report import write_curve, write_report
 from rerankit.sampling import NegativeSampler
+from rerankit.score_injection import ScoreInjection
 from rerankit.split import split_records
 from rerankit.validation import ValidationSet, Validator
 from rerankit.windows import aggregate_tensor
@@ -292,7 +293,11 @@ def _make_trainer(cfg: TrainConfig, out: Path, built, dataset, vset, validator, 
         train_dataset=dataset,
         eval_dataset=vset,  # scored by the validator; given so the Trainer schedules evaluations
         data_collator=GroupCollator(
-            built.tokenizer, cfg.model.max_length, cfg.model.long_documents, built.prompt
+            built.tokenizer,
+            cfg.model.max_length,
+            cfg.model.long_documents,
+            built.prompt,
+            validator.score_injection,
         ),
         callbacks=callbacks,
         long_documents=cfg.model.long_documents,
@@ -353,6 +358,9 @@ def fit(
             f"loss.distillation is {cfg.loss.distillation} but no document of {cfg.data.train} has a "
             'teacher "score" (rerankit mine --teacher-scores writes the first stage\'s)'
         )
+    if cfg.model.score_injection:
+        _check_scored(train, cfg.data.train, "train")
+        _check_scored(valid, cfg.data.valid or cfg.data.train, "validation")
     # Under torchrun/accelerate only the main process touches the run folder.
     main_process = int(os.environ.get("RANK", "0")) == 0
     with contextlib.ExitStack() as stack:
@@ -365,6 +373,18 @@ def fit(
         if resume_from is not None:
             run_folder.check_checkpoint(resume_from)
         return _train(cfg, out, digest, train, valid, reports, adaptation, resume_from, main_process, started)
+
+
+def _check_scored(records: list, source: str, split: str) -> None:
+    """RerankitError naming the first document without a first-stage score (score injection)."""
+    for record in records:
+        for doc in record.positives + record.negatives:
+            if doc.score is None:
+                raise RerankitError(
+                    f'model.score_injection needs every document\'s first-stage "score": in {source} '
+                    f"({split} split), document {doc.doc_id!r} of query {record.query!r} has none "
+                    "(rerankit mine --teacher-scores writes them)"
+                )
 
 
 def _train(
@@ -385,6 +405,9 @@ def _train(
     set_seed(cfg.seed)
     built = build_model(cfg)
     vset = ValidationSet.from_records(valid)
+    injection = (
+        ScoreInjection.for_tokenizer(built.tokenizer, built.prompt) if cfg.model.score_injection else None
+    )
     validator = Validator(
         vset,
         built.tokenizer,
@@ -393,6 +416,7 @@ def _train(
         cfg.evaluation.batch_size,
         cfg.model.long_documents,
         built.prompt,
+        injection,
     )
     sampler = NegativeSampler(
         train, cfg.sampling.num_negatives, cfg.sampling.hard_ratio, cfg.sampling.max_positives, cfg.seed
@@ -464,6 +488,6 @@ def _train(
         curve = write_curve(out / run_folder.CURVE_FILE, metrics)
         write_report(out / run_folder.REPORT_FILE, metrics, cfg, digest, curve)
         run_folder.mark_finished(
-            out, cfg, digest, built, calibration["calibration"], LearnedFusion.from_dict(fusion)
+            out, cfg, digest, built, calibration["calibration"], LearnedFusion.from_dict(fusion), injection
         )
     return FitResult(out, metrics, cfg, metrics["data"], trainer.model, built.tokenizer, built.prompt)

@@ -18,6 +18,7 @@ from rerankit.errors import RerankitError
 from rerankit.fusion import fit_fusion
 from rerankit.prompts import PromptTemplate
 from rerankit.ranking_metrics import ranking_metrics
+from rerankit.score_injection import ScoreInjection, levels
 from rerankit.windows import score_documents
 
 
@@ -26,6 +27,8 @@ class ValidationSet:
     queries: tuple[str, ...]
     candidates: tuple[tuple[tuple[str, str], ...], ...]  # per query: (doc_id, text)
     relevant: tuple[frozenset[str], ...]  # per query: positive doc_ids
+    # per query: each candidate's first-stage "score" from the data (None where not given)
+    first_stage: tuple[tuple[float | None, ...], ...] = ()
 
     @classmethod
     def from_records(cls, records: Sequence[QueryRecord]) -> ValidationSet:
@@ -33,6 +36,7 @@ class ValidationSet:
             tuple(r.query for r in records),
             tuple(tuple((d.doc_id, d.text) for d in r.positives + r.negatives) for r in records),
             tuple(frozenset(d.doc_id for d in r.positives) for r in records),
+            tuple(tuple(d.score for d in r.positives + r.negatives) for r in records),
         )
 
     def __len__(self) -> int:
@@ -42,8 +46,17 @@ class ValidationSet:
     def num_pairs(self) -> int:
         return sum(len(c) for c in self.candidates)
 
-    def flat_pairs(self) -> tuple[list[str], list[str]]:
-        queries = [q for q, docs in zip(self.queries, self.candidates) for _ in docs]
+    def flat_pairs(self, score_injection: ScoreInjection | None = None) -> tuple[list[str], list[str]]:
+        """Every (query, candidate) pair; with ``score_injection`` each query carries its
+        candidate's first-stage level."""
+        if score_injection is None:
+            queries = [q for q, docs in zip(self.queries, self.candidates) for _ in docs]
+        else:
+            queries = [
+                score_injection.query(q, level)
+                for q, scores in zip(self.queries, self.first_stage)
+                for level in levels(scores)
+            ]
         docs = [text for docs in self.candidates for _, text in docs]
         return queries, docs
 
@@ -78,8 +91,10 @@ class Validator:
         batch_size: int = 64,
         long_documents: LongDocumentsConfig | None = None,
         prompt: PromptTemplate | None = None,
+        score_injection: ScoreInjection | None = None,
     ) -> None:
         self.vset, self.tokenizer, self.prompt = vset, tokenizer, prompt
+        self.score_injection = score_injection
         self.max_length, self.recall_at, self.batch_size = max_length, recall_at, batch_size
         self.long_documents = long_documents or LongDocumentsConfig()
         self.last_scores: np.ndarray | None = None  # of the latest ``evaluate``
@@ -101,7 +116,7 @@ class Validator:
                 prompt=self.prompt,
             )
 
-        queries, docs = self.vset.flat_pairs()
+        queries, docs = self.vset.flat_pairs(self.score_injection)
         return score_documents(
             score, self.tokenizer, queries, docs, self.max_length, self.long_documents, self.prompt
         )[0]

@@ -151,18 +151,22 @@ async def _rank(
     if first_stage is not None:
         _check_first_stage(first_stage, len(docs))
     _ready(state)
+    try:  # a model trained with score injection reads each document's first-stage score
+        queries = state.reranker.queries_for(query, first_stage, len(docs))
+    except ValueError as exc:
+        raise _field_error("first_stage_scores", str(exc).removeprefix("first_stage: ")) from None
     prep: RequestTokenizer = state.request_tokenizer
     # Tokenizing is CPU work: off the event loop, with the request side's own tokenizer. The
     # query is checked here, so an over-long one fails its own request, never a merged round.
     try:
-        await asyncio.to_thread(prep.check_query, query)
+        await asyncio.to_thread(prep.check_query, max(queries, key=len))
     except QueryTooLongError as exc:
         raise _field_error("query", str(exc)) from None
     if max_tokens_per_doc is not None:
         docs = await asyncio.to_thread(prep.truncate, docs, max_tokens_per_doc)
     watcher = asyncio.ensure_future(_wait_disconnect(request))
     try:
-        scores = await state.worker.score([query] * len(docs), docs, disconnected=watcher)
+        scores = await state.worker.score(queries, docs, disconnected=watcher)
     except Overloaded:
         raise TooManyRequestsException(
             detail="the inference queue is full; retry later",
@@ -267,6 +271,7 @@ async def rerank_any(request: Request, state: State, data: dict[str, Any]) -> An
         max_tokens_per_doc=None,
         raw=bool(tei.raw_scores),
         docs_field="texts",
+        first_stage=tei.first_stage_scores,
     )
     return [TEIResultItem(i, s, tei.texts[i] if tei.return_text else None) for i, s, _ in ranked]
 

@@ -45,6 +45,8 @@ class TEIRerankRequest(msgspec.Struct, forbid_unknown_fields=False):
     return_text: bool | None = None
     truncate: bool | None = None
     truncation_direction: str | None = None
+    # Not TEI's: as in the Cohere body (rerankit's extension).
+    first_stage_scores: list[float] | None = None
 
 
 class ResultDocument(msgspec.Struct):
