@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -85,12 +86,13 @@ def train(
     click.echo(f"\nrun folder: {result.output_dir} ({m['wall_time_s']:.0f} s)")
 
 
-def _read_docs(path: str) -> list[str]:
-    """Documents from a .jsonl file (objects with "text", or strings) or one per line of text."""
+def _read_docs(path: str) -> tuple[list[str], list[float] | None]:
+    """Documents from a .jsonl file (objects with "text", or strings) or one per line of text,
+    and the retriever's scores when the objects carry a "score" (all of them, or none)."""
     from rerankit.data import iter_jsonl
     from rerankit.errors import DataError
 
-    docs = []
+    docs, scores, missing = [], [], None
     for number, line in iter_jsonl(path):
         if not path.endswith(".jsonl"):
             docs.append(line.rstrip("\n"))
@@ -105,7 +107,21 @@ def _read_docs(path: str) -> list[str]:
                 "expected a string or an object with a string 'text'", path=path, line=number, field="text"
             )
         docs.append(text)
-    return docs
+        score = item.get("score") if isinstance(item, dict) else None
+        if score is None:
+            missing = missing or number
+        elif isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+            raise DataError(f"expected a finite number, got {score!r}", path=path, line=number, field="score")
+        else:
+            scores.append(float(score))
+    if scores and missing is not None:
+        raise DataError(
+            "no retriever score, while other documents have one (give every document a score, or none)",
+            path=path,
+            line=missing,
+            field="score",
+        )
+    return docs, (scores or None)
 
 
 _dtype_option = click.option(
@@ -228,8 +244,8 @@ def rerank(
     trust_remote_code: bool,
     allow_pickle: bool,
 ) -> None:
-    """Rank documents for one query."""
-    docs = _read_docs(docs_path)
+    """Rank documents for one query (fused with the retriever's when the documents carry a "score")."""
+    docs, first_stage = _read_docs(docs_path)
     if not docs:
         raise RerankitError(f"{docs_path}: no documents")
     reranker = _load(
@@ -244,13 +260,17 @@ def rerank(
         allow_pickle=allow_pickle,
     )
     try:
-        results = reranker.rerank(query, docs, top_k=top_k, raw=raw)
-    except ValueError as exc:  # an over-long query, an empty document
+        results = reranker.rerank(query, docs, top_k=top_k, raw=raw, first_stage=first_stage)
+    except ValueError as exc:  # an over-long query, an empty document, no first stage for one that needs it
         raise RerankitError(str(exc)) from None
     if as_json:
         click.echo(
             json.dumps(
-                [{"rank": r.rank, "index": r.index, "score": r.score, "text": r.text} for r in results],
+                [
+                    {"rank": r.rank, "index": r.index, "score": r.score, "text": r.text}
+                    | ({} if r.fused_score is None else {"fused_score": r.fused_score})
+                    for r in results
+                ],
                 ensure_ascii=False,
                 indent=2,
             )

@@ -76,6 +76,14 @@ def write_report(path: Path, metrics: dict[str, Any], config, digest: str, curve
         f"- queries: {metrics['train_queries']} train, {metrics['valid_queries']} validation "
         f"({metrics['valid_pairs']} pairs, every positive and given negative)",
         *adaptation_lines(metrics.get("adaptation")),
+        *(
+            [
+                '- score injection: each document\'s first-stage level (its data `"score"`) is part of '
+                "the input; the model ranks only with the retriever's scores given (`first_stage`)"
+            ]
+            if config.model.score_injection
+            else []
+        ),
         f"- wall time: {metrics['wall_time_s']:.0f} s; config hash `{digest}`",
         "",
         verdict(metrics),

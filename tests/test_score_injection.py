@@ -107,6 +107,10 @@ def test_an_injection_run_ranks_with_the_first_stage_it_reads(injection_run):
     result, valid = injection_run
     manifest = json.loads((result.output_dir / "run.json").read_text())
     assert manifest["score_injection"] == {"marker": "[SEP]", "scale": SCALE}
+    assert (
+        "- score injection: each document's first-stage level"
+        in (result.output_dir / "report.md").read_text()
+    )
     reranker = Reranker.load(result.output_dir, device="cpu", dtype="float32")
     assert reranker.score_injection == ScoreInjection("[SEP]")
     with pytest.raises(ValueError, match="first_stage: this model reads each document's first-stage score"):
@@ -168,3 +172,30 @@ def test_export_and_server_read_the_first_stage_like_the_reranker(injection_run,
         assert missing.status_code == 400
         assert missing.json()["detail"].startswith("first_stage_scores: this model reads each document's")
         assert np.isfinite([r["relevance_score"] for r in answer["results"]]).all()
+
+
+def test_rerank_cli_reads_the_documents_scores(injection_run, tmp_path):
+    from click.testing import CliRunner
+
+    from rerankit.cli import main
+
+    run = injection_run[0].output_dir
+    first = [100.0, 2.0, 7.0]
+    docs = write_jsonl(tmp_path / "docs.jsonl", [{"text": d, "score": s} for d, s in zip(DOCS, first)])
+    args = ["rerank", "--model", str(run), "--query", QUERY, "--dtype", "float32", "--json", "--docs"]
+    answer = CliRunner().invoke(main, [*args, str(docs)])
+    assert answer.exit_code == 0, answer.output
+    expected = Reranker.load(run, device="cpu", dtype="float32").rerank(QUERY, DOCS, first_stage=first)
+    ranked = json.loads(answer.stdout)
+    assert [r["index"] for r in ranked] == expected.indices
+    assert [r["fused_score"] for r in ranked] == pytest.approx([r.fused_score for r in expected])
+
+    bare = write_jsonl(tmp_path / "bare.jsonl", [{"text": d} for d in DOCS])
+    refused = CliRunner().invoke(main, [*args, str(bare)])
+    assert refused.exit_code == 2 and "first_stage: this model reads each document's" in refused.output
+    partial = write_jsonl(tmp_path / "partial.jsonl", [{"text": DOCS[0], "score": 1.0}, {"text": DOCS[1]}])
+    refused = CliRunner().invoke(main, [*args, str(partial)])
+    assert refused.exit_code == 2 and f"{partial}:2" in refused.output and "'score'" in refused.output
+    wrong = write_jsonl(tmp_path / "wrong.jsonl", [{"text": DOCS[0], "score": "high"}])
+    refused = CliRunner().invoke(main, [*args, str(wrong)])
+    assert refused.exit_code == 2 and "expected a finite number, got 'high'" in refused.output
