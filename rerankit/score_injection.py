@@ -63,8 +63,10 @@ def levels(scores: Sequence[float | None], reference: Sequence[float] | None = N
     known = np.asarray([s for s in (scores if reference is None else reference) if s is not None], float)
     if known.size == 0:
         return [0] * len(scores)
-    floor = min(0.0, float(known.min()))
-    top = float(known.max()) - floor
+    # Scaled to at most 1 in magnitude first, so that no difference of huge scores overflows.
+    magnitude = float(np.abs(known).max()) or 1.0
+    floor = min(0.0, float(known.min()) / magnitude)
+    top = float(known.max()) / magnitude - floor
     out = []
     for s in scores:
         if s is None:
@@ -72,5 +74,5 @@ def levels(scores: Sequence[float | None], reference: Sequence[float] | None = N
         elif top <= 0:  # every candidate scored zero
             out.append(SCALE)
         else:
-            out.append(int(np.clip(round(SCALE * (s - floor) / top), 0, SCALE)))
+            out.append(int(np.clip(round(SCALE * (s / magnitude - floor) / top), 0, SCALE)))
     return out

@@ -40,6 +40,7 @@ def test_levels_divide_by_the_best_score_and_ignore_the_list_depth():
     assert levels([-1.0, 1.0, 0.0]) == [0, 100, 50]  # a negative score: shifted to start at 0
     assert levels([3.0, None], reference=[6.0, 3.0]) == [50, 0]  # unscored (random negative): 0
     assert levels([0.0, 0.0]) == [SCALE, SCALE] and levels([None]) == [0]
+    assert levels([-1e308, 1e308, 0.0]) == [0, 100, 50]  # no overflow on hostile magnitudes
     injection = ScoreInjection("[SEP]")
     assert injection.queries("q", [2.0, 1.0]) == ["q [SEP] 100", "q [SEP] 50"]
     assert ScoreInjection.from_dict(injection.to_dict()) == injection
