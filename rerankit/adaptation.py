@@ -33,7 +33,12 @@ class AdaptationReport:
 
 
 def pseudo_query_records(
-    cfg: AdaptationConfig, seed: int, labelled: int, exclude_queries: set[str] = frozenset()
+    cfg: AdaptationConfig,
+    seed: int,
+    labelled: int,
+    exclude_queries: set[str] = frozenset(),
+    *,
+    teacher_scores: bool = False,
 ) -> tuple[list[QueryRecord], AdaptationReport]:
     """The training records of ``cfg.corpus``'s pseudo-queries (a seeded draw of at most
     ``max_queries`` and ``ratio`` × ``labelled``), leaving out any whose text is a labelled query
@@ -50,9 +55,10 @@ def pseudo_query_records(
     if len(pseudo) > cap:
         pseudo = random.Random(seed).sample(pseudo, cap)
     log.info("adaptation: %d pseudo-queries from %d passages of %s", len(pseudo), len(corpus), cfg.corpus)
-    # With the first stage's scores, so distillation and score injection read pseudo-queries too.
+    # ``teacher_scores`` (for score injection): each document's first-stage score. A positive's
+    # is that of its whole passage, the cut sentence included, so it is almost always the top one.
     records = pq.mined_records(
-        corpus, pseudo, method=cfg.mining, num_negatives=cfg.num_negatives, teacher_scores=True
+        corpus, pseudo, method=cfg.mining, num_negatives=cfg.num_negatives, teacher_scores=teacher_scores
     )
     report = AdaptationReport(
         cfg.corpus, len(corpus), len(records), cfg.mining, round(time.perf_counter() - started, 1)

@@ -86,16 +86,17 @@ def train(
     click.echo(f"\nrun folder: {result.output_dir} ({m['wall_time_s']:.0f} s)")
 
 
-def _read_docs(path: str) -> tuple[list[str], list[float] | None]:
+def _read_docs(path: str) -> tuple[list[str], list[tuple[int, float | None]]]:
     """Documents from a .jsonl file (objects with "text", or strings) or one per line of text,
-    and the retriever's scores when the objects carry a "score" (all of them, or none)."""
+    and each document's line number with its retriever "score" (None when it has none)."""
     from rerankit.data import iter_jsonl
     from rerankit.errors import DataError
 
-    docs, scores, missing = [], [], None
+    docs, scores = [], []
     for number, line in iter_jsonl(path):
         if not path.endswith(".jsonl"):
             docs.append(line.rstrip("\n"))
+            scores.append((number, None))
             continue
         try:
             item = json.loads(line)
@@ -107,21 +108,43 @@ def _read_docs(path: str) -> tuple[list[str], list[float] | None]:
                 "expected a string or an object with a string 'text'", path=path, line=number, field="text"
             )
         docs.append(text)
-        score = item.get("score") if isinstance(item, dict) else None
-        if score is None:
-            missing = missing or number
-        elif isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
-            raise DataError(f"expected a finite number, got {score!r}", path=path, line=number, field="score")
-        else:
-            scores.append(float(score))
-    if scores and missing is not None:
-        raise DataError(
-            "no retriever score, while other documents have one (give every document a score, or none)",
-            path=path,
-            line=missing,
-            field="score",
+        scores.append(
+            (number, _score_of(item.get("score") if isinstance(item, dict) else None, path, number))
         )
-    return docs, (scores or None)
+    return docs, scores
+
+
+def _score_of(value, path: str, line: int) -> float | None:
+    from rerankit.errors import DataError
+
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError
+        return float(value)
+    except (ValueError, OverflowError):  # an integer too large for a float overflows
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise DataError(
+            f"expected a finite number, got {shown}", path=path, line=line, field="score"
+        ) from None
+
+
+def _injected_scores(path: str, scores: list[tuple[int, float | None]]) -> list[float]:
+    """The documents' retriever scores a score-injection model reads, or DataError naming the
+    first line without one."""
+    from rerankit.errors import DataError
+
+    for line, score in scores:
+        if score is None:
+            raise DataError(
+                'no retriever "score": this model reads each document\'s first-stage score in its '
+                'input (score injection); give every line of --docs a "score" (JSONL)',
+                path=path,
+                line=line,
+                field="score",
+            )
+    return [score for _, score in scores]
 
 
 _dtype_option = click.option(
@@ -244,8 +267,8 @@ def rerank(
     trust_remote_code: bool,
     allow_pickle: bool,
 ) -> None:
-    """Rank documents for one query (fused with the retriever's when the documents carry a "score")."""
-    docs, first_stage = _read_docs(docs_path)
+    """Rank documents for one query (a score-injection model reads each line's "score")."""
+    docs, scores = _read_docs(docs_path)
     if not docs:
         raise RerankitError(f"{docs_path}: no documents")
     reranker = _load(
@@ -259,9 +282,10 @@ def rerank(
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
     )
+    first_stage = _injected_scores(docs_path, scores) if reranker.score_injection else None
     try:
         results = reranker.rerank(query, docs, top_k=top_k, raw=raw, first_stage=first_stage)
-    except ValueError as exc:  # an over-long query, an empty document, no first stage for one that needs it
+    except ValueError as exc:  # an over-long query, an empty document
         raise RerankitError(str(exc)) from None
     if as_json:
         click.echo(

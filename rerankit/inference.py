@@ -348,7 +348,8 @@ class Reranker:
     def queries_for(self, query: str, first_stage: Sequence[float] | None, num_docs: int) -> list[str]:
         """``query`` as the model reads it beside each of ``num_docs`` documents: itself, or, for
         a model trained with score injection, with each document's level of the first stage's
-        scores written in (``rerankit.score_injection``); ValueError when that model gets none.
+        scores written in (``rerankit.score_injection``); ValueError when that model gets none,
+        or not one finite score per document.
         Pairs for ``score``/``logits`` of such a model take their queries from here."""
         if self.score_injection is None:
             return [query] * num_docs
@@ -357,7 +358,7 @@ class Reranker:
                 "first_stage: this model reads each document's first-stage score in its input "
                 "(it was trained with model.score_injection); pass the retriever's scores"
             )
-        return self.score_injection.queries(query, first_stage)
+        return self.score_injection.queries(query, _first_stage_scores(first_stage, num_docs)[0])
 
     def logits(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
         """Raw scores of the pairs (queries[i], docs[i]) as one fp32 array, in input order.

@@ -5,11 +5,13 @@ having its score fused in afterwards.
 
 A score is written as an integer level from 0 to ``SCALE``: the score divided by the best score
 among its query's candidates (scores are first shifted to start at 0 when a list holds a
-negative one). Dividing by the best rather than min-max keeps a level independent of how deep
-the list goes: training reads a line's mined documents (a first stage's top 15, say), inference
-its top 30, and BM25's third document gets the same level in both. The level follows the query
-(``query [SEP] 87``): the query side is never truncated, so every window of a long document
-reads it.
+negative one). For first stages whose scores are never negative (BM25, reciprocal-rank fusion)
+dividing by the best rather than min-max keeps a level independent of how deep the list goes:
+training reads a line's mined documents (a first stage's top 15, say), inference its top 30,
+and BM25's third document gets the same level in both. Scores that can be negative (a cosine,
+another model's logits) are shifted by their list's lowest, which does depend on the depth.
+The level follows the query (``query [SEP] 87``): the query side is never truncated, so every
+window of a long document reads it.
 
 Training reads each document's ``"score"`` (``rerankit mine --teacher-scores``); random
 negatives, from outside the first stage's list, read 0. Inference reads ``first_stage``

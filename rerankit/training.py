@@ -348,7 +348,11 @@ def fit(
     if cfg.adaptation.corpus:
         # Pseudo-queries train beside the labelled ones; never a validation question's text.
         pseudo, adaptation = pseudo_query_records(
-            cfg.adaptation, cfg.seed, len(train), {r.query for r in valid}
+            cfg.adaptation,
+            cfg.seed,
+            len(train),
+            {r.query for r in valid},
+            teacher_scores=cfg.model.score_injection,  # the model then reads each document's score
         )
         train = train + pseudo
     if cfg.loss.distillation != "none" and not any(

@@ -148,3 +148,8 @@ def test_fit_trains_on_corpus_pseudo_queries_beside_the_labelled_ones(tiny_bert_
     assert len(pseudo_query_records(config, seed=7, labelled=48)[0]) == 24
     config.max_queries = 10  # the smaller cap applies
     assert len(pseudo_query_records(config, seed=7, labelled=48)[0]) == 10
+    # Scores only when asked (score injection reads them; distillation must not get them unasked).
+    plain = pseudo_query_records(config, seed=7, labelled=48)[0]
+    assert all(d.score is None for r in plain for d in r.positives + r.negatives)
+    scored = pseudo_query_records(config, seed=7, labelled=48, teacher_scores=True)[0]
+    assert all(d.score is not None for r in scored for d in r.positives + r.negatives)

@@ -116,6 +116,10 @@ def test_an_injection_run_ranks_with_the_first_stage_it_reads(injection_run):
     assert reranker.score_injection == ScoreInjection("[SEP]")
     with pytest.raises(ValueError, match="first_stage: this model reads each document's first-stage score"):
         reranker.rerank(QUERY, DOCS)
+    with pytest.raises(ValueError, match="first_stage: expected 3 scores"):
+        reranker.queries_for(QUERY, [1.0], 3)
+    with pytest.raises(ValueError, match="the score of document 1 is not a finite number"):
+        reranker.queries_for(QUERY, [1.0, float("nan"), 2.0], 3)
     first = [100.0, 2.0, 7.0]  # levels 100, 2, 7: single digits are words of the tiny vocabulary
     ranked = reranker.rerank(QUERY, DOCS, first_stage=first)
     logits = reranker.logits([f"{QUERY} [SEP] {n}" for n in (100, 2, 7)], DOCS)
@@ -193,10 +197,12 @@ def test_rerank_cli_reads_the_documents_scores(injection_run, tmp_path):
 
     bare = write_jsonl(tmp_path / "bare.jsonl", [{"text": d} for d in DOCS])
     refused = CliRunner().invoke(main, [*args, str(bare)])
-    assert refused.exit_code == 2 and "first_stage: this model reads each document's" in refused.output
+    assert refused.exit_code == 2 and f"{bare}:1" in refused.output and "'score'" in refused.output
     partial = write_jsonl(tmp_path / "partial.jsonl", [{"text": DOCS[0], "score": 1.0}, {"text": DOCS[1]}])
     refused = CliRunner().invoke(main, [*args, str(partial)])
-    assert refused.exit_code == 2 and f"{partial}:2" in refused.output and "'score'" in refused.output
-    wrong = write_jsonl(tmp_path / "wrong.jsonl", [{"text": DOCS[0], "score": "high"}])
-    refused = CliRunner().invoke(main, [*args, str(wrong)])
-    assert refused.exit_code == 2 and "expected a finite number, got 'high'" in refused.output
+    assert refused.exit_code == 2 and f"{partial}:2" in refused.output and "score injection" in refused.output
+    for value, shown in (('"high"', "'high'"), ("1" + "0" * 400, "1000")):
+        wrong = tmp_path / "wrong.jsonl"
+        wrong.write_text(f'{{"text": "{DOCS[0]}", "score": {value}}}\n')
+        refused = CliRunner().invoke(main, [*args, str(wrong)])
+        assert refused.exit_code == 2 and f"expected a finite number, got {shown}" in refused.output
