@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 
@@ -115,19 +114,15 @@ def _read_docs(path: str) -> tuple[list[str], list[tuple[int, float | None]]]:
 
 
 def _score_of(value, path: str, line: int) -> float | None:
+    from rerankit.data import is_finite_number
     from rerankit.errors import DataError
 
     if value is None:
         return None
-    try:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError
-        return float(value)
-    except (ValueError, OverflowError):  # an integer too large for a float overflows
+    if not is_finite_number(value):
         shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-        raise DataError(
-            f"expected a finite number, got {shown}", path=path, line=line, field="score"
-        ) from None
+        raise DataError(f"expected a finite number, got {shown}", path=path, line=line, field="score")
+    return float(value)
 
 
 def _injected_scores(path: str, scores: list[tuple[int, float | None]]) -> list[float]:

@@ -77,6 +77,17 @@ class QueryRecord:
         return line
 
 
+def is_finite_number(value) -> bool:
+    """Whether a JSON value is a finite number (not a bool, NaN, an infinity, or an integer too
+    large for a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # math.isfinite converts an int to a float first
+        return False
+
+
 def changed_counts(report: dict[str, Any]) -> dict[str, int]:
     """The counters of a DataReport (as a dict) that say what reading changed, when non-zero."""
     return {
@@ -147,9 +158,7 @@ def _docs(value: Any, name: str, where: dict[str, Any], report: DataReport, max_
                 f"text must be a string, got {type(text).__name__}", field=f"{label}.text", **where
             )
         score = item.get("score")
-        if score is not None and (
-            isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score)
-        ):
+        if score is not None and not is_finite_number(score):
             raise DataError(f"score must be a finite number, got {score!r}", field=f"{label}.score", **where)
         if not text.strip():
             report.dropped_empty_text_docs += 1

@@ -42,8 +42,9 @@ class ScoreInjection:
     def query(self, query: str, level: int) -> str:
         return f"{query} {self.marker} {level}"
 
-    def queries(self, query: str, scores: Sequence[float]) -> list[str]:
-        """``query`` as the model reads it beside each of the candidates ``scores`` belong to."""
+    def queries(self, query: str, scores: Sequence[float | None]) -> list[str]:
+        """``query`` as the model reads it beside each of the candidates ``scores`` belong to
+        (a candidate without a score reads level 0)."""
         return [self.query(query, level) for level in levels(scores)]
 
     def to_dict(self) -> dict:

@@ -18,7 +18,7 @@ from rerankit.errors import RerankitError
 from rerankit.fusion import fit_fusion
 from rerankit.prompts import PromptTemplate
 from rerankit.ranking_metrics import ranking_metrics
-from rerankit.score_injection import ScoreInjection, levels
+from rerankit.score_injection import ScoreInjection
 from rerankit.windows import score_documents
 
 
@@ -53,9 +53,9 @@ class ValidationSet:
             queries = [q for q, docs in zip(self.queries, self.candidates) for _ in docs]
         else:
             queries = [
-                score_injection.query(q, level)
+                injected
                 for q, scores in zip(self.queries, self.first_stage)
-                for level in levels(scores)
+                for injected in score_injection.queries(q, scores)
             ]
         docs = [text for docs in self.candidates for _, text in docs]
         return queries, docs

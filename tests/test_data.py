@@ -75,6 +75,11 @@ def test_reads_the_seed_format(tmp_path):
             "score must be a finite number",
             "negatives[0].score",
         ),
+        (  # an integer too large for a float
+            '{"query_text": "q", "positives": [{"doc_id": "p", "text": "t", "score": 1' + "0" * 400 + "}]}",
+            "score must be a finite number",
+            "positives[0].score",
+        ),
     ],
 )
 def test_bad_lines_name_file_line_and_field(tmp_path, bad, message, field):
