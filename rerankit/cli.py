@@ -125,7 +125,7 @@ def _score_of(value, path: str, line: int) -> float | None:
     return float(value)
 
 
-def _injected_scores(path: str, scores: list[tuple[int, float | None]]) -> list[float]:
+def _injected_scores(path: str, scores: list[tuple[int, float | None]]):
     """The documents' retriever scores a score-injection model reads, or DataError naming the
     first line without one."""
     from rerankit.errors import DataError
@@ -139,7 +139,9 @@ def _injected_scores(path: str, scores: list[tuple[int, float | None]]) -> list[
                 line=line,
                 field="score",
             )
-    return [score for _, score in scores]
+    import numpy as np
+
+    return np.asarray([score for _, score in scores], dtype=np.float64)
 
 
 _dtype_option = click.option(
@@ -277,9 +279,13 @@ def rerank(
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
     )
-    first_stage = _injected_scores(docs_path, scores) if reranker.score_injection else None
+    from rerankit.context import RankContext
+
+    # The lines' scores are checked as read (_score_of); only a score-injection model reads them.
+    first_stage = (_injected_scores(docs_path, scores),) if reranker.score_injection else ()
+    context = RankContext(len(docs), first_stage, field=f"{docs_path}: score")
     try:
-        results = reranker.rerank(query, docs, top_k=top_k, raw=raw, first_stage=first_stage)
+        results = reranker.rerank_with(query, docs, context, top_k, raw=raw)
     except ValueError as exc:  # an over-long query, an empty document
         raise RerankitError(str(exc)) from None
     if as_json:

@@ -28,7 +28,7 @@ from rerankit import run_folder
 from rerankit.encoding import special_tokens_around
 from rerankit.errors import RerankitError
 from rerankit.graph_export import DEFAULT_TOLERANCE, failures, gate_record, run_validation_set, write_graphs
-from rerankit.prompts import EXPORT_INFO
+from rerankit.prompts import EXPORT_INFO, reserved_strings
 from rerankit.runtimes import describe
 
 
@@ -85,7 +85,8 @@ def export(
     tokenizer.model_max_length = reranker.max_length
     if reranker.prompt is not None:
         leading, trailing = (tokenizer.decode(ids) for ids in special_tokens_around(tokenizer))
-        tokenizer.chat_template = reranker.prompt.chat_template(leading, trailing)
+        reserved = reserved_strings(tokenizer)
+        tokenizer.chat_template = reranker.prompt.chat_template(leading, trailing, reserved)
     calibration = reranker.calibration
     folded = calibration is not None and _fold_calibration(reranker.model, calibration)
     info = {
@@ -93,6 +94,8 @@ def export(
         "config_hash": manifest["config_hash"],
         "base_model": manifest["base_model"],
         "max_length": reranker.max_length,
+        # how documents longer than the window are scored, as the run trained and validated
+        "long_documents": reranker.long_documents.model_dump(),
         "dtype": dtype,
         "head": manifest.get("head", "seq_cls"),
         "prompt": reranker.prompt.to_dict() if reranker.prompt is not None else None,

@@ -92,7 +92,7 @@ def is_run_folder(out: Path) -> bool:
     one rerankit resolved (a config.yaml of another tool does not count)."""
     try:
         manifest = read_json(out / MANIFEST)
-    except (ValueError, OSError):
+    except (ValueError, OSError, RecursionError):
         manifest = None
     if isinstance(manifest, dict) and manifest.get("format") == RUN_FORMAT:
         return True
@@ -243,8 +243,8 @@ def read_manifest(path: Path) -> dict[str, Any]:
     """The manifest of a finished run folder, or ModelLoadError saying what is wrong."""
     try:
         manifest = read_json(path / MANIFEST)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"{path / MANIFEST}: not valid JSON ({exc})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ModelLoadError(f"{path / MANIFEST}: not valid JSON ({short_reason(exc)})") from None
     except OSError as exc:
         raise ModelLoadError(f"{path / MANIFEST}: cannot read: {exc.strerror or exc}") from None
     if manifest is None:

@@ -7,6 +7,8 @@ and every evaluation during training, so the numbers are comparable.
 
 from __future__ import annotations
 
+import random
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,11 +34,15 @@ class ValidationSet:
 
     @classmethod
     def from_records(cls, records: Sequence[QueryRecord]) -> ValidationSet:
+        """Each query's positives and negatives in a fixed shuffled order (seeded by the query's
+        text): metrics break tied scores by input order, and positives listed first would win
+        every tie."""
+        candidates = [_shuffled(r.query, r.positives + r.negatives) for r in records]
         return cls(
             tuple(r.query for r in records),
-            tuple(tuple((d.doc_id, d.text) for d in r.positives + r.negatives) for r in records),
+            tuple(tuple((d.doc_id, d.text) for d in docs) for docs in candidates),
             tuple(frozenset(d.doc_id for d in r.positives) for r in records),
-            tuple(tuple(d.score for d in r.positives + r.negatives) for r in records),
+            tuple(tuple(d.score for d in docs) for docs in candidates),
         )
 
     def __len__(self) -> int:
@@ -77,6 +83,12 @@ class ValidationSet:
             qrels[qid] = {d: int(d in rel) for d, _ in docs}
             run[qid] = {d: float(x) for (d, _), x in zip(docs, s)}
         return ranking_metrics(qrels, run, recall_at)
+
+
+def _shuffled(query: str, docs: list) -> list:
+    order = list(docs)
+    random.Random(zlib.crc32(query.encode("utf-8"))).shuffle(order)
+    return order
 
 
 class Validator:
