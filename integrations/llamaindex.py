@@ -23,7 +23,11 @@ from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRan
 from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle  # noqa: E402
 
-from rerankit.integrations.backend import backend_for  # noqa: E402
+from rerankit.integrations.backend import (  # noqa: E402
+    DEFAULT_DEADLINE,
+    DEFAULT_MAX_REPLY_BYTES,
+    backend_for,
+)
 
 dispatcher = get_dispatcher(__name__)
 
@@ -41,8 +45,12 @@ class RerankitRerank(BaseNodePostprocessor):
         description="Order by the reranker's fusion with each node's retrieval score (learned on "
         "the run's validation set, else RRF); the node's score stays the reranker's.",
     )
-    timeout: float = Field(default=30.0)
+    timeout: float = Field(default=30.0, description="Seconds per network phase (connect, each read).")
     max_retries: int = Field(default=3)
+    deadline: float = Field(
+        default=DEFAULT_DEADLINE, description="Seconds for a whole remote call, retries included."
+    )
+    max_reply_bytes: int = Field(default=DEFAULT_MAX_REPLY_BYTES, description="A larger reply is refused.")
     dtype: str = Field(default="auto")
     _backend: Any = PrivateAttr()
 
