@@ -5,8 +5,9 @@
                                    node_postprocessors=[RerankitRerank(model="outputs/run1", top_n=5)])
 
 Sets ``NodeWithScore.score`` to the relevance score, sorts, keeps ``top_n``, optionally keeps
-the retriever's score in ``metadata["retrieval_score"]``, and emits LlamaIndex's
-``ReRankStartEvent``/``ReRankEndEvent``. Depends on ``llama-index-core`` only.
+the retriever's score in ``metadata["retrieval_score"]`` of a copy of the node (the caller's
+nodes are not changed), and emits LlamaIndex's ``ReRankStartEvent``/``ReRankEndEvent``.
+Depends on ``llama-index-core`` only.
 """
 
 from __future__ import annotations
@@ -86,10 +87,11 @@ class RerankitRerank(BaseNodePostprocessor):
         """The ranked nodes with their new scores; emits the rerank end event."""
         out = []
         for index, score in ranked:
-            node = nodes[index]
-            if self.keep_retrieval_score:
-                node.node.metadata["retrieval_score"] = node.score
-            out.append(NodeWithScore(node=node.node, score=score))
+            node = nodes[index].node
+            if self.keep_retrieval_score:  # on a copy: the caller's node stays as it was
+                metadata = {**node.metadata, "retrieval_score": nodes[index].score}
+                node = node.model_copy(update={"metadata": metadata})
+            out.append(NodeWithScore(node=node, score=score))
         dispatcher.event(ReRankEndEvent(nodes=out))
         return out
 
