@@ -147,6 +147,7 @@ class RemoteBackend:
         self.deadline, self.max_reply_bytes = float(deadline), int(max_reply_bytes)
         self.name = model
         self._loop_thread: _LoopThread | None = None
+        self._stop_loop_thread: weakref.finalize | None = None  # runs once: at close() or collection
         # One async client per event loop: a connection pool is bound to the loop it was made on.
         self._async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
@@ -157,7 +158,7 @@ class RemoteBackend:
         with self._lock:
             if self._loop_thread is None or self._loop_thread.pid != os.getpid():
                 self._loop_thread = _LoopThread()
-                weakref.finalize(self, self._loop_thread.stop, self._async_clients)
+                self._stop_loop_thread = weakref.finalize(self, self._loop_thread.stop, self._async_clients)
             return self._loop_thread
 
     def _async_client(self):
@@ -174,8 +175,8 @@ class RemoteBackend:
     def close(self) -> None:
         """Close the client of the sync calls (async clients: ``aclose`` from their event loop)."""
         with self._lock:
-            runner, self._loop_thread = self._loop_thread, None
-        done = runner.stop(self._async_clients) if runner is not None else None
+            stop, self._loop_thread, self._stop_loop_thread = self._stop_loop_thread, None, None
+        done = stop() if stop is not None else None
         if done is not None:
             done.result()
 

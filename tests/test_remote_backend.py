@@ -5,6 +5,7 @@ whole call and the cap on a reply's size."""
 import asyncio
 import contextlib
 import email.utils
+import gc
 import http.server
 import json
 import threading
@@ -81,6 +82,27 @@ def test_one_connection_is_reused_across_calls():
         for _ in range(3):
             assert remote.rank("q", ["a", "b"], None) == [(1, 0.9), (0, 0.1)]
         assert len(set(server.ports)) == 1
+
+
+def test_close_or_collection_ends_the_thread_of_the_sync_calls():
+    def new_loop_thread(remote):
+        before = set(threading.enumerate())
+        remote.rank("q", ["a", "b"], None)
+        (thread,) = {t for t in threading.enumerate() if t.name == "rerankit-remote"} - before
+        return thread
+
+    with Script([(200, {}, GOOD)]) as server:
+        remote = backend(server.url)
+        thread = new_loop_thread(remote)
+        remote.close()
+        thread.join(timeout=5)
+        assert not thread.is_alive()
+        remote.close()  # twice is fine
+        thread = new_loop_thread(remote)
+        del remote
+        gc.collect()
+        thread.join(timeout=5)
+        assert not thread.is_alive()
 
 
 def test_retry_after_is_capped():
