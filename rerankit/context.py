@@ -10,7 +10,7 @@ the boundary checks the values again or drops one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +35,8 @@ class RankContext:
     first_stage: tuple[np.ndarray, ...] = ()
     # How the caller named the first-stage scores, for errors raised past the boundary.
     field: str = "first_stage"
+    # The self-ensemble's signals of the documents (rerankit.ensemble), once computed.
+    signals: Mapping[str, np.ndarray] | None = None
 
     @classmethod
     def build(cls, num_docs: int, first_stage=None, *, field: str = "first_stage") -> RankContext:

@@ -18,6 +18,7 @@ bf16 rounding with the padded width of its batch.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import threading
 from collections.abc import Mapping, Sequence
@@ -32,6 +33,7 @@ from rerankit.calibration import Calibration
 from rerankit.config import LongDocumentsConfig
 from rerankit.context import RankContext
 from rerankit.encoding import check_template, render_pair
+from rerankit.ensemble import ENCODER_DIR, ENSEMBLE_DIR, Ensemble, load_signals
 from rerankit.errors import ConfigError, ModelLoadError, RerankitError, short_reason
 from rerankit.fusion import LearnedFusion, rrf
 from rerankit.loading import (
@@ -134,12 +136,19 @@ class Reranker:
         calibration: Calibration | None = None,
         fusion: LearnedFusion | None = None,
         score_injection: ScoreInjection | None = None,
+        ensemble: Ensemble | None = None,
+        signals: Mapping | None = None,
     ) -> None:
         # a torch module, or a compiled graph (rerankit.runtimes) that has no train/eval modes
         self.model = model.eval() if hasattr(model, "eval") else model
         self.tokenizer, self.prompt = tokenizer, prompt
         self.calibration, self.fusion = calibration, fusion
         self.score_injection = score_injection
+        # the self-ensemble (rerankit.ensemble) and the signals it weighs beside the cross-encoder
+        self.ensemble, self.signals = ensemble, dict(signals or {})
+        missing = [name for name in (ensemble.needs if ensemble else ()) if name not in self.signals]
+        if missing:
+            raise ModelLoadError(f"the ensemble weighs {', '.join(missing)}, which this model does not carry")
         self.long_documents = merged_settings(None, long_documents)
         if max_tokens is None:
             # Padded tokens per forward pass: on CPU small batches stay in cache and run
@@ -163,6 +172,7 @@ class Reranker:
         prompt: str | Mapping | PromptTemplate | None = None,
         backend: str = "auto",
         allow_failed_gate: bool = False,
+        ensemble: str = "auto",
     ) -> Reranker:
         """Load a run folder, an exported folder, or any HF cross-encoder path or hub id.
 
@@ -198,7 +208,14 @@ class Reranker:
         ``allow_failed_gate=True``); without graphs the model is converted at load, in fp32.
         ``auto`` (the default) on a CPU runs the fastest runtime that passed its export's gate,
         torch where none was measured; on a GPU, torch.
+
+        ``ensemble``: ``auto`` scores with the self-ensemble the run fitted (``rerankit.ensemble``:
+        the cross-encoder fused with BM25 over the run's corpus statistics and the backbone's own
+        embedding cosine), when it has one; ``none`` scores with the cross-encoder alone (its
+        calibration, fitted on the ensemble's score, is then left out too).
         """
+        if ensemble not in ("auto", "none"):
+            raise ConfigError(f"ensemble must be auto or none, got {ensemble!r}")
         if device is None:  # graphs run on the CPU, whatever else the machine has
             device = "cpu" if backend in GRAPH_BACKENDS or dtype == "int8" else default_device()
         backend = _backend(backend, device, dtype)
@@ -224,21 +241,27 @@ class Reranker:
                     "(--trust-remote-code)"
                 )
             model_dir = run_folder.inside(path, manifest.model_dir)
-            adapter_weights = ADAPTER_WEIGHTS if manifest.adapter else None
-            check_local_model(str(model_dir), allow_pickle=pickle, weights=adapter_weights)
-            tokenizer = load_tokenizer(str(model_dir), trust)
             # a run without a template (an encoder) reads the pair encoding
             prompt = merged_prompt(manifest.prompt, prompt) or "none"
-            if manifest.adapter:
-                base = resolve_model_path(manifest.base_model)
-                check_local_model(base, allow_pickle=pickle)
-                model = _merged(base, model_dir, tokenizer, dtype, trust, pickle, manifest.base_revision)
-                prompt = _prompt(model.config, tokenizer, prompt)
-            else:
-                model, prompt = _plain(str(model_dir), tokenizer, dtype, trust, pickle, prompt)
+            model, tokenizer, prompt = trained_weights(
+                model_dir,
+                manifest.base_model,
+                manifest.adapter,
+                manifest.base_revision,
+                dtype,
+                prompt,
+                trust,
+                pickle,
+            )
             max_length = max_length or manifest.max_length
             long_documents = merged_settings(manifest.long_documents, long_documents)
             calibration, fusion, injection = manifest.calibration, manifest.fusion, manifest.score_injection
+            fitted = manifest.ensemble
+            signal_files = (
+                path,
+                run_folder.inside(path, ENSEMBLE_DIR),
+                resolve_model_path(manifest.base_model),
+            )
         elif (path / "adapter_config.json").exists():
             from peft import PeftConfig
 
@@ -249,7 +272,7 @@ class Reranker:
             model = _merged(base, path, tokenizer, dtype, trust, pickle)
             prompt = _prompt(model.config, tokenizer, _given_or_recorded(prompt, _export_info(str(path))))
             long_documents = merged_settings(None, long_documents)
-            calibration = fusion = injection = None
+            calibration = fusion = injection = fitted = signal_files = None
         else:
             check_local_model(given, allow_pickle=pickle)
             name = resolve_model_path(given)
@@ -267,7 +290,8 @@ class Reranker:
             info = info or ExportRecord()
             # a calibration folded into the exported head is already in its logits
             calibration = None if info.calibration_folded else info.calibration
-            fusion, injection = info.fusion, info.score_injection
+            fusion, injection, fitted = info.fusion, info.score_injection, info.ensemble
+            signal_files = (Path(name), Path(name) / ENSEMBLE_DIR, Path(name) / ENSEMBLE_DIR / ENCODER_DIR)
             max_length = max_length or info.max_length
             long_documents = merged_settings(info.long_documents, long_documents)
         hf_config = _hf_config(model, given, trust)
@@ -278,6 +302,9 @@ class Reranker:
         if backend in GRAPH_BACKENDS and not isinstance(model, GraphModel):
             model = _converted(model, tokenizer, max_length, prompt, backend)
         check_template(tokenizer, prompt)
+        if ensemble == "none" and fitted is not None:
+            fitted = calibration = None  # the calibration was fitted on the ensemble's score
+        signals = _signals(fitted, *signal_files, dtype=dtype, device=device) if fitted else {}
         return cls(
             model if isinstance(model, GraphModel) else model.to(device),
             tokenizer,
@@ -288,6 +315,8 @@ class Reranker:
             calibration=calibration,
             fusion=fusion,
             score_injection=injection,
+            ensemble=fitted,
+            signals=signals,
         )
 
     def score(self, pairs: Sequence[tuple[str, str]], *, raw: bool = False, first_stage=None) -> list[float]:
@@ -300,7 +329,23 @@ class Reranker:
             return []
         queries, docs = zip(*pairs)
         logits = self.logits(queries, docs, first_stage=first_stage)
-        return (logits if raw else self.probabilities(logits)).tolist()
+        final = self.final_scores(logits, self.signal_scores(queries, docs))
+        return (final if raw else self.probabilities(final)).tolist()
+
+    def signal_scores(self, queries: Sequence[str], docs: Sequence[str]) -> dict[str, np.ndarray]:
+        """The scores of the pairs by each signal the ensemble weighs beside the cross-encoder
+        (none without an ensemble)."""
+        if self.ensemble is None:
+            return {}
+        return {name: self.signals[name].scores(queries, docs) for name in self.ensemble.needs}
+
+    def final_scores(self, logits: np.ndarray, signals: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The score a document ranks by before calibration: the ensemble's fusion of the
+        cross-encoder's logits with ``signals`` (``signal_scores``), or the logits alone."""
+        logits = np.asarray(logits, dtype=np.float64)
+        if self.ensemble is None:
+            return logits
+        return self.ensemble.combine({"reranker": logits, **signals})
 
     def fuse(self, logits: np.ndarray, first_stage: Sequence[np.ndarray]) -> np.ndarray:
         """Fused scores of one query's documents from the reranker's logits and first-stage
@@ -373,7 +418,14 @@ class Reranker:
         if not docs:
             return RerankResults()
         logits = self.input_logits(self.model_queries(query, context), docs)[0]
-        return self.results(docs, logits, context, top_k, raw=raw)
+        return self.results(docs, logits, self.with_signals(query, docs, context), top_k, raw=raw)
+
+    def with_signals(self, query: str, docs: Sequence[str], context: RankContext) -> RankContext:
+        """``context`` with the ensemble's signals of ``docs`` for ``query`` (computed once; a
+        server computes them beside the cross-encoder's batches)."""
+        if context.signals is not None or self.ensemble is None:
+            return context
+        return dataclasses.replace(context, signals=self.signal_scores([query] * len(docs), docs))
 
     def results(
         self,
@@ -384,10 +436,12 @@ class Reranker:
         *,
         raw: bool = False,
     ) -> RerankResults:
-        """One query's documents ranked from their logits and ``context``: by the reranker's
-        score, or by its fusion with the first stage when the context holds one."""
-        scores = logits if raw else self.probabilities(logits)
-        fused = self.fuse(logits, list(context.first_stage)) if context.first_stage else None
+        """One query's documents ranked from their logits and ``context`` (``with_signals``): by
+        the reranker's score (the ensemble's, when it has one), or by its fusion with the first
+        stage when the context holds one."""
+        final = self.final_scores(logits, context.signals or {})
+        scores = final if raw else self.probabilities(final)
+        fused = self.fuse(final, list(context.first_stage)) if context.first_stage else None
         order = best_first(scores if fused is None else fused, top_k)
         return RerankResults(
             RerankResult(int(i), float(scores[i]), docs[i], rank, None if fused is None else float(fused[i]))
@@ -556,6 +610,42 @@ def _given_or_recorded(given, info: ExportRecord | None):
     if info is None:
         return given
     return merged_prompt(info.prompt, given) or "none"
+
+
+def _signals(fitted: Ensemble, source: Path, folder: Path, encoder, *, dtype, device: str) -> dict:
+    """The signals ``fitted`` weighs, read from ``folder`` (BM25's statistics) and ``encoder``
+    (the backbone whose embedding cosine it weighs); ModelLoadError naming what is missing."""
+    try:
+        return load_signals(fitted.needs, folder, encoder, dtype=dtype, device=device)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"{source}: the ensemble's signals cannot be read ({short_reason(exc)}); "
+            "load with ensemble='none' (--ensemble none) for the cross-encoder alone"
+        ) from None
+
+
+def trained_weights(
+    model_dir: Path,
+    base_model: str,
+    adapter: bool,
+    base_revision: str | None,
+    dtype,
+    prompt,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+):
+    """A run's model as it ships: (model, tokenizer, prompt), the adapter merged into its base
+    in ``dtype`` (or the full weights), read from ``model_dir``."""
+    adapter_weights = ADAPTER_WEIGHTS if adapter else None
+    check_local_model(str(model_dir), allow_pickle=allow_pickle, weights=adapter_weights)
+    tokenizer = load_tokenizer(str(model_dir), trust_remote_code)
+    if not adapter:
+        model, prompt = _plain(str(model_dir), tokenizer, dtype, trust_remote_code, allow_pickle, prompt)
+        return model, tokenizer, prompt
+    base = resolve_model_path(base_model)
+    check_local_model(base, allow_pickle=allow_pickle)
+    model = _merged(base, model_dir, tokenizer, dtype, trust_remote_code, allow_pickle, base_revision)
+    return model, tokenizer, _prompt(model.config, tokenizer, prompt)
 
 
 def _hf_config(model, name: str, trust_remote_code: bool):

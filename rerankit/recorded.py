@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, 
 
 from rerankit.calibration import Calibration
 from rerankit.config import LongDocumentsConfig
+from rerankit.ensemble import Ensemble
 from rerankit.errors import ConfigError, ModelLoadError
 from rerankit.fusion import LearnedFusion
 from rerankit.prompts import PromptTemplate
@@ -48,6 +49,12 @@ class _Recorded(BaseModel):
     prompt: PromptTemplate | None = None
     fusion: LearnedFusion | None = None
     score_injection: ScoreInjection | None = None
+    ensemble: Ensemble | None = None
+
+    @field_validator("ensemble", mode="before")
+    @classmethod
+    def _ensemble(cls, value):
+        return _object(value, Ensemble.from_dict)
 
     @field_validator("prompt", mode="before")
     @classmethod
