@@ -143,7 +143,12 @@ def test_every_numeric_option_has_a_range():
 
 @pytest.mark.parametrize(
     "setting, value",
-    [("max_batch_tokens", 0), ("max_batch_tokens", -5), ("batch_wait_ms", float("nan")), ("max_documents", 0)],
+    [
+        ("max_batch_tokens", 0),
+        ("max_batch_tokens", -5),
+        ("batch_wait_ms", float("nan")),
+        ("max_documents", 0),
+    ],
 )
 def test_server_settings_refuse_values_out_of_range(setting, value):
     pytest.importorskip("litestar")

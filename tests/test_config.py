@@ -53,7 +53,8 @@ def test_bad_yaml_names_file_and_line(tmp_path):
 def test_a_repeated_key_is_refused_naming_it_and_its_lines(tmp_path):
     path = tmp_path / "twice.yaml"
     path.write_text("data:\n  train: x.jsonl\ntraining:\n  epochs: 1\n  learning_rate: 0.1\n  epochs: 3\n")
-    with pytest.raises(ConfigError, match=r"twice.yaml:6: not valid YAML: duplicate key 'epochs' \(first on line 4\)"):
+    expected = r"twice.yaml:6: not valid YAML: duplicate key 'epochs' \(first on line 4\)"
+    with pytest.raises(ConfigError, match=expected):
         load_config(path)
     with pytest.raises(ConfigError, match="duplicate key 'epochs'"):
         parse_override("training={epochs: 1, epochs: 2}")

@@ -207,9 +207,12 @@ def test_a_symlink_to_a_run_folder_shares_its_lock_and_is_never_overwritten(
 
     link = tmp_path / "link"
     link.symlink_to(run_copy, target_is_directory=True)
-    with locked(run_copy), pytest.raises(RerankitError, match=r"link is in use by another rerankit process"):
-        with locked(link):
-            pass
+    with (
+        locked(run_copy),
+        pytest.raises(RerankitError, match=r"link is in use by another rerankit process"),
+        locked(link),
+    ):
+        pass
     with pytest.raises(RerankitError, match=r"link is a symbolic link .*--overwrite deletes only a folder"):
         rerankit.fit(tiny_config(tiny_bert_dir, *toy_data, link), overwrite=True)
     assert link.is_symlink() and (run_copy / "run.json").exists() and (run_copy / "model").is_dir()
@@ -282,7 +285,8 @@ def test_a_truncated_optimizer_state_is_refused_before_training_resumes(
     run_folder.check_checkpoint(checkpoint)  # whole, it passes
     optimizer = checkpoint / "optimizer.pt"
     optimizer.write_bytes(optimizer.read_bytes()[: optimizer.stat().st_size // 2])
-    with pytest.raises(RerankitError, match=rf"{checkpoint.name}: damaged checkpoint .*optimizer.pt: truncated"):
+    expected = rf"{checkpoint.name}: damaged checkpoint .*optimizer.pt: truncated"
+    with pytest.raises(RerankitError, match=expected):
         rerankit.fit(config, resume=True)
 
 
