@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -26,6 +27,18 @@ def _one_line_errors(func):
             sys.exit(2)
 
     return wrapper
+
+
+class _FiniteFloatRange(click.FloatRange):
+    """A FloatRange that refuses nan and inf too: both compare false against any bound."""
+
+    name = "finite float range"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 @click.group()
@@ -338,7 +351,7 @@ def rerank(
 )
 @click.option(
     "--tolerance",
-    type=click.FloatRange(min=0.0),
+    type=_FiniteFloatRange(min=0.0),
     default=DEFAULT_TOLERANCE,
     show_default=True,
     help="Accuracy gate: the largest change of validation NDCG@10 a graph may cause.",
@@ -554,7 +567,7 @@ def eval_command(
 )
 @click.option(
     "--margin",
-    type=float,
+    type=_FiniteFloatRange(min=0.0),
     default=None,
     help="False-negative guard: drop candidates scoring within this margin of the weakest positive.",
 )
@@ -581,7 +594,9 @@ def eval_command(
     is_flag=True,
     help='Write the first stage\'s score of every document ("score"), a target for loss.distillation.',
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the pseudo-query draw.")
+@click.option(
+    "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the pseudo-query draw."
+)
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False))
 @_one_line_errors
 def mine(
@@ -644,7 +659,13 @@ def mine(
 
 @main.command()
 @click.argument("data_path", type=click.Path(exists=True, dir_okay=False))
-@click.option("--valid-ratio", type=float, default=0.1, show_default=True)
+@click.option(
+    "--valid-ratio",
+    type=_FiniteFloatRange(0.0, 1.0, min_open=True, max_open=True),
+    default=0.1,
+    show_default=True,
+    help="Share of the queries in the validation file (between 0 and 1).",
+)
 @click.option(
     "--group-by",
     type=click.Choice(["query", "source_chunk"]),
@@ -652,7 +673,7 @@ def mine(
     show_default=True,
     help="Keep each query (or also each source chunk) on one side.",
 )
-@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=42, show_default=True)
 @click.option(
     "--out-dir",
     type=click.Path(file_okay=False),
@@ -696,7 +717,7 @@ def split(data_path: str, valid_ratio: float, group_by: str, seed: int, out_dir:
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Interface to bind (127.0.0.1: this machine only)."
 )
-@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
 @click.option(
     "--api-key",
     envvar="RERANKIT_API_KEY",
@@ -706,7 +727,7 @@ def split(data_path: str, valid_ratio: float, group_by: str, seed: int, out_dir:
 @_dtype_option
 @click.option(
     "--max-batch-tokens",
-    type=int,
+    type=click.IntRange(min=1),
     default=None,
     help="Padded tokens per forward pass (default: 2048 on CPU, 32768 on GPU).",
 )
@@ -720,7 +741,7 @@ def split(data_path: str, valid_ratio: float, group_by: str, seed: int, out_dir:
 )
 @click.option(
     "--request-read-timeout",
-    type=click.FloatRange(min=0.1),
+    type=_FiniteFloatRange(min=0.1),
     default=30.0,
     show_default=True,
     help="Seconds a client has to send a whole request (slow clients are disconnected).",
