@@ -59,8 +59,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data" / "squad-v1.1-dev"
+# The second domain (argument retrieval), built by benchmarks/domains/build_arguana.py.
+DOMAINS = {"squad": DATA, "arguana": ROOT.parent / "shared" / "data" / "arguana-counterargs"}
 BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"
 TEST_ARTICLES = {str(i) for i in range(0, 48, 5)}
+DOMAIN_TITLES = {
+    "squad": "SQuAD split by article",
+    "arguana": "ArguAna (argument retrieval, split by debate)",
+}
+# Rerank depths of the depth table: how far into the first stage's list the reranker reads.
+DEPTHS = (10, 30, 100)
 
 
 def article(doc_id: str) -> str:
@@ -90,6 +98,35 @@ def split_by_article(data: Path):
         sides[name] = (docs, {q: queries[q] for q in pos}, pos)
     sides["all"] = (corpus, sides["test"][1], sides["test"][2])
     return sides
+
+
+def split_by_debate(data: Path, max_query_words: int | None):
+    """ArguAna (argument retrieval, ``benchmarks/domains/arguana``): queries are arguments, each
+    relevant document the counter written against it. The source's own splits (by debate): the
+    train side is the training and validation debates' queries over their counters; the test
+    questions are ranked over the whole corpus. Queries are cut to their first
+    ``max_query_words`` words (rerankit never truncates a query; a whole argument often fills
+    the window)."""
+    from rerankit.beir import read_corpus, read_qrels, read_queries
+
+    corpus = read_corpus(data / "corpus.jsonl", with_title=True)
+    queries = read_queries(data / "queries.jsonl")
+    if max_query_words:
+        queries = {q: " ".join(text.split()[:max_query_words]) for q, text in queries.items()}
+
+    def positives(split: str) -> dict[str, list[str]]:
+        judged = read_qrels(data / "qrels" / f"{split}.tsv")
+        found = {q: sorted(d for d, g in j.items() if g > 0 and d in corpus) for q, j in judged.items()}
+        return {q: ids for q, ids in found.items() if ids and q in queries}
+
+    train_pos = {**positives("train"), **positives("dev")}
+    test_pos = positives("test")
+    train_docs = {d: t for d, t in corpus.items() if not d.startswith("test/")}
+    return {
+        "train": (train_docs, {q: queries[q] for q in train_pos}, train_pos),
+        "test": (corpus, {q: queries[q] for q in test_pos}, test_pos),
+        "all": (corpus, {q: queries[q] for q in test_pos}, test_pos),
+    }
 
 
 def sample(ids, n: int | None, seed: int) -> list[str]:
@@ -184,6 +221,33 @@ def dense_scores(test) -> list[np.ndarray]:
     return [row[[column[d] for d in ids]] for row, ids in zip(cosine, test["hits"])]
 
 
+def at_depth(test, depth: int):
+    """``test`` with each question's first-stage list cut to its top ``depth``."""
+    return {**test, "hits": [h[:depth] for h in test["hits"]], "bm25": [b[:depth] for b in test["bm25"]]}
+
+
+def depth_table(deep, scores: list[np.ndarray]) -> dict[str, dict[str, float]]:
+    """Metrics when the reranker reorders the first stage's top d (d in DEPTHS) of ``deep``."""
+    return {str(d): metrics_of(at_depth(deep, d), [s[:d] for s in scores]) for d in DEPTHS}
+
+
+def ensemble_scores(reranker, test) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The cross-encoder's logits and the self-ensemble's scores of every candidate, per question
+    (one pass of the cross-encoder; each distinct text embedded once for the cosine)."""
+    queries = [q for q, ids in zip(test["queries"], test["hits"]) for _ in ids]
+    docs = [test["docs"][d] for ids in test["hits"] for d in ids]
+    first = np.concatenate(test["bm25"]) if reranker.score_injection is not None else None
+    logits = np.asarray(reranker.logits(queries, docs, first_stage=first), dtype=np.float64)
+    final = reranker.final_scores(logits, reranker.signal_scores(queries, docs))
+    sizes = np.cumsum([len(ids) for ids in test["hits"]])[:-1]
+    return np.split(logits, sizes), np.split(final, sizes)
+
+
+def ensemble_weights(reranker) -> str:
+    e = reranker.ensemble
+    return ", ".join(f"{s} {w:.2f}" for s, w in zip(e.signals, e.weights))
+
+
 def untrained_reranker(max_length: int, seed: int):
     """The backbone with a fresh score head, seeded as training initialises it."""
     import torch
@@ -218,6 +282,8 @@ def train_rerankit(config: str, files: dict, out: str, overrides: dict) -> dict[
     else:
         adapt = bool(load_config(config, overrides).adaptation.corpus)
     overrides["adaptation.corpus"] = files["corpus_file"] if adapt else None
+    # Validation as deployed ranks over the corpus a user searches: this benchmark's whole one.
+    overrides.setdefault("data.corpus", files["corpus_file"])
     result = rerankit.fit(config, output_dir=out, overwrite=True, overrides=overrides)
     return {
         "wall_s": time.perf_counter() - started,
@@ -338,7 +404,11 @@ def parse_ablation(text: str) -> tuple[str, dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--domain", choices=sorted(DOMAINS), default="squad")
+    parser.add_argument("--data", type=Path, help="the domain's BEIR folder (default: under ../shared/data)")
+    parser.add_argument(
+        "--max-query-words", type=int, help="cut queries to this many words (arguana default 60)"
+    )
     parser.add_argument("--config", default=str(ROOT / "configs" / "train_qlora.yaml"))
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "quality")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
@@ -386,21 +456,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from rerankit.config import load_config
     from rerankit.model_builder import training_precision
 
+    args.data = args.data or DOMAINS[args.domain]
+    if args.domain == "arguana" and args.max_query_words is None:
+        args.max_query_words = 60
     base = dict(parse_ablation("main: " + " ".join(args.overrides))[1])
     args.train_queries = args.train_queries or (400 if args.quick else 600)
     args.test_queries = args.test_queries or (150 if args.quick else 200)
     # One pass over many questions beats several over few, and keeps the run near 30 minutes.
     base.setdefault("training.epochs", 1)
     cfg = load_config(args.config, base)
-    suffix = "_quick" if args.quick else ""
-    work = args.work / ("quick" if args.quick else "full")
+    suffix = ("" if args.domain == "squad" else f"_{args.domain}") + ("_quick" if args.quick else "")
+    work = args.work / args.domain / ("quick" if args.quick else "full")
     started = time.perf_counter()
 
-    sides = split_by_article(args.data)
+    sides = (
+        split_by_article(args.data)
+        if args.domain == "squad"
+        else split_by_debate(args.data, args.max_query_words)
+    )
     files = prepare_training_files(
         sides["train"], args.train_queries, args.mined_negatives, args.seed, work / "data"
     )
-    test = first_stage_candidates(sides["all"], args.test_queries, args.top_k, args.seed)
+    # Retrieved as deep as the depth table reads; every other row reranks the top --top-k.
+    deep = first_stage_candidates(sides["all"], args.test_queries, max(args.top_k, *DEPTHS), args.seed)
+    test = at_depth(deep, args.top_k)
     files["corpus_file"] = write_corpus(sides["all"][0], work / "data" / "corpus.jsonl")
     print(
         f"[{(time.perf_counter() - started) / 60:.1f} min] train side: {files['train_queries']} "
@@ -442,8 +521,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from rerankit.inference import Reranker
 
+    depth_rows: list[dict[str, Any]] = [
+        {
+            "name": "first stage (BM25)",
+            **{str(d): metrics_of(at_depth(deep, d), at_depth(deep, d)["bm25"]) for d in DEPTHS},
+        }
+    ]
+
     def add_trained(name: str, trained: dict[str, Any], reranker, **extra) -> None:
-        scores = score_with(reranker, test)
+        if reranker.ensemble is not None:  # rerankit's default: the self-ensemble
+            logits, final = ensemble_scores(reranker, deep)
+            alone = [x[: args.top_k] for x in logits]
+            add({"name": f"{name}: cross-encoder alone (ensemble none)", **extra, **metrics_of(test, alone)})
+            depth_rows.append({"name": f"{name}: cross-encoder alone", **depth_table(deep, logits)})
+            depth_rows.append({"name": f"{name}: default rerank (self-ensemble)", **depth_table(deep, final)})
+            scores = [x[: args.top_k] for x in final]
+            name = f"{name}: default rerank (self-ensemble {ensemble_weights(reranker)})"
+        else:
+            scores = score_with(reranker, test)
         add({"name": name, **extra, **trained, **metrics_of(test, scores)})
         if reranker.fusion is not None:  # learned on the run's validation queries, never on these
             add(
@@ -504,6 +599,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     result = {
         "protocol": {
+            "domain": args.domain,
+            "max_query_words": args.max_query_words,
             "data": _shown(args.data),
             "test_articles": sorted(TEST_ARTICLES, key=int),
             "test_queries": len(test["qids"]),
@@ -516,6 +613,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": multiprocessing.cpu_count()},
         "rows": rows,
+        "depth_rows": depth_rows,
+        "commit": _commit(),
+        "date": time.strftime("%Y-%m-%d"),
         "total_s": time.perf_counter() - started,
     }
     args.results.mkdir(parents=True, exist_ok=True)
@@ -523,6 +623,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (args.results / f"quality{suffix}.md").write_text(markdown(result))
     print(markdown(result))
     return result
+
+
+def _commit() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def _shown(path) -> str:
@@ -539,14 +653,15 @@ def markdown(result: dict[str, Any]) -> str:
     bm25 = result["rows"][0]["ndcg@10"]
     lines = [
         (
-            f"# Quality on SQuAD split by article ({p['test_queries']} test questions, "
-            f"BM25 top-{p['top_k']} of all {p['test_corpus']} paragraphs)"
+            f"# Quality on {DOMAIN_TITLES[p.get('domain', 'squad')]} ({p['test_queries']} test questions, "
+            f"BM25 top-{p['top_k']} of all {p['test_corpus']} documents)"
         ),
         "",
         (
             f"Training: {p['train_queries']} questions (+{p['valid_queries']} validation) from "
-            f"the 38 train articles, {p['mined_negatives']} BM25-mined negatives each, "
-            f"{p['epochs']:g} epoch(s), seed {p['seed']}; {result['machine']['cores']} CPU cores."
+            f"the train side, {p['mined_negatives']} BM25-mined negatives each, "
+            f"{p['epochs']:g} epoch(s), seed {p['seed']}; {result['machine']['cores']} CPU cores"
+            + (f"; queries cut to {p['max_query_words']} words." if p.get("max_query_words") else ".")
         ),
         "",
         "| | NDCG@10 | Δ vs BM25 | MRR@10 | train wall | peak RSS | best valid NDCG@10 |",
@@ -583,12 +698,33 @@ def markdown(result: dict[str, Any]) -> str:
                 f"Target rerankit above the sentence-transformers peer: "
                 f"{margin:+.4f} against its best run, {met(margin > 0)}."
             )
+    lines += ["", *depth_markdown(result.get("depth_rows") or [])]
     lines += [
         "",
-        (f"Whole benchmark: {result['total_s'] / 60:.1f} min (`python benchmarks/quality.py`)."),
+        (
+            f"Whole benchmark: {result['total_s'] / 60:.1f} min (`python benchmarks/quality.py --domain "
+            f"{p.get('domain', 'squad')}`), {result.get('date', '')}, commit {result.get('commit', '')}."
+        ),
         "",
     ]
     return "\n".join(lines)
+
+
+def depth_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """NDCG@10 when the reranker reorders the first stage's top 10, 30 or 100."""
+    if not rows:
+        return []
+    lines = [
+        "## Rerank depth (NDCG@10 reordering the first stage's top d)",
+        "",
+        "| | " + " | ".join(f"d = {d}" for d in DEPTHS) + " |",
+        "|---|" + "---:|" * len(DEPTHS),
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['name']} | " + " | ".join(f"{row[str(d)]['ndcg@10']:.4f}" for d in DEPTHS) + " |"
+        )
+    return lines
 
 
 if __name__ == "__main__":

@@ -76,24 +76,24 @@ def train(
 ) -> None:
     """Fine-tune a cross-encoder (LoRA/QLoRA) and write a run folder."""
     from rerankit.config import parse_override
-    from rerankit.report import metrics_table, verdict
+    from rerankit.report import SIGNAL_NAMES, metrics_table, verdict
     from rerankit.training import fit
 
     parsed = {".".join(k): v for k, v in map(parse_override, overrides)}
     result = fit(config_path, output_dir=output_dir, resume=resume, overwrite=overwrite, overrides=parsed)
     m = result.metrics
     recall = next((k for k in m["baseline"] if k.startswith("recall@")), None)
-    click.echo(
-        "\n"
-        + metrics_table(
-            [
-                ("BM25 (first stage)", m["first_stage"]),
-                ("untrained model", m["baseline"]),
-                ("trained (best)", m["best"]),
-            ],
-            recall,
-        )
-    )
+    rows = [
+        (f"first stage: {m['first_stage']['name']}", m["first_stage"]),
+        ("untrained model", m["baseline"]),
+        ("trained (best, as trained)", m["best"]),
+    ]
+    shipped = m.get("shipped") or {}
+    for name, values in (shipped.get("signals") or {}).items():
+        rows.append((SIGNAL_NAMES.get(name, name), values))
+    if shipped.get("ensemble"):
+        rows.append(("self-ensemble (what rerank uses)", shipped["final"]))
+    click.echo("\n" + metrics_table(rows, recall))
     click.echo("\n" + verdict(m))
     click.echo(f"\nrun folder: {result.output_dir} ({m['wall_time_s']:.0f} s)")
 
