@@ -209,3 +209,16 @@ def test_distillation_needs_teacher_scores_and_changes_the_loss(tiny_bert_dir, t
         tiny_bert_dir, scored, valid, tmp_path / "kl", loss={"distillation": "kl"}, **sections
     ).metrics
     assert plain["train_loss"][0]["loss"] != distilled["train_loss"][0]["loss"]
+
+
+def test_what_validation_measured_is_what_load_returns(tiny_bert_run):
+    """The shipped row of a run is the model Reranker.load returns, scored the same way: the
+    metrics agree to rounding, not within a tolerance that could hide a gap."""
+    result, valid = tiny_bert_run
+    validator = _validator(result, valid)
+    vset = validator.vset
+    shipped = rerankit.Reranker.load(result.output_dir)  # the default device and precision
+    logits = shipped.input_logits(*vset.flat_pairs())[0]
+    measured = vset.metrics(vset.split_scores(logits))
+    assert measured == pytest.approx(result.metrics["shipped"]["signals"]["reranker"], abs=1e-6)
+    assert result.metrics["shipped"]["final"] == result.metrics["shipped"]["signals"]["reranker"]
