@@ -162,14 +162,13 @@ def metrics_of(test, scores: list[np.ndarray]) -> dict[str, float]:
 
 def score_with(reranker, test) -> list[np.ndarray]:
     """The reranker's raw scores of every test candidate, one array per question."""
-    pairs = []
-    for query, ids, bm25 in zip(test["queries"], test["hits"], test["bm25"]):
+    if getattr(reranker, "score_injection", None) is not None:
         # A model trained with score injection reads BM25's score of each candidate; peers do not.
-        if getattr(reranker, "score_injection", None) is not None:
-            queries = reranker.queries_for(query, bm25, len(ids))
-        else:
-            queries = [query] * len(ids)
-        pairs += [(q, test["docs"][d]) for q, d in zip(queries, ids)]
+        return [
+            reranker.logits([query] * len(ids), [test["docs"][d] for d in ids], first_stage=bm25)
+            for query, ids, bm25 in zip(test["queries"], test["hits"], test["bm25"])
+        ]
+    pairs = [(q, test["docs"][d]) for q, ids in zip(test["queries"], test["hits"]) for d in ids]
     flat = np.asarray(reranker.score(pairs, raw=True))
     sizes = np.cumsum([len(ids) for ids in test["hits"]])[:-1]
     return np.split(flat, sizes)

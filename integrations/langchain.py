@@ -24,7 +24,11 @@ from langchain_core.documents import BaseDocumentCompressor, Document  # noqa: E
 from langchain_core.runnables import Runnable, RunnableLambda  # noqa: E402
 from pydantic import ConfigDict, PrivateAttr  # noqa: E402
 
-from rerankit.integrations.backend import backend_for  # noqa: E402
+from rerankit.integrations.backend import (  # noqa: E402
+    DEFAULT_DEADLINE,
+    DEFAULT_MAX_REPLY_BYTES,
+    backend_for,
+)
 
 
 class RerankitCompressor(BaseDocumentCompressor):
@@ -40,8 +44,10 @@ class RerankitCompressor(BaseDocumentCompressor):
     # Metadata key holding the retriever's score of each document: when set, the order is the
     # reranker's fusion with it (learned on the run's validation set, else RRF).
     first_stage_key: str | None = None
-    timeout: float = 30.0
+    timeout: float = 30.0  # seconds per network phase (connect, each read, ...)
     max_retries: int = 3
+    deadline: float = DEFAULT_DEADLINE  # seconds for a whole remote call, retries included
+    max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES  # a larger reply is refused
     dtype: str = "auto"
     _backend: Any = PrivateAttr()
 

@@ -5,8 +5,9 @@
                                    node_postprocessors=[RerankitRerank(model="outputs/run1", top_n=5)])
 
 Sets ``NodeWithScore.score`` to the relevance score, sorts, keeps ``top_n``, optionally keeps
-the retriever's score in ``metadata["retrieval_score"]``, and emits LlamaIndex's
-``ReRankStartEvent``/``ReRankEndEvent``. Depends on ``llama-index-core`` only.
+the retriever's score in ``metadata["retrieval_score"]`` of a copy of the node (the caller's
+nodes are not changed), and emits LlamaIndex's ``ReRankStartEvent``/``ReRankEndEvent``.
+Depends on ``llama-index-core`` only.
 """
 
 from __future__ import annotations
@@ -23,7 +24,11 @@ from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRan
 from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle  # noqa: E402
 
-from rerankit.integrations.backend import backend_for  # noqa: E402
+from rerankit.integrations.backend import (  # noqa: E402
+    DEFAULT_DEADLINE,
+    DEFAULT_MAX_REPLY_BYTES,
+    backend_for,
+)
 
 dispatcher = get_dispatcher(__name__)
 
@@ -41,8 +46,12 @@ class RerankitRerank(BaseNodePostprocessor):
         description="Order by the reranker's fusion with each node's retrieval score (learned on "
         "the run's validation set, else RRF); the node's score stays the reranker's.",
     )
-    timeout: float = Field(default=30.0)
+    timeout: float = Field(default=30.0, description="Seconds per network phase (connect, each read).")
     max_retries: int = Field(default=3)
+    deadline: float = Field(
+        default=DEFAULT_DEADLINE, description="Seconds for a whole remote call, retries included."
+    )
+    max_reply_bytes: int = Field(default=DEFAULT_MAX_REPLY_BYTES, description="A larger reply is refused.")
     dtype: str = Field(default="auto")
     _backend: Any = PrivateAttr()
 
@@ -78,10 +87,11 @@ class RerankitRerank(BaseNodePostprocessor):
         """The ranked nodes with their new scores; emits the rerank end event."""
         out = []
         for index, score in ranked:
-            node = nodes[index]
-            if self.keep_retrieval_score:
-                node.node.metadata["retrieval_score"] = node.score
-            out.append(NodeWithScore(node=node.node, score=score))
+            node = nodes[index].node
+            if self.keep_retrieval_score:  # on a copy: the caller's node stays as it was
+                metadata = {**node.metadata, "retrieval_score": nodes[index].score}
+                node = node.model_copy(update={"metadata": metadata})
+            out.append(NodeWithScore(node=node, score=score))
         dispatcher.event(ReRankEndEvent(nodes=out))
         return out
 

@@ -14,6 +14,7 @@ and positives); the expected calibration error before and after is in the run re
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
@@ -24,8 +25,17 @@ from rerankit.scoring import sigmoid
 
 @dataclass(frozen=True)
 class Calibration:
+    """``sigmoid(scale · logit + bias)``: the scale is positive (a calibration never reverses the
+    order) and both are finite (one that is not would serve NaN, or only 0 and 1)."""
+
     scale: float
     bias: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"scale must be a finite number above 0, got {self.scale!r}")
+        if not math.isfinite(self.bias):
+            raise ValueError(f"bias must be a finite number, got {self.bias!r}")
 
     def probabilities(self, logits) -> np.ndarray:
         return sigmoid(self.scale * np.asarray(logits, dtype=np.float64) + self.bias)
@@ -37,11 +47,16 @@ class Calibration:
     def from_dict(cls, data: Mapping | None) -> Calibration | None:
         if not data:
             return None
-        return cls(float(data["scale"]), float(data["bias"]))
+        scale, bias = data["scale"], data["bias"]
+        for name, value in (("scale", scale), ("bias", bias)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+        return cls(float(scale), float(bias))
 
 
 def fit_calibration(logits, labels) -> Calibration | None:
-    """Platt scaling of ``logits`` to the 0/1 ``labels``; None when one class is missing."""
+    """Platt scaling of ``logits`` to the 0/1 ``labels``; None when one class is missing, or
+    when the fit would reverse the order (the logits rank negatives above positives)."""
     from sklearn.linear_model import LogisticRegression
 
     logits = np.asarray(logits, dtype=np.float64).reshape(-1, 1)
@@ -50,7 +65,8 @@ def fit_calibration(logits, labels) -> Calibration | None:
         return None
     # Next to no regularisation: two parameters, thousands of pairs.
     model = LogisticRegression(C=1e4).fit(logits, labels)
-    return Calibration(float(model.coef_[0, 0]), float(model.intercept_[0]))
+    scale, bias = float(model.coef_[0, 0]), float(model.intercept_[0])
+    return Calibration(scale, bias) if scale > 0 and math.isfinite(bias) else None
 
 
 def expected_calibration_error(probabilities, labels, bins: int = 10) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -26,6 +27,18 @@ def _one_line_errors(func):
             sys.exit(2)
 
     return wrapper
+
+
+class _FiniteFloatRange(click.FloatRange):
+    """A FloatRange that refuses nan and inf too: both compare false against any bound."""
+
+    name = "finite float range"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 @click.group()
@@ -125,7 +138,7 @@ def _score_of(value, path: str, line: int) -> float | None:
     return float(value)
 
 
-def _injected_scores(path: str, scores: list[tuple[int, float | None]]) -> list[float]:
+def _injected_scores(path: str, scores: list[tuple[int, float | None]]):
     """The documents' retriever scores a score-injection model reads, or DataError naming the
     first line without one."""
     from rerankit.errors import DataError
@@ -139,7 +152,9 @@ def _injected_scores(path: str, scores: list[tuple[int, float | None]]) -> list[
                 line=line,
                 field="score",
             )
-    return [score for _, score in scores]
+    import numpy as np
+
+    return np.asarray([score for _, score in scores], dtype=np.float64)
 
 
 _dtype_option = click.option(
@@ -277,9 +292,13 @@ def rerank(
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
     )
-    first_stage = _injected_scores(docs_path, scores) if reranker.score_injection else None
+    from rerankit.context import RankContext
+
+    # The lines' scores are checked as read (_score_of); only a score-injection model reads them.
+    first_stage = (_injected_scores(docs_path, scores),) if reranker.score_injection else ()
+    context = RankContext(len(docs), first_stage, field=f"{docs_path}: score")
     try:
-        results = reranker.rerank(query, docs, top_k=top_k, raw=raw, first_stage=first_stage)
+        results = reranker.rerank_with(query, docs, context, top_k, raw=raw)
     except ValueError as exc:  # an over-long query, an empty document
         raise RerankitError(str(exc)) from None
     if as_json:
@@ -332,7 +351,7 @@ def rerank(
 )
 @click.option(
     "--tolerance",
-    type=click.FloatRange(min=0.0),
+    type=_FiniteFloatRange(min=0.0),
     default=DEFAULT_TOLERANCE,
     show_default=True,
     help="Accuracy gate: the largest change of validation NDCG@10 a graph may cause.",
@@ -548,7 +567,7 @@ def eval_command(
 )
 @click.option(
     "--margin",
-    type=float,
+    type=_FiniteFloatRange(min=0.0),
     default=None,
     help="False-negative guard: drop candidates scoring within this margin of the weakest positive.",
 )
@@ -575,7 +594,9 @@ def eval_command(
     is_flag=True,
     help='Write the first stage\'s score of every document ("score"), a target for loss.distillation.',
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the pseudo-query draw.")
+@click.option(
+    "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the pseudo-query draw."
+)
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False))
 @_one_line_errors
 def mine(
@@ -638,7 +659,13 @@ def mine(
 
 @main.command()
 @click.argument("data_path", type=click.Path(exists=True, dir_okay=False))
-@click.option("--valid-ratio", type=float, default=0.1, show_default=True)
+@click.option(
+    "--valid-ratio",
+    type=_FiniteFloatRange(0.0, 1.0, min_open=True, max_open=True),
+    default=0.1,
+    show_default=True,
+    help="Share of the queries in the validation file (between 0 and 1).",
+)
 @click.option(
     "--group-by",
     type=click.Choice(["query", "source_chunk"]),
@@ -646,7 +673,7 @@ def mine(
     show_default=True,
     help="Keep each query (or also each source chunk) on one side.",
 )
-@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=42, show_default=True)
 @click.option(
     "--out-dir",
     type=click.Path(file_okay=False),
@@ -690,7 +717,7 @@ def split(data_path: str, valid_ratio: float, group_by: str, seed: int, out_dir:
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Interface to bind (127.0.0.1: this machine only)."
 )
-@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
 @click.option(
     "--api-key",
     envvar="RERANKIT_API_KEY",
@@ -700,7 +727,7 @@ def split(data_path: str, valid_ratio: float, group_by: str, seed: int, out_dir:
 @_dtype_option
 @click.option(
     "--max-batch-tokens",
-    type=int,
+    type=click.IntRange(min=1),
     default=None,
     help="Padded tokens per forward pass (default: 2048 on CPU, 32768 on GPU).",
 )
@@ -730,7 +757,7 @@ def split(data_path: str, valid_ratio: float, group_by: str, seed: int, out_dir:
 )
 @click.option(
     "--request-read-timeout",
-    type=click.FloatRange(min=0.1),
+    type=_FiniteFloatRange(min=0.1),
     default=30.0,
     show_default=True,
     help="Seconds a client has to send a whole request (slow clients are disconnected).",

@@ -129,6 +129,10 @@ class DataConfig(_Section):
     max_document_chars: int = Field(100_000, ge=100)
     # Cap on validation queries (first N after a seeded shuffle); null keeps them all.
     max_valid_queries: int | None = Field(None, ge=1)
+    # The corpus the reranker will search (JSONL {_id, text, title?} or {doc_id, text}):
+    # validation ranks the first stage's top-k of it. null: the training and validation
+    # documents stand in for it.
+    corpus: str | None = None
 
 
 class SamplingConfig(_Section):
@@ -198,6 +202,12 @@ class EvaluationConfig(_Section):
     recall_at: int = Field(10, ge=1)
     # Metric that picks the best checkpoint.
     metric_for_best: Literal["ndcg@10", "mrr@10", "map", "recall", "pairwise_accuracy"] = "ndcg@10"
+    # deployed: each validation query is ranked over the first stage's real top `depth` of the
+    # corpus (data.corpus), as it will be served; given: over its own positives and negatives.
+    candidates: Literal["deployed", "given"] = "deployed"
+    # The first stage of deployed validation, and how deep the reranker reads it.
+    first_stage: Literal["bm25", "dense", "hybrid"] = "bm25"
+    depth: int = Field(30, ge=2, le=1000)
 
 
 class AdaptationConfig(_Section):
@@ -234,6 +244,9 @@ class TrainConfig(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     adaptation: AdaptationConfig = Field(default_factory=AdaptationConfig)
+    # auto: fit the self-ensemble (rerankit.ensemble) of the cross-encoder with BM25 and the
+    # backbone's embedding cosine on deployed validation, and ship it; none: the cross-encoder alone.
+    ensemble: Literal["auto", "none"] = "auto"
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")

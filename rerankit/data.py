@@ -88,6 +88,19 @@ def is_finite_number(value) -> bool:
         return False
 
 
+def require_scores(records: Iterable[QueryRecord], source: str | Path, why: str) -> None:
+    """DataError naming the file, document and query of the first document of ``records``
+    without a first-stage ``"score"``; ``why`` says what reads them."""
+    for record in records:
+        for doc in record.positives + record.negatives:
+            if doc.score is None:
+                raise DataError(
+                    f'{why} needs every document\'s first-stage "score": document {doc.doc_id!r} of '
+                    f"query {record.query!r} has none (rerankit mine --teacher-scores writes them)",
+                    path=str(source),
+                )
+
+
 def changed_counts(report: dict[str, Any]) -> dict[str, int]:
     """The counters of a DataReport (as a dict) that say what reading changed, when non-zero."""
     return {

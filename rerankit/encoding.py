@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rerankit.errors import ModelLoadError
-from rerankit.prompts import PromptTemplate
+from rerankit.prompts import PromptTemplate, neutralise, reserved_strings
 
 # Tokens a query must leave for its document (and the special tokens around the pair).
 MIN_DOCUMENT_ROOM = 8
@@ -33,8 +33,9 @@ def document_budgets(
         special, template = tokenizer.num_special_tokens_to_add(pair=True), 0
         texts = unique
     else:
-        special = template = len(_TemplateParts.of(tokenizer, prompt).fixed_ids)
-        texts = [prompt.head(q) for q in unique]
+        parts = _TemplateParts.of(tokenizer, prompt)
+        special = template = len(parts.fixed_ids)
+        texts = [prompt.head(neutralise(q, parts.reserved)) for q in unique]
     lengths = [len(ids) for ids in _tokenize(tokenizer, texts, prompt is not None)["input_ids"]]
     longest = template + max(lengths, default=0)
     if longest > max_length - MIN_DOCUMENT_ROOM:
@@ -90,6 +91,7 @@ class _TemplateParts:
         self.before = leading + prefix
         self.after = suffix + trailing
         self.fixed_ids = self.before + self.after
+        self.reserved = reserved_strings(tokenizer)
         pad = tokenizer.pad_token_id
         if self.after and pad is not None and self.after[-1] == pad:
             # Sequence-classification heads read the last token that is not padding.
@@ -123,6 +125,20 @@ def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
     return marked[: starts[0]], marked[starts[0] + len(plain) :]
 
 
+def render_pair(tokenizer, prompt: PromptTemplate, query: str, document: str, max_length: int) -> str:
+    """One pair's whole prompt as text, as this encoding reads it: user text neutralised and
+    the document cut where its last token that fits ``max_length`` ends, the suffix kept. A tool
+    that tokenizes the text again may split the cut's last word differently."""
+    parts = _TemplateParts.of(tokenizer, prompt)
+    check_query_lengths(tokenizer, [query], max_length, prompt)
+    head, document = prompt.head(neutralise(query, parts.reserved)), neutralise(document, parts.reserved)
+    offsets = _tokenize(tokenizer, [head + document], True, return_offsets_mapping=True)["offset_mapping"][0]
+    head_tokens = sum(1 for start, _ in offsets if start < len(head))
+    keep = min(len(offsets), max(head_tokens, max_length - len(parts.fixed_ids)))
+    end = offsets[keep - 1][1] if keep else len(head)
+    return prompt.prefix + head + document[: max(0, end - len(head))] + prompt.suffix
+
+
 def _tokenize(tokenizer, texts: Sequence[str], user_text: bool, **kwargs):
     # Text from users never becomes a special token: a document holding "<|im_end|>" cannot
     # end the template early.
@@ -132,7 +148,10 @@ def _tokenize(tokenizer, texts: Sequence[str], user_text: bool, **kwargs):
 def _encode_with_template(tokenizer, queries, docs, max_length, padding, return_tensors, prompt):
     parts = _TemplateParts.of(tokenizer, prompt)
     check_query_lengths(tokenizer, queries, max_length, prompt)
-    heads = [prompt.head(q) for q in queries]
+    # User text is neutralised as the exported chat template and ``render`` do, so every tool
+    # reads the same tokens (and splitting special tokens keeps any left over as text).
+    heads = [prompt.head(neutralise(q, parts.reserved)) for q in queries]
+    docs = [neutralise(d, parts.reserved) for d in docs]
     encoded = _tokenize(tokenizer, [h + d for h, d in zip(heads, docs)], True, return_offsets_mapping=True)
     input_ids = []
     room = max_length - len(parts.fixed_ids)

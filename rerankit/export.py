@@ -19,8 +19,12 @@ the score is ``logit(yes) − logit(no)`` at the last position), for tools that 
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
+import os
 import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -28,7 +32,7 @@ from rerankit import run_folder
 from rerankit.encoding import special_tokens_around
 from rerankit.errors import RerankitError
 from rerankit.graph_export import DEFAULT_TOLERANCE, failures, gate_record, run_validation_set, write_graphs
-from rerankit.prompts import EXPORT_INFO
+from rerankit.prompts import EXPORT_INFO, reserved_strings
 from rerankit.runtimes import describe
 
 
@@ -59,15 +63,54 @@ def export(
     NDCG@10 moves by more than ``tolerance`` fails the accuracy gate, and the export is refused
     unless ``force`` (then ``Reranker.load`` runs that graph only when asked). See
     ``rerankit.graph_export``.
+
+    Each destination is locked for the whole export (another export or run there is refused)
+    and written through a staging folder of its own beside it, swapped in once complete.
     """
+    run_dir, out = Path(run_dir), Path(out)
+    targets = {out: "--out"} if causal_lm is None else {out: "--out", Path(causal_lm): "--causal-lm"}
+    if causal_lm is not None and Path(causal_lm).resolve() == out.resolve():
+        raise RerankitError(f"--causal-lm {causal_lm} is the --out folder: give each its own")
+    with contextlib.ExitStack() as stack:
+        for target, option in targets.items():
+            stack.enter_context(run_folder.locked(target, option))
+            _check_target(target, overwrite)
+        return _export(
+            run_dir,
+            out,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle,
+            causal_lm=causal_lm,
+            formats=formats,
+            quantize=quantize,
+            tolerance=tolerance,
+            validation=validation,
+            force=force,
+            calibration_pairs=calibration_pairs,
+        )
+
+
+def _export(
+    run_dir: Path,
+    out: Path,
+    *,
+    dtype: str,
+    trust_remote_code: bool,
+    allow_pickle: bool,
+    causal_lm: str | Path | None,
+    formats: Sequence[str],
+    quantize: str | None,
+    tolerance: float,
+    validation: str | Path | None,
+    force: bool,
+    calibration_pairs: Sequence[tuple[str, str]] | None,
+) -> Path:
+    """``export`` once its destinations are locked and checked."""
     from rerankit import __version__
     from rerankit.inference import Reranker
 
-    run_dir, out = Path(run_dir), Path(out)
     manifest = run_folder.read_manifest(run_dir)
-    targets = [out] if causal_lm is None else [out, Path(causal_lm)]
-    for target in targets:
-        _check_target(target, overwrite)
     if quantize and not formats:
         raise RerankitError("--quantize applies to a graph: give --format openvino or --format onnx")
     if formats and dtype != "float32":
@@ -85,7 +128,8 @@ def export(
     tokenizer.model_max_length = reranker.max_length
     if reranker.prompt is not None:
         leading, trailing = (tokenizer.decode(ids) for ids in special_tokens_around(tokenizer))
-        tokenizer.chat_template = reranker.prompt.chat_template(leading, trailing)
+        reserved = reserved_strings(tokenizer)
+        tokenizer.chat_template = reranker.prompt.chat_template(leading, trailing, reserved)
     calibration = reranker.calibration
     folded = calibration is not None and _fold_calibration(reranker.model, calibration)
     info = {
@@ -93,6 +137,8 @@ def export(
         "config_hash": manifest["config_hash"],
         "base_model": manifest["base_model"],
         "max_length": reranker.max_length,
+        # how documents longer than the window are scored, as the run trained and validated
+        "long_documents": reranker.long_documents.model_dump(),
         "dtype": dtype,
         "head": manifest.get("head", "seq_cls"),
         "prompt": reranker.prompt.to_dict() if reranker.prompt is not None else None,
@@ -146,6 +192,11 @@ def _fold_calibration(model, calibration) -> bool:
 
 
 def _check_target(out: Path, overwrite: bool) -> None:
+    if out.is_symlink():
+        raise RerankitError(
+            f"{out} is a symbolic link (to {out.resolve()}); an export is written to a folder "
+            "given by its own path: give that path"
+        )
     if not out.exists():
         return
     if not overwrite:
@@ -157,23 +208,46 @@ def _check_target(out: Path, overwrite: bool) -> None:
         )
 
 
+# Staging folders are named after their destination with this infix and hold this marker:
+# one that has both and whose destination's lock is free was left by a killed export.
+STAGING_INFIX = ".rerankit-export-"
+STAGING_MARKER = ".rerankit-staging"
+
+
 def _write(out: Path, model, tokenizer, info: dict, extra: Callable[[Path], None] | None = None) -> None:
     """Model, tokenizer, ``extra(staging)``'s files and export info into ``out``, swapped in
-    whole (nothing is left behind when ``extra`` raises)."""
-    staging = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
+    whole (nothing is left behind when ``extra`` raises). The caller holds ``out``'s lock."""
+    _remove_stale_staging(out)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}{STAGING_INFIX}", dir=out.parent))
     try:
+        (work / STAGING_MARKER).write_text(f"{os.getpid()}\n", encoding="utf-8")
+        staging = work / "export"
         model.save_pretrained(str(staging), safe_serialization=True)
         tokenizer.save_pretrained(str(staging))
         if extra is not None:
             extra(staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
-    # The old export goes only once the new one is complete on disk.
-    shutil.rmtree(out, ignore_errors=True)
-    staging.replace(out)
+        (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        # The old export goes only once the new one is complete on disk, and by renames:
+        # ``out`` is missing only between two renames, never while files are deleted.
+        previous = work / "previous"
+        if out.exists():
+            os.replace(out, previous)
+        try:
+            os.replace(staging, out)
+        except OSError:
+            if previous.exists():
+                os.replace(previous, out)
+            raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Delete staging folders a killed export to ``out`` left behind: only folders named and
+    marked as rerankit's, and only under ``out``'s lock, so none is in use."""
+    for folder in out.parent.glob(glob.escape(f".{out.name}{STAGING_INFIX}") + "*"):
+        if folder.is_dir() and not folder.is_symlink() and (folder / STAGING_MARKER).is_file():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _causal_lm(manifest: dict, reranker, dtype: str, trust_remote_code: bool, allow_pickle: bool):

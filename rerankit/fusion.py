@@ -31,8 +31,14 @@ def rrf(score_arrays: Sequence[np.ndarray], k: int = RRF_K) -> np.ndarray:
 
 
 def zscore(scores: np.ndarray) -> np.ndarray:
-    """Scores of one query's documents centred and scaled (all equal: all zero)."""
+    """Scores of one query's documents centred and scaled (all equal: all zero).
+
+    Divided by their largest magnitude first, so that no sum or square of huge finite scores
+    (a retriever's 1e308) overflows: z-scores do not change under scaling."""
     scores = np.asarray(scores, dtype=np.float64)
+    magnitude = float(np.abs(scores).max()) if scores.size else 0.0
+    if magnitude > 0:
+        scores = scores / magnitude
     spread = scores.std()
     return (scores - scores.mean()) / spread if spread > 0 else np.zeros_like(scores)
 

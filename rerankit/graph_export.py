@@ -151,9 +151,9 @@ def failures(records: Sequence[dict]) -> list[dict]:
 
 
 def _timed(reranker, queries: Sequence[str], docs: Sequence[str]) -> tuple[np.ndarray, float]:
-    reranker.logits(queries[:WARMUP_PAIRS], docs[:WARMUP_PAIRS])
+    reranker.input_logits(queries[:WARMUP_PAIRS], docs[:WARMUP_PAIRS])
     started = time.perf_counter()
-    logits = reranker.logits(queries, docs)
+    logits = reranker.input_logits(queries, docs)[0]
     return logits, len(queries) / (time.perf_counter() - started)
 
 

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from rerankit.beir import read_corpus, read_qrels, read_queries
-from rerankit.data import read_records
+from rerankit.data import read_records, require_scores
 from rerankit.errors import DataError
 from rerankit.first_stage import DEFAULT_DENSE_MODEL, BM25Index, CorpusScorer, bm25_candidate_scores
 from rerankit.fusion import rrf
@@ -116,8 +116,8 @@ def evaluate_beir(
     hits = first_stage_top_k(corpus, [queries[q] for q in qids], top_k, first_stage, dense_model)
     first, reranked, fused, fused_rrf = {}, {}, {}, {}
     for qid, (ids, own, components) in tqdm(list(zip(qids, hits)), desc="reranking", unit="query"):
-        pair_queries = reranker.queries_for(queries[qid], own, len(ids))  # score injection reads `own`
-        scores = np.asarray(reranker.score(list(zip(pair_queries, [corpus[d] for d in ids])), raw=True))
+        # score injection reads the first stage's own scores
+        scores = reranker.logits([queries[qid]] * len(ids), [corpus[d] for d in ids], first_stage=own)
         first[qid], reranked[qid] = dict(zip(ids, own)), dict(zip(ids, scores))
         fused[qid] = dict(zip(ids, reranker.fuse(scores, list(components.values()))))
         fused_rrf[qid] = dict(zip(ids, rrf([*components.values(), scores])))
@@ -148,15 +148,11 @@ def _fused_name(reranker, components: list[str]) -> str:
 def evaluate_seed_file(reranker, path: str | Path, *, recall_at: int = 10) -> dict[str, Any]:
     """Each query's positives + negatives, ranked by BM25 and by the reranker."""
     records, report = read_records(path)
+    if reranker.score_injection is not None:
+        require_scores(records, path, "this model (trained with score injection)")
     vset = ValidationSet.from_records(records)
-    if reranker.score_injection is not None and any(None in scores for scores in vset.first_stage):
-        raise DataError(
-            'the model reads each document\'s first-stage "score" (score injection): give every '
-            "document of the file one (rerankit mine --teacher-scores)",
-            path=str(path),
-        )
-    queries, docs = vset.flat_pairs(reranker.score_injection)
-    scores = vset.split_scores(reranker.score(list(zip(queries, docs)), raw=True))
+    queries, docs = vset.flat_pairs(reranker.score_injection)  # as the model reads them
+    scores = vset.split_scores(reranker.input_logits(queries, docs)[0])
     bm25 = bm25_candidate_scores(vset.queries, vset.candidates)
     return {
         "data": str(path),

@@ -18,6 +18,7 @@ bf16 rounding with the padded width of its batch.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import threading
 from collections.abc import Mapping, Sequence
@@ -30,7 +31,9 @@ from pydantic import ValidationError
 from rerankit import run_folder
 from rerankit.calibration import Calibration
 from rerankit.config import LongDocumentsConfig
-from rerankit.encoding import check_template
+from rerankit.context import RankContext
+from rerankit.encoding import check_template, render_pair
+from rerankit.ensemble import ENCODER_DIR, ENSEMBLE_DIR, Ensemble, load_signals
 from rerankit.errors import ConfigError, ModelLoadError, RerankitError, short_reason
 from rerankit.fusion import LearnedFusion, rrf
 from rerankit.loading import (
@@ -47,6 +50,15 @@ from rerankit.prompts import (
     answer_head_weight,
     prompt_for_checkpoint,
     set_answer_head,
+)
+from rerankit.recorded import (
+    ExportRecord,
+    RunManifest,
+    check_max_length,
+    merged_prompt,
+    merged_settings,
+    parse_record,
+    position_limit,
 )
 from rerankit.runtimes import (
     BACKENDS,
@@ -124,13 +136,20 @@ class Reranker:
         calibration: Calibration | None = None,
         fusion: LearnedFusion | None = None,
         score_injection: ScoreInjection | None = None,
+        ensemble: Ensemble | None = None,
+        signals: Mapping | None = None,
     ) -> None:
         # a torch module, or a compiled graph (rerankit.runtimes) that has no train/eval modes
         self.model = model.eval() if hasattr(model, "eval") else model
         self.tokenizer, self.prompt = tokenizer, prompt
         self.calibration, self.fusion = calibration, fusion
         self.score_injection = score_injection
-        self.long_documents = _window_options(long_documents)
+        # the self-ensemble (rerankit.ensemble) and the signals it weighs beside the cross-encoder
+        self.ensemble, self.signals = ensemble, dict(signals or {})
+        missing = [name for name in (ensemble.needs if ensemble else ()) if name not in self.signals]
+        if missing:
+            raise ModelLoadError(f"the ensemble weighs {', '.join(missing)}, which this model does not carry")
+        self.long_documents = merged_settings(None, long_documents)
         if max_tokens is None:
             # Padded tokens per forward pass: on CPU small batches stay in cache and run
             # faster (benchmarks/results/inference.md); a GPU wants large ones.
@@ -153,6 +172,7 @@ class Reranker:
         prompt: str | Mapping | PromptTemplate | None = None,
         backend: str = "auto",
         allow_failed_gate: bool = False,
+        ensemble: str = "auto",
     ) -> Reranker:
         """Load a run folder, an exported folder, or any HF cross-encoder path or hub id.
 
@@ -188,7 +208,14 @@ class Reranker:
         ``allow_failed_gate=True``); without graphs the model is converted at load, in fp32.
         ``auto`` (the default) on a CPU runs the fastest runtime that passed its export's gate,
         torch where none was measured; on a GPU, torch.
+
+        ``ensemble``: ``auto`` scores with the self-ensemble the run fitted (``rerankit.ensemble``:
+        the cross-encoder fused with BM25 over the run's corpus statistics and the backbone's own
+        embedding cosine), when it has one; ``none`` scores with the cross-encoder alone (its
+        calibration, fitted on the ensemble's score, is then left out too).
         """
+        if ensemble not in ("auto", "none"):
+            raise ConfigError(f"ensemble must be auto or none, got {ensemble!r}")
         if device is None:  # graphs run on the CPU, whatever else the machine has
             device = "cpu" if backend in GRAPH_BACKENDS or dtype == "int8" else default_device()
         backend = _backend(backend, device, dtype)
@@ -205,34 +232,36 @@ class Reranker:
         given = str(path)  # as typed: Path() would drop the "./" that marks a local path
         path = Path(path)
         if run_folder.is_run_folder(path):
-            manifest = run_folder.read_manifest(path)
-            if manifest.get("trust_remote_code") and not trust:
+            manifest = parse_record(RunManifest, path / run_folder.MANIFEST, run_folder.read_manifest(path))
+            if manifest.trust_remote_code and not trust:
                 raise ModelLoadError(
                     f"{path} was trained with model code from its backbone "
-                    f"{manifest.get('base_model')!r} (trust_remote_code); load it only if you trust "
+                    f"{manifest.base_model!r} (trust_remote_code); load it only if you trust "
                     "that code: trust_remote_code=True "
                     "(--trust-remote-code)"
                 )
-            model_dir = run_folder.inside(path, manifest["model_dir"])
-            adapter_weights = ADAPTER_WEIGHTS if manifest["adapter"] else None
-            check_local_model(str(model_dir), allow_pickle=pickle, weights=adapter_weights)
-            tokenizer = load_tokenizer(str(model_dir), trust)
-            recorded = path / run_folder.MANIFEST
-            if prompt is None:  # a run without a template (an encoder) reads the pair encoding
-                prompt = _recorded(recorded, manifest, "prompt", PromptTemplate.from_dict) or "none"
-            if manifest["adapter"]:
-                base = resolve_model_path(manifest["base_model"])
-                check_local_model(base, allow_pickle=pickle)
-                revision = manifest.get("base_revision")
-                model = _merged(base, model_dir, tokenizer, dtype, trust, pickle, revision)
-                prompt = _prompt(model.config, tokenizer, prompt)
-            else:
-                model, prompt = _plain(str(model_dir), tokenizer, dtype, trust, pickle, prompt)
-            max_length = max_length or manifest["max_length"]
-            long_documents = long_documents or manifest.get("long_documents")
-            calibration = _recorded(recorded, manifest, "calibration", Calibration.from_dict)
-            fusion = _recorded(recorded, manifest, "fusion", LearnedFusion.from_dict)
-            injection = _recorded(recorded, manifest, "score_injection", ScoreInjection.from_dict)
+            model_dir = run_folder.inside(path, manifest.model_dir)
+            # a run without a template (an encoder) reads the pair encoding
+            prompt = merged_prompt(manifest.prompt, prompt) or "none"
+            model, tokenizer, prompt = trained_weights(
+                model_dir,
+                manifest.base_model,
+                manifest.adapter,
+                manifest.base_revision,
+                dtype,
+                prompt,
+                trust,
+                pickle,
+            )
+            max_length = max_length or manifest.max_length
+            long_documents = merged_settings(manifest.long_documents, long_documents)
+            calibration, fusion, injection = manifest.calibration, manifest.fusion, manifest.score_injection
+            fitted = manifest.ensemble
+            signal_files = (
+                path,
+                run_folder.inside(path, ENSEMBLE_DIR),
+                resolve_model_path(manifest.base_model),
+            )
         elif (path / "adapter_config.json").exists():
             from peft import PeftConfig
 
@@ -241,27 +270,41 @@ class Reranker:
             check_local_model(base, allow_pickle=pickle)
             tokenizer = load_tokenizer(str(path), trust)
             model = _merged(base, path, tokenizer, dtype, trust, pickle)
-            prompt = _prompt(model.config, tokenizer, _given_or_recorded(prompt, *_export_info(str(path))))
-            calibration = fusion = injection = None
+            prompt = _prompt(model.config, tokenizer, _given_or_recorded(prompt, _export_info(str(path))))
+            long_documents = merged_settings(None, long_documents)
+            calibration = fusion = injection = fitted = signal_files = None
         else:
             check_local_model(given, allow_pickle=pickle)
             name = resolve_model_path(given)
             tokenizer = load_tokenizer(name, trust)
-            info_file, info = _export_info(name)  # read once: prompt, calibration, fusion, graphs
-            prompt = _given_or_recorded(prompt, info_file, info)
-            gate = _recorded(info_file, info or {}, "accuracy_gate", dict)
+            info = _export_info(name)  # read once: prompt, calibration, fusion, graphs, settings
+            prompt = _given_or_recorded(prompt, info)
+            gate = info.accuracy_gate if info is not None else None
+            info_file = Path(name) / EXPORT_INFO
             runtime = pick_runtime(gate, Path(name), backend, precision, allow_failed_gate, info_file)
             if runtime is None:
                 model, prompt = _plain(name, tokenizer, dtype, trust, pickle, prompt)
             else:  # the export's own graph: no torch weights are read
                 model = load_graph(Path(name) / runtime["file"], runtime["backend"], runtime["precision"])
                 prompt = _prompt_of(name, tokenizer, trust, prompt)
-            calibration, fusion = _export_extras(info_file, info)
-            injection = _recorded(info_file, info or {}, "score_injection", ScoreInjection.from_dict)
+            info = info or ExportRecord()
+            # a calibration folded into the exported head is already in its logits
+            calibration = None if info.calibration_folded else info.calibration
+            fusion, injection, fitted = info.fusion, info.score_injection, info.ensemble
+            signal_files = (Path(name), Path(name) / ENSEMBLE_DIR, Path(name) / ENSEMBLE_DIR / ENCODER_DIR)
+            max_length = max_length or info.max_length
+            long_documents = merged_settings(info.long_documents, long_documents)
+        hf_config = _hf_config(model, given, trust)
+        if max_length is None:  # neither given nor recorded: what tokenizer and model allow
+            max_length = min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
+            max_length = min(max_length, position_limit(hf_config) or max_length)
+        check_max_length(max_length, hf_config, given)
         if backend in GRAPH_BACKENDS and not isinstance(model, GraphModel):
-            model = _converted(model, tokenizer, max_length or 512, prompt, backend)
+            model = _converted(model, tokenizer, max_length, prompt, backend)
         check_template(tokenizer, prompt)
-        max_length = max_length or min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
+        if ensemble == "none" and fitted is not None:
+            fitted = calibration = None  # the calibration was fitted on the ensemble's score
+        signals = _signals(fitted, *signal_files, dtype=dtype, device=device) if fitted else {}
         return cls(
             model if isinstance(model, GraphModel) else model.to(device),
             tokenizer,
@@ -272,15 +315,37 @@ class Reranker:
             calibration=calibration,
             fusion=fusion,
             score_injection=injection,
+            ensemble=fitted,
+            signals=signals,
         )
 
-    def score(self, pairs: Sequence[tuple[str, str]], *, raw: bool = False) -> list[float]:
-        """Scores of (query, document) pairs, in input order."""
+    def score(self, pairs: Sequence[tuple[str, str]], *, raw: bool = False, first_stage=None) -> list[float]:
+        """Scores of (query, document) pairs, in input order.
+
+        ``first_stage``: one retriever score per pair, which a model trained with score injection
+        reads (required there; pairs that share a query are one candidate list for its levels).
+        """
         if not pairs:
             return []
         queries, docs = zip(*pairs)
-        logits = self.logits(queries, docs)
-        return (logits if raw else self.probabilities(logits)).tolist()
+        logits = self.logits(queries, docs, first_stage=first_stage)
+        final = self.final_scores(logits, self.signal_scores(queries, docs))
+        return (final if raw else self.probabilities(final)).tolist()
+
+    def signal_scores(self, queries: Sequence[str], docs: Sequence[str]) -> dict[str, np.ndarray]:
+        """The scores of the pairs by each signal the ensemble weighs beside the cross-encoder
+        (none without an ensemble)."""
+        if self.ensemble is None:
+            return {}
+        return {name: self.signals[name].scores(queries, docs) for name in self.ensemble.needs}
+
+    def final_scores(self, logits: np.ndarray, signals: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The score a document ranks by before calibration: the ensemble's fusion of the
+        cross-encoder's logits with ``signals`` (``signal_scores``), or the logits alone."""
+        logits = np.asarray(logits, dtype=np.float64)
+        if self.ensemble is None:
+            return logits
+        return self.ensemble.combine({"reranker": logits, **signals})
 
     def fuse(self, logits: np.ndarray, first_stage: Sequence[np.ndarray]) -> np.ndarray:
         """Fused scores of one query's documents from the reranker's logits and first-stage
@@ -335,44 +400,100 @@ class Reranker:
             raise ValueError(f"top_k must be at least 0 (or None for all), got {top_k}")
         if not docs:
             return RerankResults()
-        rankings = _first_stage_scores(first_stage, len(docs))
-        logits = self.logits(self.queries_for(query, rankings[0] if rankings else None, len(docs)), docs)
-        scores = logits if raw else self.probabilities(logits)
-        fused = self.fuse(logits, rankings) if rankings else None
+        return self.rerank_with(query, docs, RankContext.build(len(docs), first_stage), top_k, raw=raw)
+
+    def rerank_with(
+        self,
+        query: str,
+        docs: Sequence[str],
+        context: RankContext,
+        top_k: int | None = None,
+        *,
+        raw: bool = False,
+    ) -> RerankResults:
+        """``rerank`` with what the call knows beside the pairs already checked (a CLI or a
+        server builds ``context`` from its own input, naming its own fields in errors)."""
+        if top_k is not None and top_k < 0:
+            raise ValueError(f"top_k must be at least 0 (or None for all), got {top_k}")
+        if not docs:
+            return RerankResults()
+        logits = self.input_logits(self.model_queries(query, context), docs)[0]
+        return self.results(docs, logits, self.with_signals(query, docs, context), top_k, raw=raw)
+
+    def with_signals(self, query: str, docs: Sequence[str], context: RankContext) -> RankContext:
+        """``context`` with the ensemble's signals of ``docs`` for ``query`` (computed once; a
+        server computes them beside the cross-encoder's batches)."""
+        if context.signals is not None or self.ensemble is None:
+            return context
+        return dataclasses.replace(context, signals=self.signal_scores([query] * len(docs), docs))
+
+    def results(
+        self,
+        docs: Sequence[str],
+        logits: np.ndarray,
+        context: RankContext,
+        top_k: int | None = None,
+        *,
+        raw: bool = False,
+    ) -> RerankResults:
+        """One query's documents ranked from their logits and ``context`` (``with_signals``): by
+        the reranker's score (the ensemble's, when it has one), or by its fusion with the first
+        stage when the context holds one."""
+        final = self.final_scores(logits, context.signals or {})
+        scores = final if raw else self.probabilities(final)
+        fused = self.fuse(final, list(context.first_stage)) if context.first_stage else None
         order = best_first(scores if fused is None else fused, top_k)
         return RerankResults(
             RerankResult(int(i), float(scores[i]), docs[i], rank, None if fused is None else float(fused[i]))
             for rank, i in enumerate(order)
         )
 
-    def queries_for(self, query: str, first_stage: Sequence[float] | None, num_docs: int) -> list[str]:
-        """``query`` as the model reads it beside each of ``num_docs`` documents: itself, or, for
-        a model trained with score injection, with each document's level of the first stage's
-        scores written in (``rerankit.score_injection``); ValueError when that model gets none,
-        or not one finite score per document.
-        Pairs for ``score``/``logits`` of such a model take their queries from here."""
-        if self.score_injection is None:
-            return [query] * num_docs
-        if first_stage is None:
-            raise ValueError(
-                "first_stage: this model reads each document's first-stage score in its input "
-                "(it was trained with model.score_injection); pass the retriever's scores"
-            )
-        return self.score_injection.queries(query, _first_stage_scores(first_stage, num_docs)[0])
+    def model_queries(self, query: str, context: RankContext) -> list[str]:
+        """``query`` as the model reads it beside each of the context's documents: itself, or,
+        for a model trained with score injection, with each document's level of the first
+        stage's scores written in (``rerankit.score_injection``); ContextError naming the
+        context's field when that model gets none."""
+        return self._pair_queries([query] * context.num_docs, context)
 
-    def logits(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+    def _pair_queries(self, queries: Sequence[str], context: RankContext) -> list[str]:
+        if self.score_injection is None:
+            return list(queries)
+        scores = context.require_first_stage(
+            "this model reads each document's first-stage score in its input (it was trained "
+            "with model.score_injection); pass the retriever's scores"
+        )
+        out = list(queries)
+        groups: dict[str, list[int]] = {}
+        for i, query in enumerate(queries):
+            groups.setdefault(query, []).append(i)
+        for query, where in groups.items():  # one query's candidates share their levels' scale
+            for i, injected in zip(where, self.score_injection.queries(query, scores[where])):
+                out[i] = injected
+        return out
+
+    def logits(self, queries: Sequence[str], docs: Sequence[str], *, first_stage=None) -> np.ndarray:
         """Raw scores of the pairs (queries[i], docs[i]) as one fp32 array, in input order.
 
-        An empty or whitespace-only document has nothing to rank by and is refused
-        (ValueError naming its position); so is a query that fills the whole window.
-        Safe to call from several threads: calls take turns on the model and its tokenizer
-        (a fast tokenizer's truncation settings are shared state).
+        ``first_stage`` as in ``score``. An empty or whitespace-only document has nothing to
+        rank by and is refused (ValueError naming its position); so is a query that fills the
+        whole window. Safe to call from several threads: calls take turns on the model and its
+        tokenizer (a fast tokenizer's truncation settings are shared state).
         """
-        return self.window_logits(queries, docs)[0]
+        return self.window_logits(queries, docs, first_stage=first_stage)[0]
 
-    def window_logits(self, queries: Sequence[str], docs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def window_logits(
+        self, queries: Sequence[str], docs: Sequence[str], *, first_stage=None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``logits`` and, per pair, how many windows of its document were scored (1 unless
         ``long_documents.mode`` is ``windows`` and the document is longer than one window)."""
+        context = RankContext.build(len(docs), first_stage)
+        return self.input_logits(self._pair_queries(queries, context), docs)
+
+    def input_logits(self, queries: Sequence[str], docs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``window_logits`` of pairs whose queries are already as the model reads them
+        (``model_queries``): what the server's batching worker and the validation run."""
+        if len(queries) != len(docs):
+            raise ValueError(f"{len(queries)} queries for {len(docs)} documents: one query per document")
         for i, doc in enumerate(docs):
             if not doc.strip():
                 raise ValueError(f"document {i} is empty or whitespace-only: nothing to score")
@@ -392,6 +513,14 @@ class Reranker:
             max_batch=self.max_batch,
             prompt=self.prompt,
         )
+
+    def render(self, query: str, document: str) -> str:
+        """The pair's whole prompt as text, for a decoder served by a tool that takes text (a TEI
+        or vLLM endpoint): the template this model reads, its special-token strings in the
+        user's text neutralised, the document cut to ``max_length`` with the suffix kept."""
+        if self.prompt is None:
+            raise ValueError("this model reads the tokenizer's pair encoding, not a prompt template")
+        return render_pair(self.tokenizer, self.prompt, query, document, self.max_length)
 
     def __repr__(self) -> str:
         return f"Reranker({self.source!r}, max_length={self.max_length})"
@@ -461,81 +590,71 @@ def _converted(model, tokenizer, max_length: int, prompt, backend: str) -> Graph
         return load_graph(path, backend, "fp32")
 
 
-def _window_options(value: LongDocumentsConfig | Mapping | None) -> LongDocumentsConfig:
-    if isinstance(value, LongDocumentsConfig):
-        return value
-    try:
-        return LongDocumentsConfig.model_validate(dict(value or {}))
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        key = ".".join(str(part) for part in error["loc"])
-        raise ConfigError(f"long_documents.{key}: {error['msg']} (got {error.get('input')!r})") from None
-
-
-def _first_stage_scores(first_stage, num_docs: int) -> list[np.ndarray]:
-    """``first_stage`` as a list of score arrays, each checked to hold one score per document."""
-    if first_stage is None:
-        return []
-    items = list(first_stage)
-    several = bool(items) and np.ndim(items[0]) == 1
-    arrays = (
-        [np.asarray(x, dtype=np.float64) for x in items] if several else [np.asarray(items, dtype=np.float64)]
-    )
-    for i, scores in enumerate(arrays):
-        where = f"first_stage[{i}]" if several else "first_stage"
-        if scores.ndim != 1 or len(scores) != num_docs:
-            raise ValueError(
-                f"{where}: expected {num_docs} scores (one per document), got shape {scores.shape}"
-            )
-        if not np.isfinite(scores).all():
-            bad = int(np.flatnonzero(~np.isfinite(scores))[0])
-            raise ValueError(f"{where}: the score of document {bad} is not a finite number")
-    return arrays
-
-
-def _export_info(folder: str) -> tuple[Path, dict | None]:
-    """The folder's export record (``rerankit_export.json``) and its content, None when absent."""
+def _export_info(folder: str) -> ExportRecord | None:
+    """The folder's export record (``rerankit_export.json``), validated; None when absent."""
     info_file = Path(folder) / EXPORT_INFO
     if not info_file.is_file():
-        return info_file, None
-    try:
-        info = json.loads(info_file.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ModelLoadError(f"{info_file}: not valid JSON ({exc})") from None
-    if not isinstance(info, dict):
-        raise ModelLoadError(f"{info_file}: expected a JSON object, got {type(info).__name__}")
-    return info_file, info
-
-
-def _given_or_recorded(given, info_file: Path, info: dict | None):
-    """The prompt the caller gave; else the one an export recorded (null: the pair encoding);
-    else None (``auto``)."""
-    if given is not None or info is None:
-        return given
-    return _recorded(info_file, info, "prompt", PromptTemplate.from_dict) or "none"
-
-
-def _export_extras(info_file: Path, info: dict | None) -> tuple[Calibration | None, LearnedFusion | None]:
-    """The calibration an export recorded (when not folded into its head) and its fusion."""
-    if info is None:
-        return None, None
-    calibration = _recorded(info_file, info, "calibration", Calibration.from_dict)
-    if calibration is not None and (info.get("calibration") or {}).get("folded", True):
-        calibration = None  # already in the exported head
-    return calibration, _recorded(info_file, info, "fusion", LearnedFusion.from_dict)
-
-
-def _recorded(source: Path, record: Mapping, key: str, parse):
-    """``parse(record[key])`` (None when absent or null), or ModelLoadError naming the file."""
-    value = record.get(key)
-    if value is None:
         return None
     try:
-        if not isinstance(value, Mapping):
-            raise TypeError(f"expected an object, got {type(value).__name__}")
-        return parse(value)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ModelLoadError(f"{source}: {key}: {exc}") from None
+        info = json.loads(info_file.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise ModelLoadError(f"{info_file}: not valid JSON ({short_reason(exc)})") from None
+    if not isinstance(info, dict):
+        raise ModelLoadError(f"{info_file}: expected a JSON object, got {type(info).__name__}")
+    return ExportRecord.parse(info_file, info)
+
+
+def _given_or_recorded(given, info: ExportRecord | None):
+    """The prompt the caller gave (merged into the recorded one); else the one an export
+    recorded (null: the pair encoding); else None (``auto``)."""
+    if info is None:
+        return given
+    return merged_prompt(info.prompt, given) or "none"
+
+
+def _signals(fitted: Ensemble, source: Path, folder: Path, encoder, *, dtype, device: str) -> dict:
+    """The signals ``fitted`` weighs, read from ``folder`` (BM25's statistics) and ``encoder``
+    (the backbone whose embedding cosine it weighs); ModelLoadError naming what is missing."""
+    try:
+        return load_signals(fitted.needs, folder, encoder, dtype=dtype, device=device)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"{source}: the ensemble's signals cannot be read ({short_reason(exc)}); "
+            "load with ensemble='none' (--ensemble none) for the cross-encoder alone"
+        ) from None
+
+
+def trained_weights(
+    model_dir: Path,
+    base_model: str,
+    adapter: bool,
+    base_revision: str | None,
+    dtype,
+    prompt,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+):
+    """A run's model as it ships: (model, tokenizer, prompt), the adapter merged into its base
+    in ``dtype`` (or the full weights), read from ``model_dir``."""
+    adapter_weights = ADAPTER_WEIGHTS if adapter else None
+    check_local_model(str(model_dir), allow_pickle=allow_pickle, weights=adapter_weights)
+    tokenizer = load_tokenizer(str(model_dir), trust_remote_code)
+    if not adapter:
+        model, prompt = _plain(str(model_dir), tokenizer, dtype, trust_remote_code, allow_pickle, prompt)
+        return model, tokenizer, prompt
+    base = resolve_model_path(base_model)
+    check_local_model(base, allow_pickle=allow_pickle)
+    model = _merged(base, model_dir, tokenizer, dtype, trust_remote_code, allow_pickle, base_revision)
+    return model, tokenizer, _prompt(model.config, tokenizer, prompt)
+
+
+def _hf_config(model, name: str, trust_remote_code: bool):
+    """The Hugging Face config of a loaded torch model, or of the folder a graph came from."""
+    if not isinstance(model, GraphModel):
+        return model.config
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
 
 
 def _prompt(hf_config, tokenizer, given) -> PromptTemplate | None:

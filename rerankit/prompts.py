@@ -28,7 +28,7 @@ model thus starts as a zero-shot ranker instead of from a random head.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -75,22 +75,28 @@ class PromptTemplate:
         fill = lambda text: text.replace(INSTRUCTION, self.instruction)
         return fill(before) + query + fill(after)
 
-    def render(self, query: str, document: str) -> str:
-        """The whole prompt as one string (for tools that take text, e.g. a TEI endpoint)."""
+    def render(self, query: str, document: str, reserved: Sequence[str] = ()) -> str:
+        """The whole prompt as one string (for tools that take text, e.g. a TEI endpoint), the
+        document uncut; ``reserved`` (``reserved_strings`` of the tokenizer) are neutralised in
+        the query and the document. ``Reranker.render`` also cuts the document to the window."""
+        query, document = neutralise(query, reserved), neutralise(document, reserved)
         return self.prefix + self.head(query) + document + self.suffix
 
-    def chat_template(self, leading: str = "", trailing: str = "") -> str:
+    def chat_template(self, leading: str = "", trailing: str = "", reserved: Sequence[str] = ()) -> str:
         """A Jinja chat template that renders a ``query``/``document`` message pair as this
         prompt: sentence-transformers' CrossEncoder formats pairs with it (no code needed).
 
         ``leading``/``trailing``: the special tokens the tokenizer adds around a text (a BOS),
-        which chat templates write themselves.
+        which chat templates write themselves. ``reserved``: the strings the tokenizer reads as
+        special tokens, neutralised in the messages as ``neutralise`` does, so that a document
+        cannot close the turn and answer for the model.
         """
 
         def literal(text: str) -> str:
             return "{{ " + repr(text) + " }}"
 
-        pick = '(messages | selectattr("role", "eq", "{}") | map(attribute="content") | first)'
+        guard = "".join(f" | replace({t!r}, {_neutral(t)!r})" for t in reserved)
+        pick = '(messages | selectattr("role", "eq", "{}") | map(attribute="content") | first)' + guard
         before, after = self.body[: -len(DOCUMENT)].split(QUERY)
         fill = lambda text: text.replace(INSTRUCTION, self.instruction)
         return (
@@ -136,6 +142,27 @@ PRESETS: dict[str, PromptTemplate] = {
         no=" no",
     ),
 }
+
+
+def reserved_strings(tokenizer) -> tuple[str, ...]:
+    """The texts a tokenizer turns into one added token wherever they appear in a string
+    (``<|im_end|>``, ``<s>``), longest first: the order ``neutralise`` replaces them in."""
+    added = tokenizer.get_added_vocab() if hasattr(tokenizer, "get_added_vocab") else {}
+    return tuple(sorted((t for t in added if len(t) >= 2), key=lambda t: (-len(t), t)))
+
+
+def _neutral(token: str) -> str:
+    return token[0] + " " + token[1:]
+
+
+def neutralise(text: str, reserved: Sequence[str]) -> str:
+    """``text`` with a space after the first character of every ``reserved`` string in it, so
+    that no tool reading the rendered prompt (a chat template, a TEI or vLLM endpoint) turns
+    user text into a special token. rerankit's own encoding reads the same neutralised text."""
+    for token in reserved:
+        if token in text:
+            text = text.replace(token, _neutral(token))
+    return text
 
 
 def is_decoder(hf_config) -> bool:

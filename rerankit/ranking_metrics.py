@@ -4,6 +4,10 @@ NDCG@10, MRR@10 (RR@10), MAP (AP) and Recall@k come from ``ir_measures`` (backed
 ``pytrec_eval``, the reference trec_eval implementation). Pairwise accuracy — the share of
 (positive, negative) pairs of a query that the scores order correctly, ties counting half —
 is computed here, since trec_eval has no such measure.
+
+trec_eval orders documents of equal score by their ids, so a tie would be ranked by how the
+ids happen to be spelled; here tied documents keep the order they came in (``ordering``), as
+every ranking rerankit serves does.
 """
 
 from __future__ import annotations
@@ -22,12 +26,25 @@ def ranking_metrics(
 
     measures = {"ndcg@10": nDCG @ 10, "mrr@10": RR @ 10, "map": AP, f"recall@{recall_at}": R @ recall_at}
     per_query: dict[str, dict[str, float]] = {}
-    for m in ir_measures.iter_calc(list(measures.values()), qrels, run):
+    for m in ir_measures.iter_calc(list(measures.values()), qrels, _ties_in_input_order(run)):
         per_query.setdefault(str(m.measure), {})[m.query_id] = m.value
     n = len(qrels)
     result = {name: sum(per_query.get(str(measure), {}).values()) / n for name, measure in measures.items()}
     result["pairwise_accuracy"] = pairwise_accuracy(qrels, run)
     return result
+
+
+def _ties_in_input_order(run: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    """Each query's scores replaced by distinct ones that keep their order, ties broken by the
+    order the documents were given in."""
+    from rerankit.ordering import ranks
+
+    out = {}
+    for qid, scores in run.items():
+        ids = list(scores)
+        order = ranks(np.fromiter((float(scores[d]) for d in ids), dtype=np.float64, count=len(ids)))
+        out[qid] = {d: float(len(ids) - r) for d, r in zip(ids, order)}
+    return out
 
 
 def pairwise_accuracy(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import zipfile
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -58,11 +59,14 @@ def last_checkpoint(out: Path) -> str | None:
 
 # What a Trainer checkpoint needs to resume exactly where it stopped.
 CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+# Files of a checkpoint written by torch.save (optimizer, scheduler, RNG states, grad scaler).
+TORCH_ARCHIVES = ("*.pt", "*.pth")
 
 
 def check_checkpoint(checkpoint: str | Path) -> None:
     """Refuse to resume from a checkpoint that is incomplete or unreadable: resuming without
-    its optimizer state would silently start a fresh optimizer."""
+    its optimizer state would silently start a fresh optimizer, and a damaged file would fail
+    only once training has started, with a torch traceback."""
     folder = Path(checkpoint)
     missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
     if not any(folder.glob("*.safetensors")):
@@ -80,11 +84,28 @@ def check_checkpoint(checkpoint: str | Path) -> None:
         if empty:
             raise ValueError(f"empty {', '.join(empty)}")
         read_json(folder / "trainer_state.json")
+        for pattern in TORCH_ARCHIVES:
+            for archive in sorted(folder.glob(pattern)):
+                _check_torch_archive(archive)
         for weights in folder.glob("*.safetensors"):
             with safe_open(str(weights), framework="pt") as handle:
                 handle.keys()
-    except Exception as exc:  # JSON or safetensors errors: the files are damaged
+    except Exception as exc:  # JSON, archive or safetensors errors: the files are damaged
         raise RerankitError(f"{folder}: damaged checkpoint ({short_reason(exc)})") from None
+
+
+def _check_torch_archive(path: Path) -> None:
+    """ValueError naming ``path`` unless it is a whole torch.save archive. Those are zip files
+    whose directory is written last, so a truncated file has none; the small pickle that
+    describes the tensors is read too (its checksum is verified), the tensor data is not."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [name for name in archive.namelist() if name.rsplit("/", 1)[-1] == "data.pkl"]
+            if not pickles:
+                raise ValueError(f"{path.name}: not a torch archive (no data.pkl)")
+            archive.read(pickles[0])
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ValueError(f"{path.name}: truncated or not a torch archive ({exc})") from None
 
 
 def is_run_folder(out: Path) -> bool:
@@ -92,7 +113,7 @@ def is_run_folder(out: Path) -> bool:
     one rerankit resolved (a config.yaml of another tool does not count)."""
     try:
         manifest = read_json(out / MANIFEST)
-    except (ValueError, OSError):
+    except (ValueError, OSError, RecursionError):
         manifest = None
     if isinstance(manifest, dict) and manifest.get("format") == RUN_FORMAT:
         return True
@@ -104,12 +125,15 @@ def is_run_folder(out: Path) -> bool:
 
 
 @contextlib.contextmanager
-def locked(out: Path) -> Iterator[None]:
-    """Hold the run folder's lock (a file beside it, with the holder's PID) for a block, so
-    two runs never write one folder; the lock goes with the process if it dies."""
+def locked(out: Path, option: str = "--output-dir") -> Iterator[None]:
+    """Hold a folder's lock (a file beside it, with the holder's PID) for a block, so two
+    processes (runs, exports) never write one folder; the lock goes with the process if it
+    dies. The lock belongs to the resolved path: a symbolic link to the folder shares it.
+    ``option`` names what to change in the refusal."""
     from filelock import FileLock, Timeout
 
-    path = out.parent / f".{out.name}.lock"
+    real = out.resolve()
+    path = real.parent / f".{real.name}.lock"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -121,7 +145,7 @@ def locked(out: Path) -> Iterator[None]:
     except Timeout:
         who = f" (pid {holder})" if holder else ""
         raise RerankitError(
-            f"{out} is in use by another rerankit run{who}; wait for it to end or choose another --output-dir"
+            f"{out} is in use by another rerankit process{who}; wait for it to end or choose another {option}"
         ) from None
     try:
         path.write_text(f"{os.getpid()}\n", encoding="utf-8")
@@ -137,6 +161,11 @@ def prepare(out: Path, *, resume: bool, overwrite: bool, config_text: str | None
         raise RerankitError(f"{out} is a file; the output must be a folder")
     finished = (out / MANIFEST).exists()
     resumable = last_checkpoint(out) is not None
+    if overwrite and out.is_symlink():
+        raise RerankitError(
+            f"{out} is a symbolic link (to {out.resolve()}); --overwrite deletes only a folder "
+            "given by its own path: give that path"
+        )
     if overwrite and out.exists():
         if out.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
             raise RerankitError(
@@ -243,8 +272,8 @@ def read_manifest(path: Path) -> dict[str, Any]:
     """The manifest of a finished run folder, or ModelLoadError saying what is wrong."""
     try:
         manifest = read_json(path / MANIFEST)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"{path / MANIFEST}: not valid JSON ({exc})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ModelLoadError(f"{path / MANIFEST}: not valid JSON ({short_reason(exc)})") from None
     except OSError as exc:
         raise ModelLoadError(f"{path / MANIFEST}: cannot read: {exc.strerror or exc}") from None
     if manifest is None:

@@ -3,6 +3,9 @@
 A few kilobytes of nested aliases (``&a [*b, *b, ...]``) expand into billions of nodes when
 built ("billion laughs"); a config never needs more than a few thousand. The document's node
 graph is measured as it would expand — without building it — and refused past the budget.
+
+A mapping that repeats a key is refused too: PyYAML keeps the last value silently, so a
+setting written twice would change the run without a word.
 """
 
 from __future__ import annotations
@@ -17,6 +20,27 @@ MAX_NODES = 100_000
 
 class YAMLTooLargeError(ValueError):
     """The document would expand past MAX_NODES nodes (or refers to itself)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, raising a ConstructorError at a key a mapping already holds. Keys
+    brought in by a merge (``<<: *base``) may still be overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = self.construct_object(key_node)
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"duplicate key {key!r} (first on line {first_line[key]})",
+                    key_node.start_mark,
+                )
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 def _expanded_size(node: yaml.Node, memo: dict[int, int], active: set[int]) -> int:
@@ -43,8 +67,9 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int], active: set[int]) -> i
 
 
 def load(text: str) -> Any:
-    """The document in ``text`` (None when empty); yaml.YAMLError or YAMLTooLargeError."""
-    loader = yaml.SafeLoader(text)
+    """The document in ``text`` (None when empty); yaml.YAMLError (a repeated key among them)
+    or YAMLTooLargeError."""
+    loader = _UniqueKeyLoader(text)
     try:
         try:
             node = loader.get_single_node()

@@ -31,7 +31,7 @@ from rerankit.adaptation import AdaptationReport, pseudo_query_records
 from rerankit.calibration import calibration_report
 from rerankit.collator import EpochGroupDataset, GroupCollator
 from rerankit.config import TrainConfig, config_hash, load_config
-from rerankit.data import read_records
+from rerankit.data import read_records, require_scores
 from rerankit.errors import RerankitError
 from rerankit.files import read_json, write_json
 from rerankit.fusion import LearnedFusion
@@ -363,8 +363,8 @@ def fit(
             'teacher "score" (rerankit mine --teacher-scores writes the first stage\'s)'
         )
     if cfg.model.score_injection:
-        _check_scored(train, cfg.data.train, "train")
-        _check_scored(valid, cfg.data.valid or cfg.data.train, "validation")
+        require_scores(train, cfg.data.train, "model.score_injection (train split)")
+        require_scores(valid, cfg.data.valid or cfg.data.train, "model.score_injection (validation split)")
     # Under torchrun/accelerate only the main process touches the run folder.
     main_process = int(os.environ.get("RANK", "0")) == 0
     with contextlib.ExitStack() as stack:
@@ -377,18 +377,6 @@ def fit(
         if resume_from is not None:
             run_folder.check_checkpoint(resume_from)
         return _train(cfg, out, digest, train, valid, reports, adaptation, resume_from, main_process, started)
-
-
-def _check_scored(records: list, source: str, split: str) -> None:
-    """RerankitError naming the first document without a first-stage score (score injection)."""
-    for record in records:
-        for doc in record.positives + record.negatives:
-            if doc.score is None:
-                raise RerankitError(
-                    f'model.score_injection needs every document\'s first-stage "score": in {source} '
-                    f"({split} split), document {doc.doc_id!r} of query {record.query!r} has none "
-                    "(rerankit mine --teacher-scores writes them)"
-                )
 
 
 def _train(

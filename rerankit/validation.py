@@ -7,6 +7,8 @@ and every evaluation during training, so the numbers are comparable.
 
 from __future__ import annotations
 
+import random
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,14 +31,21 @@ class ValidationSet:
     relevant: tuple[frozenset[str], ...]  # per query: positive doc_ids
     # per query: each candidate's first-stage "score" from the data (None where not given)
     first_stage: tuple[tuple[float | None, ...], ...] = ()
+    # per query: positives that are not among its candidates (a first stage missed them); they
+    # count as relevant documents no ranking of the candidates can reach
+    missed: tuple[int, ...] = ()
 
     @classmethod
     def from_records(cls, records: Sequence[QueryRecord]) -> ValidationSet:
+        """Each query's positives and negatives in a fixed shuffled order (seeded by the query's
+        text): metrics break tied scores by input order, and positives listed first would win
+        every tie."""
+        candidates = [_shuffled(r.query, r.positives + r.negatives) for r in records]
         return cls(
             tuple(r.query for r in records),
-            tuple(tuple((d.doc_id, d.text) for d in r.positives + r.negatives) for r in records),
+            tuple(tuple((d.doc_id, d.text) for d in docs) for docs in candidates),
             tuple(frozenset(d.doc_id for d in r.positives) for r in records),
-            tuple(tuple(d.score for d in r.positives + r.negatives) for r in records),
+            tuple(tuple(d.score for d in docs) for docs in candidates),
         )
 
     def __len__(self) -> int:
@@ -64,6 +73,17 @@ class ValidationSet:
         """1 for a positive, 0 for a negative, in ``flat_pairs`` order."""
         return [int(d in rel) for docs, rel in zip(self.candidates, self.relevant) for d, _ in docs]
 
+    def subset(self, indices: Sequence[int]) -> ValidationSet:
+        """The queries at ``indices``, with everything that belongs to them."""
+        pick = lambda values: tuple(values[i] for i in indices) if values else ()
+        return ValidationSet(
+            pick(self.queries),
+            pick(self.candidates),
+            pick(self.relevant),
+            pick(self.first_stage),
+            pick(self.missed),
+        )
+
     def split_scores(self, flat: Sequence[float]) -> list[np.ndarray]:
         flat = np.asarray(flat, dtype=np.float64)
         bounds = np.cumsum([0] + [len(c) for c in self.candidates])
@@ -72,11 +92,20 @@ class ValidationSet:
     def metrics(self, scores: Sequence[np.ndarray], recall_at: int = 10) -> dict[str, float]:
         """Metrics of per-query scores (one array per query, candidates' order)."""
         qrels, run = {}, {}
-        for i, (docs, rel, s) in enumerate(zip(self.candidates, self.relevant, scores)):
+        missed = self.missed or (0,) * len(self.candidates)
+        for i, (docs, rel, s, lost) in enumerate(zip(self.candidates, self.relevant, scores, missed)):
             qid = str(i)
-            qrels[qid] = {d: int(d in rel) for d, _ in docs}
+            qrels[qid] = {d: int(d in rel) for d, _ in docs} | {
+                f"rerankit:missed:{j}": 1 for j in range(lost)
+            }
             run[qid] = {d: float(x) for (d, _), x in zip(docs, s)}
         return ranking_metrics(qrels, run, recall_at)
+
+
+def _shuffled(query: str, docs: list) -> list:
+    order = list(docs)
+    random.Random(zlib.crc32(query.encode("utf-8"))).shuffle(order)
+    return order
 
 
 class Validator:
@@ -142,16 +171,24 @@ class Validator:
             self._bm25 = bm25_candidate_scores(self.vset.queries, self.vset.candidates)
         return self._bm25
 
-    def bm25_metrics(self) -> dict[str, float]:
-        """BM25's metrics over the same candidates: the first stage the model must beat."""
-        return self.vset.metrics(self.bm25_scores(), self.recall_at)
+    def first_stage_scores(self) -> list[np.ndarray]:
+        """The first stage's scores of each query's candidates: its own, for a set ranked as
+        deployed (every candidate carries one); else BM25 over the candidates."""
+        if self.vset.first_stage and all(None not in s for s in self.vset.first_stage):
+            return [np.asarray(s, dtype=np.float64) for s in self.vset.first_stage]
+        return self.bm25_scores()
+
+    def first_stage_metrics(self) -> dict[str, float]:
+        """The first stage's metrics over the same candidates: what the model must beat."""
+        return self.vset.metrics(self.first_stage_scores(), self.recall_at)
 
     def fusion_report(self, logits: np.ndarray, key: str) -> dict:
-        """The fusion of the model's ``logits`` (every candidate) with BM25 that ranks these
-        validation queries best by ``key`` (``fusion.fit_fusion``), and what it measured."""
+        """The fusion of the model's ``logits`` (every candidate) with the first stage that
+        ranks these validation queries best by ``key`` (``fusion.fit_fusion``), and what it
+        measured."""
         fusion, summary = fit_fusion(
             self.vset.split_scores(logits),
-            self.bm25_scores(),
+            self.first_stage_scores(),
             lambda scores: self.vset.metrics(scores, self.recall_at)[key],
         )
         return {**fusion.to_dict(), "metric": key, "value": summary["value"], **summary}

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import math
 import re
 import uuid
 from contextlib import asynccontextmanager
@@ -36,9 +35,9 @@ from litestar.exceptions import (
 from litestar.handlers import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 
+from rerankit.context import ContextError, RankContext
 from rerankit.encoding import QueryTooLongError
 from rerankit.errors import ModelLoadError, RerankitError, short_reason
-from rerankit.ordering import best_first
 from rerankit.server.prometheus import CONTENT_TYPE_LATEST, ServerMetrics, http_metrics_config
 from rerankit.server.schemas import (
     RerankRequest,
@@ -159,13 +158,12 @@ async def _rank(
     best first, with the number of document windows scored."""
     settings: ServerSettings = state.settings
     _check_request(settings, query, docs, docs_field, top_n, max_tokens_per_doc)
-    if first_stage is not None:
-        _check_first_stage(first_stage, len(docs))
-    _ready(state)
-    try:  # a model trained with score injection reads each document's first-stage score
-        queries = state.reranker.queries_for(query, first_stage, len(docs))
-    except ValueError as exc:
-        raise _field_error("first_stage_scores", str(exc).removeprefix("first_stage: ")) from None
+    reranker = _ready(state)
+    try:  # what the model needs beside the pairs, checked once; a score-injection model reads it
+        context = RankContext.build(len(docs), first_stage, field="first_stage_scores")
+        queries = reranker.model_queries(query, context)
+    except ContextError as exc:
+        raise _field_error(exc.field, exc.message) from None
     prep: RequestTokenizer = state.request_tokenizer
     # Tokenizing is CPU work: off the event loop, with the request side's own tokenizer. The
     # query is checked here, so an over-long one fails its own request, never a merged round.
@@ -197,21 +195,8 @@ async def _rank(
         raise HTTPException(status_code=499, detail="client closed the request")
     # The worker answers one row per document: (logit, windows scored).
     logits, windows = scores[:, 0], int(scores[:, 1].sum())
-    scores = logits if raw else state.reranker.probabilities(logits)
-    if first_stage is None:
-        return [(int(i), float(scores[i]), None) for i in best_first(scores, top_n)], windows
-    fused = state.reranker.fuse(logits, [np.asarray(first_stage, dtype=np.float64)])
-    return [(int(i), float(scores[i]), float(fused[i])) for i in best_first(fused, top_n)], windows
-
-
-def _check_first_stage(scores: list[float], num_docs: int) -> None:
-    if len(scores) != num_docs:
-        raise _field_error(
-            "first_stage_scores", f"expected {num_docs} scores (one per document), got {len(scores)}"
-        )
-    bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]
-    if bad:
-        raise _field_error(f"first_stage_scores[{bad[0]}]", "not a finite number")
+    results = reranker.results(docs, logits, context, top_n, raw=raw)
+    return [(r.index, r.score, r.fused_score) for r in results], windows
 
 
 def _document_texts(documents: list) -> list[str]:
@@ -380,12 +365,14 @@ def load_reranker(settings: ServerSettings, reranker=None):
             )
         if settings.max_batch_tokens:
             reranker.max_tokens = settings.max_batch_tokens
-        warm = reranker.score(WARMUP_PAIRS, raw=True)
+        queries, docs = zip(*WARMUP_PAIRS)  # as the model reads them: no first stage needed
+        warm = reranker.input_logits(queries, docs)[0]
+        served = reranker.probabilities(warm)  # what a request gets: calibrated, when calibrated
     except RerankitError:
         raise
     except Exception as exc:  # whatever else a broken folder raises: one clear line, exit 2
         raise ModelLoadError(f"cannot load {settings.model}: {short_reason(exc)}") from exc
-    if not all(math.isfinite(s) for s in warm):
+    if not (np.isfinite(warm).all() and np.isfinite(served).all()):
         raise ModelLoadError(f"{settings.model} scores NaN or infinity; refusing to serve it")
     return reranker
 
@@ -408,7 +395,7 @@ def create_app(settings: ServerSettings, reranker=None) -> Litestar:
                 loaded.tokenizer, loaded.max_length, loaded.prompt, loaded.long_documents
             )
             state.worker = InferenceWorker(
-                lambda q, d: np.column_stack(loaded.window_logits(q, d)),
+                lambda q, d: np.column_stack(loaded.input_logits(q, d)),
                 max_queue_pairs=settings.max_queue_pairs,
                 cross_batching=_cross_batching(settings, loaded),
                 batch_wait_ms=settings.batch_wait_ms,

@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
+
+from rerankit.errors import ConfigError
+
+# The smallest value of each numeric setting (None, where allowed, means "the default").
+LOWEST = {
+    "max_documents": 1,
+    "max_body_bytes": 1,
+    "max_document_chars": 1,
+    "max_query_chars": 1,
+    "max_queue_pairs": 1,
+    "max_batch_tokens": 1,
+    "batch_wait_ms": 0,
+    "max_pairs_per_round": 1,
+    "request_read_timeout_s": 0.1,
+    "keep_alive_s": 1,
+    "max_connections": 1,
+    "retry_after_s": 0,
+}
 
 
 @dataclass(frozen=True)
@@ -60,3 +79,16 @@ class ServerSettings:
     max_connections: int = 2048
     # Seconds clients are asked to wait after a 429.
     retry_after_s: int = 1
+
+    def __post_init__(self) -> None:
+        # A zero or negative limit would refuse every request, never batch, or never time out.
+        for field in fields(self):
+            value, lowest = getattr(self, field.name), LOWEST.get(field.name)
+            if lowest is None or value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"ServerSettings.{field.name}: expected a number, got {value!r}")
+            if not math.isfinite(value) or value < lowest:
+                raise ConfigError(
+                    f"ServerSettings.{field.name}: must be a finite number >= {lowest}, got {value!r}"
+                )

@@ -184,7 +184,7 @@ def test_adapters_fuse_with_the_retrievers_scores(fp32_reranker, rerankit_server
     [
         ("fusion", {"method": "evil", "weight": 0.5}, "fusion: fusion: expected a method"),
         ("fusion", "rrf", "fusion: expected an object"),
-        ("calibration", {"scale": "x", "bias": 0}, "calibration: could not convert"),
+        ("calibration", {"scale": "x", "bias": 0}, "calibration: scale must be a number"),
         (
             "prompt",
             {"name": "p", "prefix": "", "body": "{query}", "suffix": ""},

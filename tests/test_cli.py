@@ -1,9 +1,10 @@
 import json
 
+import click
 import pytest
 from click.testing import CliRunner
 
-from rerankit.cli import main
+from rerankit.cli import _FiniteFloatRange, main
 
 pytestmark = pytest.mark.smoke
 
@@ -100,3 +101,59 @@ def test_split_writes_disjoint_train_and_valid_files(tmp_path):
     first = (out / "all.valid.jsonl").read_text()
     assert CliRunner().invoke(main, args).exit_code == 0
     assert (out / "all.valid.jsonl").read_text() == first  # same seed, same split
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["serve", "--max-batch-tokens", "0"], "--max-batch-tokens"),
+        (["serve", "--max-batch-tokens", "-5"], "--max-batch-tokens"),
+        (["serve", "--port", "70000"], "--port"),
+        (["serve", "--request-read-timeout", "nan"], "--request-read-timeout"),
+        (["serve", "--max-connections", "0"], "--max-connections"),
+        (["split", "DATA", "--valid-ratio", "1.5"], "--valid-ratio"),
+        (["split", "DATA", "--valid-ratio", "nan"], "--valid-ratio"),
+        (["mine", "--input", "DATA", "--out", "OUT", "--margin", "-1"], "--margin"),
+        (["export", "RUN", "--out", "OUT", "--tolerance", "inf"], "--tolerance"),
+    ],
+)
+def test_a_number_out_of_range_is_a_usage_error_naming_the_option(tmp_path, args, option):
+    data = tmp_path / "d.jsonl"
+    data.write_text("")
+    places = {"DATA": str(data), "RUN": str(tmp_path), "OUT": str(tmp_path / "out")}
+    args = [places.get(a, a) for a in args]
+    if args[0] == "serve":
+        args += ["--model", str(tmp_path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output
+
+
+def test_every_numeric_option_has_a_range():
+    unbounded = []
+    for command in main.commands.values():
+        for param in command.params:
+            kind = param.type
+            if isinstance(kind, click.types.IntParamType) and not isinstance(kind, click.IntRange):
+                unbounded.append(f"{command.name} {param.opts[0]}")
+            if isinstance(kind, click.types.FloatParamType) and not isinstance(kind, _FiniteFloatRange):
+                unbounded.append(f"{command.name} {param.opts[0]}")
+    assert unbounded == []
+
+
+@pytest.mark.parametrize(
+    "setting, value",
+    [
+        ("max_batch_tokens", 0),
+        ("max_batch_tokens", -5),
+        ("batch_wait_ms", float("nan")),
+        ("max_documents", 0),
+    ],
+)
+def test_server_settings_refuse_values_out_of_range(setting, value):
+    pytest.importorskip("litestar")
+    from rerankit.errors import ConfigError
+    from rerankit.server import ServerSettings
+
+    with pytest.raises(ConfigError, match=rf"ServerSettings.{setting}: must be a finite number >= "):
+        ServerSettings(model="x", **{setting: value})

@@ -50,6 +50,23 @@ def test_bad_yaml_names_file_and_line(tmp_path):
         load_config(path)
 
 
+def test_a_repeated_key_is_refused_naming_it_and_its_lines(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("data:\n  train: x.jsonl\ntraining:\n  epochs: 1\n  learning_rate: 0.1\n  epochs: 3\n")
+    expected = r"twice.yaml:6: not valid YAML: duplicate key 'epochs' \(first on line 4\)"
+    with pytest.raises(ConfigError, match=expected):
+        load_config(path)
+    with pytest.raises(ConfigError, match="duplicate key 'epochs'"):
+        parse_override("training={epochs: 1, epochs: 2}")
+
+
+def test_keys_from_a_merge_may_still_be_overridden():
+    from rerankit import safe_yaml
+
+    text = "base: &base {epochs: 1, batch_size: 8}\ntraining:\n  <<: *base\n  epochs: 3\n"
+    assert safe_yaml.load(text)["training"] == {"epochs": 3, "batch_size": 8}
+
+
 def test_overrides_parse_as_yaml_and_apply():
     key, value = parse_override("training.learning_rate=1e-3")
     assert key == ["training", "learning_rate"] and value == 1e-3

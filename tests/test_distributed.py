@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import tiny_config
+from conftest import free_port, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def test_torchrun_two_cpu_processes_train_one_run(tiny_bert_dir, toy_data, tmp_p
             "--master_addr",
             "127.0.0.1",
             "--master_port",
-            "29533",
+            str(free_port()),
             "-m",
             "rerankit",
             "train",

@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -192,11 +193,112 @@ def test_two_runs_never_write_one_folder(tiny_bert_dir, toy_data, tmp_path):
     holder.acquire()
     (tmp_path / ".run.lock").write_text("4242\n")
     try:
-        with pytest.raises(RerankitError, match=r"in use by another rerankit run \(pid 4242\)"):
+        with pytest.raises(RerankitError, match=r"in use by another rerankit process \(pid 4242\)"):
             rerankit.fit(tiny_config(tiny_bert_dir, *toy_data, out))
     finally:
         holder.release()
     assert not out.exists()
+
+
+def test_a_symlink_to_a_run_folder_shares_its_lock_and_is_never_overwritten(
+    tiny_bert_dir, toy_data, run_copy, tmp_path
+):
+    from rerankit.run_folder import locked
+
+    link = tmp_path / "link"
+    link.symlink_to(run_copy, target_is_directory=True)
+    with (
+        locked(run_copy),
+        pytest.raises(RerankitError, match=r"link is in use by another rerankit process"),
+        locked(link),
+    ):
+        pass
+    with pytest.raises(RerankitError, match=r"link is a symbolic link .*--overwrite deletes only a folder"):
+        rerankit.fit(tiny_config(tiny_bert_dir, *toy_data, link), overwrite=True)
+    assert link.is_symlink() and (run_copy / "run.json").exists() and (run_copy / "model").is_dir()
+    result = cli("export", run_copy, "--out", link, "--overwrite")
+    assert result.exit_code == 2 and "is a symbolic link" in result.output
+    assert (run_copy / "run.json").exists()
+
+
+def test_an_export_is_refused_while_another_process_holds_its_destination(run_copy, tmp_path):
+    from filelock import FileLock
+
+    out = tmp_path / "exported"
+    holder = FileLock(str(tmp_path / ".exported.lock"))
+    holder.acquire()
+    (tmp_path / ".exported.lock").write_text("4242\n")
+    try:
+        result = cli("export", run_copy, "--out", out)
+    finally:
+        holder.release()
+    assert result.exit_code == 2
+    assert "in use by another rerankit process (pid 4242); wait for it to end or choose another --out" in (
+        result.output
+    )
+    assert not out.exists()
+
+
+def test_an_export_stages_in_a_folder_of_its_own_and_clears_only_its_own_leftovers(run_copy, tmp_path):
+    from rerankit.export import STAGING_INFIX, STAGING_MARKER, export
+    from rerankit.prompts import EXPORT_INFO
+
+    out = tmp_path / "exported"
+    # Someone else's folders beside the destination: the name exports once staged in, and
+    # one named like rerankit's staging but without its marker.
+    foreign = [tmp_path / ".exported.tmp", tmp_path / f".exported{STAGING_INFIX}mine"]
+    for folder in foreign:
+        folder.mkdir()
+        (folder / "notes.txt").write_text("keep me")
+    # What a killed export leaves: its staging folder, marked.
+    killed = tmp_path / f".exported{STAGING_INFIX}killed"
+    (killed / "export").mkdir(parents=True)
+    (killed / STAGING_MARKER).write_text("99999\n")
+    (killed / "export" / "model.safetensors").write_bytes(b"\0" * 1000)
+
+    for overwrite in (False, True):
+        export(run_copy, out, overwrite=overwrite)
+        assert (out / "model.safetensors").is_file() and (out / EXPORT_INFO).is_file()
+        assert not (out / STAGING_MARKER).exists()
+    assert not killed.exists()
+    for folder in foreign:
+        assert (folder / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.glob(".exported*")) == sorted(
+        [".exported.lock", *(f.name for f in foreign)]
+    )
+
+
+def test_a_truncated_optimizer_state_is_refused_before_training_resumes(
+    tiny_bert_run, tiny_bert_dir, tmp_path
+):
+    from rerankit import run_folder
+    from rerankit.config import config_hash, load_config
+
+    result, valid = tiny_bert_run
+    out = tmp_path / "run"
+    shutil.copytree(result.output_dir, out)
+    (out / "run.json").unlink()  # an interrupted run, resumable from its checkpoints
+    config = tiny_config(tiny_bert_dir, valid.parent / "train.jsonl", valid, out)
+    resolved = load_config(config)
+    (out / "config.yaml").write_text(run_folder.config_text(resolved, config_hash(resolved)))
+    checkpoint = Path(run_folder.last_checkpoint(out))
+    run_folder.check_checkpoint(checkpoint)  # whole, it passes
+    optimizer = checkpoint / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[: optimizer.stat().st_size // 2])
+    expected = rf"{checkpoint.name}: damaged checkpoint .*optimizer.pt: truncated"
+    with pytest.raises(RerankitError, match=expected):
+        rerankit.fit(config, resume=True)
+
+
+@pytest.mark.parametrize("name", ["scheduler.pt", "rng_state.pth"])
+def test_every_torch_file_of_a_checkpoint_is_checked(tiny_bert_run, tmp_path, name):
+    from rerankit.run_folder import check_checkpoint, last_checkpoint
+
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(last_checkpoint(tiny_bert_run[0].output_dir), checkpoint)
+    (checkpoint / name).write_bytes((checkpoint / name).read_bytes()[:-100])
+    with pytest.raises(RerankitError, match=rf"damaged checkpoint .*{name}: truncated"):
+        check_checkpoint(checkpoint)
 
 
 def test_huge_documents_are_cut_at_read_time_and_counted(tmp_path):

@@ -157,6 +157,26 @@ def test_llamaindex_postprocessor_in_a_query_engine(reranker, li_index):
         postprocessor.postprocess_nodes(retrieved)
 
 
+def test_llamaindex_keeps_the_retrieval_score_on_copies(reranker, li_index):
+    """The caller's nodes keep their metadata; the returned ones carry the retriever's score."""
+    import copy
+
+    from rerankit.integrations.llamaindex import RerankitRerank
+
+    retrieved = li_index.as_retriever(similarity_top_k=6).retrieve(QUERY)
+    before = [copy.deepcopy(n.node.metadata) for n in retrieved]
+    retrieval_scores = {n.node.node_id: n.score for n in retrieved}
+    postprocessor = RerankitRerank(reranker, top_n=6, keep_retrieval_score=True)
+    for ranked in (
+        postprocessor.postprocess_nodes(retrieved, query_str=QUERY),
+        asyncio.run(postprocessor.apostprocess_nodes(retrieved, query_str=QUERY)),
+    ):
+        assert [n.node.metadata for n in retrieved] == before
+        assert all("retrieval_score" not in n.node.metadata for n in retrieved)
+        assert {n.node.node_id: n.node.metadata["retrieval_score"] for n in ranked} == retrieval_scores
+        assert ranked[0].node.get_content() == CLEAN and ranked[0].node.metadata["n"] == 5
+
+
 def test_llamaindex_remote_ranks_like_in_process(reranker, li_index, rerankit_server):
     from rerankit.integrations.llamaindex import RerankitRerank
 

@@ -1,6 +1,8 @@
 import ast
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -48,21 +50,58 @@ def test_inference_imports_no_training_code():
     assert loaded_after(inference, training) == []
 
 
-def test_no_import_cycle_between_rerankit_modules():
-    from pathlib import Path
+# The package's source folders, as their import names (see [tool.setuptools] in pyproject.toml).
+ROOT = Path(rerankit.__file__).parent.parent
+PACKAGES = {"rerankit": "rerankit", "rerankit.server": "server", "rerankit.integrations": "integrations"}
 
-    root = Path(rerankit.__file__).parent
+
+def source_modules() -> dict[str, Path]:
+    """Every module of the package by import name; the root ``__init__`` is left out, it only
+    re-exports lazily (and any submodule import runs it first anyway)."""
+    modules = {}
+    for package, folder in PACKAGES.items():
+        for path in (ROOT / folder).glob("*.py"):
+            if path.stem != "__init__":
+                modules[f"{package}.{path.stem}"] = path
+            elif package != "rerankit":
+                modules[package] = path
+    return modules
+
+
+def imported_names(path: Path) -> list[tuple[str, list[str]]]:
+    """``(module, names)`` of every absolute import in the file, at any depth (``import a.b``
+    gives ``("a.b", [])``)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.module, [alias.name for alias in node.names]))
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports: ``from rerankit.a import f``, ``import
+    rerankit.a`` and ``from rerankit import a`` (a module imported by name) all count."""
+    modules = source_modules()
     graph = {}
-    for path in root.glob("*.py"):
-        tree = ast.parse(path.read_text())
-        graph[path.stem] = {
-            node.module.split(".")[1]
-            for node in ast.walk(tree)
-            if isinstance(node, ast.ImportFrom)
-            and node.module
-            and node.module.startswith("rerankit.")
-            and node.module.count(".") == 1
-        }
+    for name, path in modules.items():
+        edges = set()
+        for module, names in imported_names(path):
+            for target in [f"{module}.{n}" for n in names if f"{module}.{n}" in modules] or [module]:
+                if target in modules and target != name:
+                    edges.add(target)
+        graph[name] = edges
+    return graph
+
+
+def test_no_import_cycle_between_package_modules():
+    graph = import_graph()
+    # Each way of writing an import is seen.
+    assert "rerankit.run_folder" in graph["rerankit.export"]  # from rerankit import run_folder
+    assert "rerankit.safe_yaml" in graph["rerankit.config"]  # from rerankit import safe_yaml
+    assert "rerankit.server.settings" in graph["rerankit.server.serving"]  # from rerankit.server.settings
+    assert "rerankit.server" in graph["rerankit.cli"]  # from rerankit.server import ServerSettings
 
     def reaches(start, goal, seen=()):
         return any(
@@ -72,3 +111,47 @@ def test_no_import_cycle_between_rerankit_modules():
 
     cycles = sorted(m for m in graph if reaches(m, m))
     assert cycles == []
+
+
+# Extras a file may import from, besides the core dependencies (the rest must be core).
+EXTRAS_OF = {
+    "server": {"server"},
+    "integrations/langchain.py": {"langchain"},
+    "integrations/llamaindex.py": {"llamaindex"},
+    "integrations/backend.py": {"langchain", "llamaindex"},
+    "rerankit/runtimes.py": {"openvino", "onnx"},
+}
+
+
+def requirement_names(requirements: list[str]) -> set[str]:
+    return {canonical(re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", r).group()) for r in requirements}
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_third_party_import_is_declared_where_it_is_used():
+    """A package imported by rerankit, its server or its adapters is a dependency of the
+    install that runs that code: the core, or the extra of that part."""
+    from importlib.metadata import packages_distributions
+
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = requirement_names(project["dependencies"])
+    extras = {name: requirement_names(reqs) for name, reqs in project["optional-dependencies"].items()}
+    distributions = packages_distributions()
+    missing = []
+    for path in source_modules().values():
+        relative = path.relative_to(ROOT).as_posix()
+        allowed = core.union(
+            *(extras[e] for key, names in EXTRAS_OF.items() if relative.startswith(key) for e in names)
+        )
+        for module, _ in imported_names(path):
+            top = module.split(".")[0]
+            if top in sys.stdlib_module_names or top == "rerankit":
+                continue
+            provided = {canonical(d) for d in distributions.get(top, [top])}
+            if not provided & allowed:
+                missing.append(f"{relative}: {top} ({', '.join(sorted(provided))})")
+    assert sorted(set(missing)) == []

@@ -99,7 +99,8 @@ def test_fit_refuses_documents_without_a_score_before_touching_the_run(tiny_bert
     train, valid = toy_data
     out = tmp_path / "run"
     config = tiny_config(tiny_bert_dir, train, valid, out, model={"score_injection": True})
-    with pytest.raises(RerankitError, match=rf"in {train} \(train split\), document 'q0p0' of query"):
+    refusal = rf"{train}: model.score_injection \(train split\) needs .*: document 'q0p0' of query"
+    with pytest.raises(RerankitError, match=refusal):
         rerankit.fit(config)
     assert not out.exists()
 
@@ -114,15 +115,21 @@ def test_an_injection_run_ranks_with_the_first_stage_it_reads(injection_run):
     )
     reranker = Reranker.load(result.output_dir, device="cpu", dtype="float32")
     assert reranker.score_injection == ScoreInjection("[SEP]")
-    with pytest.raises(ValueError, match="first_stage: this model reads each document's first-stage score"):
+    blind = "first_stage: this model reads each document's first-stage score"
+    with pytest.raises(ValueError, match=blind):
         reranker.rerank(QUERY, DOCS)
+    # score and logits refuse to score blind as well
+    with pytest.raises(ValueError, match=blind):
+        reranker.score([(QUERY, d) for d in DOCS])
+    with pytest.raises(ValueError, match=blind):
+        reranker.logits([QUERY] * 3, DOCS)
     with pytest.raises(ValueError, match="first_stage: expected 3 scores"):
-        reranker.queries_for(QUERY, [1.0], 3)
-    with pytest.raises(ValueError, match="the score of document 1 is not a finite number"):
-        reranker.queries_for(QUERY, [1.0, float("nan"), 2.0], 3)
+        reranker.rerank(QUERY, DOCS, first_stage=[1.0])
+    with pytest.raises(ValueError, match=r"first_stage\[1\]: expected a finite number, got nan"):
+        reranker.score([(QUERY, d) for d in DOCS], first_stage=[1.0, float("nan"), 2.0])
     first = [100.0, 2.0, 7.0]  # levels 100, 2, 7: single digits are words of the tiny vocabulary
     ranked = reranker.rerank(QUERY, DOCS, first_stage=first)
-    logits = reranker.logits([f"{QUERY} [SEP] {n}" for n in (100, 2, 7)], DOCS)
+    logits = reranker.input_logits([f"{QUERY} [SEP] {n}" for n in (100, 2, 7)], DOCS)[0]
     by_index = [r.score for r in sorted(ranked, key=lambda r: r.index)]
     assert by_index == pytest.approx(list(reranker.probabilities(logits)))
     # The score is part of the input: documents 1 and 2 read other levels, document 0 the same.
@@ -138,7 +145,7 @@ def test_an_injection_run_ranks_with_the_first_stage_it_reads(injection_run):
     vset = ValidationSet.from_records(read_records(valid)[0])
     queries, docs = vset.flat_pairs(reranker.score_injection)
     assert queries[0].startswith("valid tell me about") and queries[0].endswith(" [SEP] 100")
-    by_hand = vset.metrics(vset.split_scores(reranker.score(list(zip(queries, docs)), raw=True)))
+    by_hand = vset.metrics(vset.split_scores(reranker.input_logits(queries, docs)[0]))
     assert evaluated["reranked"] == pytest.approx(by_hand)
 
 
@@ -147,7 +154,7 @@ def test_seed_file_evaluation_refuses_a_file_without_scores(injection_run, toy_d
     from rerankit.held_out import evaluate_seed_file
 
     reranker = Reranker.load(injection_run[0].output_dir, device="cpu", dtype="float32")
-    with pytest.raises(DataError, match="score injection"):
+    with pytest.raises(DataError, match="trained with score injection\\) needs every document's"):
         evaluate_seed_file(reranker, toy_data[1])
 
 

@@ -149,9 +149,9 @@ def test_full_queue_answers_429_with_retry_after(reranker):
         def __getattr__(self, name):
             return getattr(reranker, name)
 
-        def window_logits(self, queries, docs):
+        def input_logits(self, queries, docs):
             release.wait(30)
-            return reranker.window_logits(queries, docs)
+            return reranker.input_logits(queries, docs)
 
     held = Held()
     body = {"query": QUERY, "documents": DOCS[:3]}

@@ -3,7 +3,7 @@ relevant passage past the first window found by windows and missed by truncation
 
 import numpy as np
 import pytest
-from conftest import NOISE
+from conftest import NOISE, WORDS
 
 from rerankit import Reranker
 from rerankit.config import LongDocumentsConfig
@@ -32,19 +32,27 @@ def test_aggregates_on_a_hand_made_example():
     assert aggregate(scores, owner, 3, "max+first").tolist() == [2.0, 5.0, -1.0]
 
 
-def test_every_window_keeps_the_whole_query(fp32_reranker):
+def test_every_window_holds_the_whole_query_fits_the_budget_and_the_windows_cover_the_document(
+    fp32_reranker,
+):
     tokenizer = fp32_reranker.tokenizer
     query = "tell me about the apple story"
-    doc = " ".join(["zinc quartz oxide"] * 40)
+    # Word-digit pairs that never repeat within the document, so each window's place is known.
+    doc = " ".join(f"{WORDS[i % len(WORDS)]} {i % 10}" for i in range(60))
     options = LongDocumentsConfig(mode="windows", stride=4)
     queries, windows, owner = split_documents(tokenizer, [query], [doc], 48, options)
     assert len(windows) > 1 and set(owner) == {0} and set(queries) == {query}
+    query_ids = tokenizer(query, add_special_tokens=False)["input_ids"]
+    covered = 0
     for window in windows:
-        ids = tokenizer(query, window, truncation="only_second", max_length=48)["input_ids"]
-        assert len(ids) <= 48  # the window fits beside the query: nothing is cut from it
-        assert tokenizer.decode(ids).startswith("[CLS] " + query + " [SEP]")
-    joined = " ".join(windows)
-    assert all(word in joined.split() for word in doc.split()[-3:])  # the end is read
+        pair = tokenizer(query, window)  # untruncated: the window must fit as it is
+        assert len(pair["input_ids"]) <= 48
+        parts = pair.sequence_ids()
+        assert [t for t, part in zip(pair["input_ids"], parts) if part == 0] == query_ids
+        start = doc.find(window)
+        assert 0 <= start <= covered  # a slice of the document, no gap after the previous one
+        covered = max(covered, start + len(window))
+    assert covered == len(doc)  # the end is read
 
 
 def test_a_passage_past_the_first_window_is_found_by_windows_and_missed_by_truncation(tiny_bert_run):

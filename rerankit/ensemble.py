@@ -1,0 +1,375 @@
+"""The self-ensemble: the cross-encoder fused with signals it can compute from (query, document)
+alone, so that a reranker brings its own first stage and does not lose what its backbone knew.
+
+Signals (each a number per pair, none depending on the other documents of a call):
+
+- ``reranker``: the cross-encoder's logit;
+- ``bm25``: BM25 (bm25s's Lucene variant and tokenization, English stopwords) with the term
+  statistics of the corpus the run was validated on, stored in the run folder, divided by the
+  query's largest possible score so that long and short queries share one scale;
+- ``cosine``: the cosine of the backbone's own sentence embeddings, with its pooling and the
+  base weights (the fine-tuned adapter plays no part), when the backbone is a sentence-embedding
+  model (a sentence-transformers folder with a Pooling module).
+
+The fused score is ``sum_i w_i (x_i - mean_i) / std_i`` with means and spreads taken over the
+validation pairs: a linear model with one global scale per signal, so a document's score is its
+own whatever else is ranked beside it. The weights are fitted on validation as deployed (the
+first stage's real top-k, scored by the model as it ships) by the strategy that ranks held-out
+validation folds best: equal weights, weights picked from a grid, or those shrunk halfway to
+equal (``fit_ensemble``). Calibration is fitted on the fused score afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+
+SIGNALS = ("reranker", "bm25", "cosine")
+# Where a run folder or an export keeps the signals: BM25's statistics, and (exports) the encoder.
+ENSEMBLE_DIR = "ensemble"
+BM25_FILE = "bm25_stats.json"
+ENCODER_DIR = "encoder"
+# Grid step of the weights tried, and the folds the strategies are compared on.
+WEIGHT_STEP = 0.1
+FOLDS = 5
+
+
+def bm25_tokens(texts: Sequence[str]) -> list[list[str]]:
+    """bm25s's tokenization with English stopwords (as ``rerankit.first_stage`` indexes)."""
+    import bm25s
+
+    return bm25s.tokenize(list(texts), stopwords="en", show_progress=False, return_ids=False)
+
+
+@dataclass(frozen=True)
+class BM25Signal:
+    """BM25 of any (query, document) pair against a corpus's term statistics."""
+
+    num_docs: int
+    avg_length: float
+    doc_freq: Mapping[str, int] = field(repr=False)
+    k1: float = 1.5
+    b: float = 0.75
+
+    @classmethod
+    def from_corpus(cls, texts: Sequence[str]) -> BM25Signal:
+        tokens = bm25_tokens(texts)
+        freq: Counter = Counter()
+        for doc in tokens:
+            freq.update(set(doc))
+        lengths = [len(doc) for doc in tokens]
+        return cls(len(texts), float(np.mean(lengths)) if lengths else 1.0, dict(freq))
+
+    def idf(self, token: str) -> float:
+        df = self.doc_freq.get(token, 0)
+        return math.log(1 + (self.num_docs - df + 0.5) / (df + 0.5))
+
+    def scores(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+        """BM25 of each pair over the query's largest possible score, in [0, 1); query terms
+        the corpus never holds are left out, as bm25s does."""
+        unique = list(dict.fromkeys(queries))
+        query_terms = {
+            q: [t for t in toks if t in self.doc_freq] for q, toks in zip(unique, bm25_tokens(unique))
+        }
+        best = {q: sum(self.idf(t) for t in terms) for q, terms in query_terms.items()}
+        out = np.zeros(len(docs), dtype=np.float64)
+        avg = self.avg_length or 1.0
+        for i, (query, doc) in enumerate(zip(queries, bm25_tokens(docs))):
+            if not best[query]:
+                continue
+            counts, norm = Counter(doc), self.k1 * ((1 - self.b) + self.b * len(doc) / avg)
+            total = 0.0
+            for term in query_terms[query]:
+                tf = counts.get(term, 0)
+                if tf:
+                    total += self.idf(term) * tf / (norm + tf)
+            out[i] = total / best[query]
+        return out
+
+    def save(self, path: Path) -> None:
+        from rerankit.files import write_json
+
+        write_json(
+            path,
+            {"num_docs": self.num_docs, "avg_length": self.avg_length, "k1": self.k1, "b": self.b}
+            | {"doc_freq": dict(self.doc_freq)},
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> BM25Signal:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not isinstance(data.get("doc_freq"), dict):
+            raise ValueError("expected an object with doc_freq")
+        stats = {k: data[k] for k in ("num_docs", "avg_length", "k1", "b")}
+        for key, value in stats.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{key} must be a positive number, got {value!r}")
+        if any(not isinstance(v, int) or v < 1 for v in data["doc_freq"].values()):
+            raise ValueError("doc_freq values must be positive integers")
+        return cls(
+            int(stats["num_docs"]), float(stats["avg_length"]), data["doc_freq"], stats["k1"], stats["b"]
+        )
+
+
+POOLING_MODES = {
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+}
+
+
+def sentence_pooling(folder: str | Path) -> tuple[str, int] | None:
+    """(pooling, max tokens) of a sentence-transformers folder; None when it is not one (or
+    pools in a way this signal does not reproduce)."""
+    folder = Path(folder)
+    try:
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+        pooling_dir = next(m["path"] for m in modules if m.get("type", "").endswith("models.Pooling"))
+        pooling = json.loads((folder / pooling_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, StopIteration, KeyError, TypeError):
+        return None
+    modes = [name for key, name in POOLING_MODES.items() if pooling.get(key)]
+    if len(modes) != 1:
+        return None
+    try:
+        bert_config = json.loads((folder / "sentence_bert_config.json").read_text(encoding="utf-8"))
+        max_tokens = int(bert_config.get("max_seq_length") or 256)
+    except (OSError, ValueError, TypeError):
+        max_tokens = 256
+    return modes[0], max_tokens
+
+
+class CosineSignal:
+    """Cosine of a sentence-embedding backbone's pooled embeddings of query and document."""
+
+    def __init__(self, model, tokenizer, pooling: str, max_length: int, max_tokens: int = 8192) -> None:
+        self.model, self.tokenizer, self.pooling = model.eval(), tokenizer, pooling
+        self.max_length, self.max_tokens = max_length, max_tokens
+        # a fast tokenizer's truncation settings are shared state: calls take turns
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, folder: str | Path, dtype=None, device: str = "cpu") -> CosineSignal | None:
+        """The backbone at ``folder`` (safetensors only), or None when it is no sentence
+        embedder."""
+        from transformers import AutoModel, AutoTokenizer
+
+        found = sentence_pooling(folder)
+        if found is None:
+            return None
+        pooling, max_tokens = found
+        model = AutoModel.from_pretrained(str(folder), dtype=dtype, use_safetensors=True).to(device)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        return cls(model, tokenizer, pooling, min(max_tokens, 512))
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Normalized embeddings, fp32, in input order (token-budget batches, longest first)."""
+        import torch
+
+        from rerankit.scoring import token_budget_batches
+
+        with self._lock:
+            encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            for batch in token_budget_batches(lengths, self.max_tokens, 256):
+                features = self.tokenizer.pad(
+                    {k: [v[i] for i in batch] for k, v in encoded.items()}, return_tensors="pt"
+                )
+                features = {k: v.to(device) for k, v in features.items()}
+                hidden = self.model(**features).last_hidden_state.float()
+                mask = features["attention_mask"].unsqueeze(-1).float()
+                if self.pooling == "cls":
+                    pooled = hidden[:, 0]
+                elif self.pooling == "max":
+                    pooled = hidden.masked_fill(mask == 0, -1e9).max(dim=1).values
+                else:
+                    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+                pooled = torch.nn.functional.normalize(pooled, dim=-1)
+                out[batch] = pooled.cpu().numpy()
+        return out
+
+    def save(self, folder: Path) -> None:
+        """A sentence-transformers folder (safetensors) that ``load`` reads back."""
+        folder = Path(folder)
+        self.model.save_pretrained(str(folder), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(folder))
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+        ]
+        (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+        (folder / "1_Pooling").mkdir(exist_ok=True)
+        pooling = {key: name == self.pooling for key, name in POOLING_MODES.items()}
+        pooling["word_embedding_dimension"] = self.model.config.hidden_size
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
+        (folder / "2_Normalize").mkdir(exist_ok=True)
+        (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": self.max_length}))
+
+    def scores(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+        """Cosine of each pair; each distinct text is embedded once."""
+        texts = list(dict.fromkeys([*queries, *docs]))
+        where = {t: i for i, t in enumerate(texts)}
+        emb = self.embed(texts)
+        q = emb[[where[t] for t in queries]]
+        d = emb[[where[t] for t in docs]]
+        return (q * d).sum(axis=1).astype(np.float64)
+
+
+def load_signals(needs: Sequence[str], folder: Path, encoder, *, dtype=None, device: str = "cpu") -> dict:
+    """The signals named in ``needs``: BM25 from ``folder``'s statistics, the cosine of the
+    sentence encoder at ``encoder``. OSError or ValueError saying which is missing or damaged."""
+    signals: dict = {}
+    if "bm25" in needs:
+        signals["bm25"] = BM25Signal.load(Path(folder) / BM25_FILE)
+    if "cosine" in needs:
+        cosine = CosineSignal.load(encoder, dtype=dtype, device=device)
+        if cosine is None:
+            raise ValueError(f"{encoder} is not a sentence-embedding model (no Pooling module)")
+        signals["cosine"] = cosine
+    return signals
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """Weights and per-signal scales of the fused score (see the module docstring)."""
+
+    signals: tuple[str, ...]
+    weights: tuple[float, ...]
+    means: tuple[float, ...]
+    stds: tuple[float, ...]
+    strategy: str = "equal"
+
+    def __post_init__(self) -> None:
+        n = len(self.signals)
+        if n == 0 or not (len(self.weights) == len(self.means) == len(self.stds) == n):
+            raise ValueError("signals, weights, means and stds must have one entry per signal")
+        unknown = set(self.signals) - set(SIGNALS)
+        if unknown or "reranker" not in self.signals or len(set(self.signals)) != n:
+            raise ValueError(
+                f"signals must include 'reranker', without repeats, among {SIGNALS}; got {self.signals}"
+            )
+        for name, values in (("weights", self.weights), ("means", self.means), ("stds", self.stds)):
+            if not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+            ):
+                raise ValueError(f"{name} must be finite numbers, got {values}")
+        if any(w < 0 for w in self.weights) or not math.isclose(sum(self.weights), 1.0, abs_tol=1e-6):
+            raise ValueError(f"weights must be non-negative and sum to 1, got {self.weights}")
+        if any(s <= 0 for s in self.stds):
+            raise ValueError(f"stds must be above 0, got {self.stds}")
+
+    def combine(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
+        total = np.zeros(len(features["reranker"]), dtype=np.float64)
+        for name, w, mean, std in zip(self.signals, self.weights, self.means, self.stds):
+            if w:
+                total += w * (np.asarray(features[name], dtype=np.float64) - mean) / std
+        return total
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """The signals besides the cross-encoder that carry weight."""
+        return tuple(s for s, w in zip(self.signals, self.weights) if w and s != "reranker")
+
+    def to_dict(self) -> dict:
+        return {
+            "signals": list(self.signals),
+            "weights": [round(w, 6) for w in self.weights],
+            "means": list(self.means),
+            "stds": list(self.stds),
+            "strategy": self.strategy,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Ensemble:
+        try:
+            return cls(
+                tuple(data["signals"]),
+                tuple(data["weights"]),
+                tuple(data["means"]),
+                tuple(data["stds"]),
+                str(data.get("strategy", "")),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"expected signals, weights, means and stds: {exc}") from None
+
+
+def weight_grid(n: int, step: float = WEIGHT_STEP) -> list[tuple[float, ...]]:
+    """Every weight vector of ``n`` non-negative multiples of ``step`` that sums to 1, the
+    cross-encoder's weight (the first) above 0."""
+    units = round(1 / step)
+    grid = []
+    for combo in product(range(units + 1), repeat=n):
+        if sum(combo) == units and combo[0] > 0:
+            grid.append(tuple(c / units for c in combo))
+    return grid
+
+
+def fit_ensemble(
+    features: Sequence[Mapping[str, np.ndarray]],
+    quality: Callable[[list[np.ndarray], Sequence[int]], float],
+    signals: Sequence[str],
+    *,
+    folds: int = FOLDS,
+    seed: int = 0,
+) -> tuple[Ensemble, dict]:
+    """The ensemble of ``signals`` whose fused scores of validation queries ``quality`` rates
+    best, and a report.
+
+    ``features``: per validation query, each signal's scores of its candidates. ``quality(scores,
+    queries)``: the metric (NDCG@10, say) of per-query scores of the queries at those indices.
+    Three strategies are compared by cross-validation over ``folds`` folds of queries: equal
+    weights, the grid's best, and the grid's best shrunk halfway to equal; the winner is refitted
+    on every query. The report holds each strategy's cross-validated and full values.
+    """
+    signals = tuple(signals)
+    flat = {s: np.concatenate([np.asarray(f[s], dtype=np.float64) for f in features]) for s in signals}
+    means = tuple(float(flat[s].mean()) for s in signals)
+    stds = tuple(float(flat[s].std()) or 1.0 for s in signals)
+    n = len(features)
+    equal = tuple(1 / len(signals) for _ in signals)
+    grid = weight_grid(len(signals))
+
+    def fused(weights, queries):
+        ens = Ensemble(signals, weights, means, stds)
+        return [ens.combine(features[q]) for q in queries]
+
+    def best_on(queries):
+        values = {w: quality(fused(w, queries), queries) for w in grid}
+        return max(grid, key=lambda w: (values[w], w[0]))  # ties: more weight on the reranker
+
+    def shrunk(weights):
+        return tuple((a + b) / 2 for a, b in zip(weights, equal))
+
+    strategies = {"equal": lambda qs: equal, "grid": best_on, "shrunk": lambda qs: shrunk(best_on(qs))}
+    order = np.random.default_rng(seed).permutation(n)
+    parts = [sorted(order[i::folds].tolist()) for i in range(min(folds, n))] if n >= 2 else [list(range(n))]
+    report: dict = {"signals": list(signals), "folds": len(parts), "strategies": {}}
+    for name, strategy in strategies.items():
+        held_out = []
+        for part in parts:
+            rest = [q for q in range(n) if q not in set(part)] or part
+            held_out.append(quality(fused(strategy(rest), part), part) * len(part))
+        everyone = list(range(n))
+        weights = strategy(everyone)
+        report["strategies"][name] = {
+            "cross_validated": sum(held_out) / max(n, 1),
+            "weights": [round(w, 4) for w in weights],
+            "fitted_value": quality(fused(weights, everyone), everyone),
+        }
+    chosen = max(strategies, key=lambda s: report["strategies"][s]["cross_validated"])
+    report["chosen"] = chosen
+    weights = tuple(report["strategies"][chosen]["weights"])
+    weights = tuple(w / sum(weights) for w in weights)
+    return Ensemble(signals, weights, means, stds, chosen), report

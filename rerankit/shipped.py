@@ -1,0 +1,107 @@
+"""What ships beside a trained model, fitted the way it will be used.
+
+At the end of ``fit`` the kept model is loaded as ``Reranker.load`` will return it (the adapter
+merged into its base, in the precision this machine serves by default) and scores the
+validation queries as deployed (``rerankit.deployed``). On those scores:
+
+1. the self-ensemble (``rerankit.ensemble``): its signals are computed for the same pairs and
+   their weights fitted, unless ``ensemble: none``;
+2. the calibration (``rerankit.calibration``), on the score a document ranks by;
+3. the fusion with the first stage (``rerankit.fusion``), on that score too.
+
+Every signal's own metrics are reported beside the first stage's, so a run shows where each
+part stands.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rerankit.calibration import calibration_report
+from rerankit.ensemble import BM25_FILE, ENSEMBLE_DIR, BM25Signal, CosineSignal, Ensemble, fit_ensemble
+from rerankit.validation import ValidationSet, Validator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Shipped:
+    ensemble: Ensemble | None
+    calibration: dict  # calibration_report of the final score
+    fusion: dict  # Validator.fusion_report of the final score
+    report: dict  # each signal's own metrics, the ensemble's fit, the final metrics
+    bm25: BM25Signal | None
+
+
+def fit_shipped(
+    reranker,
+    vset: ValidationSet,
+    validator: Validator,
+    corpus_texts: list[str],
+    *,
+    ensemble: str,
+    base_model: str,
+    key: str,
+    seed: int,
+) -> Shipped:
+    """Score ``vset`` with ``reranker`` (the model as it ships) and fit the ensemble (when
+    ``ensemble`` is ``auto``), the calibration and the fusion on it."""
+    from rerankit.loading import resolve_model_path
+
+    recall_at = validator.recall_at
+    model_queries, docs = vset.flat_pairs(reranker.score_injection)
+    log.info("scoring %d validation pairs with the model as it ships", len(docs))
+    logits = reranker.input_logits(model_queries, docs)[0].astype(np.float64)
+    features = {"reranker": logits}
+    bm25 = None
+    if ensemble == "auto":
+        queries, _ = vset.flat_pairs()  # signals read the query as the user wrote it
+        bm25 = BM25Signal.from_corpus(corpus_texts)
+        features["bm25"] = bm25.scores(queries, docs)
+        cosine = CosineSignal.load(resolve_model_path(base_model), dtype=_dtype_of(reranker.model))
+        if cosine is not None:
+            log.info("embedding the validation pairs with the backbone %s", base_model)
+            features["cosine"] = cosine.scores(queries, docs)
+    per_query = [dict(zip(features, parts)) for parts in zip(*(vset.split_scores(f) for f in features.values()))]
+    own = {name: vset.metrics(vset.split_scores(values), recall_at) for name, values in features.items()}
+    fitted, ensemble_report = None, None
+    if len(features) > 1:
+        fitted, ensemble_report = fit_ensemble(
+            per_query,
+            lambda scores, queries: vset.subset(queries).metrics(scores, recall_at)[key],
+            tuple(features),
+            seed=seed,
+        )
+        final = fitted.combine(features)
+    else:
+        final = logits
+    report = {
+        "signals": own,
+        "ensemble": ensemble_report,
+        "final": vset.metrics(vset.split_scores(final), recall_at),
+        "first_stage": validator.first_stage_metrics(),
+    }
+    return Shipped(
+        fitted,
+        calibration_report(final, vset.flat_labels()),
+        validator.fusion_report(final, key),
+        report,
+        bm25 if fitted is not None and "bm25" in fitted.needs else None,
+    )
+
+
+def save_signals(out: Path, shipped: Shipped) -> None:
+    """The signals' files a run folder keeps (BM25's term statistics)."""
+    if shipped.bm25 is not None:
+        shipped.bm25.save(out / ENSEMBLE_DIR / BM25_FILE)
+
+
+def _dtype_of(model):
+    try:
+        return next(model.parameters()).dtype
+    except (AttributeError, StopIteration):
+        return None
