@@ -14,6 +14,7 @@ LOWEST = {
     "max_document_chars": 1,
     "max_query_chars": 1,
     "max_queue_pairs": 1,
+    "max_request_pairs": 1,
     "max_batch_tokens": 1,
     "batch_wait_ms": 0,
     "max_pairs_per_round": 1,

@@ -117,6 +117,14 @@ def test_a_request_costing_more_windows_than_allowed_is_413_naming_the_count(win
         assert meta["windows_scored"] == windows[:2].sum()
 
 
+def test_a_request_limit_below_one_is_refused():
+    from rerankit.errors import ConfigError
+    from rerankit.server import ServerSettings
+
+    with pytest.raises(ConfigError, match="max_request_pairs: must be a finite number >= 1, got 0"):
+        ServerSettings(model="x", max_request_pairs=0)
+
+
 def test_waiting_windows_fill_the_queue_and_get_429(windowed):
     """One long document is scored (held) and another waits: the queue holds its windows, so
     a third long document that does not fit beside them gets 429, though only one document
