@@ -177,6 +177,14 @@ def _backend_options(func):
         is_flag=True,
         help="Run an exported graph even though it failed its accuracy gate.",
     )(func)
+    func = click.option(
+        "--ensemble",
+        type=click.Choice(["auto", "none"]),
+        default="auto",
+        show_default=True,
+        help="auto: score with the self-ensemble the run fitted (the cross-encoder with BM25 and "
+        "the backbone's cosine); none: the cross-encoder alone.",
+    )(func)
     return click.option(
         "--backend",
         type=click.Choice(list(BACKENDS)),
@@ -274,6 +282,7 @@ def rerank(
     prompt: str | None,
     backend: str,
     allow_failed_gate: bool,
+    ensemble: str,
     trust_remote_code: bool,
     allow_pickle: bool,
 ) -> None:
@@ -289,6 +298,7 @@ def rerank(
         prompt=prompt,
         backend=backend,
         allow_failed_gate=allow_failed_gate,
+        ensemble=ensemble,
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
     )
@@ -470,6 +480,7 @@ def eval_command(
     prompt: str | None,
     backend: str,
     allow_failed_gate: bool,
+    ensemble: str,
     trust_remote_code: bool,
     allow_pickle: bool,
 ) -> None:
@@ -485,6 +496,7 @@ def eval_command(
         prompt=prompt,
         backend=backend,
         allow_failed_gate=allow_failed_gate,
+        ensemble=ensemble,
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
     )
@@ -801,6 +813,7 @@ def serve(
     prompt: str | None,
     backend: str,
     allow_failed_gate: bool,
+    ensemble: str,
     trust_remote_code: bool,
     allow_pickle: bool,
 ) -> None:
@@ -832,6 +845,7 @@ def serve(
         prompt=prompt,
         backend=backend,
         allow_failed_gate=allow_failed_gate,
+        ensemble=ensemble,
     )
     reranker = load_reranker(settings)
     run(create_app(settings, reranker=reranker), settings, host, port)

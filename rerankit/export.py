@@ -131,7 +131,10 @@ def _export(
         reserved = reserved_strings(tokenizer)
         tokenizer.chat_template = reranker.prompt.chat_template(leading, trailing, reserved)
     calibration = reranker.calibration
-    folded = calibration is not None and _fold_calibration(reranker.model, calibration)
+    # A calibration fitted on the ensemble's score cannot live in the cross-encoder's head: it
+    # is recorded, and the head keeps the logits the ensemble weighs.
+    foldable = calibration is not None and reranker.ensemble is None
+    folded = foldable and _fold_calibration(reranker.model, calibration)
     info = {
         "exported_from": str(run_dir.resolve()),
         "config_hash": manifest["config_hash"],
@@ -145,6 +148,8 @@ def _export(
         "calibration": {**calibration.to_dict(), "folded": folded} if calibration else None,
         "fusion": reranker.fusion.to_dict() if reranker.fusion else None,
         "score_injection": reranker.score_injection.to_dict() if reranker.score_injection else None,
+        # the self-ensemble's weights; its signals are in ensemble/ (rerankit.ensemble)
+        "ensemble": reranker.ensemble.to_dict() if reranker.ensemble else None,
         "rerankit_version": __version__,
     }
     record = {**info, "layout": "sequence-classification"}
@@ -169,7 +174,12 @@ def _export(
                 "(Reranker.load then runs that graph only with allow_failed_gate)"
             )
 
-    _write(out, reranker.model, tokenizer, record, graphs if formats else None)
+    def extras(staging: Path) -> None:
+        _write_signals(staging, reranker)
+        if formats:
+            graphs(staging)
+
+    _write(out, reranker.model, tokenizer, record, extras)
     if causal_lm is not None:
         model = _causal_lm(manifest, reranker, dtype, trust_remote_code, allow_pickle)
         _write(Path(causal_lm), model, tokenizer, {**info, "layout": "causal-lm"})
@@ -240,6 +250,21 @@ def _write(out: Path, model, tokenizer, info: dict, extra: Callable[[Path], None
             raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _write_signals(staging: Path, reranker) -> None:
+    """The ensemble's signals beside the export: BM25's statistics and the sentence encoder
+    whose cosine it weighs, so that the folder serves without the run or the base model."""
+    from rerankit.ensemble import BM25_FILE, ENCODER_DIR, ENSEMBLE_DIR
+
+    if reranker.ensemble is None:
+        return
+    folder = staging / ENSEMBLE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    if "bm25" in reranker.signals:
+        reranker.signals["bm25"].save(folder / BM25_FILE)
+    if "cosine" in reranker.signals:
+        reranker.signals["cosine"].save(folder / ENCODER_DIR)
 
 
 def _remove_stale_staging(out: Path) -> None:

@@ -117,7 +117,8 @@ def evaluate_beir(
     first, reranked, fused, fused_rrf = {}, {}, {}, {}
     for qid, (ids, own, components) in tqdm(list(zip(qids, hits)), desc="reranking", unit="query"):
         # score injection reads the first stage's own scores
-        scores = reranker.logits([queries[qid]] * len(ids), [corpus[d] for d in ids], first_stage=own)
+        pairs = [(queries[qid], corpus[d]) for d in ids]
+        scores = np.asarray(reranker.score(pairs, raw=True, first_stage=own))
         first[qid], reranked[qid] = dict(zip(ids, own)), dict(zip(ids, scores))
         fused[qid] = dict(zip(ids, reranker.fuse(scores, list(components.values()))))
         fused_rrf[qid] = dict(zip(ids, rrf([*components.values(), scores])))
@@ -151,8 +152,10 @@ def evaluate_seed_file(reranker, path: str | Path, *, recall_at: int = 10) -> di
     if reranker.score_injection is not None:
         require_scores(records, path, "this model (trained with score injection)")
     vset = ValidationSet.from_records(records)
-    queries, docs = vset.flat_pairs(reranker.score_injection)  # as the model reads them
-    scores = vset.split_scores(reranker.input_logits(queries, docs)[0])
+    model_queries, docs = vset.flat_pairs(reranker.score_injection)  # as the model reads them
+    logits = reranker.input_logits(model_queries, docs)[0]
+    final = reranker.final_scores(logits, reranker.signal_scores(vset.flat_pairs()[0], docs))
+    scores = vset.split_scores(final)
     bm25 = bm25_candidate_scores(vset.queries, vset.candidates)
     return {
         "data": str(path),

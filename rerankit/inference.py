@@ -418,7 +418,7 @@ class Reranker:
         if not docs:
             return RerankResults()
         logits = self.input_logits(self.model_queries(query, context), docs)[0]
-        return self.results(docs, logits, self.with_signals(query, docs, context), top_k, raw=raw)
+        return self.results(query, docs, logits, context, top_k, raw=raw)
 
     def with_signals(self, query: str, docs: Sequence[str], context: RankContext) -> RankContext:
         """``context`` with the ensemble's signals of ``docs`` for ``query`` (computed once; a
@@ -429,6 +429,7 @@ class Reranker:
 
     def results(
         self,
+        query: str,
         docs: Sequence[str],
         logits: np.ndarray,
         context: RankContext,
@@ -439,7 +440,7 @@ class Reranker:
         """One query's documents ranked from their logits and ``context`` (``with_signals``): by
         the reranker's score (the ensemble's, when it has one), or by its fusion with the first
         stage when the context holds one."""
-        final = self.final_scores(logits, context.signals or {})
+        final = self.final_scores(logits, self.with_signals(query, docs, context).signals or {})
         scores = final if raw else self.probabilities(final)
         fused = self.fuse(final, list(context.first_stage)) if context.first_stage else None
         order = best_first(scores if fused is None else fused, top_k)

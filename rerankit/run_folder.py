@@ -224,7 +224,14 @@ def save_model(out: Path, model, tokenizer) -> None:
 
 
 def mark_finished(
-    out: Path, config, digest: str, built, calibration: dict | None = None, fusion=None, score_injection=None
+    out: Path,
+    config,
+    digest: str,
+    built,
+    calibration: dict | None = None,
+    fusion=None,
+    score_injection=None,
+    ensemble=None,
 ) -> None:
     """Write the manifest: the last file of a run, whose presence means "finished"."""
     from rerankit import __version__
@@ -252,6 +259,9 @@ def mark_finished(
             # How the first stage's score is written into the input (rerankit.score_injection);
             # null: the model reads no score.
             "score_injection": score_injection.to_dict() if score_injection is not None else None,
+            # The self-ensemble's weights (rerankit.ensemble; BM25's statistics in ensemble/);
+            # null: the cross-encoder alone.
+            "ensemble": ensemble.to_dict() if ensemble is not None else None,
             "adapter": bool(config.lora.enabled),
             "trained_quantization": config.quantization.mode,
             "modules_to_save": built.modules_to_save,

@@ -66,7 +66,9 @@ def fit_shipped(
         if cosine is not None:
             log.info("embedding the validation pairs with the backbone %s", base_model)
             features["cosine"] = cosine.scores(queries, docs)
-    per_query = [dict(zip(features, parts)) for parts in zip(*(vset.split_scores(f) for f in features.values()))]
+    per_query = [
+        dict(zip(features, parts)) for parts in zip(*(vset.split_scores(f) for f in features.values()))
+    ]
     own = {name: vset.metrics(vset.split_scores(values), recall_at) for name, values in features.items()}
     fitted, ensemble_report = None, None
     if len(features) > 1:

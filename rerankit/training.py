@@ -28,10 +28,10 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 
 from rerankit import run_folder
 from rerankit.adaptation import AdaptationReport, pseudo_query_records
-from rerankit.calibration import calibration_report
 from rerankit.collator import EpochGroupDataset, GroupCollator
 from rerankit.config import TrainConfig, config_hash, load_config
 from rerankit.data import read_records, require_scores
+from rerankit.deployed import DeployedCorpus, deployed_validation
 from rerankit.errors import RerankitError
 from rerankit.files import read_json, write_json
 from rerankit.fusion import LearnedFusion
@@ -40,6 +40,7 @@ from rerankit.model_builder import build_model, training_device, training_precis
 from rerankit.report import write_curve, write_report
 from rerankit.sampling import NegativeSampler
 from rerankit.score_injection import ScoreInjection
+from rerankit.shipped import fit_shipped, save_signals
 from rerankit.split import split_records
 from rerankit.validation import ValidationSet, Validator
 from rerankit.windows import aggregate_tensor
@@ -364,7 +365,10 @@ def fit(
         )
     if cfg.model.score_injection:
         require_scores(train, cfg.data.train, "model.score_injection (train split)")
-        require_scores(valid, cfg.data.valid or cfg.data.train, "model.score_injection (validation split)")
+        if cfg.evaluation.candidates == "given":  # deployed validation reads the first stage's own
+            require_scores(
+                valid, cfg.data.valid or cfg.data.train, "model.score_injection (validation split)"
+            )
     # Under torchrun/accelerate only the main process touches the run folder.
     main_process = int(os.environ.get("RANK", "0")) == 0
     with contextlib.ExitStack() as stack:
@@ -377,6 +381,51 @@ def fit(
         if resume_from is not None:
             run_folder.check_checkpoint(resume_from)
         return _train(cfg, out, digest, train, valid, reports, adaptation, resume_from, main_process, started)
+
+
+def _validation_set(cfg: TrainConfig, train: list, valid: list):
+    """The validation set (as deployed, or each query's given candidates), the corpus the
+    deployed one was ranked over, and its summary (None for given candidates)."""
+    if cfg.data.corpus:
+        corpus = DeployedCorpus.read(cfg.data.corpus)
+    else:
+        corpus = DeployedCorpus.from_records(train, valid)
+    if cfg.evaluation.candidates == "given":
+        return ValidationSet.from_records(valid), corpus, None
+    log.info(
+        "validation as deployed: %s top-%d of %d documents for %d queries",
+        cfg.evaluation.first_stage,
+        cfg.evaluation.depth,
+        len(corpus.ids),
+        len(valid),
+    )
+    vset, summary = deployed_validation(valid, corpus, cfg.evaluation.first_stage, cfg.evaluation.depth)
+    return vset, corpus, summary
+
+
+def _as_shipped(cfg: TrainConfig, out: Path, built, vset: ValidationSet):
+    """The saved model as ``Reranker.load`` will return it, without the parts fitted after."""
+    from rerankit.inference import Reranker, default_device, default_dtype, trained_weights
+
+    device = default_device()
+    model, tokenizer, prompt = trained_weights(
+        out / run_folder.MODEL_DIR,
+        cfg.model.name_or_path,
+        cfg.lora.enabled,
+        cfg.model.revision,
+        default_dtype(device),
+        built.prompt or "none",
+        cfg.model.trust_remote_code,
+    )
+    injection = ScoreInjection.for_tokenizer(tokenizer, prompt) if cfg.model.score_injection else None
+    return Reranker(
+        model.to(device),
+        tokenizer,
+        max_length=cfg.model.max_length,
+        long_documents=cfg.model.long_documents,
+        prompt=prompt,
+        score_injection=injection,
+    )
 
 
 def _train(
@@ -396,7 +445,7 @@ def _train(
 
     set_seed(cfg.seed)
     built = build_model(cfg)
-    vset = ValidationSet.from_records(valid)
+    vset, corpus, deployed = _validation_set(cfg, train, valid)
     injection = (
         ScoreInjection.for_tokenizer(built.tokenizer, built.prompt) if cfg.model.score_injection else None
     )
@@ -422,7 +471,7 @@ def _train(
     with patch.dict(os.environ, TENSORBOARD_LOGGING_DIR=str(out / run_folder.LOGS_DIR)):
         trainer = _make_trainer(cfg, out, built, dataset, vset, validator, callbacks)
 
-    first_stage = validator.bm25_metrics()
+    first_stage = validator.first_stage_metrics()
     baseline = read_json(out / run_folder.BASELINE_FILE)
     if baseline is None:  # computed once; a resumed run reuses it
         log.info(
@@ -453,13 +502,30 @@ def _train(
         log.warning("no evaluation beat the untrained model on %s", key)
     # The kept (best) model's scores of every validation pair: mapped to probabilities, and
     # fused with BM25 (fitted on these validation queries only, never on test ones).
-    best_logits = trainer.scores_at.get(best["step"]) if best else None
-    if best_logits is None:  # evaluated before a resume: score again
-        best_logits = validator.scores(trainer.model)
-    calibration = calibration_report(best_logits, vset.flat_labels())
-    fusion = validator.fusion_report(best_logits, key)
+    if trainer.is_world_process_zero():
+        run_folder.save_model(out, trainer.model, built.tokenizer)
+    # What ships beside the model is fitted on validation as deployed, scored by the kept model
+    # as Reranker.load returns it (merged, in the precision this machine serves by default).
+    shipped = fit_shipped(
+        _as_shipped(cfg, out, built, vset),
+        vset,
+        validator,
+        list(corpus.texts),
+        ensemble=cfg.ensemble,
+        base_model=cfg.model.name_or_path,
+        key=key,
+        seed=cfg.seed,
+    )
+    calibration, fusion = shipped.calibration, shipped.fusion
+    first_stage_name = (
+        f"{cfg.evaluation.first_stage} top-{cfg.evaluation.depth} of the corpus"
+        if deployed
+        else "bm25 (over the validation candidates)"
+    )
     metrics = {
-        "first_stage": {"name": "bm25 (over the validation candidates)", **first_stage},
+        "first_stage": {"name": first_stage_name, **first_stage},
+        "deployed": deployed,
+        "shipped": shipped.report,
         "baseline": baseline,
         "best": dict(best or {}),
         "evaluations": evals,
@@ -475,11 +541,18 @@ def _train(
         "data": {name: r.__dict__ for name, r in reports.items()},
     }
     if trainer.is_world_process_zero():
-        run_folder.save_model(out, trainer.model, built.tokenizer)
+        save_signals(out, shipped)
         write_json(out / run_folder.METRICS_FILE, metrics)
         curve = write_curve(out / run_folder.CURVE_FILE, metrics)
         write_report(out / run_folder.REPORT_FILE, metrics, cfg, digest, curve)
         run_folder.mark_finished(
-            out, cfg, digest, built, calibration["calibration"], LearnedFusion.from_dict(fusion), injection
+            out,
+            cfg,
+            digest,
+            built,
+            calibration["calibration"],
+            LearnedFusion.from_dict(fusion),
+            injection,
+            shipped.ensemble,
         )
     return FitResult(out, metrics, cfg, metrics["data"], trainer.model, built.tokenizer, built.prompt)

@@ -179,6 +179,8 @@ async def _rank(
     except QueryTooLongError as exc:
         raise _field_error("query", str(exc)) from None
     _check_cost(settings, int(costs.sum()), docs_field)
+    # the self-ensemble's signals, computed beside the cross-encoder's batches
+    signals = asyncio.ensure_future(asyncio.to_thread(reranker.with_signals, query, docs, context))
     watcher = asyncio.ensure_future(_wait_disconnect(request))
     try:
         scores = await state.worker.score(queries, docs, disconnected=watcher, costs=costs)
@@ -195,7 +197,7 @@ async def _rank(
         raise HTTPException(status_code=499, detail="client closed the request")
     # The worker answers one row per document: (logit, windows scored).
     logits, windows = scores[:, 0], int(scores[:, 1].sum())
-    results = reranker.results(docs, logits, context, top_n, raw=raw)
+    results = reranker.results(query, docs, logits, await signals, top_n, raw=raw)
     return [(r.index, r.score, r.fused_score) for r in results], windows
 
 
@@ -362,6 +364,7 @@ def load_reranker(settings: ServerSettings, reranker=None):
                 prompt=settings.prompt,
                 backend=settings.backend,
                 allow_failed_gate=settings.allow_failed_gate,
+                ensemble=settings.ensemble,
             )
         if settings.max_batch_tokens:
             reranker.max_tokens = settings.max_batch_tokens

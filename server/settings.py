@@ -47,6 +47,8 @@ class ServerSettings:
     # graph that failed its accuracy gate may run.
     backend: str = "auto"
     allow_failed_gate: bool = False
+    # auto: the run's self-ensemble (rerankit.ensemble) when it has one; none: the cross-encoder alone
+    ensemble: str = "auto"
     # Bearer token required on the rerank routes; None leaves them open.
     api_key: str | None = None
     # Limits: documents per request, request body size, characters per document and query.

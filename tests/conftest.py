@@ -178,6 +178,28 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sentence_bert_dir(tiny_bert_dir, tmp_path_factory) -> Path:
+    """The tiny BERT as a sentence-transformers folder (mean pooling, normalized), as the
+    embedded MiniLM is: the self-ensemble weighs its embedding cosine."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("tiny-sentence-bert") / "model"
+    shutil.copytree(tiny_bert_dir, folder)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": 64, "pooling_mode_mean_tokens": True})
+    )
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64}))
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_qwen_dir(tmp_path_factory) -> Path:
     return _save_decoder(tmp_path_factory.mktemp("tiny-qwen2"), "qwen2")
 
@@ -241,7 +263,9 @@ def toy_data(tmp_path) -> tuple[Path, Path]:
 
 
 def tiny_config(model_dir: Path, train: Path, valid: Path | None, out: Path, **sections) -> dict:
-    """A config for the tiny models that trains in seconds on CPU."""
+    """A config for the tiny models that trains in seconds on CPU. Validation ranks each
+    query's given candidates and the cross-encoder ships alone, unless a test asks for the
+    defaults (``evaluation={"candidates": "deployed"}``, ``ensemble="auto"``)."""
     config = {
         "seed": 7,
         "model": {"name_or_path": str(model_dir), "max_length": 48, "dropout": 0.0},
@@ -259,11 +283,15 @@ def tiny_config(model_dir: Path, train: Path, valid: Path | None, out: Path, **s
             "precision": "fp32",
             "head_learning_rate": 1e-2,
         },
-        "evaluation": {"batch_size": 32},
+        "evaluation": {"batch_size": 32, "candidates": "given"},
+        "ensemble": "none",
         "output": {"dir": str(out)},
     }
     for name, values in sections.items():
-        config.setdefault(name, {}).update(values)
+        if isinstance(values, dict):
+            config.setdefault(name, {}).update(values)
+        else:
+            config[name] = values
     return config
 
 

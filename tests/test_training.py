@@ -80,7 +80,7 @@ def test_run_folder_is_complete(tiny_bert_run):
     assert any("classifier" in k for k in keys) and any("pooler" in k for k in keys)
     assert any("lora_A" in k for k in keys)
     report = (out / "report.md").read_text()
-    assert "BM25 (first stage)" in report and "untrained model" in report and "**best**" in report
+    assert "| first stage |" in report and "untrained model" in report and "**best**" in report
     assert (out / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert manifest["config_hash"] in (out / "config.yaml").read_text()
 

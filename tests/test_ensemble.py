@@ -1,0 +1,228 @@
+"""The self-ensemble and validation as deployed: a run ranks its validation queries over the
+first stage's top-k of the corpus, fits the ensemble there with the model as it ships, and
+every surface scores with it."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import tiny_config, toy_lines, wait_ready, write_jsonl
+
+import rerankit
+from rerankit import ModelLoadError, Reranker
+from rerankit.ensemble import BM25Signal, CosineSignal, Ensemble, fit_ensemble, weight_grid
+
+pytestmark = pytest.mark.smoke
+
+QUERY = "tell me about apple"
+DOCS = ["zinc of the old quartz", "apple story with apple", "the river is old", "an apple and a river"]
+
+
+def test_bm25_signal_is_bm25s_over_its_corpus_divided_by_the_querys_best():
+    from rerankit.ensemble import bm25_tokens
+    from rerankit.first_stage import BM25Index
+
+    corpus = [" ".join(line["positives"][0]["text"].split()) for line in toy_lines(24, seed=5)]
+    signal = BM25Signal.from_corpus(corpus)
+    query = "tell me about apple and the river"
+    best = sum(signal.idf(t) for t in bm25_tokens([query])[0] if t in signal.doc_freq)
+    expected = BM25Index(corpus).scores([query])[0]
+    np.testing.assert_allclose(signal.scores([query] * len(corpus), corpus) * best, expected, rtol=1e-5)
+    assert signal.scores(["zzz unknown words"], [corpus[0]])[0] == 0.0
+
+
+def test_bm25_statistics_round_trip_and_damage_is_refused(tmp_path):
+    signal = BM25Signal.from_corpus(DOCS)
+    signal.save(tmp_path / "stats.json")
+    again = BM25Signal.load(tmp_path / "stats.json")
+    np.testing.assert_allclose(again.scores([QUERY] * 4, DOCS), signal.scores([QUERY] * 4, DOCS))
+    data = json.loads((tmp_path / "stats.json").read_text())
+    (tmp_path / "bad.json").write_text(json.dumps({**data, "avg_length": -1}))
+    with pytest.raises(ValueError, match="avg_length must be a positive number"):
+        BM25Signal.load(tmp_path / "bad.json")
+
+
+def test_cosine_signal_pools_like_sentence_transformers(tiny_sentence_bert_dir):
+    from sentence_transformers import SentenceTransformer
+
+    signal = CosineSignal.load(tiny_sentence_bert_dir)
+    st = SentenceTransformer(str(tiny_sentence_bert_dir), device="cpu")
+    q, d = st.encode([QUERY], normalize_embeddings=True), st.encode(DOCS, normalize_embeddings=True)
+    np.testing.assert_allclose(signal.scores([QUERY] * 4, DOCS), (d @ q[0]), atol=1e-5)
+
+
+def test_no_cosine_signal_for_a_backbone_that_is_no_sentence_embedder(tiny_bert_dir):
+    assert CosineSignal.load(tiny_bert_dir) is None
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"signals": ["bm25"], "weights": [1.0], "means": [0.0], "stds": [1.0]}, "must include 'reranker'"),
+        (
+            {"signals": ["reranker", "bm25"], "weights": [0.7, 0.7], "means": [0, 0], "stds": [1, 1]},
+            "sum to 1",
+        ),
+        (
+            {"signals": ["reranker", "bm25"], "weights": [0.5, 0.5], "means": [0, 0], "stds": [1, 0]},
+            "above 0",
+        ),
+        ({"signals": ["reranker"], "weights": [1.0], "means": [float("nan")], "stds": [1.0]}, "finite"),
+        ({"signals": ["reranker"], "weights": [1.0]}, "expected signals, weights, means and stds"),
+    ],
+)
+def test_a_damaged_ensemble_record_is_refused(record, message):
+    with pytest.raises(ValueError, match=message):
+        Ensemble.from_dict(record)
+
+
+def test_the_fit_finds_the_informative_signal_and_reports_each_strategy():
+    from rerankit.ranking_metrics import ranking_metrics
+
+    rng = np.random.default_rng(0)
+    features, qrels = [], []
+    for _ in range(40):
+        labels = np.zeros(10)
+        labels[rng.integers(10)] = 1
+        features.append({"reranker": rng.normal(size=10), "bm25": labels + rng.normal(scale=0.3, size=10)})
+        qrels.append(labels)
+
+    def quality(scores, queries):
+        qrel = {str(q): {str(i): int(qrels[q][i]) for i in range(10)} for q in queries}
+        run = {str(q): {str(i): float(s[i]) for i in range(10)} for q, s in zip(queries, scores)}
+        return ranking_metrics(qrel, run)["ndcg@10"]
+
+    ensemble, report = fit_ensemble(features, quality, ("reranker", "bm25"))
+    assert set(report["strategies"]) == {"equal", "grid", "shrunk"} and report["folds"] == 5
+    assert report["chosen"] in ("grid", "shrunk") and ensemble.weights[1] > 0.5
+    assert all(0 <= s["cross_validated"] <= 1 for s in report["strategies"].values())
+    assert len(weight_grid(3)) == 55 and all(w[0] > 0 for w in weight_grid(3))
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(tiny_sentence_bert_dir, tmp_path_factory):
+    """A run with the defaults: validation as deployed over a corpus, the ensemble on."""
+    folder = tmp_path_factory.mktemp("ensemble-run")
+    train_lines = toy_lines(48, seed=1)
+    valid_lines = [dict(row, query_text="valid " + row["query_text"]) for row in toy_lines(16, seed=2)]
+    train = write_jsonl(folder / "train.jsonl", train_lines)
+    valid = write_jsonl(folder / "valid.jsonl", valid_lines)
+    docs = {
+        d["doc_id"]: d["text"]
+        for line in train_lines + valid_lines
+        for d in line["positives"] + line["negatives"]
+    }
+    corpus = write_jsonl(folder / "corpus.jsonl", [{"_id": k, "text": v} for k, v in docs.items()])
+    config = tiny_config(
+        tiny_sentence_bert_dir,
+        train,
+        valid,
+        folder / "run",
+        data={"corpus": str(corpus)},
+        evaluation={"candidates": "deployed", "depth": 8},
+        ensemble="auto",
+        training={"epochs": 2},
+    )
+    return rerankit.fit(config)
+
+
+def test_a_run_validates_as_deployed_and_ships_its_ensemble(ensemble_run):
+    out, metrics = ensemble_run.output_dir, ensemble_run.metrics
+    deployed = metrics["deployed"]
+    assert deployed["depth"] == 8 and deployed["queries"] == 16 and 0 < deployed["recall_at_depth"] <= 1
+    assert metrics["valid_pairs"] == 16 * 8
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["ensemble"]["signals"] == ["reranker", "bm25", "cosine"]
+    assert (out / "ensemble" / "bm25_stats.json").is_file()
+    assert set(metrics["shipped"]["signals"]) == {"reranker", "bm25", "cosine"}
+    report = (out / "report.md").read_text()
+    assert "Validation as deployed: each query is ranked over the bm25 top 8" in report
+    assert "## The model as it ships" in report and "held out, weights" in report
+
+
+def by_hand(reranker, out, base_dir, query, docs):
+    """The ensemble's calibrated score, computed from its parts without Reranker's own path."""
+    fitted = reranker.ensemble
+    features = {
+        "reranker": reranker.logits([query] * len(docs), docs),
+        "bm25": BM25Signal.load(out / "ensemble" / "bm25_stats.json").scores([query] * len(docs), docs),
+        "cosine": CosineSignal.load(base_dir).scores([query] * len(docs), docs),
+    }
+    total = sum(
+        w * (np.asarray(features[s], dtype=np.float64) - m) / sd
+        for s, w, m, sd in zip(fitted.signals, fitted.weights, fitted.means, fitted.stds)
+    )
+    return reranker.calibration.probabilities(total)
+
+
+def test_every_surface_scores_with_the_ensemble(ensemble_run, tiny_sentence_bert_dir, tmp_path):
+    from litestar.testing import TestClient
+
+    from rerankit.export import export
+    from rerankit.server import ServerSettings, create_app
+
+    out = ensemble_run.output_dir
+    reranker = Reranker.load(out, device="cpu", dtype="float32")
+    expected = by_hand(reranker, out, tiny_sentence_bert_dir, QUERY, DOCS)
+    ranked = reranker.rerank(QUERY, DOCS)
+    np.testing.assert_allclose([r.score for r in sorted(ranked, key=lambda r: r.index)], expected, atol=1e-5)
+    # a document's score is its own, whatever else is ranked beside it
+    alone = [reranker.score([(QUERY, d)])[0] for d in DOCS]
+    np.testing.assert_allclose(alone, expected, atol=1e-5)
+    plain = Reranker.load(out, device="cpu", dtype="float32", ensemble="none")
+    assert plain.ensemble is None and plain.calibration is None
+    np.testing.assert_allclose(
+        plain.score([(QUERY, d) for d in DOCS], raw=True), reranker.logits([QUERY] * 4, DOCS)
+    )
+
+    # every signal carries weight in this copy, so the export must bring each along
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    manifest = json.loads((copy / "run.json").read_text())
+    manifest["ensemble"]["weights"] = [0.4, 0.3, 0.3]
+    (copy / "run.json").write_text(json.dumps(manifest))
+    weighted = Reranker.load(copy, device="cpu", dtype="float32")
+    expected_copy = by_hand(weighted, copy, tiny_sentence_bert_dir, QUERY, DOCS)
+    exported = Reranker.load(export(copy, tmp_path / "export"), device="cpu", dtype="float32")
+    assert (tmp_path / "export" / "ensemble" / "encoder" / "modules.json").is_file()
+    info = json.loads((tmp_path / "export" / "rerankit_export.json").read_text())
+    assert info["ensemble"] == manifest["ensemble"]
+    assert info["calibration"]["folded"] is False  # fitted on the ensemble's score, not the head's
+    np.testing.assert_allclose(exported.score([(QUERY, d) for d in DOCS]), expected_copy, atol=1e-4)
+
+    with TestClient(create_app(ServerSettings(model="in-memory"), reranker=reranker)) as client:
+        wait_ready(client)
+        answer = client.post("/v2/rerank", json={"query": QUERY, "documents": DOCS}).json()
+    served = sorted(answer["results"], key=lambda r: r["index"])
+    np.testing.assert_allclose([r["relevance_score"] for r in served], expected, atol=1e-5)
+
+
+def test_a_run_whose_ensemble_signals_are_gone_says_so(ensemble_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(ensemble_run.output_dir, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    (copy / "ensemble" / "bm25_stats.json").unlink()
+    with pytest.raises(ModelLoadError, match=r"the ensemble's signals cannot be read .*ensemble='none'"):
+        Reranker.load(copy, device="cpu", dtype="float32")
+    assert Reranker.load(copy, device="cpu", dtype="float32", ensemble="none").ensemble is None
+
+
+def test_the_cli_turns_the_ensemble_off(ensemble_run, tmp_path):
+    from click.testing import CliRunner
+
+    from rerankit.cli import main
+
+    docs = tmp_path / "docs.txt"
+    docs.write_text("\n".join(DOCS) + "\n")
+    args = ["rerank", "--model", str(ensemble_run.output_dir), "--query", QUERY, "--docs", str(docs)]
+    args += ["--dtype", "float32", "--json", "--raw"]
+    on = CliRunner().invoke(main, args)
+    off = CliRunner().invoke(main, [*args, "--ensemble", "none"])
+    assert on.exit_code == 0 and off.exit_code == 0, on.output + off.output
+    logits = Reranker.load(ensemble_run.output_dir, device="cpu", dtype="float32").logits([QUERY] * 4, DOCS)
+    by_index = {r["index"]: r["score"] for r in json.loads(off.stdout)}
+    np.testing.assert_allclose([by_index[i] for i in range(4)], logits, atol=1e-5)
+    assert json.loads(on.stdout) != json.loads(off.stdout)
