@@ -131,22 +131,24 @@ def test_waiting_windows_fill_the_queue_and_get_429(windowed):
     waits."""
     from conftest import wait_ready
 
-    entered, release = threading.Event(), threading.Event()
+    holding, entered, release = threading.Event(), threading.Event(), threading.Event()
 
     class Held:
         def __getattr__(self, name):
             return getattr(windowed, name)
 
-        def window_logits(self, queries, docs):
-            entered.set()
-            release.wait(5)
-            return windowed.window_logits(queries, docs)
+        def input_logits(self, queries, docs):
+            if holding.is_set():  # not the warm-up
+                entered.set()
+                release.wait(5)
+            return windowed.input_logits(queries, docs)
 
     body = {"query": QUERY, "documents": [LONG_DOC]}
     windows = int(windowed.window_logits([QUERY], [LONG_DOC])[1][0])
     answers = []
     with serve_in_process(Held(), max_queue_pairs=windows + windows // 2, cross_batching=False) as client:
         wait_ready(client)
+        holding.set()
 
         def post():
             answers.append(client.post("/v2/rerank", json=body))
