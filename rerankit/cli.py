@@ -749,7 +749,23 @@ def split(data_path: str, valid_ratio: float, group_by: str, seed: int, out_dir:
     type=click.IntRange(min=1),
     default=20000,
     show_default=True,
-    help="Pairs waiting before requests are answered 429.",
+    help="Pairs waiting before requests are answered 429. A pair is one document window the "
+    "model scores: one per document, one per window with --long-documents windows.",
+)
+@click.option(
+    "--max-request-pairs",
+    type=click.IntRange(min=1),
+    default=4000,
+    show_default=True,
+    help="Pairs (document windows) one request may cost; a larger request is answered 413.",
+)
+@click.option(
+    "--max-pairs-per-round",
+    type=click.IntRange(min=1),
+    default=512,
+    show_default=True,
+    help="Pairs scored at most per round; larger requests are scored in chunks, shared fairly "
+    "with the others, so this bounds how long a small request waits behind a large one.",
 )
 @click.option(
     "--request-read-timeout",
@@ -786,6 +802,8 @@ def serve(
     max_batch_tokens: int | None,
     max_documents: int,
     max_queue_pairs: int,
+    max_request_pairs: int,
+    max_pairs_per_round: int,
     cross_batching: bool | None,
     request_read_timeout: float,
     max_connections: int,
@@ -816,6 +834,8 @@ def serve(
         max_batch_tokens=max_batch_tokens,
         max_documents=max_documents,
         max_queue_pairs=max_queue_pairs,
+        max_request_pairs=max_request_pairs,
+        max_pairs_per_round=max_pairs_per_round,
         cross_batching=cross_batching,
         request_read_timeout_s=request_read_timeout,
         max_connections=max_connections,

@@ -66,13 +66,46 @@ def split_documents(
     )
     flat_queries, flat_docs, owner = [], [], []
     for i, (query, doc, offsets) in enumerate(zip(queries, docs, encoded["offset_mapping"])):
-        size = min(options.window or budgets[query], budgets[query])
+        size = _window_size(options, budgets[query])
         for start, end in window_spans(len(offsets), size, options.stride, options.max_windows):
             text = doc if (start, end) == (0, len(offsets)) else doc[offsets[start][0] : offsets[end - 1][1]]
             flat_queries.append(query)
             flat_docs.append(text)
             owner.append(i)
     return flat_queries, flat_docs, owner
+
+
+def count_windows(
+    tokenizer,
+    queries: Sequence[str],
+    docs: Sequence[str],
+    max_length: int,
+    options: LongDocumentsConfig,
+    prompt: PromptTemplate | None = None,
+) -> np.ndarray:
+    """Per (query, document) pair, how many windows ``score_documents`` scores for it (one
+    each under ``truncate``), from token counts alone: what a request will cost, before it runs.
+    Raises QueryTooLongError like ``split_documents``."""
+    if options.mode == "truncate":
+        return np.ones(len(docs), dtype=np.int64)
+    budgets = document_budgets(tokenizer, queries, max_length, prompt)
+    encoded = tokenizer(list(docs), add_special_tokens=False, split_special_tokens=prompt is not None)
+    return np.array(
+        [
+            len(
+                window_spans(
+                    len(ids), _window_size(options, budgets[query]), options.stride, options.max_windows
+                )
+            )
+            for query, ids in zip(queries, encoded["input_ids"])
+        ],
+        dtype=np.int64,
+    )
+
+
+def _window_size(options: LongDocumentsConfig, budget: int) -> int:
+    """Document tokens per window: the configured size, at most what the query leaves."""
+    return min(options.window or budget, budget)
 
 
 def aggregate(window_scores: np.ndarray, owner: Sequence[int], num_docs: int, how: str) -> np.ndarray:

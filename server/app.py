@@ -103,11 +103,10 @@ def _check_request(
         raise _field_error(
             docs_field, f"at most {settings.max_documents} documents per request, got {len(docs)}"
         )
-    if len(docs) > settings.max_queue_pairs:  # could never be queued: not a "retry later"
+    most = min(settings.max_request_pairs, settings.max_queue_pairs)
+    if len(docs) > most:  # every document is at least one pair: no need to count windows
         raise HTTPException(
-            status_code=413,
-            detail=f"{docs_field}: at most {settings.max_queue_pairs} documents fit the inference "
-            f"queue, got {len(docs)}",
+            status_code=413, detail=f"{docs_field}: at most {most} documents fit one request, got {len(docs)}"
         )
     for i, doc in enumerate(docs):
         if len(doc) > settings.max_document_chars:
@@ -120,6 +119,18 @@ def _check_request(
         raise _field_error(
             "max_tokens_per_doc",
             f"must be between 1 and {settings.max_document_chars}, got {max_tokens_per_doc}",
+        )
+
+
+def _check_cost(settings: ServerSettings, pairs: int, docs_field: str) -> None:
+    """413 for a request that costs more pairs than one request may, or than the whole queue
+    holds (it could never be queued: not a "retry later")."""
+    most = min(settings.max_request_pairs, settings.max_queue_pairs)
+    if pairs > most:
+        raise HTTPException(
+            status_code=413,
+            detail=f"{docs_field}: {pairs} document windows to score, at most {most} fit one "
+            "request; send fewer or shorter documents",
         )
 
 
@@ -162,11 +173,17 @@ async def _rank(
         raise _field_error("query", str(exc)) from None
     if max_tokens_per_doc is not None:
         docs = await asyncio.to_thread(prep.truncate, docs, max_tokens_per_doc)
+    # A request costs the pairs the model will score: one per document window.
+    try:
+        costs = await asyncio.to_thread(prep.count_windows, queries, docs)
+    except QueryTooLongError as exc:
+        raise _field_error("query", str(exc)) from None
+    _check_cost(settings, int(costs.sum()), docs_field)
     # the self-ensemble's signals, computed beside the cross-encoder's batches
     signals = asyncio.ensure_future(asyncio.to_thread(reranker.with_signals, query, docs, context))
     watcher = asyncio.ensure_future(_wait_disconnect(request))
     try:
-        scores = await state.worker.score(queries, docs, disconnected=watcher)
+        scores = await state.worker.score(queries, docs, disconnected=watcher, costs=costs)
     except Overloaded:
         raise TooManyRequestsException(
             detail="the inference queue is full; retry later",
@@ -377,7 +394,9 @@ def create_app(settings: ServerSettings, reranker=None) -> Litestar:
                 log.error("could not load %s: %s", settings.model, exc)
                 state.load_error = str(exc)
                 return
-            state.request_tokenizer = RequestTokenizer(loaded.tokenizer, loaded.max_length, loaded.prompt)
+            state.request_tokenizer = RequestTokenizer(
+                loaded.tokenizer, loaded.max_length, loaded.prompt, loaded.long_documents
+            )
             state.worker = InferenceWorker(
                 lambda q, d: np.column_stack(loaded.input_logits(q, d)),
                 max_queue_pairs=settings.max_queue_pairs,

@@ -14,6 +14,7 @@ LOWEST = {
     "max_document_chars": 1,
     "max_query_chars": 1,
     "max_queue_pairs": 1,
+    "max_request_pairs": 1,
     "max_batch_tokens": 1,
     "batch_wait_ms": 0,
     "max_pairs_per_round": 1,
@@ -55,8 +56,12 @@ class ServerSettings:
     max_body_bytes: int = 5_000_000
     max_document_chars: int = 100_000
     max_query_chars: int = 10_000
-    # Pairs waiting in the inference queue before new requests get 429.
+    # A pair is one (query, document window) the model scores: a document that fits the
+    # model's window is one pair, a longer one under long_documents windows one per window.
+    # Pairs waiting in the inference queue before new requests get 429, and pairs one request
+    # may cost (more: 413).
     max_queue_pairs: int = 20_000
+    max_request_pairs: int = 4_000
     # Padded tokens per forward pass (None: the Reranker's default for the device).
     max_batch_tokens: int | None = None
     # Merge pairs of concurrent requests into shared batches. None (auto): only when the model
@@ -66,7 +71,8 @@ class ServerSettings:
     cross_batching: bool | None = None
     # Longest wait for other requests to join a batch, in milliseconds.
     batch_wait_ms: float = 2.0
-    # Pairs scored at most per worker round (bounds one round's latency).
+    # Pairs scored at most per worker round: a larger request is scored in chunks, shared
+    # fairly with the other requests waiting, so this bounds how long a small request waits.
     max_pairs_per_round: int = 512
     # Connections: a request (headers and body) must arrive within this many seconds of the
     # connection opening or the previous response; idle keep-alive connections close after

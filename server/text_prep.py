@@ -1,4 +1,4 @@
-"""Per-request checks and truncation that need the tokenizer, off the inference thread.
+"""Per-request checks, costs and truncation that need the tokenizer, off the inference thread.
 
 A fast tokenizer keeps its truncation and padding settings as shared state, so the inference
 worker and the request threads must never use the same one: this module owns a private copy,
@@ -11,22 +11,42 @@ import copy
 import threading
 from collections.abc import Sequence
 
+import numpy as np
+
+from rerankit.config import LongDocumentsConfig
 from rerankit.encoding import check_query_lengths
 from rerankit.prompts import PromptTemplate
+from rerankit.windows import count_windows
 
 
 class RequestTokenizer:
-    """The request side's own tokenizer: query-length checks and ``max_tokens_per_doc`` cuts."""
+    """The request side's own tokenizer: query-length checks, window counts and
+    ``max_tokens_per_doc`` cuts."""
 
-    def __init__(self, tokenizer, max_length: int, prompt: PromptTemplate | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer,
+        max_length: int,
+        prompt: PromptTemplate | None = None,
+        long_documents: LongDocumentsConfig | None = None,
+    ) -> None:
         self.tokenizer = copy.deepcopy(tokenizer)
         self.max_length, self.prompt = max_length, prompt
+        self.long_documents = long_documents or LongDocumentsConfig()
         self._lock = threading.Lock()
 
     def check_query(self, query: str) -> None:
         """QueryTooLongError when the query alone fills the model's window."""
         with self._lock:
             check_query_lengths(self.tokenizer, [query], self.max_length, self.prompt)
+
+    def count_windows(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+        """Per document, the pairs the model will score for it: its windows (one when it fits
+        or documents are truncated)."""
+        with self._lock:
+            return count_windows(
+                self.tokenizer, queries, docs, self.max_length, self.long_documents, self.prompt
+            )
 
     def truncate(self, texts: Sequence[str], max_tokens: int) -> list[str]:
         """Each text cut after its first ``max_tokens`` tokens (at a character offset)."""

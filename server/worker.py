@@ -1,9 +1,15 @@
 """The inference worker: one thread that owns the model, fed by a queue.
 
-Requests put their (query, document) pairs on the queue and await a future. The worker
-takes the first waiting job, lets other requests join it for up to ``batch_wait_ms``
-(cross-request batching), drops jobs whose client went away, and scores all pairs in one
-``Reranker`` call, which sorts them by length and cuts token-budget batches. Each job then
+Requests put their (query, document) pairs on the queue, each with its cost: the pairs the
+model will score for it, one per document window. The worker keeps every admitted job in a
+round-robin and scores them in rounds of at most ``max_pairs_per_round`` pairs: each job gets
+a fair share of a round (a job that needs less leaves the rest to the others), so a large job
+is scored in chunks with other requests' documents in between, and a small request waits about
+one round, not for the large one. A document's windows stay in one chunk and are aggregated
+together, so where scores do not depend on batch neighbours (fp32) a request scores as it
+would alone. With ``cross_batching`` a round mixes jobs (after waiting up to ``batch_wait_ms``
+for others to join an idle worker); without it a round holds one job's chunk, its cut
+depending on that job alone. Jobs whose client went away are dropped between rounds. Each job
 gets its own scores back, in its own order. The event loop never runs the model.
 """
 
@@ -14,6 +20,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -26,17 +33,54 @@ class Overloaded(Exception):
     """The queue holds too many pairs; the request should be retried later."""
 
 
-@dataclass
+@dataclass(eq=False)
 class Job:
     queries: Sequence[str]
     docs: Sequence[str]
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    # Pairs the model scores per document (its windows).
+    costs: np.ndarray
     cancelled: bool = False
     enqueued: float = field(default_factory=time.perf_counter)
+    # Documents handed to rounds so far, and the scores of those already scored.
+    taken: int = 0
+    parts: list[np.ndarray] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._cumulative = np.concatenate([[0], np.cumsum(self.costs)])
 
     def __len__(self) -> int:
         return len(self.docs)
+
+    def cost(self, start: int, end: int) -> int:
+        return int(self._cumulative[end] - self._cumulative[start])
+
+    @property
+    def remaining(self) -> int:
+        return self.cost(self.taken, len(self))
+
+    def end_within(self, start: int, budget: int, *, at_least_one: bool) -> int:
+        """The end of the longest run of documents from ``start`` costing at most ``budget``;
+        with ``at_least_one``, one document even when it alone costs more."""
+        limit = self._cumulative[start] + budget
+        end = int(np.searchsorted(self._cumulative, limit, side="right")) - 1
+        if at_least_one and end == start < len(self):
+            end += 1
+        return min(max(end, start), len(self))
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Documents ``start:end`` of a job, scored in one round."""
+
+    job: Job
+    start: int
+    end: int
+
+    @property
+    def cost(self) -> int:
+        return self.job.cost(self.start, self.end)
 
 
 class InferenceWorker:
@@ -57,12 +101,17 @@ class InferenceWorker:
         self.batch_wait_s, self.max_pairs_per_round = batch_wait_ms / 1000, max_pairs_per_round
         self._on_batch = on_batch or (lambda pairs, jobs: None)
         self._queue: queue.Queue[Job | None] = queue.Queue()
+        # Admitted jobs with documents left, in serving order; those served in the last round
+        # rejoin at the back after the jobs that arrived meanwhile.
+        self._active: deque[Job] = deque()
+        self._served: list[Job] = []
         self._queued_pairs = 0
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="rerankit-inference", daemon=True)
 
     @property
     def queued_pairs(self) -> int:
+        """Pairs admitted and not yet handed to a round."""
         return self._queued_pairs
 
     def start(self) -> None:
@@ -73,15 +122,30 @@ class InferenceWorker:
         self._thread.join(timeout)
 
     async def score(
-        self, queries: Sequence[str], docs: Sequence[str], disconnected: asyncio.Future | None = None
+        self,
+        queries: Sequence[str],
+        docs: Sequence[str],
+        disconnected: asyncio.Future | None = None,
+        *,
+        costs: Sequence[int] | None = None,
     ) -> np.ndarray | None:
-        """Raw scores of the pairs; None if ``disconnected`` resolved first (job dropped)."""
+        """Raw scores of the pairs; None if ``disconnected`` resolved first (job dropped).
+
+        ``costs``: per document, the pairs the model scores for it (its windows; one each when
+        not given). They count toward ``max_queue_pairs`` and share out the rounds.
+        """
+        if not docs:
+            raise ValueError("no documents to score")
+        costs = np.ones(len(docs), dtype=np.int64) if costs is None else np.asarray(costs, dtype=np.int64)
+        if costs.shape != (len(docs),) or costs.min() < 1:
+            raise ValueError(f"costs: expected {len(docs)} counts of at least 1, got {costs.tolist()}")
         loop = asyncio.get_running_loop()
-        job = Job(queries, docs, loop.create_future(), loop)
+        job = Job(queries, docs, loop.create_future(), loop, costs)
+        total = job.remaining
         with self._lock:
-            if self._queued_pairs + len(job) > self.max_queue_pairs:
+            if self._queued_pairs + total > self.max_queue_pairs:
                 raise Overloaded(f"{self._queued_pairs} pairs are waiting")
-            self._queued_pairs += len(job)
+            self._queued_pairs += total
         self._queue.put(job)
         try:
             if disconnected is None:
@@ -95,59 +159,115 @@ class InferenceWorker:
             job.cancelled = True
             raise
 
-    def _take_round(self, first: Job) -> list[Job]:
-        """The first job plus those that arrive within the batching window."""
-        jobs, pairs = [first], len(first)
-        deadline = time.perf_counter() + self.batch_wait_s
-        while self.cross_batching and pairs < self.max_pairs_per_round:
-            try:
-                job = self._queue.get(timeout=max(0.0, deadline - time.perf_counter()))
-            except queue.Empty:
-                break
-            if job is None:  # stop signal: finish this round, then stop
-                self._queue.put(None)
-                break
-            jobs.append(job)
-            pairs += len(job)
-        return jobs
-
     def _run(self) -> None:
+        stopping = False
         while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            jobs = self._take_round(first)
-            with self._lock:
-                self._queued_pairs -= sum(len(j) for j in jobs)
-            live = [j for j in jobs if not j.cancelled and not j.future.done()]
-            if live:
-                self._score_round(live)
+            idle = not self._active and not self._served
+            if idle:
+                if stopping:
+                    return
+                first = self._queue.get()
+                if first is None:
+                    return
+                self._active.append(first)
+            # An idle worker waits a moment for other requests to share the round; a busy one
+            # takes in whatever arrived during the last round.
+            stopping = self._admit(self.batch_wait_s if idle and self.cross_batching else 0.0) or stopping
+            self._active.extend(self._served)
+            self._served.clear()
+            self._drop_gone()
+            if self._active:
+                self._score_round(self._plan_round())
 
-    def _score_round(self, jobs: list[Job]) -> None:
-        """Score the jobs' pairs together; if that fails, score each job alone, so only the
+    def _admit(self, wait_s: float) -> bool:
+        """Move queued jobs to the round-robin, waiting up to ``wait_s`` while there is less
+        than a round of work. True when the stop signal came (finish the jobs, then stop)."""
+        deadline = time.perf_counter() + wait_s
+        while True:
+            left = deadline - time.perf_counter()
+            try:
+                if left > 0 and sum(j.remaining for j in self._active) < self.max_pairs_per_round:
+                    job = self._queue.get(timeout=left)
+                else:
+                    job = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if job is None:
+                return True
+            self._active.append(job)
+
+    def _drop_gone(self) -> None:
+        """Jobs whose client went away (or that already failed) leave the round-robin."""
+        for job in [j for j in self._active if j.cancelled or j.future.done()]:
+            self._retire(job)
+
+    def _retire(self, job: Job) -> None:
+        for jobs in (self._active, self._served):
+            if job in jobs:
+                jobs.remove(job)
+        with self._lock:
+            self._queued_pairs -= job.remaining
+        job.taken = len(job)
+
+    def _plan_round(self) -> list[Chunk]:
+        """The next round: a chunk of each job at the front of the round-robin, fair shares of
+        ``max_pairs_per_round`` first, then what is left to those that want more. A round
+        exceeds the budget only by the last document taken (a document is never split)."""
+        budget = self.max_pairs_per_round
+        serving = list(self._active) if self.cross_batching else [self._active[0]]
+        share = max(1, budget // len(serving))
+        ends: dict[Job, int] = {}
+        used = 0
+        for job in serving:
+            if used >= budget:
+                break
+            ends[job] = job.end_within(job.taken, min(share, budget - used), at_least_one=True)
+            used += job.cost(job.taken, ends[job])
+        for job in ends:
+            if used >= budget:
+                break
+            end = job.end_within(ends[job], budget - used, at_least_one=False)
+            used += job.cost(ends[job], end)
+            ends[job] = end
+        chunks = [Chunk(job, job.taken, end) for job, end in ends.items()]
+        for chunk in chunks:  # the served jobs wait for their next turn, the finished ones leave
+            chunk.job.taken = chunk.end
+            self._active.popleft()
+            if chunk.end < len(chunk.job):
+                self._served.append(chunk.job)
+        with self._lock:
+            self._queued_pairs -= used
+        return chunks
+
+    def _score_round(self, chunks: list[Chunk]) -> None:
+        """Score the chunks' pairs together; if that fails, score each chunk alone, so only the
         job that cannot be scored gets the error. No request text goes to the log."""
-        queries = [q for j in jobs for q in j.queries]
-        docs = [d for j in jobs for d in j.docs]
+        queries = [q for c in chunks for q in c.job.queries[c.start : c.end]]
+        docs = [d for c in chunks for d in c.job.docs[c.start : c.end]]
         try:
             scores = self._score(queries, docs)
         except Exception as exc:  # a failed round fails its requests, never the worker
-            if len(jobs) > 1:
+            if len(chunks) > 1:
                 log.warning(
-                    "a round of %d requests failed (%s); scoring each alone", len(jobs), type(exc).__name__
+                    "a round of %d requests failed (%s); scoring each alone", len(chunks), type(exc).__name__
                 )
-                for job in jobs:
-                    self._score_round([job])
+                for chunk in chunks:
+                    self._score_round([chunk])
                 return
             # Request text stays out of the log; the traceback (code only) goes in.
-            log.error("a request of %d pairs failed: %s", len(docs), type(exc).__name__, exc_info=exc)
-            jobs[0].loop.call_soon_threadsafe(_set_exception, jobs[0].future, exc)
+            log.error("a request failed on %d pairs: %s", chunks[0].cost, type(exc).__name__, exc_info=exc)
+            job = chunks[0].job
+            self._retire(job)
+            job.loop.call_soon_threadsafe(_set_exception, job.future, exc)
             return
-        self._on_batch(len(docs), len(jobs))
+        self._on_batch(sum(c.cost for c in chunks), len(chunks))
         start = 0
-        for job in jobs:
-            part = np.asarray(scores[start : start + len(job)])
-            start += len(job)
-            job.loop.call_soon_threadsafe(_set_result, job.future, part)
+        for chunk in chunks:
+            job, size = chunk.job, chunk.end - chunk.start
+            job.parts.append(np.asarray(scores[start : start + size]))
+            start += size
+            if chunk.end == len(job) and not job.future.done():
+                job.loop.call_soon_threadsafe(_set_result, job.future, np.concatenate(job.parts))
 
 
 def _set_result(future: asyncio.Future, value) -> None:

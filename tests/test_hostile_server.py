@@ -4,6 +4,7 @@ API key protects stays protected."""
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -73,6 +74,100 @@ def test_more_documents_than_the_queue_can_hold_is_413_not_429(make_client):
     client = make_client(max_queue_pairs=10, max_documents=100)
     response = client.post("/v2/rerank", json={"query": QUERY, "documents": ["apple"] * 11})
     assert_json_4xx(response, 413, mentions="at most 10")
+
+
+@pytest.fixture(scope="module")
+def windowed(tiny_bert_run):
+    """The tiny run in fp32, scoring long documents by windows."""
+    from rerankit import Reranker
+
+    return Reranker.load(
+        tiny_bert_run[0].output_dir, device="cpu", dtype="float32", long_documents={"mode": "windows"}
+    )
+
+
+def serve_in_process(reranker, **settings):
+    from litestar.testing import TestClient
+
+    from rerankit.server import ServerSettings, create_app
+
+    return TestClient(create_app(ServerSettings(model="in-memory", **settings), reranker=reranker))
+
+
+LONG_DOC = " ".join(["zinc quartz oxide river castle piano"] * 30)
+
+
+def test_a_request_costing_more_windows_than_allowed_is_413_naming_the_count(windowed):
+    from conftest import wait_ready
+
+    docs = [LONG_DOC, "apple story", LONG_DOC + " apple"]
+    windows = windowed.window_logits([QUERY] * 3, docs)[1]
+    assert windows[1] == 1 and windows[0] > 1  # a short document is one window, a long one more
+    with serve_in_process(windowed, max_request_pairs=int(windows.sum()) - 1) as client:
+        wait_ready(client)
+        response = client.post("/v2/rerank", json={"query": QUERY, "documents": docs})
+        assert_json_4xx(
+            response,
+            413,
+            f"documents: {windows.sum()} document windows to score, at most {windows.sum() - 1}",
+        )
+        fits = client.post("/rerank", json={"query": QUERY, "texts": docs[:2]})
+        assert fits.status_code == 200
+        meta = client.post("/v2/rerank", json={"query": QUERY, "documents": docs[:2]}).json()["meta"]
+        assert meta["windows_scored"] == windows[:2].sum()
+
+
+def test_a_request_limit_below_one_is_refused():
+    from rerankit.errors import ConfigError
+    from rerankit.server import ServerSettings
+
+    with pytest.raises(ConfigError, match="max_request_pairs: must be a finite number >= 1, got 0"):
+        ServerSettings(model="x", max_request_pairs=0)
+
+
+def test_waiting_windows_fill_the_queue_and_get_429(windowed):
+    """One long document is scored (held) and another waits: the queue holds its windows, so
+    a third long document that does not fit beside them gets 429, though only one document
+    waits."""
+    from conftest import wait_ready
+
+    holding, entered, release = threading.Event(), threading.Event(), threading.Event()
+
+    class Held:
+        def __getattr__(self, name):
+            return getattr(windowed, name)
+
+        def input_logits(self, queries, docs):
+            if holding.is_set():  # not the warm-up
+                entered.set()
+                release.wait(5)
+            return windowed.input_logits(queries, docs)
+
+    body = {"query": QUERY, "documents": [LONG_DOC]}
+    windows = int(windowed.window_logits([QUERY], [LONG_DOC])[1][0])
+    answers = []
+    with serve_in_process(Held(), max_queue_pairs=windows + windows // 2, cross_batching=False) as client:
+        wait_ready(client)
+        holding.set()
+
+        def post():
+            answers.append(client.post("/v2/rerank", json=body))
+
+        first, second = threading.Thread(target=post), threading.Thread(target=post)
+        first.start()
+        assert entered.wait(10)  # the worker holds the first
+        second.start()
+        deadline = time.monotonic() + 10
+        while client.app.state.worker.queued_pairs < windows:  # the second waits
+            assert time.monotonic() < deadline, "the second request's windows never reached the queue"
+            time.sleep(0.01)
+        third = client.post("/v2/rerank", json=body)
+        release.set()
+        first.join()
+        second.join()
+    assert_json_4xx(third, 429, "queue is full")
+    assert third.headers["retry-after"] == "1"
+    assert [a.status_code for a in answers] == [200, 200]
 
 
 def test_query_length_is_capped(make_client):

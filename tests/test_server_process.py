@@ -1,12 +1,17 @@
-"""`rerankit serve` as a real process on a loopback port: HTTP end to end and a bounded load test."""
+"""`rerankit serve` as a real process on a loopback port: HTTP end to end, a bounded load test,
+and a small request answered promptly while a huge windowed one runs."""
 
 import concurrent.futures
+import contextlib
+import os
+import subprocess
+import sys
 import time
 
 import httpx
 import numpy as np
 import pytest
-from conftest import metric_value
+from conftest import free_port, metric_value
 
 from rerankit import Reranker
 
@@ -150,3 +155,73 @@ def test_slow_clients_are_disconnected(rerankit_server):
             pass
         sock.close()
     assert time.monotonic() - start < 8
+
+
+@contextlib.contextmanager
+def serving(model_dir, *options: str):
+    """`rerankit serve` on ``model_dir`` with ``options`` on a free loopback port: its base URL
+    once healthy."""
+    port = free_port()
+    command = [sys.executable, "-m", "rerankit", "serve", "--model", str(model_dir), "--port", str(port)]
+    proc = subprocess.Popen(
+        [*command, *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "server did not become healthy"
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_small_request_is_not_starved_by_a_huge_windowed_one(tiny_bert_run):
+    """Long documents scored by windows, in rounds of at most 16 pairs: while a request of
+    about three thousand windows is scored, a 1-document request sent meanwhile is answered
+    within a few rounds, long before the large one; both get the scores they get alone."""
+    words = ["apple", "zinc", "river", "quartz", "castle", "oxide", "piano", "tiger"]
+    big_docs = [f"{i} " + " ".join(words[(i + j) % 8] for j in range(120)) for i in range(400)]
+    query = "tell me about apple"
+    options = ["--dtype", "float32", "--long-documents", "windows", "--max-pairs-per-round", "16"]
+    with serving(tiny_bert_run[0].output_dir, *options) as base:
+
+        def post(docs):
+            response = httpx.post(f"{base}/v2/rerank", json={"query": query, "documents": docs}, timeout=120)
+            return response, time.monotonic()
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            big = pool.submit(post, big_docs)
+            # the large request is admitted and being scored
+            while metric_value(httpx.get(f"{base}/metrics").text, "rerankit_queue_pairs") == 0:
+                assert not big.done(), "the large request finished before it was seen in the queue"
+                time.sleep(0.01)
+            sent = time.monotonic()
+            small, small_done = post(["an apple story"])
+            big_answer, big_done = big.result()
+    assert small.status_code == 200 and big_answer.status_code == 200, (small.text, big_answer.text[:300])
+    small_latency, big_left = small_done - sent, big_done - sent
+    assert small_latency < 30 and small_latency * 4 < big_left, (small_latency, big_left)
+    windowed = Reranker.load(
+        tiny_bert_run[0].output_dir, device="cpu", dtype="float32", long_documents={"mode": "windows"}
+    )
+    sample = list(range(0, len(big_docs), 7))  # documents of many different chunks
+    want, windows = windowed.window_logits(
+        [query] * (len(sample) + 1), [big_docs[i] for i in sample] + ["an apple story"]
+    )
+    want = windowed.probabilities(want)
+    got = {r["index"]: r["relevance_score"] for r in big_answer.json()["results"]}
+    assert sorted(got) == list(range(len(big_docs)))
+    assert [got[i] for i in sample] == pytest.approx(want[:-1].tolist(), abs=1e-5)
+    assert small.json()["results"][0]["relevance_score"] == pytest.approx(want[-1], abs=1e-5)
+    # the large documents are alike in length: as many windows each
+    assert big_answer.json()["meta"]["windows_scored"] == windows[0] * len(big_docs) > 3000

@@ -1,6 +1,8 @@
-"""The inference worker: cross-request batching, own results, dropped jobs, failures."""
+"""The inference worker: cross-request batching, own results, dropped jobs, failures, and
+rounds bounded in pairs (document windows) and shared fairly between requests."""
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
@@ -87,4 +89,82 @@ def test_queue_limit_and_failure_do_not_kill_the_worker():
 
     assert list(run(main())) == [4.0]
     assert worker.queued_pairs == 0
+    worker.stop()
+
+
+class HeldScorer(LengthScorer):
+    """A LengthScorer whose first round waits until ``release`` is set."""
+
+    def __init__(self):
+        super().__init__()
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, queries, docs):
+        self.entered.set()
+        assert self.release.wait(10)
+        return super().__call__(queries, docs)
+
+
+async def queue_a_job_while_the_first_round_runs(worker, scorer, big, small):
+    """``big`` (queries, docs, costs) starts; once its first round is running, ``small`` is
+    queued; then the round is released. Both results, in that order."""
+    big_job = asyncio.ensure_future(worker.score(big[0], big[1], costs=big[2]))
+    await asyncio.to_thread(scorer.entered.wait, 10)
+    waiting = worker.queued_pairs
+    small_job = asyncio.ensure_future(worker.score(small[0], small[1]))
+    while worker.queued_pairs == waiting:  # the small job is in the queue
+        await asyncio.sleep(0.001)
+    scorer.release.set()
+    return await asyncio.gather(big_job, small_job)
+
+
+def test_a_large_job_is_scored_in_bounded_rounds_and_a_small_one_joins_the_next():
+    """A job of 20 documents of 2 windows each under a 4-pair round: every round stays within
+    4 pairs, the 1-document request queued during the first round is in the second, and
+    both get the scores they would get alone."""
+    scorer, rounds = HeldScorer(), []
+    worker = InferenceWorker(scorer, max_pairs_per_round=4, on_batch=lambda p, j: rounds.append((p, j)))
+    worker.start()
+    big_docs = ["d" * (i + 1) for i in range(20)]
+    big, small = run(
+        queue_a_job_while_the_first_round_runs(
+            worker, scorer, (["q"] * 20, big_docs, [2] * 20), (["q"], ["small"])
+        )
+    )
+    worker.stop()
+    assert list(big) == [float(i + 1) for i in range(20)] and list(small) == [5.0]
+    assert "small" in scorer.calls[1]
+    assert max(pairs for pairs, _ in rounds) <= 4 and sum(pairs for pairs, _ in rounds) == 41
+    assert rounds[1] == (3, 2)  # one document of each: the small job did not wait its turn
+    assert worker.queued_pairs == 0
+
+
+def test_without_cross_batching_large_jobs_take_turns_by_chunks():
+    """Each round holds one job's chunk, and the jobs alternate: a second request does not
+    wait for the whole first one."""
+    scorer = HeldScorer()
+    worker = InferenceWorker(scorer, cross_batching=False, max_pairs_per_round=2)
+    worker.start()
+    first = [f"a{i}" for i in range(6)]
+    second = [f"bb{i}" for i in range(4)]
+    a, b = run(
+        queue_a_job_while_the_first_round_runs(worker, scorer, (["q"] * 6, first, None), (["q"] * 4, second))
+    )
+    worker.stop()
+    assert list(a) == [2.0] * 6 and list(b) == [3.0] * 4
+    assert scorer.calls == [first[0:2], second[0:2], first[2:4], second[2:4], first[4:6]]
+
+
+def test_the_queue_limit_counts_windows_not_documents():
+    worker = InferenceWorker(LengthScorer(), max_queue_pairs=10, batch_wait_ms=0)
+    worker.start()
+
+    async def main():
+        with pytest.raises(Overloaded, match="0 pairs are waiting"):
+            await worker.score(["q"] * 2, ["long", "longer"], costs=[6, 5])
+        with pytest.raises(ValueError, match="costs: expected 2 counts of at least 1"):
+            await worker.score(["q"] * 2, ["a", "b"], costs=[1, 0])
+        return await worker.score(["q"] * 2, ["long", "longer"], costs=[6, 4])
+
+    assert list(run(main())) == [4.0, 6.0]
     worker.stop()
