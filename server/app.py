@@ -182,6 +182,7 @@ async def _rank(
     # the self-ensemble's signals, computed beside the cross-encoder's batches
     signals = asyncio.ensure_future(asyncio.to_thread(reranker.with_signals, query, docs, context))
     watcher = asyncio.ensure_future(_wait_disconnect(request))
+    scores = None
     try:
         scores = await state.worker.score(queries, docs, disconnected=watcher, costs=costs)
     except Overloaded:
@@ -193,6 +194,8 @@ async def _rank(
         raise _field_error("query", str(exc)) from None
     finally:
         watcher.cancel()
+        if scores is None:  # refused, failed or the client left: nobody reads the signals
+            signals.cancel()
     if scores is None:  # client gone: nobody reads the answer
         raise HTTPException(status_code=499, detail="client closed the request")
     # The worker answers one row per document: (logit, windows scored).

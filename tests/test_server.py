@@ -143,14 +143,15 @@ def test_malformed_json_and_limits(make_client):
 def test_full_queue_answers_429_with_retry_after(reranker):
     """One request is being scored (held), one waits in the queue: a third that does not fit
     beside it gets 429; the held ones then finish."""
-    release = threading.Event()
+    release, armed = threading.Event(), threading.Event()
 
     class Held:
         def __getattr__(self, name):
             return getattr(reranker, name)
 
         def input_logits(self, queries, docs):
-            release.wait(30)
+            if armed.is_set():  # the warm-up at start passes
+                release.wait(30)
             return reranker.input_logits(queries, docs)
 
     held = Held()
@@ -158,6 +159,7 @@ def test_full_queue_answers_429_with_retry_after(reranker):
     settings = ServerSettings(model="in-memory", max_queue_pairs=5, cross_batching=False)
     with TestClient(create_app(settings, reranker=held)) as client:
         wait_ready(client)
+        armed.set()
         first = threading.Thread(target=client.post, args=("/v2/rerank",), kwargs={"json": body})
         second = threading.Thread(target=client.post, args=("/v2/rerank",), kwargs={"json": body})
         first.start()
