@@ -293,6 +293,12 @@ def train_rerankit(config: str, files: dict, out: str, overrides: dict) -> dict[
     }
 
 
+def reused_run(folder: Path) -> dict[str, Any]:
+    """What ``train_rerankit`` reports, read back from a finished run folder (no wall time)."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return {"valid_best": metrics["best"], "path": str(folder), "reused": True}
+
+
 def _st_samples(path: str, num_negatives: int | None):
     from rerankit.data import read_records
 
@@ -451,6 +457,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--quick", action="store_true", help="400 train / 150 test questions (the slice of the ablations)"
     )
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--reuse-runs",
+        action="store_true",
+        help="score a run folder the same --work already holds finished instead of training it again",
+    )
     args = parser.parse_args(argv)
 
     from rerankit.config import load_config
@@ -575,7 +586,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     runs += [(name, {**base, **o}) for name, o in map(parse_ablation, args.ablation)]
     for i, (name, overrides) in enumerate(runs):
-        trained = in_fresh_process(train_rerankit, args.config, files, str(work / f"rerankit_{i}"), overrides)
+        folder = work / f"rerankit_{i}"
+        if args.reuse_runs and (folder / "run.json").is_file():  # finished before: only score it
+            trained = reused_run(folder)
+        else:
+            trained = in_fresh_process(train_rerankit, args.config, files, str(folder), overrides)
         add_trained(name, trained, Reranker.load(trained["path"]), overrides=overrides)
     for i, lr in enumerate([] if args.no_peer else args.peer_lr or [1e-4]):
         trained = in_fresh_process(

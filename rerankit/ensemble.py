@@ -21,10 +21,11 @@ equal (``fit_ensemble``). Calibration is fitted on the fused score afterwards.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import product
@@ -147,14 +148,31 @@ def sentence_pooling(folder: str | Path) -> tuple[str, int] | None:
     return modes[0], max_tokens
 
 
-class CosineSignal:
-    """Cosine of a sentence-embedding backbone's pooled embeddings of query and document."""
+# Embeddings kept for texts seen before (a RAG corpus sends the same passages again and again).
+CACHE_ENTRIES = 50_000
 
-    def __init__(self, model, tokenizer, pooling: str, max_length: int, max_tokens: int = 8192) -> None:
+
+class CosineSignal:
+    """Cosine of a sentence-embedding backbone's pooled embeddings of query and document.
+
+    Embeddings of recent texts are kept (at most ``cache_entries``, least recently used out),
+    keyed by a digest of the text: a passage that comes back costs no second encoder pass."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        pooling: str,
+        max_length: int,
+        max_tokens: int = 8192,
+        cache_entries: int = CACHE_ENTRIES,
+    ) -> None:
         self.model, self.tokenizer, self.pooling = model.eval(), tokenizer, pooling
         self.max_length, self.max_tokens = max_length, max_tokens
         # a fast tokenizer's truncation settings are shared state: calls take turns
         self._lock = threading.Lock()
+        self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self.cache_entries = cache_entries
 
     @classmethod
     def load(cls, folder: str | Path, dtype=None, device: str = "cpu") -> CosineSignal | None:
@@ -217,11 +235,33 @@ class CosineSignal:
         (folder / "2_Normalize").mkdir(exist_ok=True)
         (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": self.max_length}))
 
+    def cached_embed(self, texts: Sequence[str]) -> np.ndarray:
+        """``embed`` of distinct ``texts``, through the cache."""
+        keys = [hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest() for t in texts]
+        with self._lock:
+            known = {k: self._cache[k] for k in keys if k in self._cache}
+            for k in known:
+                self._cache.move_to_end(k)
+        missing = [i for i, k in enumerate(keys) if k not in known]
+        fresh = self.embed([texts[i] for i in missing]) if missing else None
+        out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
+        for i, k in enumerate(keys):
+            if k in known:
+                out[i] = known[k]
+        if fresh is not None:
+            out[missing] = fresh
+            with self._lock:
+                for i, row in zip(missing, fresh):
+                    self._cache[keys[i]] = row
+                while len(self._cache) > self.cache_entries:
+                    self._cache.popitem(last=False)
+        return out
+
     def scores(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
-        """Cosine of each pair; each distinct text is embedded once."""
+        """Cosine of each pair; each distinct text is embedded once (or found in the cache)."""
         texts = list(dict.fromkeys([*queries, *docs]))
         where = {t: i for i, t in enumerate(texts)}
-        emb = self.embed(texts)
+        emb = self.cached_embed(texts)
         q = emb[[where[t] for t in queries]]
         d = emb[[where[t] for t in docs]]
         return (q * d).sum(axis=1).astype(np.float64)
@@ -265,7 +305,7 @@ class Ensemble:
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
             ):
                 raise ValueError(f"{name} must be finite numbers, got {values}")
-        if any(w < 0 for w in self.weights) or not math.isclose(sum(self.weights), 1.0, abs_tol=1e-6):
+        if any(w < 0 for w in self.weights) or not math.isclose(sum(self.weights), 1.0, abs_tol=1e-4):
             raise ValueError(f"weights must be non-negative and sum to 1, got {self.weights}")
         if any(s <= 0 for s in self.stds):
             raise ValueError(f"stds must be above 0, got {self.stds}")
@@ -285,7 +325,7 @@ class Ensemble:
     def to_dict(self) -> dict:
         return {
             "signals": list(self.signals),
-            "weights": [round(w, 6) for w in self.weights],
+            "weights": list(self.weights),
             "means": list(self.means),
             "stds": list(self.stds),
             "strategy": self.strategy,

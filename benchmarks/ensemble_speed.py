@@ -1,0 +1,121 @@
+"""What the self-ensemble costs: ``Reranker.rerank`` with the run's ensemble against the same
+model with ``ensemble="none"`` (the cross-encoder alone), in pairs per second.
+
+    python benchmarks/ensemble_speed.py [--model outputs/demo] [--queries 40] [--top-k 30] [--repeats 3]
+
+SQuAD dev questions with their BM25 top-k paragraphs (../shared/data/squad-v1.1-dev), one
+``rerank`` call per question, as a RAG pipeline calls it. Passes alternate between the contenders
+and the median is reported. The ensemble's cosine keeps the embeddings of texts it has seen, so
+two ensemble rows are shown: a cold one (a fresh model each pass: every passage embedded once)
+and a warm one (the passages of the pass seen before, as a corpus that is searched again and
+again sends them). Prints the CPU's flags beside the table; writes
+benchmarks/results/ensemble_speed.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.inference import load_pairs  # noqa: E402
+
+FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
+
+
+def cpu_flags() -> tuple[str, list[str]]:
+    """The CPU's name and which of the flags that matter here it has (from lscpu)."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", []
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    flags = fields.get("Flags", "").split()
+    return fields.get("Model name", "unknown").strip(), [f for f in FLAGS_OF_INTEREST if f in flags]
+
+
+def timed(reranker, queries, docs) -> float:
+    started = time.perf_counter()
+    for query, candidates in zip(queries, docs):
+        reranker.rerank(query, candidates)
+    return sum(len(d) for d in docs) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=str(ROOT / "outputs" / "demo"))
+    parser.add_argument("--queries", type=int, default=40)
+    parser.add_argument("--top-k", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+
+    from rerankit import Reranker
+
+    queries, docs, _, _ = load_pairs(args.queries, args.top_k, seed=1)
+    alone = Reranker.load(args.model, dtype=args.dtype, ensemble="none")
+    warm = Reranker.load(args.model, dtype=args.dtype)
+    if warm.ensemble is None:
+        raise SystemExit(f"{args.model} has no ensemble: nothing to compare")
+    timed(alone, queries[:2], docs[:2])  # warm-up of the kernels
+    timed(warm, queries, docs)  # fills the warm model's cache
+    rates: dict[str, list[float]] = {"cross-encoder alone": [], "ensemble, cold": [], "ensemble, warm": []}
+    for _ in range(args.repeats):  # alternating, so the machine's drift hits every row alike
+        rates["cross-encoder alone"].append(timed(alone, queries, docs))
+        cold = Reranker.load(args.model, dtype=args.dtype)
+        rates["ensemble, cold"].append(timed(cold, queries, docs))
+        rates["ensemble, warm"].append(timed(warm, queries, docs))
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    base = medians["cross-encoder alone"]
+    name, flags = cpu_flags()
+    pairs = sum(len(d) for d in docs)
+    distinct = len({text for row in docs for text in row})
+    rows = [
+        {"name": n, "pairs_per_s": rate, "cost": base / rate, "passes": rates[n]}
+        for n, rate in medians.items()
+    ]
+    result = {
+        "model": args.model,
+        "weights": dict(zip(warm.ensemble.signals, warm.ensemble.weights)),
+        "dtype": str(next(alone.model.parameters()).dtype),
+        "pairs": pairs,
+        "distinct_passages": distinct,
+        "cpu": name,
+        "flags": flags,
+        "rows": rows,
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
+    }
+    lines = [
+        f"# Self-ensemble cost ({args.queries} SQuAD questions × BM25 top {args.top_k}: {pairs} pairs, "
+        f"{distinct} distinct passages; one rerank call per question)",
+        "",
+        f"CPU: {name}; flags: {', '.join(flags) or 'none of ' + ', '.join(FLAGS_OF_INTEREST)}; "
+        f"model dtype {result['dtype']}; median of {args.repeats} alternating passes; "
+        f"{result['date']}, commit {result['commit']}.",
+        "",
+        "| scoring | pairs/s | time × the cross-encoder alone |",
+        "|---|---:|---:|",
+        *(f"| {r['name']} | {r['pairs_per_s']:.1f} | {r['cost']:.2f} |" for r in rows),
+        "",
+        "Ensemble weights: " + ", ".join(f"{s} {w:.2f}" for s, w in result["weights"].items()) + ".",
+        "",
+    ]
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "ensemble_speed.json").write_text(json.dumps(result, indent=2))
+    (args.results / "ensemble_speed.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
