@@ -534,6 +534,17 @@ def eval_command(
             f"recall@{recall_at}",
         )
     )
+    if result.get("depths"):
+        click.echo("\nndcg@10 reordering the first stage's top d:")
+        depths = list(result["depths"])
+        click.echo("| | " + " | ".join(f"d = {d}" for d in depths) + " |\n|---|" + "---:|" * len(depths))
+        for key, label in (
+            ("first_stage", "first stage"),
+            ("cross_encoder", "cross-encoder alone"),
+            ("reranked", f"reranked by {model_path}"),
+        ):
+            cells = " | ".join(f"{result['depths'][d][key]['ndcg@10']:.4f}" for d in depths)
+            click.echo(f"| {label} | {cells} |")
     delta = result["reranked"]["ndcg@10"] - result["first_stage"]["ndcg@10"]
     click.echo(f"\nndcg@10 {delta:+.4f} over the first stage on {result['queries']} queries")
     if delta < 0:

@@ -14,6 +14,7 @@ Both also report the reciprocal-rank fusion of the first stage's ranking(s) with
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -27,6 +28,9 @@ from rerankit.fusion import rrf
 from rerankit.ordering import best_first
 from rerankit.ranking_metrics import ranking_metrics
 from rerankit.validation import ValidationSet
+
+# Rerank depths `rerankit eval` reports: how far into the first stage's list the reranker reads.
+DEPTHS = (10, 30, 100)
 
 
 def _read_beir(folder: Path, split: str):
@@ -95,12 +99,15 @@ def evaluate_beir(
     max_queries: int | None = None,
     first_stage: str = "bm25",
     dense_model: str = DEFAULT_DENSE_MODEL,
+    depths: Sequence[int] = DEPTHS,
 ) -> dict[str, Any]:
     """The first stage's top-k over the corpus vs the reranker's order of the same top-k.
 
     The fused row is the reranker's fusion (``Reranker.fuse``) with each ranking the first
     stage is made of (BM25, the bi-encoder, or both for ``hybrid``): learned on the run's
     validation set where it applies, else reciprocal-rank fusion (also reported as ``fused_rrf``).
+    ``depths``: the first stage, the cross-encoder alone and the reranker as it scores (with its
+    ensemble) reordering the top d of the first stage, for each d (``depth``).
     """
     from tqdm.auto import tqdm
 
@@ -113,12 +120,19 @@ def evaluate_beir(
         )
     qids = sorted(qrels)[:max_queries] if max_queries else sorted(qrels)
     qrels = {q: qrels[q] for q in qids}
-    hits = first_stage_top_k(corpus, [queries[q] for q in qids], top_k, first_stage, dense_model)
+    deepest = max(top_k, *depths)
+    hits = first_stage_top_k(corpus, [queries[q] for q in qids], deepest, first_stage, dense_model)
     first, reranked, fused, fused_rrf = {}, {}, {}, {}
+    deep: dict[str, dict[str, dict[str, float]]] = {"first_stage": {}, "cross_encoder": {}, "reranked": {}}
     for qid, (ids, own, components) in tqdm(list(zip(qids, hits)), desc="reranking", unit="query"):
-        # score injection reads the first stage's own scores
-        pairs = [(queries[qid], corpus[d]) for d in ids]
-        scores = np.asarray(reranker.score(pairs, raw=True, first_stage=own))
+        # every candidate scored once, as deep as the deepest depth; score injection reads `own`
+        texts = [corpus[d] for d in ids]
+        logits = reranker.logits([queries[qid]] * len(ids), texts, first_stage=own)
+        final = reranker.final_scores(logits, reranker.signal_scores([queries[qid]] * len(ids), texts))
+        for name, values in (("first_stage", own), ("cross_encoder", logits), ("reranked", final)):
+            deep[name][qid] = dict(zip(ids, map(float, values)))
+        ids, own, scores = ids[:top_k], own[:top_k], final[:top_k]
+        components = {name: values[:top_k] for name, values in components.items()}
         first[qid], reranked[qid] = dict(zip(ids, own)), dict(zip(ids, scores))
         fused[qid] = dict(zip(ids, reranker.fuse(scores, list(components.values()))))
         fused_rrf[qid] = dict(zip(ids, rrf([*components.values(), scores])))
@@ -136,7 +150,16 @@ def evaluate_beir(
         "fused": ranking_metrics(qrels, fused, recall_at),
         "fused_name": _fused_name(reranker, [*hits[0].components] if hits else []),
         "fused_rrf": ranking_metrics(qrels, fused_rrf, recall_at),
+        "depths": {
+            str(d): {name: ranking_metrics(qrels, _top(run, d), recall_at) for name, run in deep.items()}
+            for d in depths
+        },
     }
+
+
+def _top(run: dict[str, dict[str, float]], depth: int) -> dict[str, dict[str, float]]:
+    """Each query's first ``depth`` candidates (the first stage's order) with their scores."""
+    return {q: dict(list(scores.items())[:depth]) for q, scores in run.items()}
 
 
 def _fused_name(reranker, components: list[str]) -> str:

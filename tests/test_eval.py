@@ -69,6 +69,22 @@ def test_eval_beir_reranks_bm25_top_k(tiny_bert_run, beir_folder):
     assert result["reranked"]["recall@5"] == pytest.approx(result["first_stage"]["recall@5"])
 
 
+def test_eval_reports_each_rerank_depth(tiny_bert_run, beir_folder):
+    from rerankit import Reranker
+
+    reranker = Reranker.load(tiny_bert_run[0].output_dir, device="cpu", dtype="float32")
+    result = evaluate_beir(reranker, beir_folder, top_k=5, recall_at=5, depths=(2, 5))
+    assert set(result["depths"]) == {"2", "5"}
+    at5 = result["depths"]["5"]
+    # the depth the main rows use gives the main rows' numbers
+    assert at5["first_stage"]["ndcg@10"] == pytest.approx(result["first_stage"]["ndcg@10"])
+    assert at5["reranked"]["ndcg@10"] == pytest.approx(result["reranked"]["ndcg@10"])
+    # reordering the first stage's top 2 keeps those 2 documents: recall cannot change
+    at2 = result["depths"]["2"]
+    assert at2["reranked"]["recall@5"] == pytest.approx(at2["first_stage"]["recall@5"])
+    assert at2["first_stage"]["recall@5"] <= at5["first_stage"]["recall@5"]
+
+
 def test_hybrid_first_stage_is_the_rrf_of_bm25_and_the_bi_encoder_over_the_corpus(beir_folder):
     import numpy as np
 
