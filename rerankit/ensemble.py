@@ -106,18 +106,29 @@ class BM25Signal:
 
     @classmethod
     def load(cls, path: Path) -> BM25Signal:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        """The statistics ``save`` wrote; ValueError naming the first field out of range (a
+        damaged file must not serve NaN or silently other scores)."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except RecursionError:
+            raise ValueError(f"{path}: JSON nested too deeply") from None
         if not isinstance(data, dict) or not isinstance(data.get("doc_freq"), dict):
-            raise ValueError("expected an object with doc_freq")
-        stats = {k: data[k] for k in ("num_docs", "avg_length", "k1", "b")}
-        for key, value in stats.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{key} must be a positive number, got {value!r}")
-        if any(not isinstance(v, int) or v < 1 for v in data["doc_freq"].values()):
-            raise ValueError("doc_freq values must be positive integers")
-        return cls(
-            int(stats["num_docs"]), float(stats["avg_length"]), data["doc_freq"], stats["k1"], stats["b"]
-        )
+            raise ValueError(f"{path}: expected an object with doc_freq")
+        ranges = {"num_docs": (1, math.inf), "avg_length": (1e-9, math.inf), "k1": (0, 100), "b": (0, 1)}
+        for key, (low, high) in ranges.items():
+            value = data.get(key)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not math.isfinite(value) or not low <= value <= high:
+                raise ValueError(f"{path}: {key} must be a number from {low} to {high}, got {value!r}")
+        if not float(data["num_docs"]).is_integer():
+            raise ValueError(f"{path}: num_docs must be an integer, got {data['num_docs']!r}")
+        n = int(data["num_docs"])
+        if any(
+            isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= n
+            for v in data["doc_freq"].values()
+        ):
+            raise ValueError(f"{path}: doc_freq values must be integers from 1 to num_docs ({n})")
+        return cls(n, float(data["avg_length"]), data["doc_freq"], float(data["k1"]), float(data["b"]))
 
 
 POOLING_MODES = {
@@ -175,11 +186,12 @@ class CosineSignal:
         self.cache_entries = cache_entries
 
     @classmethod
-    def load(cls, folder: str | Path, dtype=None, device: str = "cpu") -> CosineSignal | None:
-        """The backbone at ``folder`` (safetensors only), or None when it is no sentence
-        embedder."""
+    def load(cls, folder: str | Path, dtype=None, device: str = "cpu", revision: str | None = None):
+        """The backbone at ``folder`` (a local folder, or a hub id fetched by huggingface_hub;
+        safetensors only), or None when it is no sentence embedder."""
         from transformers import AutoModel, AutoTokenizer
 
+        folder = _local_snapshot(folder, revision)
         found = sentence_pooling(folder)
         if found is None:
             return None
@@ -267,6 +279,21 @@ class CosineSignal:
         return (q * d).sum(axis=1).astype(np.float64)
 
 
+def _local_snapshot(name: str | Path, revision: str | None) -> Path:
+    """A local folder as it is; a hub id as huggingface_hub's local snapshot (offline mode and
+    the cache as the hub library is set up)."""
+    if Path(name).expanduser().is_dir():
+        return Path(name).expanduser()
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(name), revision=revision))
+    except Exception as exc:  # no network, unknown id, offline cache miss: no such local folder
+        raise OSError(
+            f"{name}: not a local folder and not fetched from the hub ({type(exc).__name__})"
+        ) from None
+
+
 def load_signals(needs: Sequence[str], folder: Path, encoder, *, dtype=None, device: str = "cpu") -> dict:
     """The signals named in ``needs``: BM25 from ``folder``'s statistics, the cosine of the
     sentence encoder at ``encoder``. OSError or ValueError saying which is missing or damaged."""
@@ -274,6 +301,8 @@ def load_signals(needs: Sequence[str], folder: Path, encoder, *, dtype=None, dev
     if "bm25" in needs:
         signals["bm25"] = BM25Signal.load(Path(folder) / BM25_FILE)
     if "cosine" in needs:
+        if not Path(encoder).is_dir():
+            raise OSError(f"{encoder}: the sentence encoder is missing")
         cosine = CosineSignal.load(encoder, dtype=dtype, device=device)
         if cosine is None:
             raise ValueError(f"{encoder} is not a sentence-embedding model (no Pooling module)")

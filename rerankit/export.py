@@ -182,7 +182,13 @@ def _export(
     _write(out, reranker.model, tokenizer, record, extras)
     if causal_lm is not None:
         model = _causal_lm(manifest, reranker, dtype, trust_remote_code, allow_pickle)
-        _write(Path(causal_lm), model, tokenizer, {**info, "layout": "causal-lm"})
+        _write(
+            Path(causal_lm),
+            model,
+            tokenizer,
+            {**info, "layout": "causal-lm"},
+            lambda staging: _write_signals(staging, reranker),
+        )
     return out
 
 

@@ -47,7 +47,7 @@ def zscore(scores: np.ndarray) -> np.ndarray:
 class LearnedFusion:
     method: str  # "zscore" or "rrf"
     weight: float  # the reranker's share; the first stage has 1 - weight
-    fitted_on: str = "bm25 over the validation candidates"
+    fitted_on: str = ""  # what the fusion was fitted on, in words
 
     def combine(self, reranker_logits: np.ndarray, first_stage: np.ndarray) -> np.ndarray:
         """Fused scores of one query's documents (higher is better)."""

@@ -212,7 +212,7 @@ class Reranker:
         ``ensemble``: ``auto`` scores with the self-ensemble the run fitted (``rerankit.ensemble``:
         the cross-encoder fused with BM25 over the run's corpus statistics and the backbone's own
         embedding cosine), when it has one; ``none`` scores with the cross-encoder alone (its
-        calibration, fitted on the ensemble's score, is then left out too).
+        calibration and fusion, fitted on the ensemble's score, are then left out too).
         """
         if ensemble not in ("auto", "none"):
             raise ConfigError(f"ensemble must be auto or none, got {ensemble!r}")
@@ -303,7 +303,9 @@ class Reranker:
             model = _converted(model, tokenizer, max_length, prompt, backend)
         check_template(tokenizer, prompt)
         if ensemble == "none" and fitted is not None:
-            fitted = calibration = None  # the calibration was fitted on the ensemble's score
+            # the calibration and the fusion were fitted on the ensemble's score: without it,
+            # plain sigmoid and reciprocal-rank fusion
+            fitted = calibration = fusion = None
         signals = _signals(fitted, *signal_files, dtype=dtype, device=device) if fitted else {}
         return cls(
             model if isinstance(model, GraphModel) else model.to(device),

@@ -75,7 +75,7 @@ class PromptTemplate:
         fill = lambda text: text.replace(INSTRUCTION, self.instruction)
         return fill(before) + query + fill(after)
 
-    def render(self, query: str, document: str, reserved: Sequence[str] = ()) -> str:
+    def render(self, query: str, document: str, *, reserved: Sequence[str]) -> str:
         """The whole prompt as one string (for tools that take text, e.g. a TEI endpoint), the
         document uncut; ``reserved`` (``reserved_strings`` of the tokenizer) are neutralised in
         the query and the document. ``Reranker.render`` also cuts the document to the window."""

@@ -104,9 +104,15 @@ class ExportRecord(_Recorded):
 
     @classmethod
     def parse(cls, source: Path, record: Mapping) -> ExportRecord:
-        folded = (record.get("calibration") or {}) if isinstance(record.get("calibration"), Mapping) else {}
-        data = {**record, "calibration_folded": folded.get("folded", True) is not False}
-        return parse_record(cls, source, data)
+        calibration = record.get("calibration")
+        folded = calibration.get("folded", True) if isinstance(calibration, Mapping) else True
+        if not isinstance(folded, bool):
+            raise ModelLoadError(f"{source}: calibration.folded: expected true or false, got {folded!r}")
+        if folded and calibration and record.get("ensemble"):
+            raise ModelLoadError(
+                f"{source}: calibration.folded: a calibration of the ensemble's score cannot be in the head"
+            )
+        return parse_record(cls, source, {**record, "calibration_folded": folded})
 
 
 def parse_record(kind: type[_Recorded], source: Path, record: Mapping):

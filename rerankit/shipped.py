@@ -47,6 +47,7 @@ def fit_shipped(
     base_model: str,
     key: str,
     seed: int,
+    base_revision: str | None = None,
 ) -> Shipped:
     """Score ``vset`` with ``reranker`` (the model as it ships) and fit the ensemble (when
     ``ensemble`` is ``auto``), the calibration and the fusion on it."""
@@ -62,7 +63,7 @@ def fit_shipped(
         queries, _ = vset.flat_pairs()  # signals read the query as the user wrote it
         bm25 = BM25Signal.from_corpus(corpus_texts)
         features["bm25"] = bm25.scores(queries, docs)
-        cosine = CosineSignal.load(resolve_model_path(base_model), dtype=_dtype_of(reranker.model))
+        cosine = _cosine(resolve_model_path(base_model), base_revision, reranker)
         if cosine is not None:
             log.info("embedding the validation pairs with the backbone %s", base_model)
             features["cosine"] = cosine.scores(queries, docs)
@@ -100,6 +101,27 @@ def save_signals(out: Path, shipped: Shipped) -> None:
     """The signals' files a run folder keeps (BM25's term statistics)."""
     if shipped.bm25 is not None:
         shipped.bm25.save(out / ENSEMBLE_DIR / BM25_FILE)
+
+
+def _cosine(base_model: str, revision: str | None, reranker) -> CosineSignal | None:
+    """The backbone's sentence encoder on the reranker's device and precision; None, said in the
+    log, when the backbone is no sentence-embedding model or cannot be read as one."""
+    from rerankit.inference import device_type
+
+    try:
+        cosine = CosineSignal.load(
+            base_model, dtype=_dtype_of(reranker.model), device=device_type(reranker.model), revision=revision
+        )
+    except (OSError, ValueError) as exc:
+        log.warning(
+            "ensemble: no cosine signal, the backbone %s cannot be read as a sentence encoder (%s)",
+            base_model,
+            exc,
+        )
+        return None
+    if cosine is None:
+        log.info("ensemble: no cosine signal, the backbone %s is no sentence-embedding model", base_model)
+    return cosine
 
 
 def _dtype_of(model):

@@ -500,12 +500,20 @@ def _train(
     if best is None or best[key] < baseline[key]:
         # The best checkpoint is still saved; the report and the CLI say it lost.
         log.warning("no evaluation beat the untrained model on %s", key)
-    # The kept (best) model's scores of every validation pair: mapped to probabilities, and
-    # fused with BM25 (fitted on these validation queries only, never on test ones).
-    if trainer.is_world_process_zero():
-        run_folder.save_model(out, trainer.model, built.tokenizer)
-    # What ships beside the model is fitted on validation as deployed, scored by the kept model
-    # as Reranker.load returns it (merged, in the precision this machine serves by default).
+    metrics = {
+        "baseline": baseline,
+        "best": dict(best or {}),
+        "evaluations": evals,
+        "train_loss": losses,
+        "metric_for_best": key,
+    }
+    if not trainer.is_world_process_zero():  # the main process writes the run folder alone
+        return FitResult(out, metrics, cfg, {}, trainer.model, built.tokenizer, built.prompt)
+    run_folder.save_model(out, trainer.model, built.tokenizer)
+    # What ships beside the model is fitted on validation as deployed (never on test queries),
+    # scored by the kept model as Reranker.load returns it (merged, in the precision this
+    # machine serves by default): the ensemble, then the calibration and the fusion with the
+    # first stage on its score.
     shipped = fit_shipped(
         _as_shipped(cfg, out, built, vset),
         vset,
@@ -515,22 +523,21 @@ def _train(
         base_model=cfg.model.name_or_path,
         key=key,
         seed=cfg.seed,
+        base_revision=cfg.model.revision,
     )
-    calibration, fusion = shipped.calibration, shipped.fusion
     first_stage_name = (
         f"{cfg.evaluation.first_stage} top-{cfg.evaluation.depth} of the corpus"
         if deployed
         else "bm25 (over the validation candidates)"
     )
+    scored_by = "the self-ensemble" if shipped.ensemble else "the cross-encoder"
+    calibration = shipped.calibration
+    fusion = {**shipped.fusion, "fitted_on": f"{first_stage_name}, validation queries, {scored_by}'s score"}
     metrics = {
         "first_stage": {"name": first_stage_name, **first_stage},
         "deployed": deployed,
         "shipped": shipped.report,
-        "baseline": baseline,
-        "best": dict(best or {}),
-        "evaluations": evals,
-        "train_loss": losses,
-        "metric_for_best": key,
+        **metrics,
         "train_queries": len(train) - (adaptation.pseudo_queries if adaptation else 0),
         "adaptation": adaptation.__dict__ if adaptation else None,
         "valid_queries": len(vset),
@@ -540,19 +547,18 @@ def _train(
         "wall_time_s": round(time.perf_counter() - started, 1),
         "data": {name: r.__dict__ for name, r in reports.items()},
     }
-    if trainer.is_world_process_zero():
-        save_signals(out, shipped)
-        write_json(out / run_folder.METRICS_FILE, metrics)
-        curve = write_curve(out / run_folder.CURVE_FILE, metrics)
-        write_report(out / run_folder.REPORT_FILE, metrics, cfg, digest, curve)
-        run_folder.mark_finished(
-            out,
-            cfg,
-            digest,
-            built,
-            calibration["calibration"],
-            LearnedFusion.from_dict(fusion),
-            injection,
-            shipped.ensemble,
-        )
+    save_signals(out, shipped)
+    write_json(out / run_folder.METRICS_FILE, metrics)
+    curve = write_curve(out / run_folder.CURVE_FILE, metrics)
+    write_report(out / run_folder.REPORT_FILE, metrics, cfg, digest, curve)
+    run_folder.mark_finished(
+        out,
+        cfg,
+        digest,
+        built,
+        calibration["calibration"],
+        LearnedFusion.from_dict(fusion),
+        injection,
+        shipped.ensemble,
+    )
     return FitResult(out, metrics, cfg, metrics["data"], trainer.model, built.tokenizer, built.prompt)

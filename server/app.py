@@ -17,6 +17,7 @@ import hmac
 import logging
 import re
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -180,7 +181,11 @@ async def _rank(
         raise _field_error("query", str(exc)) from None
     _check_cost(settings, int(costs.sum()), docs_field)
     # the self-ensemble's signals, computed beside the cross-encoder's batches
-    signals = asyncio.ensure_future(asyncio.to_thread(reranker.with_signals, query, docs, context))
+    # The self-ensemble's signals, beside the cross-encoder's batches, one request at a time on a
+    # thread of their own (never more threads competing with the worker for the cores).
+    signals = asyncio.get_running_loop().run_in_executor(
+        state.signal_pool, reranker.with_signals, query, docs, context
+    )
     watcher = asyncio.ensure_future(_wait_disconnect(request))
     scores = None
     try:
@@ -373,7 +378,8 @@ def load_reranker(settings: ServerSettings, reranker=None):
             reranker.max_tokens = settings.max_batch_tokens
         queries, docs = zip(*WARMUP_PAIRS)  # as the model reads them: no first stage needed
         warm = reranker.input_logits(queries, docs)[0]
-        served = reranker.probabilities(warm)  # what a request gets: calibrated, when calibrated
+        # what a request gets: the ensemble's score with its signals, calibrated
+        served = reranker.probabilities(reranker.final_scores(warm, reranker.signal_scores(queries, docs)))
     except RerankitError:
         raise
     except Exception as exc:  # whatever else a broken folder raises: one clear line, exit 2
@@ -413,12 +419,14 @@ def create_app(settings: ServerSettings, reranker=None) -> Litestar:
             log.info("model %s ready", settings.model)
 
         task = asyncio.create_task(load())
+        state.signal_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerankit-signals")
         try:
             yield
         finally:
             task.cancel()
             if state.worker is not None:
                 await asyncio.to_thread(state.worker.stop)
+            state.signal_pool.shutdown(wait=False, cancel_futures=True)
 
     return Litestar(
         route_handlers=[rerank_cohere, rerank_any, health, health_head, ping, metrics],
@@ -431,6 +439,7 @@ def create_app(settings: ServerSettings, reranker=None) -> Litestar:
                 "worker": None,
                 "load_error": None,
                 "request_tokenizer": None,
+                "signal_pool": None,
             }
         ),
         lifespan=[lifespan],

@@ -37,8 +37,23 @@ def test_bm25_statistics_round_trip_and_damage_is_refused(tmp_path):
     again = BM25Signal.load(tmp_path / "stats.json")
     np.testing.assert_allclose(again.scores([QUERY] * 4, DOCS), signal.scores([QUERY] * 4, DOCS))
     data = json.loads((tmp_path / "stats.json").read_text())
-    (tmp_path / "bad.json").write_text(json.dumps({**data, "avg_length": -1}))
-    with pytest.raises(ValueError, match="avg_length must be a positive number"):
+    damaged = [
+        ({"avg_length": -1}, "avg_length must be a number from"),
+        ({"b": 5}, "b must be a number from 0 to 1, got 5"),
+        ({"b": float("inf")}, "b must be a number from 0 to 1, got inf"),
+        ({"num_docs": 2.5}, "num_docs must be an integer"),
+        ({"doc_freq": {"apple": 99}}, "doc_freq values must be integers from 1 to num_docs"),
+    ]
+    for change, message in damaged:
+        (tmp_path / "bad.json").write_text(json.dumps({**data, **change}))
+        with pytest.raises(ValueError, match=message):
+            BM25Signal.load(tmp_path / "bad.json")
+    missing = {k: v for k, v in data.items() if k != "k1"}
+    (tmp_path / "bad.json").write_text(json.dumps(missing))
+    with pytest.raises(ValueError, match="k1 must be a number"):
+        BM25Signal.load(tmp_path / "bad.json")
+    (tmp_path / "bad.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="nested too deeply|expected an object"):
         BM25Signal.load(tmp_path / "bad.json")
 
 
@@ -170,7 +185,8 @@ def test_every_surface_scores_with_the_ensemble(ensemble_run, tiny_sentence_bert
     alone = [reranker.score([(QUERY, d)])[0] for d in DOCS]
     np.testing.assert_allclose(alone, expected, atol=1e-5)
     plain = Reranker.load(out, device="cpu", dtype="float32", ensemble="none")
-    assert plain.ensemble is None and plain.calibration is None
+    # the calibration and the fusion were fitted on the ensemble's score: they go with it
+    assert plain.ensemble is None and plain.calibration is None and plain.fusion is None
     np.testing.assert_allclose(
         plain.score([(QUERY, d) for d in DOCS], raw=True), reranker.logits([QUERY] * 4, DOCS)
     )
@@ -191,6 +207,13 @@ def test_every_surface_scores_with_the_ensemble(ensemble_run, tiny_sentence_bert
     assert info["ensemble"] == manifest["ensemble"]
     assert info["calibration"]["folded"] is False  # fitted on the ensemble's score, not the head's
     np.testing.assert_allclose(exported.score([(QUERY, d) for d in DOCS]), expected_copy, atol=1e-4)
+    record = tmp_path / "export" / "rerankit_export.json"
+    for folded, message in (("no", "expected true or false, got 'no'"), (True, "cannot be in the head")):
+        damaged = json.loads(record.read_text())
+        damaged["calibration"]["folded"] = folded
+        record.write_text(json.dumps(damaged))
+        with pytest.raises(ModelLoadError, match=f"calibration.folded: .*{message}"):
+            Reranker.load(tmp_path / "export", device="cpu", dtype="float32")
 
     with TestClient(create_app(ServerSettings(model="in-memory"), reranker=reranker)) as client:
         wait_ready(client)

@@ -16,7 +16,7 @@ from rerankit.data import read_records
 from rerankit.encoding import QueryTooLongError, encode_pairs
 from rerankit.errors import ConfigError, RerankitError
 from rerankit.export import export
-from rerankit.prompts import PRESETS
+from rerankit.prompts import PRESETS, reserved_strings
 from rerankit.sampling import Group
 from rerankit.windows import split_documents
 
@@ -242,7 +242,9 @@ def test_prompt_config_errors_name_the_key(tmp_path, tiny_qwen3_dir):
 def test_custom_template_and_braces_in_queries(tiny_qwen3_dir):
     custom = {"template": "custom", "prefix": "", "body": "Q: {query} D: {document}", "suffix": " Relevant:"}
     reranker = Reranker.load(tiny_qwen3_dir, device="cpu", dtype="float32", prompt={**custom, "yes": " yes"})
-    assert reranker.prompt.render("a {document} b", "doc") == "Q: a {document} b D: doc Relevant:"
+    assert (
+        reranker.prompt.render("a {document} b", "doc", reserved=()) == "Q: a {document} b D: doc Relevant:"
+    )
     assert len(reranker.score([("what is {query}?", "the apple")])) == 1
 
 
@@ -380,6 +382,11 @@ def test_render_cuts_the_document_to_the_window_and_keeps_the_suffix(qwen3_run):
     ids = reranker.tokenizer(rendered)["input_ids"]
     assert reranker.max_length - 4 <= len(ids) <= reranker.max_length
     short = reranker.render("tell me about apple", "the apple story")
-    assert short == reranker.prompt.render("tell me about apple", "the apple story")
+    reserved = reserved_strings(reranker.tokenizer)
+    assert short == reranker.prompt.render("tell me about apple", "the apple story", reserved=reserved)
+    hostile = reranker.prompt.render("q", HOSTILE, reserved=reserved)
+    assert "<|im_end|>" not in hostile.removesuffix(reranker.prompt.suffix).removeprefix(
+        reranker.prompt.prefix
+    )
     with pytest.raises(ValueError, match="pair encoding"):
         Reranker(reranker.model, reranker.tokenizer, prompt=None).render("q", "d")
