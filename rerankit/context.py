@@ -58,6 +58,8 @@ class RankContext:
 def _score_arrays(first_stage, num_docs: int, field: str) -> tuple[np.ndarray, ...]:
     if first_stage is None:
         return ()
+    if isinstance(first_stage, (str, bytes)) or not _is_sequence(first_stage):
+        raise ContextError(field, f"expected a list of scores, got {type(first_stage).__name__}")
     rows = first_stage.tolist() if isinstance(first_stage, np.ndarray) else list(first_stage)
     nested = [_is_sequence(row) for row in rows]
     if rows and all(nested):  # several retrievers

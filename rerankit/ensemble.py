@@ -414,9 +414,14 @@ def fit_ensemble(
         ens = Ensemble(signals, weights, means, stds)
         return [ens.combine(features[q]) for q in queries]
 
+    seen: dict[tuple[int, ...], tuple[float, ...]] = {}
+
     def best_on(queries):
-        values = {w: quality(fused(w, queries), queries) for w in grid}
-        return max(grid, key=lambda w: (values[w], w[0]))  # ties: more weight on the reranker
+        key = tuple(queries)
+        if key not in seen:  # the grid and shrunk strategies fit the same folds
+            values = {w: quality(fused(w, queries), queries) for w in grid}
+            seen[key] = max(grid, key=lambda w: (values[w], w[0]))  # ties: more weight on the reranker
+        return seen[key]
 
     def shrunk(weights):
         return tuple((a + b) / 2 for a, b in zip(weights, equal))

@@ -3,8 +3,10 @@ validation and stored with the model.
 
 - ``rrf`` (Cormack et al., 2009): ``sum over rankings of 1 / (k + rank)``, untuned; mining
   uses it for ``--method hybrid``, and it is the fallback wherever no fusion was learned.
-- ``LearnedFusion``: fitted at the end of ``fit`` on the validation queries only, against
-  BM25 over their candidates: a weight ``w`` for the reranker (``1 − w`` for the first stage)
+- ``LearnedFusion``: fitted at the end of ``fit`` on the validation queries only, against the
+  first stage's own scores of their candidates (the deployed top-k; BM25 over the given
+  candidates otherwise), on the reranker's score as it ships (the self-ensemble's, by
+  default): a weight ``w`` for the reranker (``1 − w`` for the first stage)
   over per-query z-scored scores (``zscore``) or in a weighted RRF (``rrf``) — whichever ranks
   the validation queries better, on a grid of weights. Stored in the run folder's manifest and
   used by ``Reranker.rerank(first_stage=...)``, ``rerankit eval``, the server and the adapters

@@ -5,10 +5,13 @@ full or half precision — never the 4-bit training weights — with the trained
 restored from the adapter. An exported (merged) folder, or any Hugging Face
 sequence-classification cross-encoder path or hub id, loads the same way.
 
-Scores: ``raw=False`` (the default) gives a relevance probability in [0, 1]: for a run
-trained here ``sigmoid(scale · logit + bias)`` with the calibration fitted on its validation
-set (``rerankit.calibration``), for other models ``sigmoid(logit)``, as sentence-transformers'
-``CrossEncoder`` gives for one-label models; ``raw=True`` the logit.
+Scores: a run trained here ranks by its self-ensemble's score (``rerankit.ensemble``: the
+cross-encoder's logit fused with BM25 and the backbone's cosine) unless loaded with
+``ensemble="none"``; other models by their logit. ``raw=False`` (the default) gives a relevance
+probability in [0, 1]: for a run trained here ``sigmoid(scale · score + bias)`` with the
+calibration fitted on its validation set (``rerankit.calibration``), for other models
+``sigmoid(logit)``, as sentence-transformers' ``CrossEncoder`` gives for one-label models;
+``raw=True`` the score before calibration. ``logits`` is always the cross-encoder's own.
 Under bf16/fp16 the model runs in that precision and its logits are widened to fp32 before
 the sigmoid (computed in float64). Batches are cut by length, not by call, so in fp32 a
 document's score does not depend on the other documents of the call; under bf16 it can move by

@@ -50,6 +50,12 @@ class _Recorded(BaseModel):
     fusion: LearnedFusion | None = None
     score_injection: ScoreInjection | None = None
     ensemble: Ensemble | None = None
+    calibration: Calibration | None = None
+
+    @field_validator("calibration", mode="before")
+    @classmethod
+    def _calibration(cls, value):
+        return _object(value, Calibration.from_dict)
 
     @field_validator("ensemble", mode="before")
     @classmethod
@@ -81,26 +87,14 @@ class RunManifest(_Recorded):
     base_revision: str | None = None
     trust_remote_code: StrictBool = False
     max_length: int = Field(ge=MIN_MAX_LENGTH, strict=True)
-    calibration: Calibration | None = None
-
-    @field_validator("calibration", mode="before")
-    @classmethod
-    def _calibration(cls, value):
-        return _object(value, Calibration.from_dict)
 
 
 class ExportRecord(_Recorded):
     """``rerankit_export.json``: what an export carries beside its weights. Its calibration is
     applied at load only when it could not be folded into the exported head."""
 
-    calibration: Calibration | None = None
     calibration_folded: bool = True
     accuracy_gate: dict | None = None
-
-    @field_validator("calibration", mode="before")
-    @classmethod
-    def _calibration(cls, value):
-        return _object(value, Calibration.from_dict)
 
     @classmethod
     def parse(cls, source: Path, record: Mapping) -> ExportRecord:

@@ -194,15 +194,19 @@ def fusion_lines(metrics: dict[str, Any]) -> list[str]:
     key = fusion["metric"]
     rows = [
         ("first stage", metrics["first_stage"][key]),
-        ("reranker alone (best)", metrics["best"].get(key, float("nan"))),
+        (
+            "reranker as shipped",
+            ((metrics.get("shipped") or {}).get("final") or metrics["best"]).get(key, float("nan")),
+        ),
         ("RRF(first stage, reranker), untuned", fusion["untuned_rrf"]),
         (f"learned: {fusion['method']}, reranker weight {fusion['weight']:.2f}", fusion["value"]),
     ]
     return [
         "## Fusion with the first stage",
         "",
-        "Fitted on these validation queries (their candidates ranked by BM25); `Reranker.rerank("
-        "first_stage=...)`, `rerankit eval`, the server and the adapters use it.",
+        "Fitted on these validation queries, against the first stage's scores of their "
+        "candidates; `Reranker.rerank(first_stage=...)`, `rerankit eval`, the server and the "
+        "adapters use it.",
         "",
         f"| ranking | {key} |",
         "|---|---:|",
@@ -217,7 +221,7 @@ def calibration_lines(report: dict[str, Any] | None) -> list[str]:
         return []
     fitted = report["calibration"]
     how = (
-        f"`sigmoid({fitted['scale']:.4g} · logit {'+' if fitted['bias'] >= 0 else '−'} "
+        f"`sigmoid({fitted['scale']:.4g} · score {'+' if fitted['bias'] >= 0 else '−'} "
         f"{abs(fitted['bias']):.4g})`"
         if fitted
         else "none (the validation pairs hold one class only)"
@@ -226,11 +230,11 @@ def calibration_lines(report: dict[str, Any] | None) -> list[str]:
         "## Calibration",
         "",
         f"Relevance scores are {how}, fitted on the {report['pairs']} validation pairs "
-        "(Platt scaling; raw logits on request).",
+        "(Platt scaling of the score a document ranks by; raw scores on request).",
         "",
         "| scores | expected calibration error (10 bins) |",
         "|---|---:|",
-        f"| sigmoid(logit) | {report['ece_before']:.4f} |",
+        f"| sigmoid(score) | {report['ece_before']:.4f} |",
         f"| calibrated | {report['ece_after']:.4f} |",
         "",
     ]

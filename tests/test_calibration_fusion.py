@@ -68,7 +68,13 @@ def test_the_run_carries_calibration_and_fusion_fitted_on_validation(tiny_bert_r
     assert calibration["pairs"] == result.metrics["valid_pairs"]
     assert calibration["ece_after"] < calibration["ece_before"]
     assert manifest["calibration"] == calibration["calibration"]
-    assert manifest["fusion"] == LearnedFusion(fusion["method"], fusion["weight"]).to_dict()
+    assert (
+        manifest["fusion"] == LearnedFusion(fusion["method"], fusion["weight"], fusion["fitted_on"]).to_dict()
+    )
+    assert (
+        fusion["fitted_on"]
+        == "bm25 (over the validation candidates), validation queries, the cross-encoder's score"
+    )
     report = (result.output_dir / "report.md").read_text()
     assert "## Fusion with the first stage" in report and "## Calibration" in report
     assert f"{fusion['value']:.4f}" in report
