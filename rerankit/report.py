@@ -178,6 +178,21 @@ def shipped_lines(metrics: dict[str, Any]) -> list[str]:
             + ").",
             "",
         ]
+    depths = shipped.get("depths") or {}
+    if len(depths) > 1:
+        lines += [
+            f"{key} when the reranker reorders the first stage's top d:",
+            "",
+            "| d | " + " | ".join(depths) + " |",
+            "|---|" + "---:|" * len(depths),
+        ]
+        for name, label in (
+            ("first_stage", "first stage"),
+            ("reranker", "cross-encoder alone"),
+            ("final", "what ships"),
+        ):
+            lines.append(f"| {label} | " + " | ".join(f"{depths[d][name][key]:.4f}" for d in depths) + " |")
+        lines.append("")
     below = [name for name, value, _ in rows[1:] if value < first]
     for name in below:
         lines.append(f"- {name.strip('*')} ranks below the first stage ({key} lower than {first:.4f}).")

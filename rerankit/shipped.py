@@ -87,6 +87,7 @@ def fit_shipped(
         "ensemble": ensemble_report,
         "final": vset.metrics(vset.split_scores(final), recall_at),
         "first_stage": validator.first_stage_metrics(),
+        "depths": _depth_table(vset, validator.first_stage_scores(), logits, final, recall_at),
     }
     return Shipped(
         fitted,
@@ -95,6 +96,27 @@ def fit_shipped(
         report,
         bm25 if fitted is not None and "bm25" in fitted.needs else None,
     )
+
+
+# Rerank depths the report shows, those within the depth validation ranked.
+DEPTHS = (10, 30, 100)
+
+
+def _depth_table(vset: ValidationSet, first_stage, logits, final, recall_at: int) -> dict:
+    """The first stage, the cross-encoder alone and what ships, reordering each query's top d."""
+    deepest = max((len(c) for c in vset.candidates), default=0)
+    table = {}
+    for depth in [d for d in DEPTHS if d <= deepest] or [deepest]:
+        cut = vset.at_depth(depth)
+        rows = {
+            "first_stage": first_stage,
+            "reranker": vset.split_scores(logits),
+            "final": vset.split_scores(final),
+        }
+        table[str(depth)] = {
+            name: cut.metrics([s[:depth] for s in scores], recall_at) for name, scores in rows.items()
+        }
+    return table
 
 
 def save_signals(out: Path, shipped: Shipped) -> None:

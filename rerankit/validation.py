@@ -84,6 +84,20 @@ class ValidationSet:
             pick(self.missed),
         )
 
+    def at_depth(self, depth: int) -> ValidationSet:
+        """Each query's first ``depth`` candidates (a deployed set lists them in the first
+        stage's order); a positive left out counts as missed."""
+        kept = [c[:depth] for c in self.candidates]
+        relevant = [frozenset(r & {d for d, _ in k}) for r, k in zip(self.relevant, kept)]
+        missed = self.missed or (0,) * len(kept)
+        return ValidationSet(
+            self.queries,
+            tuple(kept),
+            tuple(relevant),
+            tuple(s[:depth] for s in self.first_stage) if self.first_stage else (),
+            tuple(m + len(r) - len(n) for m, r, n in zip(missed, self.relevant, relevant)),
+        )
+
     def split_scores(self, flat: Sequence[float]) -> list[np.ndarray]:
         flat = np.asarray(flat, dtype=np.float64)
         bounds = np.cumsum([0] + [len(c) for c in self.candidates])

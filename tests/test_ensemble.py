@@ -150,6 +150,9 @@ def test_a_run_validates_as_deployed_and_ships_its_ensemble(ensemble_run):
     assert manifest["ensemble"]["signals"] == ["reranker", "bm25", "cosine"]
     assert (out / "ensemble" / "bm25_stats.json").is_file()
     assert set(metrics["shipped"]["signals"]) == {"reranker", "bm25", "cosine"}
+    # validation ranked the top 8: the depth table holds that depth, equal to the main rows
+    depths = metrics["shipped"]["depths"]
+    assert set(depths) == {"8"} and depths["8"]["final"] == pytest.approx(metrics["shipped"]["final"])
     report = (out / "report.md").read_text()
     assert "Validation as deployed: each query is ranked over the bm25 top 8" in report
     assert "## The model as it ships" in report and "held out, weights" in report

@@ -202,6 +202,17 @@ def test_ties_are_ranked_by_input_order_not_by_how_ids_are_spelled():
         )
 
 
+def test_a_shallower_depth_counts_the_positives_it_leaves_out_as_missed():
+    from rerankit.validation import ValidationSet
+
+    docs = tuple((d, d) for d in ("a", "b", "c", "d"))
+    vset = ValidationSet(("q",), (docs,), (frozenset({"a", "d"}),), ((4.0, 3.0, 2.0, 1.0),), (1,))
+    top2 = vset.at_depth(2)
+    assert top2.candidates == (docs[:2],) and top2.relevant == (frozenset({"a"}),) and top2.missed == (2,)
+    # the same ranking of the kept documents: recall counts all three positives
+    assert top2.metrics([np.array([1.0, 0.0])])["recall@10"] == pytest.approx(1 / 3)
+
+
 def test_validation_candidates_do_not_list_positives_first(tmp_path):
     from conftest import toy_lines, write_jsonl
 
