@@ -14,7 +14,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from rerankit.calibration import Calibration
 from rerankit.config import LongDocumentsConfig
@@ -52,30 +60,21 @@ class _Recorded(BaseModel):
     ensemble: Ensemble | None = None
     calibration: Calibration | None = None
 
-    @field_validator("calibration", mode="before")
+    @field_validator("calibration", "ensemble", "prompt", "fusion", "score_injection", mode="before")
     @classmethod
-    def _calibration(cls, value):
-        return _object(value, Calibration.from_dict)
+    def _parsed(cls, value, info: ValidationInfo):
+        """Each recorded object read by its own type's parser (which checks its values)."""
+        return _object(value, PARSERS[info.field_name])
 
-    @field_validator("ensemble", mode="before")
-    @classmethod
-    def _ensemble(cls, value):
-        return _object(value, Ensemble.from_dict)
 
-    @field_validator("prompt", mode="before")
-    @classmethod
-    def _prompt(cls, value):
-        return _object(value, PromptTemplate.from_dict)
-
-    @field_validator("fusion", mode="before")
-    @classmethod
-    def _fusion(cls, value):
-        return _object(value, LearnedFusion.from_dict)
-
-    @field_validator("score_injection", mode="before")
-    @classmethod
-    def _injection(cls, value):
-        return _object(value, ScoreInjection.from_dict)
+# How each recorded object is read from its JSON form.
+PARSERS = {
+    "calibration": Calibration.from_dict,
+    "ensemble": Ensemble.from_dict,
+    "prompt": PromptTemplate.from_dict,
+    "fusion": LearnedFusion.from_dict,
+    "score_injection": ScoreInjection.from_dict,
+}
 
 
 class RunManifest(_Recorded):
