@@ -43,13 +43,23 @@ class _FiniteFloatRange(click.FloatRange):
 
 @click.group()
 @click.version_option(package_name="rerankit")
-@click.option("-v", "--verbose", is_flag=True, help="Show debug logs.")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Show debug logs and the libraries' own notices (or RERANKIT_LOG=debug).",
+)
 def main(verbose: bool) -> None:
     """Train, evaluate and serve cross-encoder rerankers."""
+    from rerankit.quiet import quiet_third_parties, verbose_requested
+
+    verbose = verbose_requested(verbose)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:
+        quiet_third_parties()
 
 
 @main.command()

@@ -157,3 +157,29 @@ def test_server_settings_refuse_values_out_of_range(setting, value):
 
     with pytest.raises(ConfigError, match=rf"ServerSettings.{setting}: must be a finite number >= "):
         ServerSettings(model="x", **{setting: value})
+
+
+@pytest.mark.smoke
+def test_rerank_prints_only_its_own_lines_unless_asked(tiny_bert_run, tmp_path):
+    """No load report, deprecation notice, weight-loading bar or third-party log line: the
+    output is the query and the ranked documents. RERANKIT_LOG=debug brings the logs back."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    docs = tmp_path / "docs.txt"
+    docs.write_text("apple story with apple\nthe river is old\n")
+    args = [sys.executable, "-m", "rerankit", "rerank", "--model", str(tiny_bert_run[0].output_dir)]
+    args += ["--query", "tell me about apple", "--docs", str(docs)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("RERANKIT_LOG", None)
+    quiet = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert quiet.returncode == 0, quiet.stderr
+    lines = [line for line in (quiet.stdout + quiet.stderr).splitlines() if line.strip()]
+    assert lines[0] == "query: tell me about apple"
+    assert all(re.match(r"\s+\d+\. \[\s*\d+\]\s+[\d.]+\s+\S", line) for line in lines[1:]), lines
+    loud = subprocess.run(
+        args, capture_output=True, text=True, env={**env, "RERANKIT_LOG": "debug"}, timeout=300
+    )
+    assert loud.returncode == 0 and len((loud.stdout + loud.stderr).splitlines()) > len(lines)

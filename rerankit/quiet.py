@@ -1,0 +1,33 @@
+"""Quiet by default: the command line prints rerankit's own lines and progress bars, not the
+load reports, deprecation notices and debug lines of the libraries under it.
+
+``rerankit -v`` (or ``RERANKIT_LOG=debug``) leaves them all on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+# Loggers of libraries whose notices do not concern a user of rerankit (bitsandbytes' kernel
+# lookup when offline, bm25s' debug lines, transformers' load reports of the new score head).
+NOISY_LOGGERS = ("bitsandbytes", "kernels", "bm25s", "transformers", "huggingface_hub", "peft", "accelerate")
+
+
+def verbose_requested(flag: bool) -> bool:
+    return flag or os.environ.get("RERANKIT_LOG", "").strip().lower() == "debug"
+
+
+def quiet_third_parties() -> None:
+    """Errors only from the libraries rerankit drives; their deprecation warnings off; the
+    weight-loading bars of transformers off (training's own progress bars stay)."""
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
