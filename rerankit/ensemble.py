@@ -198,7 +198,10 @@ class CosineSignal:
         pooling, max_tokens = found
         model = AutoModel.from_pretrained(str(folder), dtype=dtype, use_safetensors=True).to(device)
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        return cls(model, tokenizer, pooling, min(max_tokens, 512))
+        # Padded tokens per forward pass, as the cross-encoder batches: small batches stay in a
+        # CPU's cache; a GPU wants large ones.
+        budget = 2048 if str(device).startswith("cpu") else 32768
+        return cls(model, tokenizer, pooling, min(max_tokens, 512), max_tokens=budget)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Normalized embeddings, fp32, in input order (token-budget batches, longest first)."""
