@@ -55,7 +55,8 @@ def test_train_and_rerank_from_the_cli(tiny_bert_dir, toy_data, tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "| untrained model |" in result.output and "| trained (best) |" in result.output
+    assert "| untrained model |" in result.output and "| trained (best, as trained) |" in result.output
+    assert "| cross-encoder alone (merged, as shipped) |" in result.output
     assert "epochs: 2" in (out / "config.yaml").read_text()
 
     docs = tmp_path / "docs.jsonl"
