@@ -2,12 +2,14 @@
 
 The result is an ordinary ``AutoModelForSequenceClassification`` checkpoint (safetensors,
 one label) with its tokenizer, which other tools load unchanged:
-``sentence_transformers.CrossEncoder(path)`` gives the same sigmoid scores as
-``Reranker.load(run).score``. The tokenizer's ``model_max_length`` is set to the run's
-``max_length``, so every loader truncates the same way. The run's calibration
-(``rerankit.calibration``) is folded into a head that has a bias (encoders: ``sigmoid`` of the
-exported logit is the calibrated probability, in any tool); a head without one (decoders)
-keeps its logits, and the calibration is recorded for ``Reranker.load`` to apply.
+``sentence_transformers.CrossEncoder(path)`` gives the cross-encoder's own scores, those of
+``Reranker.load(run, ensemble="none").score``. The tokenizer's ``model_max_length`` is set to the
+run's ``max_length``, so every loader truncates the same way. A run without a self-ensemble has
+its calibration (``rerankit.calibration``) folded into a head that has a bias (encoders:
+``sigmoid`` of the exported logit is the calibrated probability, in any tool); a head without
+one (decoders), or a run with an ensemble (whose calibration is of the ensemble's score), keeps
+its logits, and the calibration is recorded for ``Reranker.load`` to apply. The ensemble's
+signals (``rerankit.ensemble``) are written beside the model in ``ensemble/``.
 
 A decoder LLM run exports the same way, with its prompt template twice: in
 ``rerankit_export.json`` (read by ``Reranker.load``) and as the tokenizer's chat template over
