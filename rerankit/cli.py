@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -91,6 +92,8 @@ def train(
 
     parsed = {".".join(k): v for k, v in map(parse_override, overrides)}
     result = fit(config_path, output_dir=output_dir, resume=resume, overwrite=overwrite, overrides=parsed)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun the main process reports the run
+        return
     m = result.metrics
     recall = next((k for k in m["baseline"] if k.startswith("recall@")), None)
     rows = [
