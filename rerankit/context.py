@@ -44,11 +44,6 @@ class RankContext:
         (several retrievers); ContextError naming ``field`` (and the position) otherwise."""
         return cls(num_docs, _score_arrays(first_stage, num_docs, field), field)
 
-    @property
-    def primary(self) -> np.ndarray | None:
-        """The first (or only) retriever's scores, None without any."""
-        return self.first_stage[0] if self.first_stage else None
-
     def require_first_stage(self, why: str) -> np.ndarray:
         if not self.first_stage:
             raise ContextError(self.field, why)

@@ -17,8 +17,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from rerankit.data import QueryRecord
 from rerankit.ordering import best_first
 from rerankit.validation import ValidationSet
@@ -90,8 +88,3 @@ def deployed_validation(
         "queries_without_a_positive_in_depth": sum(1 for r in relevant if not r),
     }
     return vset, summary
-
-
-def first_stage_arrays(vset: ValidationSet) -> list[np.ndarray]:
-    """The first stage's scores of each query's candidates, as arrays."""
-    return [np.asarray(scores, dtype=np.float64) for scores in vset.first_stage]
