@@ -387,6 +387,16 @@ def fp32_reranker(tiny_bert_run):
     return Reranker.load(tiny_bert_run[0].output_dir, device="cpu", dtype="float32")
 
 
+@pytest.fixture
+def run_copy(tiny_bert_run, tmp_path):
+    """A writable copy of the finished tiny run folder."""
+    import shutil
+
+    folder = tmp_path / "run"
+    shutil.copytree(tiny_bert_run[0].output_dir, folder, ignore=shutil.ignore_patterns("checkpoints"))
+    return folder
+
+
 def wait_ready(client, seconds: float = 30.0) -> None:
     """Poll /health of a TestClient until the model is loaded and warmed."""
     import time

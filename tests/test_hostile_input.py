@@ -19,14 +19,6 @@ from rerankit.cli import main
 pytestmark = pytest.mark.smoke
 
 
-@pytest.fixture
-def run_copy(tiny_bert_run, tmp_path):
-    """A writable copy of the finished tiny run folder."""
-    folder = tmp_path / "run"
-    shutil.copytree(tiny_bert_run[0].output_dir, folder, ignore=shutil.ignore_patterns("checkpoints"))
-    return folder
-
-
 def edit_manifest(folder, **changes):
     manifest = json.loads((folder / "run.json").read_text())
     manifest.update(changes)

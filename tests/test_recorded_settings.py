@@ -3,7 +3,6 @@ the export record are validated whole at load, overrides merge into what was rec
 survives huge first-stage scores, and metrics do not rank ties by how ids are spelled."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -19,13 +18,6 @@ QUERY = "tell me about apple"
 DOCS = ["zinc of the old quartz", "apple story with apple", "the river is old"]
 WINDOWS = {"mode": "windows", "window": 8, "stride": 0, "aggregate": "max", "max_windows": 8}
 LONG_DOC = "zinc quartz oxide ion " * 6 + "apple story with apple"
-
-
-@pytest.fixture
-def run_copy(tiny_bert_run, tmp_path):
-    folder = tmp_path / "run"
-    shutil.copytree(tiny_bert_run[0].output_dir, folder, ignore=shutil.ignore_patterns("checkpoints"))
-    return folder
 
 
 def edit_json(path, **changes):
