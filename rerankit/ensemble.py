@@ -161,6 +161,10 @@ def sentence_pooling(folder: str | Path) -> tuple[str, int] | None:
 
 # Embeddings kept for texts seen before (a RAG corpus sends the same passages again and again).
 CACHE_ENTRIES = 50_000
+# The corpus's embeddings a run keeps (``ensemble/corpus_embeddings.npz``), computed at the end of
+# ``fit`` for a corpus of at most PIN_LIMIT documents: its passages then cost no encoder pass.
+CORPUS_EMBEDDINGS = "corpus_embeddings.npz"
+PIN_LIMIT = 50_000
 
 
 class CosineSignal:
@@ -184,6 +188,7 @@ class CosineSignal:
         self._lock = threading.Lock()
         self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self.cache_entries = cache_entries
+        self._pinned: dict[bytes, np.ndarray] = {}  # the corpus's embeddings, never evicted
 
     @classmethod
     def load(cls, folder: str | Path, dtype=None, device: str = "cpu", revision: str | None = None):
@@ -250,13 +255,43 @@ class CosineSignal:
         (folder / "2_Normalize").mkdir(exist_ok=True)
         (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": self.max_length}))
 
+    def pin(self, texts: Sequence[str]) -> None:
+        """Embed ``texts`` (a corpus) once and keep them for good."""
+        texts = list(dict.fromkeys(texts))
+        embeddings = self.embed(texts)
+        self._pinned.update(zip(map(_digest, texts), embeddings))
+
+    def save_pinned(self, path: Path) -> None:
+        keys = np.array(list(self._pinned), dtype="S16")
+        rows = np.stack(list(self._pinned.values())) if self._pinned else np.zeros((0, 0), np.float32)
+        with open(path, "wb") as handle:
+            np.savez(handle, keys=keys, embeddings=rows.astype(np.float32))
+
+    def load_pinned(self, path: Path) -> None:
+        """The corpus embeddings ``save_pinned`` wrote; ValueError when the file does not fit
+        this encoder (wrong width, not finite, keys and rows of different counts)."""
+        with np.load(path, allow_pickle=False) as data:
+            keys, rows = data["keys"], data["embeddings"]
+        width = self.model.config.hidden_size
+        if keys.dtype != np.dtype("S16") or rows.ndim != 2 or len(keys) != len(rows):
+            raise ValueError(f"{path}: expected 16-byte keys and one row per key")
+        if len(rows) and (rows.shape[1] != width or not np.isfinite(rows).all()):
+            raise ValueError(f"{path}: rows must be {width} finite numbers")
+        self._pinned = {bytes(k): r for k, r in zip(keys, rows.astype(np.float32))}
+
+    @property
+    def pinned(self) -> int:
+        return len(self._pinned)
+
     def cached_embed(self, texts: Sequence[str]) -> np.ndarray:
-        """``embed`` of distinct ``texts``, through the cache."""
-        keys = [hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest() for t in texts]
+        """``embed`` of distinct ``texts``, through the corpus's embeddings and the cache."""
+        keys = [_digest(t) for t in texts]
         with self._lock:
-            known = {k: self._cache[k] for k in keys if k in self._cache}
+            known = {k: self._pinned.get(k) for k in keys if k in self._pinned}
+            known |= {k: self._cache[k] for k in keys if k in self._cache and k not in known}
             for k in known:
-                self._cache.move_to_end(k)
+                if k in self._cache:
+                    self._cache.move_to_end(k)
         missing = [i for i, k in enumerate(keys) if k not in known]
         fresh = self.embed([texts[i] for i in missing]) if missing else None
         out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
@@ -280,6 +315,10 @@ class CosineSignal:
         q = emb[[where[t] for t in queries]]
         d = emb[[where[t] for t in docs]]
         return (q * d).sum(axis=1).astype(np.float64)
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
 def _local_snapshot(name: str | Path, revision: str | None) -> Path:
@@ -309,6 +348,8 @@ def load_signals(needs: Sequence[str], folder: Path, encoder, *, dtype=None, dev
         cosine = CosineSignal.load(encoder, dtype=dtype, device=device)
         if cosine is None:
             raise ValueError(f"{encoder} is not a sentence-embedding model (no Pooling module)")
+        if (Path(folder) / CORPUS_EMBEDDINGS).is_file():
+            cosine.load_pinned(Path(folder) / CORPUS_EMBEDDINGS)
         signals["cosine"] = cosine
     return signals
 

@@ -263,7 +263,7 @@ def _write(out: Path, model, tokenizer, info: dict, extra: Callable[[Path], None
 def _write_signals(staging: Path, reranker) -> None:
     """The ensemble's signals beside the export: BM25's statistics and the sentence encoder
     whose cosine it weighs, so that the folder serves without the run or the base model."""
-    from rerankit.ensemble import BM25_FILE, ENCODER_DIR, ENSEMBLE_DIR
+    from rerankit.ensemble import BM25_FILE, CORPUS_EMBEDDINGS, ENCODER_DIR, ENSEMBLE_DIR
 
     if reranker.ensemble is None:
         return
@@ -273,6 +273,8 @@ def _write_signals(staging: Path, reranker) -> None:
         reranker.signals["bm25"].save(folder / BM25_FILE)
     if "cosine" in reranker.signals:
         reranker.signals["cosine"].save(folder / ENCODER_DIR)
+        if reranker.signals["cosine"].pinned:
+            reranker.signals["cosine"].save_pinned(folder / CORPUS_EMBEDDINGS)
 
 
 def _remove_stale_staging(out: Path) -> None:

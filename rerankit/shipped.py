@@ -22,7 +22,16 @@ from pathlib import Path
 import numpy as np
 
 from rerankit.calibration import calibration_report
-from rerankit.ensemble import BM25_FILE, ENSEMBLE_DIR, BM25Signal, CosineSignal, Ensemble, fit_ensemble
+from rerankit.ensemble import (
+    BM25_FILE,
+    CORPUS_EMBEDDINGS,
+    ENSEMBLE_DIR,
+    PIN_LIMIT,
+    BM25Signal,
+    CosineSignal,
+    Ensemble,
+    fit_ensemble,
+)
 from rerankit.validation import ValidationSet, Validator
 
 log = logging.getLogger(__name__)
@@ -35,6 +44,7 @@ class Shipped:
     fusion: dict  # Validator.fusion_report of the final score
     report: dict  # each signal's own metrics, the ensemble's fit, the final metrics
     bm25: BM25Signal | None
+    cosine: CosineSignal | None = None  # with the corpus's embeddings pinned, when it weighs
 
 
 def fit_shipped(
@@ -58,7 +68,7 @@ def fit_shipped(
     log.info("scoring %d validation pairs with the model as it ships", len(docs))
     logits = reranker.input_logits(model_queries, docs)[0].astype(np.float64)
     features = {"reranker": logits}
-    bm25 = None
+    bm25 = cosine = None
     if ensemble == "auto":
         queries, _ = vset.flat_pairs()  # signals read the query as the user wrote it
         bm25 = BM25Signal.from_corpus(corpus_texts)
@@ -82,6 +92,9 @@ def fit_shipped(
         final = fitted.combine(features)
     else:
         final = logits
+    if fitted is not None and "cosine" in fitted.needs and len(corpus_texts) <= PIN_LIMIT:
+        log.info("embedding the %d corpus documents for the ensemble's cosine", len(corpus_texts))
+        cosine.pin(corpus_texts)
     report = {
         "signals": own,
         "ensemble": ensemble_report,
@@ -95,6 +108,7 @@ def fit_shipped(
         validator.fusion_report(final, key),
         report,
         bm25 if fitted is not None and "bm25" in fitted.needs else None,
+        cosine if fitted is not None and "cosine" in fitted.needs and cosine.pinned else None,
     )
 
 
@@ -123,6 +137,8 @@ def save_signals(out: Path, shipped: Shipped) -> None:
     """The signals' files a run folder keeps (BM25's term statistics)."""
     if shipped.bm25 is not None:
         shipped.bm25.save(out / ENSEMBLE_DIR / BM25_FILE)
+    if shipped.cosine is not None:
+        shipped.cosine.save_pinned(out / ENSEMBLE_DIR / CORPUS_EMBEDDINGS)
 
 
 def _cosine(base_model: str, revision: str | None, reranker) -> CosineSignal | None:

@@ -149,6 +149,9 @@ def test_a_run_validates_as_deployed_and_ships_its_ensemble(ensemble_run):
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["ensemble"]["signals"] == ["reranker", "bm25", "cosine"]
     assert (out / "ensemble" / "bm25_stats.json").is_file()
+    needs = Ensemble.from_dict(manifest["ensemble"]).needs
+    # the corpus's embeddings are kept exactly when the cosine carries weight
+    assert (out / "ensemble" / "corpus_embeddings.npz").is_file() == ("cosine" in needs)
     assert set(metrics["shipped"]["signals"]) == {"reranker", "bm25", "cosine"}
     # validation ranked the top 8: the depth table holds that depth, equal to the main rows
     depths = metrics["shipped"]["depths"]
@@ -252,3 +255,26 @@ def test_the_cli_turns_the_ensemble_off(ensemble_run, tmp_path):
     by_index = {r["index"]: r["score"] for r in json.loads(off.stdout)}
     np.testing.assert_allclose([by_index[i] for i in range(4)], logits, atol=1e-5)
     assert json.loads(on.stdout) != json.loads(off.stdout)
+
+
+def test_the_corpus_embeddings_are_kept_and_read_back(tiny_sentence_bert_dir, tmp_path):
+    """Pinned corpus embeddings give the scores a fresh encoder pass gives, cost no pass, and a
+    file that does not fit the encoder is refused."""
+    corpus = ["apple story with apple", "the river is old", "zinc of the old quartz"]
+    fresh = CosineSignal.load(tiny_sentence_bert_dir)
+    expected = fresh.scores([QUERY] * 3, corpus)
+    fresh.pin(corpus)
+    fresh.save_pinned(tmp_path / "corpus.npz")
+    again = CosineSignal.load(tiny_sentence_bert_dir)
+    again.load_pinned(tmp_path / "corpus.npz")
+    assert again.pinned == 3
+
+    def no_pass(texts):  # only the query is new: one text embedded
+        assert list(texts) == [QUERY], texts
+        return CosineSignal.embed(again, texts)
+
+    again.embed = no_pass
+    np.testing.assert_allclose(again.scores([QUERY] * 3, corpus), expected, atol=1e-6)
+    np.savez(tmp_path / "bad.npz", keys=np.array([b"x" * 16], dtype="S16"), embeddings=np.ones((1, 5)))
+    with pytest.raises(ValueError, match="rows must be 64 finite numbers"):
+        again.load_pinned(tmp_path / "bad.npz")
