@@ -283,6 +283,11 @@ class CosineSignal:
     def pinned(self) -> int:
         return len(self._pinned)
 
+    def forget(self) -> None:
+        """Drop every kept embedding, the corpus's too (what a text costs when it is new)."""
+        with self._lock:
+            self._pinned, self._cache = {}, OrderedDict()
+
     def cached_embed(self, texts: Sequence[str]) -> np.ndarray:
         """``embed`` of distinct ``texts``, through the corpus's embeddings and the cache."""
         keys = [_digest(t) for t in texts]

@@ -241,6 +241,9 @@ def training_arguments(
     tcfg, ecfg = config.training, config.evaluation
     strategy = "steps" if ecfg.eval_steps else "epoch"
     return TrainingArguments(
+        # progress bars stay on when the CLI quiets transformers' logging (the Trainer would
+        # otherwise take a quiet logger as a request for no bars)
+        disable_tqdm=False,
         output_dir=str(output_dir / run_folder.CHECKPOINTS_DIR),
         num_train_epochs=tcfg.epochs,
         per_device_train_batch_size=tcfg.batch_size,
