@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import threading
+import zipfile
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -270,8 +271,11 @@ class CosineSignal:
     def load_pinned(self, path: Path) -> None:
         """The corpus embeddings ``save_pinned`` wrote; ValueError when the file does not fit
         this encoder (wrong width, not finite, keys and rows of different counts)."""
-        with np.load(path, allow_pickle=False) as data:
-            keys, rows = data["keys"], data["embeddings"]
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                keys, rows = data["keys"], data["embeddings"]
+        except (zipfile.BadZipFile, KeyError, EOFError) as exc:  # damaged or not ours
+            raise ValueError(f"{path}: not a corpus-embeddings file ({type(exc).__name__}: {exc})") from None
         width = self.model.config.hidden_size
         if keys.dtype != np.dtype("S16") or rows.ndim != 2 or len(keys) != len(rows):
             raise ValueError(f"{path}: expected 16-byte keys and one row per key")

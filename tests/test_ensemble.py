@@ -278,3 +278,9 @@ def test_the_corpus_embeddings_are_kept_and_read_back(tiny_sentence_bert_dir, tm
     np.savez(tmp_path / "bad.npz", keys=np.array([b"x" * 16], dtype="S16"), embeddings=np.ones((1, 5)))
     with pytest.raises(ValueError, match="rows must be 64 finite numbers"):
         again.load_pinned(tmp_path / "bad.npz")
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(ValueError, match="not a corpus-embeddings file"):
+        again.load_pinned(tmp_path / "bad.npz")
+    np.savez(tmp_path / "bad.npz", other=np.ones(2))
+    with pytest.raises(ValueError, match="not a corpus-embeddings file"):
+        again.load_pinned(tmp_path / "bad.npz")
