@@ -257,10 +257,17 @@ class CosineSignal:
         (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": self.max_length}))
 
     def pin(self, texts: Sequence[str]) -> None:
-        """Embed ``texts`` (a corpus) once and keep them for good."""
+        """Keep the embeddings of ``texts`` (a corpus) for good: those already in the cache
+        (validation embedded many of them) move over, only the others are embedded."""
         texts = list(dict.fromkeys(texts))
-        embeddings = self.embed(texts)
-        self._pinned.update(zip(map(_digest, texts), embeddings))
+        keys = [_digest(t) for t in texts]
+        with self._lock:
+            known = {k: self._cache.pop(k) for k in keys if k in self._cache}
+        missing = [(k, t) for k, t in zip(keys, texts) if k not in known]
+        fresh = self.embed([t for _, t in missing]) if missing else []
+        with self._lock:
+            self._pinned.update(known)
+            self._pinned.update(zip((k for k, _ in missing), fresh))
 
     def save_pinned(self, path: Path) -> None:
         keys = np.array(list(self._pinned), dtype="S16")
