@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rerankit.data import is_finite_number
+
 
 class ContextError(ValueError):
     """A value beside the pairs is missing or wrong; ``field`` names it as the caller wrote it
@@ -74,21 +76,8 @@ def _scores(values, num_docs: int, field: str) -> np.ndarray:
         raise ContextError(field, f"expected {num_docs} scores (one per document), got {len(values)}")
     out = np.empty(num_docs, dtype=np.float64)
     for i, value in enumerate(values):
-        number = _finite(value)
-        if number is None:
+        if not is_finite_number(value):
             shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
             raise ContextError(f"{field}[{i}]", f"expected a finite number, got {shown}")
-        out[i] = number
+        out[i] = float(value)
     return out
-
-
-def _finite(value) -> float | None:
-    """``value`` as a finite float, None when it is not a number (bools and text are not) or
-    not finite (NaN, an infinity, an integer too large for a float)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if np.isfinite(number) else None

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -78,9 +79,9 @@ class QueryRecord:
 
 
 def is_finite_number(value) -> bool:
-    """Whether a JSON value is a finite number (not a bool, NaN, an infinity, or an integer too
-    large for a float)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """Whether a value (from JSON, or numpy's) is a finite number: not a bool, NaN, an
+    infinity, or an integer too large for a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return False
     try:
         return math.isfinite(value)

@@ -57,17 +57,10 @@ def split_documents(
     came from. A document that fits the pair's budget stays one window (its whole text).
     Raises QueryTooLongError when a query leaves no room for its document.
     """
-    budgets = document_budgets(tokenizer, queries, max_length, prompt)
-    encoded = tokenizer(
-        list(docs),
-        add_special_tokens=False,
-        return_offsets_mapping=True,
-        split_special_tokens=prompt is not None,
-    )
     flat_queries, flat_docs, owner = [], [], []
-    for i, (query, doc, offsets) in enumerate(zip(queries, docs, encoded["offset_mapping"])):
-        size = _window_size(options, budgets[query])
-        for start, end in window_spans(len(offsets), size, options.stride, options.max_windows):
+    spans_of, offsets_of = _document_spans(tokenizer, queries, docs, max_length, options, prompt)
+    for i, (query, doc, spans, offsets) in enumerate(zip(queries, docs, spans_of, offsets_of)):
+        for start, end in spans:
             text = doc if (start, end) == (0, len(offsets)) else doc[offsets[start][0] : offsets[end - 1][1]]
             flat_queries.append(query)
             flat_docs.append(text)
@@ -88,19 +81,25 @@ def count_windows(
     Raises QueryTooLongError like ``split_documents``."""
     if options.mode == "truncate":
         return np.ones(len(docs), dtype=np.int64)
+    spans_of, _ = _document_spans(tokenizer, queries, docs, max_length, options, prompt)
+    return np.array([len(spans) for spans in spans_of], dtype=np.int64)
+
+
+def _document_spans(tokenizer, queries, docs, max_length: int, options: LongDocumentsConfig, prompt):
+    """Per (query, document) pair, the token spans of its windows and the document's token
+    offsets: the one cut ``split_documents`` scores and ``count_windows`` counts."""
     budgets = document_budgets(tokenizer, queries, max_length, prompt)
-    encoded = tokenizer(list(docs), add_special_tokens=False, split_special_tokens=prompt is not None)
-    return np.array(
-        [
-            len(
-                window_spans(
-                    len(ids), _window_size(options, budgets[query]), options.stride, options.max_windows
-                )
-            )
-            for query, ids in zip(queries, encoded["input_ids"])
-        ],
-        dtype=np.int64,
+    encoded = tokenizer(
+        list(docs),
+        add_special_tokens=False,
+        return_offsets_mapping=True,
+        split_special_tokens=prompt is not None,
     )
+    spans = [
+        window_spans(len(offsets), _window_size(options, budgets[query]), options.stride, options.max_windows)
+        for query, offsets in zip(queries, encoded["offset_mapping"])
+    ]
+    return spans, encoded["offset_mapping"]
 
 
 def _window_size(options: LongDocumentsConfig, budget: int) -> int:
