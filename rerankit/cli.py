@@ -377,7 +377,7 @@ def rerank(
     type=_FiniteFloatRange(min=0.0),
     default=DEFAULT_TOLERANCE,
     show_default=True,
-    help="Accuracy gate: the largest change of validation NDCG@10 a graph may cause.",
+    help="Accuracy gate: the largest validation NDCG@10 loss a graph may cause (95% upper bound).",
 )
 @click.option(
     "--validation",

@@ -247,6 +247,10 @@ class TrainConfig(_Section):
     # auto: fit the self-ensemble (rerankit.ensemble) of the cross-encoder with BM25 and the
     # backbone's embedding cosine on deployed validation, and ship it; none: the cross-encoder alone.
     ensemble: Literal["auto", "none"] = "auto"
+    # auto: at the end of training, where OpenVINO or ONNX Runtime is installed, write the merged
+    # encoder's CPU graphs (fp32, bf16 where the CPU has it, int8) into the run folder, each gated
+    # on validation (rerankit.run_graphs), so Reranker.load(run) serves the fastest; none: torch.
+    graphs: Literal["auto", "none"] = "auto"
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")

@@ -62,7 +62,7 @@ def export(
     ``quantize="int8"``, int8 (OpenVINO's static, calibrated on validation pairs or
     ``calibration_pairs``; ONNX's dynamic). Every graph is measured against the torch fp32
     model on the run's validation set (``validation``: a seed-format JSONL instead); one whose
-    NDCG@10 moves by more than ``tolerance`` fails the accuracy gate, and the export is refused
+    NDCG@10 loss may exceed ``tolerance`` (its 95 % bootstrap upper bound) fails the accuracy gate, and the export is refused
     unless ``force`` (then ``Reranker.load`` runs that graph only when asked). See
     ``rerankit.graph_export``.
 
@@ -170,7 +170,7 @@ def _export(
         failed = failures(records)
         if failed and not force:
             raise RerankitError(
-                f"accuracy gate: NDCG@10 on {len(vset)} validation queries moved by more than {tolerance} ("
+                f"accuracy gate: the NDCG@10 loss on {len(vset)} validation queries may exceed {tolerance} ("
                 + "; ".join(describe(r) for r in failed)
                 + "); nothing was written. Raise --tolerance, or write it anyway with --force "
                 "(Reranker.load then runs that graph only with allow_failed_gate)"

@@ -67,9 +67,12 @@ from rerankit.runtimes import (
     BACKENDS,
     GRAPH_BACKENDS,
     NO_INT8_GRAPH,
+    PROBE_LENGTH,
     GraphModel,
+    RuntimeChoice,
     load_graph,
     pick_runtime,
+    probe_batch,
 )
 from rerankit.score_injection import ScoreInjection
 from rerankit.scoring import score_pairs, sigmoid
@@ -159,6 +162,8 @@ class Reranker:
             max_tokens = 2048 if device_type(model) == "cpu" else 32768
         self.max_length, self.max_tokens, self.max_batch = max_length, max_tokens, max_batch
         self.source = source
+        # what runs and why (backend, precision, the load's measurements); load() fills it in
+        self.backend_info = _backend_info(self, None)
         self._lock = threading.Lock()
 
     @classmethod
@@ -209,8 +214,10 @@ class Reranker:
         (``rerankit.graph_export``): a graph backend runs its fastest graph that passed
         (``dtype="int8"`` or ``"float32"`` names one; a graph that failed loads only with
         ``allow_failed_gate=True``); without graphs the model is converted at load, in fp32.
-        ``auto`` (the default) on a CPU runs the fastest runtime that passed its export's gate,
-        torch where none was measured; on a GPU, torch.
+        ``auto`` (the default) on a CPU runs the fastest graph here of those that passed the
+        accuracy gate (an export's, or a run's written at the end of ``fit``): each is timed on a
+        short probe at load; torch where none passed; on a GPU, torch. ``backend_info`` says
+        what runs and why.
 
         ``ensemble``: ``auto`` scores with the self-ensemble the run fitted (``rerankit.ensemble``:
         the cross-encoder fused with BM25 over the run's corpus statistics and the backbone's own
@@ -232,6 +239,7 @@ class Reranker:
         elif isinstance(dtype, str):
             dtype = torch_dtype(dtype)
         trust, pickle = trust_remote_code, allow_pickle
+        runtime = None  # a graph picked from an accuracy gate (rerankit.runtimes)
         given = str(path)  # as typed: Path() would drop the "./" that marks a local path
         path = Path(path)
         if run_folder.is_run_folder(path):
@@ -246,17 +254,28 @@ class Reranker:
             model_dir = run_folder.inside(path, manifest.model_dir)
             # a run without a template (an encoder) reads the pair encoding
             prompt = merged_prompt(manifest.prompt, prompt) or "none"
-            model, tokenizer, prompt = trained_weights(
-                model_dir,
-                manifest.base_model,
-                manifest.adapter,
-                manifest.base_revision,
-                dtype,
-                prompt,
-                trust,
-                pickle,
-            )
             max_length = max_length or manifest.max_length
+            graphs = run_folder.inside(path, run_folder.GRAPHS_DIR)
+            if device == "cpu":  # the graphs the run wrote at the end of fit, when it did
+                tokenizer = load_tokenizer(str(model_dir), trust)
+                probe = lambda: probe_batch(tokenizer, min(max_length, PROBE_LENGTH))
+                gate, manifest_file = manifest.accuracy_gate, path / run_folder.MANIFEST
+                runtime = pick_runtime(gate, graphs, backend, precision, allow_failed_gate, manifest_file, probe)
+            if runtime is None:
+                model, tokenizer, prompt = trained_weights(
+                    model_dir,
+                    manifest.base_model,
+                    manifest.adapter,
+                    manifest.base_revision,
+                    dtype,
+                    prompt,
+                    trust,
+                    pickle,
+                )
+            else:  # the run's own graph: no torch weights are read
+                model = runtime.graph or load_graph(graphs / runtime.record["file"], *_runtime_of(runtime))
+                given = str(graphs)  # the merged model's config is written beside its graphs
+                prompt = _prompt(_hf_config(model, given, trust), tokenizer, prompt)
             long_documents = merged_settings(manifest.long_documents, long_documents)
             calibration, fusion, injection = manifest.calibration, manifest.fusion, manifest.score_injection
             fitted = manifest.ensemble
@@ -284,11 +303,13 @@ class Reranker:
             prompt = _given_or_recorded(prompt, info)
             gate = info.accuracy_gate if info is not None else None
             info_file = Path(name) / EXPORT_INFO
-            runtime = pick_runtime(gate, Path(name), backend, precision, allow_failed_gate, info_file)
+            limit = max_length or (info.max_length if info else None) or PROBE_LENGTH
+            probe = lambda: probe_batch(tokenizer, min(limit, PROBE_LENGTH))
+            runtime = pick_runtime(gate, Path(name), backend, precision, allow_failed_gate, info_file, probe)
             if runtime is None:
                 model, prompt = _plain(name, tokenizer, dtype, trust, pickle, prompt)
             else:  # the export's own graph: no torch weights are read
-                model = load_graph(Path(name) / runtime["file"], runtime["backend"], runtime["precision"])
+                model = runtime.graph or load_graph(Path(name) / runtime.record["file"], *_runtime_of(runtime))
                 prompt = _prompt_of(name, tokenizer, trust, prompt)
             info = info or ExportRecord()
             # a calibration folded into the exported head is already in its logits
@@ -310,7 +331,7 @@ class Reranker:
             # plain sigmoid and reciprocal-rank fusion
             fitted = calibration = fusion = None
         signals = _signals(fitted, *signal_files, dtype=dtype, device=device) if fitted else {}
-        return cls(
+        reranker = cls(
             model if isinstance(model, GraphModel) else model.to(device),
             tokenizer,
             max_length=max_length,
@@ -323,6 +344,8 @@ class Reranker:
             ensemble=fitted,
             signals=signals,
         )
+        reranker.backend_info = _backend_info(reranker, runtime)
+        return reranker
 
     def score(self, pairs: Sequence[tuple[str, str]], *, raw: bool = False, first_stage=None) -> list[float]:
         """Scores of (query, document) pairs, in input order.
@@ -594,6 +617,23 @@ def _converted(model, tokenizer, max_length: int, prompt, backend: str) -> Graph
                 f"cannot convert the model to a {backend} graph: {short_reason(exc)}"
             ) from exc
         return load_graph(path, backend, "fp32")
+
+
+def _runtime_of(runtime: RuntimeChoice) -> tuple[str, str]:
+    return runtime.record["backend"], runtime.record["precision"]
+
+
+def _backend_info(reranker: Reranker, runtime: RuntimeChoice | None) -> dict:
+    """What ``reranker`` runs and why, as ``Reranker.backend_info`` reports it."""
+    model = reranker.model
+    if runtime is not None:
+        info = runtime.info()
+    elif isinstance(model, GraphModel):
+        info = {"backend": model.backend, "precision": model.precision, "reason": "converted at load"}
+    else:
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        info = {"backend": "torch", "precision": dtype, "reason": "no graph that passed an accuracy gate"}
+    return {**info, "neighbour_independent": reranker.neighbour_independent}
 
 
 def _export_info(folder: str) -> ExportRecord | None:

@@ -21,17 +21,26 @@ def ranking_metrics(
     qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]], recall_at: int = 10
 ) -> dict[str, float]:
     """Mean metrics over the queries of ``qrels`` (a query missing from ``run`` scores 0)."""
+    per_query = per_query_metrics(qrels, run, recall_at)
+    n = len(qrels)
+    result = {name: sum(values.values()) / n for name, values in per_query.items()}
+    result["pairwise_accuracy"] = pairwise_accuracy(qrels, run)
+    return result
+
+
+def per_query_metrics(
+    qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]], recall_at: int = 10
+) -> dict[str, dict[str, float]]:
+    """Each metric's value per query of ``qrels`` (0 for a query missing from ``run``)."""
     import ir_measures
     from ir_measures import AP, RR, R, nDCG
 
     measures = {"ndcg@10": nDCG @ 10, "mrr@10": RR @ 10, "map": AP, f"recall@{recall_at}": R @ recall_at}
-    per_query: dict[str, dict[str, float]] = {}
+    names = {str(measure): name for name, measure in measures.items()}
+    per_query = {name: dict.fromkeys(qrels, 0.0) for name in measures}
     for m in ir_measures.iter_calc(list(measures.values()), qrels, _ties_in_input_order(run)):
-        per_query.setdefault(str(m.measure), {})[m.query_id] = m.value
-    n = len(qrels)
-    result = {name: sum(per_query.get(str(measure), {}).values()) / n for name, measure in measures.items()}
-    result["pairwise_accuracy"] = pairwise_accuracy(qrels, run)
-    return result
+        per_query[names[str(m.measure)]][m.query_id] = m.value
+    return per_query
 
 
 def _ties_in_input_order(run: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:

@@ -59,6 +59,8 @@ class _Recorded(BaseModel):
     score_injection: ScoreInjection | None = None
     ensemble: Ensemble | None = None
     calibration: Calibration | None = None
+    # the CPU graphs written beside the model and their measured gate (rerankit.graph_export)
+    accuracy_gate: dict | None = None
 
     @field_validator("calibration", "ensemble", "prompt", "fusion", "score_injection", mode="before")
     @classmethod
@@ -93,7 +95,6 @@ class ExportRecord(_Recorded):
     applied at load only when it could not be folded into the exported head."""
 
     calibration_folded: bool = True
-    accuracy_gate: dict | None = None
 
     @classmethod
     def parse(cls, source: Path, record: Mapping) -> ExportRecord:

@@ -40,6 +40,7 @@ METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
 CURVE_FILE = "training_curve.png"
 MODEL_DIR = "model"
+GRAPHS_DIR = "graphs"  # the merged model's CPU graphs and its config (rerankit.graph_export)
 CHECKPOINTS_DIR = "checkpoints"
 LOGS_DIR = "logs"
 RUN_FORMAT = "rerankit-run"
@@ -232,6 +233,7 @@ def mark_finished(
     fusion=None,
     score_injection=None,
     ensemble=None,
+    accuracy_gate: dict | None = None,
 ) -> None:
     """Write the manifest: the last file of a run, whose presence means "finished"."""
     from rerankit import __version__
@@ -262,6 +264,8 @@ def mark_finished(
             # The self-ensemble's weights (rerankit.ensemble; BM25's statistics in ensemble/);
             # null: the cross-encoder alone.
             "ensemble": ensemble.to_dict() if ensemble is not None else None,
+            # The CPU graphs in graphs/ and their accuracy gate (rerankit.run_graphs); null: torch.
+            "accuracy_gate": accuracy_gate,
             "adapter": bool(config.lora.enabled),
             "trained_quantization": config.quantization.mode,
             "modules_to_save": built.modules_to_save,

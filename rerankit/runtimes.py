@@ -17,15 +17,22 @@ Which library does what:
   rerankit cannot run with, so they are not used.
 
 A graph runs every batch ``rerankit.scoring`` cuts (the same token budget, the same length
-sorting) and returns fp32 logits. fp32 graphs run with OpenVINO's f32 precision hint: on a
-CPU with bf16 units it would otherwise compute in bf16 without saying so.
+sorting) and returns fp32 logits. fp32 and int8 graphs run with OpenVINO's f32 precision hint:
+on a CPU with bf16 units it would otherwise compute in bf16 without saying so. The bf16 runtime
+is the fp32 graph compiled with the bf16 hint (OpenVINO's own default on such CPUs); its
+rounding moves with a batch's padded width, so ``GraphModel.batch_dependent`` is True for it.
+
+Which graph serves is decided on the machine that loads it (``pick_runtime``): of the graphs
+that passed the export's accuracy gate and whose runtime is installed (bf16 only where the CPU
+computes it natively), each is compiled and timed on a short probe batch, and the fastest runs.
 """
 
 from __future__ import annotations
 
+import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +44,7 @@ BACKENDS = ("auto", "torch", *GRAPH_BACKENDS)
 # Where each graph lives inside an export folder (the layout sentence-transformers also reads).
 GRAPH_FILES = {
     ("openvino", "fp32"): "openvino/openvino_model.xml",
+    ("openvino", "bf16"): "openvino/openvino_model.xml",  # the fp32 graph, compiled for bf16
     ("openvino", "int8"): "openvino/openvino_model_int8.xml",
     ("onnx", "fp32"): "onnx/model.onnx",
     ("onnx", "int8"): "onnx/model_int8.onnx",
@@ -109,9 +117,22 @@ def _openvino_graph(path: Path, precision: str) -> GraphModel:
     names = tuple(n for n in MODEL_INPUTS if any(n in port for port in ports))
     if len(names) != len(ports):
         raise ModelLoadError(f"{path}: graph inputs {ports}; expected some of {MODEL_INPUTS}")
-    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    hint = "bf16" if precision == "bf16" else "f32"
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint})
     output = compiled.outputs[0]
-    return GraphModel("openvino", precision, path, names, lambda inputs: compiled(inputs)[output])
+    run = lambda inputs: compiled(inputs)[output]
+    return GraphModel("openvino", precision, path, names, run, batch_dependent=precision == "bf16")
+
+
+def openvino_bf16_here() -> bool:
+    """Whether OpenVINO computes bf16 natively on this CPU (AVX512-BF16 or AMX)."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        return False
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def _onnx_graph(path: Path, precision: str) -> GraphModel:
@@ -238,7 +259,8 @@ def describe(record: Mapping) -> str:
     figure = lambda key, spec: format(record[key], spec) if isinstance(record.get(key), (int, float)) else "?"
     return (
         f"{name}: {record['pairs_per_second']:.1f} pairs/s, NDCG@10 {figure('ndcg@10', '.4f')} "
-        f"({figure('ndcg@10_delta', '+.4f')}), identical top-10 {figure('identical_top10', '.0%')}, "
+        f"({figure('ndcg@10_delta', '+.4f')}, loss ≤ {figure('ndcg@10_loss_upper_bound', '.4f')} at 95%), "
+        f"identical top-10 {figure('identical_top10', '.0%')}, "
         f"max |Δ logit| {figure('max_abs_logit_delta', '.4g')}, gate {record['gate']}"
     )
 
@@ -276,6 +298,32 @@ def runtime_records(gate: Mapping | None, source: Path) -> list[dict]:
     return records
 
 
+@dataclass
+class RuntimeChoice:
+    """The runtime ``Reranker.load`` runs and why (``Reranker.backend_info`` reports it)."""
+
+    record: dict  # the accuracy gate's record of the runtime
+    reason: str
+    # pairs/s of each candidate on the probe batch, measured on this machine at load
+    measured: dict[str, float] = field(default_factory=dict)
+    graph: GraphModel | None = None  # already compiled while measuring
+
+    def info(self) -> dict:
+        record = self.record
+        return {
+            "backend": record["backend"],
+            "precision": record["precision"],
+            "file": record.get("file"),
+            "reason": self.reason,
+            "measured_pairs_per_second": dict(self.measured),
+            **({"gate": record["gate"]} if "gate" in record else {}),
+        }
+
+
+def runtime_name(record: Mapping) -> str:
+    return f"{record['backend']} {record['precision']}"
+
+
 def pick_runtime(
     gate: Mapping | None,
     folder: Path,
@@ -283,12 +331,17 @@ def pick_runtime(
     precision: str | None,
     allow_failed_gate: bool,
     source: Path,
-) -> dict | None:
-    """The runtime record ``Reranker.load`` should run from an export's ``accuracy_gate``;
-    None for the torch model. ``backend="auto"``: the fastest of ``precision`` (any when None)
-    that passed the gate, has its file and its runtime installed; torch when no graph was
-    measured. A named graph backend: its fastest graph of ``precision`` that passed, or any
-    with ``allow_failed_gate``; None when it has none (converted at load, fp32)."""
+    probe: Callable[[], Mapping[str, np.ndarray]] | None = None,
+) -> RuntimeChoice | None:
+    """The runtime ``Reranker.load`` should run from an accuracy gate (an export's or a run
+    folder's); None for the torch model.
+
+    ``backend="auto"``: of the graphs of ``precision`` (any when None) that passed the gate,
+    have their file and their runtime installed (bf16: where the CPU computes it natively),
+    the fastest on this machine: each is compiled and timed on ``probe()`` (a padded batch)
+    when there are several; torch when none passed. A named graph backend: its fastest graph of
+    ``precision`` that passed, by the export's figures, or any with ``allow_failed_gate``;
+    None when it has none (converted at load, fp32)."""
     runtimes = runtime_records(gate, source)
     if backend == "torch":
         return None
@@ -296,11 +349,19 @@ def pick_runtime(
     speed = lambda r: r["pairs_per_second"]
     wanted = lambda r: precision is None or r["precision"] == precision
     if backend == "auto":
-        usable = [r for r in runtimes if passed(r) and wanted(r) and present(r) and _installed(r["backend"])]
+        usable = [
+            r
+            for r in runtimes
+            if r["backend"] != "torch" and passed(r) and wanted(r) and present(r) and _runs_here(r)
+        ]
         if precision == "int8" and not usable:
             raise ModelLoadError(f"{source}: {NO_INT8_GRAPH}")
-        best = max(usable, key=speed, default=None)
-        return None if best is None or best["backend"] == "torch" else best
+        if not usable:
+            return None
+        if len(usable) == 1 or probe is None:
+            best = max(usable, key=speed)
+            return RuntimeChoice(best, "the fastest graph that passed the accuracy gate, as measured at export")
+        return fastest_here(usable, folder, probe())
     mine = [r for r in runtimes if r["backend"] == backend and wanted(r)]
     if not mine:
         if precision == "int8":
@@ -316,7 +377,54 @@ def pick_runtime(
     chosen = max(passing or mine, key=speed)
     if not present(chosen):
         raise ModelLoadError(f"{source}: lists the graph {chosen['file']}, which is missing from {folder}")
-    return chosen
+    reason = f"asked for backend {backend!r}" + ("" if passed(chosen) else " with allow_failed_gate")
+    return RuntimeChoice(chosen, reason)
+
+
+# Timed passes of the probe batch per candidate, after one untimed pass that compiles kernels.
+PROBE_PASSES = 3
+# The probe's longest pair in tokens: a retrieved passage's length, not the model's limit.
+PROBE_LENGTH = 256
+
+
+def fastest_here(
+    candidates: Sequence[dict], folder: Path, probe: Mapping[str, np.ndarray], timer: Callable = time.perf_counter
+) -> RuntimeChoice:
+    """Compile each candidate graph and time it on ``probe`` (its best of a few passes, so a
+    busy moment does not decide); the fastest, kept compiled."""
+    rows = len(probe["input_ids"])
+    graphs, measured = {}, {}
+    for record in candidates:
+        graph = load_graph(folder / record["file"], record["backend"], record["precision"])
+        graph(probe)
+        best = float("inf")
+        for _ in range(PROBE_PASSES):
+            started = timer()
+            graph(probe)
+            best = min(best, timer() - started)
+        name = runtime_name(record)
+        graphs[name], measured[name] = graph, round(rows / max(best, 1e-9), 1)
+    winner = max(candidates, key=lambda r: measured[runtime_name(r)])
+    reason = f"the fastest on this machine of the {len(candidates)} graphs that passed the accuracy gate"
+    return RuntimeChoice(winner, reason, measured, graphs[runtime_name(winner)])
+
+
+def probe_batch(tokenizer, max_length: int, prompt=None, pairs: int = 8) -> dict:
+    """A padded batch of ``pairs`` pairs about as long as a retrieved passage, for timing."""
+    from rerankit.encoding import encode_pairs
+
+    words = "the quick measured passage of a probe retrieved for timing runtimes".split()
+    doc = " ".join(words[i % len(words)] for i in range(160))
+    queries = ["a question to time the runtimes"] * pairs
+    batch = encode_pairs(tokenizer, queries, [doc] * pairs, max_length, return_tensors="np", prompt=prompt)
+    return {name: np.asarray(batch[name]) for name in MODEL_INPUTS if name in batch}
+
+
+def _runs_here(record: Mapping) -> bool:
+    """Whether ``record``'s runtime is installed, and for bf16, native on this CPU."""
+    if not _installed(record["backend"]):
+        return False
+    return record["precision"] != "bf16" or openvino_bf16_here()
 
 
 def _installed(backend: str) -> bool:

@@ -40,6 +40,7 @@ from rerankit.model_builder import build_model, training_device, training_precis
 from rerankit.report import write_curve, write_report
 from rerankit.sampling import NegativeSampler
 from rerankit.score_injection import ScoreInjection
+from rerankit.run_graphs import write_run_graphs
 from rerankit.shipped import fit_shipped, save_signals
 from rerankit.split import split_records
 from rerankit.validation import ValidationSet, Validator
@@ -551,6 +552,9 @@ def _train(
         "data": {name: r.__dict__ for name, r in reports.items()},
     }
     save_signals(out, shipped)
+    gate = write_run_graphs(out, cfg, vset, decoder=built.prompt is not None, injection=injection)
+    if gate is not None:
+        metrics["graphs"] = gate
     write_json(out / run_folder.METRICS_FILE, metrics)
     curve = write_curve(out / run_folder.CURVE_FILE, metrics)
     write_report(out / run_folder.REPORT_FILE, metrics, cfg, digest, curve)
@@ -563,5 +567,6 @@ def _train(
         LearnedFusion.from_dict(fusion),
         injection,
         shipped.ensemble,
+        gate,
     )
     return FitResult(out, metrics, cfg, metrics["data"], trainer.model, built.tokenizer, built.prompt)

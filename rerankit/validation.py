@@ -19,7 +19,7 @@ from rerankit.data import QueryRecord
 from rerankit.errors import RerankitError
 from rerankit.fusion import fit_fusion
 from rerankit.prompts import PromptTemplate
-from rerankit.ranking_metrics import ranking_metrics
+from rerankit.ranking_metrics import per_query_metrics, ranking_metrics
 from rerankit.score_injection import ScoreInjection
 from rerankit.windows import score_documents
 
@@ -105,6 +105,15 @@ class ValidationSet:
 
     def metrics(self, scores: Sequence[np.ndarray], recall_at: int = 10) -> dict[str, float]:
         """Metrics of per-query scores (one array per query, candidates' order)."""
+        return ranking_metrics(*self._judged(scores), recall_at)
+
+    def per_query(self, scores: Sequence[np.ndarray], metric: str = "ndcg@10") -> np.ndarray:
+        """``metric`` of each query, in the set's order (a paired comparison's unit)."""
+        values = per_query_metrics(*self._judged(scores))[metric]
+        return np.array([values[str(i)] for i in range(len(self.candidates))])
+
+    def _judged(self, scores: Sequence[np.ndarray]) -> tuple[dict, dict]:
+        """The qrels and the run of ``scores``, the missed positives judged but never ranked."""
         qrels, run = {}, {}
         missed = self.missed or (0,) * len(self.candidates)
         for i, (docs, rel, s, lost) in enumerate(zip(self.candidates, self.relevant, scores, missed)):
@@ -113,7 +122,7 @@ class ValidationSet:
                 f"rerankit:missed:{j}": 1 for j in range(lost)
             }
             run[qid] = {d: float(x) for (d, _), x in zip(docs, s)}
-        return ranking_metrics(qrels, run, recall_at)
+        return qrels, run
 
 
 def _shuffled(query: str, docs: list) -> list:

@@ -264,8 +264,8 @@ def toy_data(tmp_path) -> tuple[Path, Path]:
 
 def tiny_config(model_dir: Path, train: Path, valid: Path | None, out: Path, **sections) -> dict:
     """A config for the tiny models that trains in seconds on CPU. Validation ranks each
-    query's given candidates and the cross-encoder ships alone, unless a test asks for the
-    defaults (``evaluation={"candidates": "deployed"}``, ``ensemble="auto"``)."""
+    query's given candidates and the cross-encoder ships alone, in torch, unless a test asks for
+    the defaults (``evaluation={"candidates": "deployed"}``, ``ensemble="auto"``, ``graphs="auto"``)."""
     config = {
         "seed": 7,
         "model": {"name_or_path": str(model_dir), "max_length": 48, "dropout": 0.0},
@@ -285,6 +285,7 @@ def tiny_config(model_dir: Path, train: Path, valid: Path | None, out: Path, **s
         },
         "evaluation": {"batch_size": 32, "candidates": "given"},
         "ensemble": "none",
+        "graphs": "none",
         "output": {"dir": str(out)},
     }
     for name, values in sections.items():
