@@ -4,6 +4,7 @@ config reference (docs/gen_config_reference.py, a mkdocs hook) covers every conf
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import types
 import typing
@@ -19,16 +20,21 @@ DOCS = ROOT / "docs"
 README = ROOT / "README.md"
 
 _LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
+_IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
 _SNIPPET = re.compile(r'^--8<-- "([^"]+)"\s*$', re.MULTILINE)
 _FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
 _CODE = re.compile(r"`[^`\n]*`")
 
 
-def _generator():
-    spec = importlib.util.spec_from_file_location("gen_config_reference", DOCS / "gen_config_reference.py")
+def _hook(name: str):
+    spec = importlib.util.spec_from_file_location(name, DOCS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _generator():
+    return _hook("gen_config_reference")
 
 
 def _pages() -> list[Path]:
@@ -151,3 +157,32 @@ def test_the_hook_puts_the_reference_where_the_page_holds_the_marker():
     assert generator.MARKER not in built
     assert "| `training.learning_rate` |" in built
     assert generator.on_page_markdown("# other page\n") == "# other page\n"
+
+
+@pytest.mark.smoke
+def test_every_image_of_the_docs_is_a_file_or_a_plot_the_build_draws():
+    drawn = {DOCS / site_path for site_path in _hook("gen_plots").PLOTS}
+    missing = []
+    for page in sorted(DOCS.rglob("*.md")):
+        for target in _IMAGE.findall(_prose(page.read_text(encoding="utf-8"))):
+            path = (page.parent / target).resolve()
+            if not path.exists() and path not in drawn:
+                missing.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not missing, f"images neither in docs/ nor drawn by docs/gen_plots.py: {missing}"
+
+
+@pytest.mark.smoke
+def test_the_plots_draw_every_row_of_their_results_files():
+    plots = _hook("gen_plots")
+    results = ROOT / "benchmarks" / "results"
+    seeds = json.loads((results / "quality_seeds.json").read_text(encoding="utf-8"))
+    svg = plots.quality_seeds()
+    assert svg.startswith("<?xml") and "<svg" in svg
+    for domain, block in seeds.items():
+        assert f"{domain}: NDCG@10" in svg
+        for value in [*block["baselines"].values(), *(row["mean"] for row in block["rows"].values())]:
+            assert f"{value:.4f}" in svg, f"{domain}: {value:.4f} is not drawn"
+    speed = plots.inference()
+    for row in json.loads((results / "inference.json").read_text(encoding="utf-8"))["rows"]:
+        assert row["contender"] in speed
+        assert f"{row['pairs_per_s']} (NDCG@10 {row['ndcg@10']})" in speed
