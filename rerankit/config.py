@@ -50,12 +50,15 @@ class PromptConfig(_Section):
     template: Literal["auto", "none", "qwen3", "plain", "custom"] = "auto"
     # The task in words (qwen3's <Instruct>); null keeps the preset's.
     instruction: str | None = None
-    # custom only: text before the body, the body ({query}, {instruction}, {document} last), after.
+    # custom only: text before the body.
     prefix: str = ""
+    # custom only: the pair's text ({query} once, {instruction} optional, {document} last).
     body: str = "Query: {query}\nDocument: {document}"
+    # custom only: text after the document, where the answer is read.
     suffix: str = ""
-    # Answer words of yes/no scoring (one token each); null keeps the preset's.
+    # Answer word of yes/no scoring for a relevant document (one token); null keeps the preset's.
     yes: str | None = None
+    # Answer word for an irrelevant document (one token); null keeps the preset's.
     no: str | None = None
 
     @model_validator(mode="after")
@@ -70,6 +73,7 @@ class PromptConfig(_Section):
 class ModelConfig(_Section):
     # Hub id or local path; the hub id of all-MiniLM-L6-v2 resolves to the packaged copy.
     name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2"
+    # Hub revision (branch, tag or commit) of name_or_path; null: the default branch.
     revision: str | None = None
     # Longest (query, document) pair in tokens; the document is truncated, never the query.
     max_length: int = Field(256, ge=8)
@@ -95,7 +99,9 @@ class ModelConfig(_Section):
 class QuantizationConfig(_Section):
     # none: full-precision base; 4bit: QLoRA (bitsandbytes NF4/FP4); 8bit: LLM.int8.
     mode: Literal["none", "4bit", "8bit"] = "4bit"
+    # 4-bit data type: NF4 (QLoRA's normal float) or FP4.
     quant_type: Literal["nf4", "fp4"] = "nf4"
+    # Quantize the quantization constants too (QLoRA's double quantization): less memory.
     double_quant: bool = True
     # dtype the 4-bit weights are dequantized to for the matmul; auto: bfloat16 where the
     # hardware runs it natively (CUDA, AVX512-BF16/AMX CPUs), else float32.
@@ -105,8 +111,11 @@ class QuantizationConfig(_Section):
 class LoraConfig(_Section):
     # false trains every weight of the backbone (no adapter); quantization needs LoRA.
     enabled: bool = True
+    # Rank of each adapter (the inner size of its two low-rank matrices).
     r: int = Field(16, ge=1)
+    # Scaling: the adapter's update is multiplied by alpha / r.
     alpha: int = Field(32, ge=1)
+    # Dropout on the adapters' input.
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     # "auto" picks the linear layers per architecture (see model_builder.DEFAULT_TARGETS).
     target_modules: Literal["auto"] | list[str] = "auto"
@@ -117,9 +126,11 @@ class LoraConfig(_Section):
 
 
 class DataConfig(_Section):
+    # Training data: JSONL, one query per line with its positives and negatives.
     train: str
     # A given validation file wins over valid_ratio.
     valid: str | None = None
+    # Share of the queries held out for validation when no valid file is given.
     valid_ratio: float = Field(0.1, gt=0.0, lt=1.0)
     # Keep every line of a query (or also of a source chunk) on one side of the split.
     group_by: Literal["query", "source_chunk"] = "query"
@@ -146,6 +157,8 @@ class SamplingConfig(_Section):
 
 
 class LossConfig(_Section):
+    # margin: pairwise hinge over every positive x negative; ranknet: softplus of their difference;
+    # listwise: softmax cross-entropy in which positives do not compete; bce: per pair, pos_weight.
     name: Literal["margin", "ranknet", "listwise", "bce"] = "margin"
     # margin: hinge margin between a positive and a negative score.
     margin: float = Field(1.0, ge=0.0)
@@ -157,21 +170,30 @@ class LossConfig(_Section):
     # kl (per-query softmax of standardized teacher scores; any scale) or margin_mse (the
     # teacher's score differences as they are: a teacher on the model's logit scale).
     distillation: Literal["none", "kl", "margin_mse"] = "none"
+    # Weight of the distillation term added to the ranking loss.
     distillation_weight: float = Field(1.0, ge=0.0)
+    # kl: the standardized teacher scores are divided by it (< 1 sharpens, > 1 flattens).
     teacher_temperature: float = Field(1.0, gt=0.0)
 
 
 class TrainingConfig(_Section):
+    # Passes over the training queries (a fraction stops part-way).
     epochs: float = Field(2, gt=0, le=10_000)
     # Queries per device batch; each brings its positives and negatives.
     batch_size: int = Field(8, ge=1)
+    # Batches whose gradients add up before each optimizer step.
     gradient_accumulation_steps: int = Field(1, ge=1)
+    # Peak learning rate of the LoRA weights (of every weight without LoRA).
     learning_rate: float = Field(2e-4, gt=0, le=1.0)
     # Learning rate of the fully trained modules (score head, pooler); null = learning_rate.
     head_learning_rate: float | None = Field(None, gt=0, le=1.0)
+    # AdamW weight decay.
     weight_decay: float = Field(0.0, ge=0)
+    # Share of the optimizer steps over which the learning rate rises to its peak.
     warmup_ratio: float = Field(0.1, ge=0, le=1)
+    # Learning-rate schedule after the warm-up (transformers' schedulers).
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    # Gradients are clipped to this norm.
     max_grad_norm: float = Field(1.0, gt=0)
     # auto: bf16 autocast on CUDA GPUs with bf16 and on CPUs with AVX512-BF16/AMX, else fp32.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -181,11 +203,13 @@ class TrainingConfig(_Section):
     # adamw (torch); adamw_8bit, paged_adamw_8bit, paged_adamw_32bit: bitsandbytes' optimizers
     # (8-bit states; paged ones move to CPU memory under GPU memory pressure; CUDA only).
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"] = "adamw"
+    # Log the loss every N optimizer steps.
     logging_steps: int = Field(10, ge=1)
     # Checkpoints kept for --resume (the best one is always kept).
     save_total_limit: int = Field(2, ge=1)
     # Stop after this many evaluations without improvement; null never stops early.
     early_stopping_patience: int | None = Field(None, ge=1)
+    # Processes that collate batches; 0 collates in the training process.
     dataloader_num_workers: int = Field(0, ge=0)
     # Trainer integrations to log to ("tensorboard", "wandb", ...); [] for none.
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
@@ -205,8 +229,9 @@ class EvaluationConfig(_Section):
     # deployed: each validation query is ranked over the first stage's real top `depth` of the
     # corpus (data.corpus), as it will be served; given: over its own positives and negatives.
     candidates: Literal["deployed", "given"] = "deployed"
-    # The first stage of deployed validation, and how deep the reranker reads it.
+    # The first stage of deployed validation: BM25, the backbone's embeddings, or their fusion.
     first_stage: Literal["bm25", "dense", "hybrid"] = "bm25"
+    # How deep the reranker reads it: each validation query's candidates are its top `depth`.
     depth: int = Field(30, ge=2, le=1000)
 
 
@@ -218,22 +243,26 @@ class AdaptationConfig(_Section):
     corpus: str | None = None
     # Inverse-cloze queries per passage (each a different sentence of it).
     per_passage: int = Field(1, ge=1)
-    # Caps on pseudo-queries (a seeded draw; the smaller one applies): a number, and a multiple
-    # of the labelled training queries (each pseudo-query costs a labelled query's training time).
+    # Cap on pseudo-queries (a seeded draw); with ratio too, the smaller cap applies.
     max_queries: int | None = Field(None, ge=1)
+    # Cap as a multiple of the labelled training queries (each pseudo-query costs a labelled
+    # query's training time).
     ratio: float | None = Field(None, gt=0.0)
     # Cut the query's sentence out of its positive, so the match is by context, not by copy.
     remove_sentence: bool = True
-    # First stage that mines the pseudo-queries' negatives over the corpus, and how many.
+    # First stage that mines the pseudo-queries' negatives over the corpus.
     mining: Literal["bm25", "dense", "hybrid"] = "bm25"
+    # Negatives mined per pseudo-query.
     num_negatives: int = Field(15, ge=1)
 
 
 class OutputConfig(_Section):
+    # The run folder (rerankit train --output-dir and fit(output_dir=...) override it).
     dir: str = "outputs/run"
 
 
 class TrainConfig(_Section):
+    # Seeds the split, every epoch's draw of negatives and the Trainer (LoRA init, data order).
     seed: int = 42
     model: ModelConfig = Field(default_factory=ModelConfig)
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)

@@ -11,7 +11,7 @@ Which library does what:
 - int8 for ONNX: ONNX Runtime's dynamic quantization of the MatMuls (``quantize_dynamic``,
   int8 weights per channel, activation ranges taken per batch at run time). Its static
   quantization lost far more NDCG on MiniLM than the accuracy gate allows (the figures are in
-  README's section on CPU runtimes). Per-batch ranges make a pair's score depend a little on the other
+  benchmarks/results/precision_notes.md). Per-batch ranges make a pair's score depend a little on the other
   pairs of its batch, so ``GraphModel.batch_dependent`` is True for it.
 - optimum-intel / optimum-onnx would wrap the same steps, but pin transformers versions
   rerankit cannot run with, so they are not used.
