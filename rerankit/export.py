@@ -62,9 +62,9 @@ def export(
     ``quantize="int8"``, int8 (OpenVINO's static, calibrated on validation pairs or
     ``calibration_pairs``; ONNX's dynamic). Every graph is measured against the torch fp32
     model on the run's validation set (``validation``: a seed-format JSONL instead); one whose
-    NDCG@10 loss may exceed ``tolerance`` (its 95 % bootstrap upper bound) fails the accuracy gate, and the export is refused
-    unless ``force`` (then ``Reranker.load`` runs that graph only when asked). See
-    ``rerankit.graph_export``.
+    NDCG@10 loss may exceed ``tolerance`` (its 95 % bootstrap upper bound) fails the accuracy
+    gate, and the export is refused unless ``force`` (then ``Reranker.load`` runs that graph
+    only when asked). See ``rerankit.graph_export``.
 
     Each destination is locked for the whole export (another export or run there is refused)
     and written through a staging folder of its own beside it, swapped in once complete.

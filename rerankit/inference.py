@@ -260,7 +260,9 @@ class Reranker:
                 tokenizer = load_tokenizer(str(model_dir), trust)
                 probe = lambda: probe_batch(tokenizer, min(max_length, PROBE_LENGTH))
                 gate, manifest_file = manifest.accuracy_gate, path / run_folder.MANIFEST
-                runtime = pick_runtime(gate, graphs, backend, precision, allow_failed_gate, manifest_file, probe)
+                runtime = pick_runtime(
+                    gate, graphs, backend, precision, allow_failed_gate, manifest_file, probe
+                )
             if runtime is None:
                 model, tokenizer, prompt = trained_weights(
                     model_dir,
@@ -273,7 +275,7 @@ class Reranker:
                     pickle,
                 )
             else:  # the run's own graph: no torch weights are read
-                model = runtime.graph or load_graph(graphs / runtime.record["file"], *_runtime_of(runtime))
+                model = runtime.graph or _graph_of(runtime, graphs)
                 given = str(graphs)  # the merged model's config is written beside its graphs
                 prompt = _prompt(_hf_config(model, given, trust), tokenizer, prompt)
             long_documents = merged_settings(manifest.long_documents, long_documents)
@@ -309,7 +311,7 @@ class Reranker:
             if runtime is None:
                 model, prompt = _plain(name, tokenizer, dtype, trust, pickle, prompt)
             else:  # the export's own graph: no torch weights are read
-                model = runtime.graph or load_graph(Path(name) / runtime.record["file"], *_runtime_of(runtime))
+                model = runtime.graph or _graph_of(runtime, Path(name))
                 prompt = _prompt_of(name, tokenizer, trust, prompt)
             info = info or ExportRecord()
             # a calibration folded into the exported head is already in its logits
@@ -619,8 +621,9 @@ def _converted(model, tokenizer, max_length: int, prompt, backend: str) -> Graph
         return load_graph(path, backend, "fp32")
 
 
-def _runtime_of(runtime: RuntimeChoice) -> tuple[str, str]:
-    return runtime.record["backend"], runtime.record["precision"]
+def _graph_of(runtime: RuntimeChoice, folder: Path) -> GraphModel:
+    record = runtime.record
+    return load_graph(folder / record["file"], record["backend"], record["precision"])
 
 
 def _backend_info(reranker: Reranker, runtime: RuntimeChoice | None) -> dict:

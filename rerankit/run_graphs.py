@@ -46,7 +46,7 @@ def write_run_graphs(out: Path, cfg, vset: ValidationSet, *, decoder: bool, inje
     backend = graph_backend()
     if cfg.graphs == "none" or decoder or backend is None:
         if cfg.graphs == "auto" and not decoder and backend is None:
-            log.info("no graph runtime installed (rerankit[openvino] or rerankit[onnx]): the run serves torch")
+            log.info("no graph runtime (rerankit[openvino] or rerankit[onnx]): the run serves torch")
         return None
     import torch
 
@@ -73,7 +73,7 @@ def write_run_graphs(out: Path, cfg, vset: ValidationSet, *, decoder: bool, inje
     final = out / run_folder.GRAPHS_DIR
     staging = final.with_name(final.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
-    log.info("writing the %s graphs of the model and measuring them on %d validation queries", backend, len(gated))
+    log.info("writing the %s graphs of the model, measured on %d validation queries", backend, len(gated))
     records = write_graphs(
         staging,
         reranker,

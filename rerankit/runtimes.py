@@ -360,7 +360,7 @@ def pick_runtime(
             return None
         if len(usable) == 1 or probe is None:
             best = max(usable, key=speed)
-            return RuntimeChoice(best, "the fastest graph that passed the accuracy gate, as measured at export")
+            return RuntimeChoice(best, "the fastest graph that passed the accuracy gate, measured at export")
         return fastest_here(usable, folder, probe())
     mine = [r for r in runtimes if r["backend"] == backend and wanted(r)]
     if not mine:
@@ -388,7 +388,10 @@ PROBE_LENGTH = 256
 
 
 def fastest_here(
-    candidates: Sequence[dict], folder: Path, probe: Mapping[str, np.ndarray], timer: Callable = time.perf_counter
+    candidates: Sequence[dict],
+    folder: Path,
+    probe: Mapping[str, np.ndarray],
+    timer: Callable = time.perf_counter,
 ) -> RuntimeChoice:
     """Compile each candidate graph and time it on ``probe`` (its best of a few passes, so a
     busy moment does not decide); the fastest, kept compiled."""
@@ -413,8 +416,7 @@ def probe_batch(tokenizer, max_length: int, prompt=None, pairs: int = 8) -> dict
     """A padded batch of ``pairs`` pairs about as long as a retrieved passage, for timing."""
     from rerankit.encoding import encode_pairs
 
-    words = "the quick measured passage of a probe retrieved for timing runtimes".split()
-    doc = " ".join(words[i % len(words)] for i in range(160))
+    doc = " ".join(["a retrieved passage of plain words to time each runtime"] * 16)
     queries = ["a question to time the runtimes"] * pairs
     batch = encode_pairs(tokenizer, queries, [doc] * pairs, max_length, return_tensors="np", prompt=prompt)
     return {name: np.asarray(batch[name]) for name in MODEL_INPUTS if name in batch}

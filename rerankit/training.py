@@ -38,9 +38,9 @@ from rerankit.fusion import LearnedFusion
 from rerankit.losses import build_distillation, build_loss
 from rerankit.model_builder import build_model, training_device, training_precision
 from rerankit.report import write_curve, write_report
+from rerankit.run_graphs import write_run_graphs
 from rerankit.sampling import NegativeSampler
 from rerankit.score_injection import ScoreInjection
-from rerankit.run_graphs import write_run_graphs
 from rerankit.shipped import fit_shipped, save_signals
 from rerankit.split import split_records
 from rerankit.validation import ValidationSet, Validator

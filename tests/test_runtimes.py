@@ -12,6 +12,8 @@ pytest.importorskip("openvino")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("nncf")
 
+from conftest import tiny_config
+
 from rerankit import Reranker
 from rerankit.errors import ConfigError, ModelLoadError, RerankitError
 
@@ -164,7 +166,8 @@ def test_accuracy_gate_refuses_a_broken_quantisation(tiny_bert_run, tmp_path, mo
     from rerankit.export import export
 
     run, out = tiny_bert_run[0].output_dir, tmp_path / "export"
-    with pytest.raises(RerankitError, match=r"accuracy gate: the NDCG@10 loss .*\(openvino int8: .* gate failed"):
+    refused = r"accuracy gate: the NDCG@10 loss .*\(openvino int8: .* gate failed"
+    with pytest.raises(RerankitError, match=refused):
         export(run, out, formats=["openvino"], quantize="int8")
     # nothing left behind but the destination's lock file (with the last holder's PID)
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == [".export.lock"]
@@ -281,3 +284,54 @@ def test_cli_backend_errors_are_one_line(tiny_bert_run):
     )
     assert result.exit_code == 2 and "dtype 'int8' needs a graph backend" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.smoke
+def test_gate_bound_passes_noise_and_gains_and_refuses_a_real_loss():
+    """The one-sided paired bootstrap: a gain or a change within noise passes, a loss that the
+    queries show beyond noise fails, whatever the point estimate's sign says alone."""
+    from rerankit.graph_export import DEFAULT_TOLERANCE, loss_upper_bound
+
+    rng = np.random.default_rng(0)
+    reference = rng.uniform(0.3, 1.0, 200)
+    noise = reference + rng.normal(0, 0.01, 200)  # a graph that moves each query a little, both ways
+    gain = reference + np.where(rng.random(200) < 0.2, 0.1, 0.0)  # better on a fifth of the queries
+    damaged = reference - np.where(rng.random(200) < 0.3, 0.2, 0.0)  # worse on almost a third
+    assert loss_upper_bound(reference, noise) <= DEFAULT_TOLERANCE
+    assert loss_upper_bound(reference, gain) < 0  # better beyond doubt: never refused
+    assert loss_upper_bound(reference, damaged) > DEFAULT_TOLERANCE
+    assert loss_upper_bound(reference, reference) == 0.0 and loss_upper_bound([], []) == 0.0
+    # a mean loss just under the tolerance, but on few queries: the bound says it cannot tell
+    few = reference[:10] - np.array([0.09, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+    assert np.mean(reference[:10] - few) < DEFAULT_TOLERANCE < loss_upper_bound(reference[:10], few)
+
+
+@pytest.mark.smoke
+def test_a_run_folder_carries_gated_graphs_and_serves_the_fastest(tiny_bert_dir, toy_data, tmp_path):
+    """graphs: auto writes the merged model's graphs into the run folder with their gate in
+    run.json; Reranker.load(run) then runs the fastest that passed, without torch weights, and
+    its fp32 graph scores as the torch model does."""
+    import rerankit
+    from rerankit.runtimes import GRAPH_FILES, openvino_bf16_here
+
+    run = rerankit.fit(tiny_config(tiny_bert_dir, *toy_data, tmp_path / "run", graphs="auto")).output_dir
+    gate = json.loads((run / "run.json").read_text())["accuracy_gate"]
+    written = {r["precision"] for r in gate["runtimes"] if r["backend"] == "openvino"}
+    assert written == {"fp32", "int8"} | ({"bf16"} if openvino_bf16_here() else set())
+    assert gate["validation"]["queries"] == 16 and "loss_upper_bound" in str(gate["runtimes"])
+    assert (run / "graphs" / GRAPH_FILES[("openvino", "int8")]).is_file()
+    assert (run / "graphs" / "config.json").is_file() and not (run / "graphs.staging").exists()
+
+    served = Reranker.load(run)
+    info = served.backend_info
+    assert info["backend"] == "openvino" and served.model.path.is_relative_to(run / "graphs")
+    passing = {f"openvino {r['precision']}" for r in gate["runtimes"][1:] if r["gate"] == "passed"}
+    if len(passing) > 1:
+        assert set(info["measured_pairs_per_second"]) == passing
+    torch_fp32 = Reranker.load(run, backend="torch", dtype="float32")
+    assert torch_fp32.backend_info["backend"] == "torch"
+    graph_fp32 = Reranker.load(run, dtype="float32")
+    assert graph_fp32.backend_info["precision"] == "fp32" and graph_fp32.neighbour_independent
+    np.testing.assert_allclose(graph_fp32.score(pairs()), torch_fp32.score(pairs()), atol=1e-4)
+    ranked = [r.index for r in graph_fp32.rerank(QUERY, DOCS)]
+    assert ranked == [r.index for r in torch_fp32.rerank(QUERY, DOCS)]
