@@ -92,6 +92,7 @@ ST_PEERS = {
     "onnx": ["ST ONNX fp32", "ST ONNX O3", "ST ONNX int8 (dynamic, avx2)"],
     "openvino": ["ST OpenVINO fp32", "ST OpenVINO default", "ST OpenVINO int8 (static)"],
 }
+RUN_ROWS = ["rerankit run folder, default", "rerankit run folder, cross-encoder alone"]
 RERANKIT = [
     "rerankit torch fp32",
     "rerankit openvino fp32",
@@ -101,6 +102,23 @@ RERANKIT = [
     "rerankit default (auto)",
 ]
 REFERENCE = "ST torch fp32"
+
+
+def is_run(model: str) -> bool:
+    return (Path(model) / "run.json").exists()
+
+
+def cpu_flags() -> str:
+    """The CPU's name and the flags that decide which kernels run (lscpu's, as /proc/cpuinfo has them)."""
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni")
+    name, flags = platform.processor() or platform.machine(), set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                name = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and ":" in line:
+                flags = set(line.split(":", 1)[1].split())
+    return f"{name}; flags: {' '.join(f for f in wanted if f in flags) or 'none of ' + ', '.join(wanted)}"
 
 
 def export_with_graphs(run: str, out: Path) -> Path:
@@ -282,7 +300,8 @@ def main() -> None:
             contenders += [(name, str(python)) for name in names]
         else:
             print(f"skipping {names}: {python} missing (run benchmarks/peer_envs.sh)", file=sys.stderr)
-    rerankit_rows = RERANKIT + (["rerankit torch bf16"] if bf16_is_native("cpu") else [])
+    bf16_rows = ["rerankit torch bf16", "rerankit openvino bf16"] if bf16_is_native("cpu") else []
+    rerankit_rows = RERANKIT + bf16_rows + (RUN_ROWS if args.model and is_run(args.model) else [])
     contenders += [(name, sys.executable) for name in rerankit_rows]
 
     workers = []
@@ -292,7 +311,7 @@ def main() -> None:
             Worker(
                 name,
                 python,
-                export_dir if name.startswith("rerankit") else peer_dir,
+                args.model if name in RUN_ROWS else export_dir if name.startswith("rerankit") else peer_dir,
                 pairs_file,
                 args.max_length,
             )
@@ -329,6 +348,8 @@ def main() -> None:
     flops = flops_per_pair(export_dir, tokenizer, sets["timing"], args.max_length)
     reference_ndcg = ndcg(scores[REFERENCE])
     reference_time = statistics.median(seconds[REFERENCE])
+    ov_default = "ST OpenVINO default"
+    ov_default_time = statistics.median(seconds[ov_default]) if ov_default in seconds else None
     rows = []
     for name, _ in contenders:
         median = statistics.median(seconds[name])
@@ -344,6 +365,7 @@ def main() -> None:
                 "runtime": ready[name],
                 "pairs_per_s": round(rate, 1),
                 "x_st_torch": round(reference_time / median, 2),
+                "x_st_openvino_default": round(ov_default_time / median, 2) if ov_default_time else None,
                 "identical_top10": f"{same}/{len(quality_ids)}",
                 "max_abs_logit_delta": float(np.max(np.abs(scores[name] - scores[REFERENCE]))),
                 "ndcg@10": round(ndcg(scores[name]), 4),
@@ -354,7 +376,13 @@ def main() -> None:
             }
         )
     default = next((r for r in gate["runtimes"] if r["file"] is None), None)
+    import datetime
+    import subprocess
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     meta = {
+        "date": datetime.date.today().isoformat(),
+        "commit": commit.stdout.strip(),
         "timed_pairs": len(sets["timing"]),
         "quality_pairs": len(sets["quality"]),
         "quality_queries": len(quality_ids),
@@ -365,28 +393,34 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cores": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_flags(),
         "gemm_gflops": rates,
         "gflop_per_pair": round(flops / 1e9, 3),
         "accuracy_gate": gate["runtimes"],
         "torch_default_in_gate": default is not None,
     }
     table = [
-        "| contender | pairs/s | × ST torch | identical top-10 | max abs Δ logit | NDCG@10 | ΔNDCG@10 "
-        "| 20-doc request ms | share of bound |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| contender | pairs/s | × ST torch | × ST OpenVINO default | identical top-10 | max abs Δ logit "
+        "| NDCG@10 | ΔNDCG@10 | 20-doc request ms | share of bound |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    picked = lambda r: "auto" in r["contender"] or r["contender"] in RUN_ROWS
     table += [
-        f"| {r['contender']}{' → ' + r['runtime'] if 'auto' in r['contender'] else ''} | "
-        f"{r['pairs_per_s']} | {r['x_st_torch']} | {r['identical_top10']} | "
+        f"| {r['contender']}{' → ' + r['runtime'] if picked(r) else ''} | "
+        f"{r['pairs_per_s']} | {r['x_st_torch']} | {r['x_st_openvino_default'] or '–'} | "
+        f"{r['identical_top10']} | "
         f"{r['max_abs_logit_delta']:.2e} | {r['ndcg@10']} | {r['ndcg@10_delta']:+.4f} | "
         f"{r['latency_20_docs_ms']} | {r['share_of_bound']:.0%} ({r['bound']}) |"
         for r in rows
     ]
     bound_line = ", ".join(f"{k} {v} GFLOP/s" for k, v in rates.items())
-    text = "\n".join(table) + (
-        f"\n\nGEMM on this machine ({meta['threads']} threads): {bound_line}. "
-        f"{meta['gflop_per_pair']} GFLOP per pair at rerankit's padded lengths."
+    text = (
+        f"CPU: {meta['cpu']}\n\n"
+        + "\n".join(table)
+        + (
+            f"\n\nGEMM on this machine ({meta['threads']} threads): {bound_line}. "
+            f"{meta['gflop_per_pair']} GFLOP per pair at rerankit's padded lengths."
+        )
     )
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -394,7 +428,7 @@ def main() -> None:
     (args.out / "inference.md").write_text(
         f"# Inference speed ({meta['timed_pairs']} timed pairs: {args.queries} questions × BM25 "
         f"top-{args.top_k}; quality on {meta['quality_queries']} other questions; {meta['cores']} cores, "
-        f"torch {meta['torch']})\n\n{text}\n"
+        f"torch {meta['torch']}; {meta['date']}, commit {meta['commit']})\n\n{text}\n"
     )
 
     shutil.rmtree(work, ignore_errors=True)  # scratch: the export (unless given), model copies

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+RUN_DEFAULT = "rerankit run folder, default"
+RUN_ALONE = "rerankit run folder, cross-encoder alone"
 
 
 def st_cross_encoder(folder: str, max_length: int, **kwargs):
@@ -56,17 +58,17 @@ def build(name: str, folder: str, max_length: int, calibration_pairs, batch_size
             "rerankit torch bf16": dict(backend="torch", dtype="bfloat16"),
             "rerankit openvino fp32": dict(backend="openvino", dtype="float32"),
             "rerankit openvino int8": dict(backend="openvino", dtype="int8"),
+            "rerankit openvino bf16": dict(backend="openvino", dtype="bfloat16"),
             "rerankit onnx fp32": dict(backend="onnx", dtype="float32"),
             "rerankit onnx int8": dict(backend="onnx", dtype="int8"),
             "rerankit default (auto)": dict(),
+            # the run folder as trained, its graphs picked at load (with its self-ensemble, or without)
+            RUN_DEFAULT: dict(),
+            RUN_ALONE: dict(ensemble="none"),
         }[name]
         reranker = Reranker.load(folder, device="cpu", max_length=max_length, **options)
-        model = reranker.model
-        build.runtime = (
-            f"{model.backend} {model.precision}"
-            if hasattr(model, "backend")
-            else f"torch {str(model.dtype).removeprefix('torch.')}"
-        )
+        info = reranker.backend_info
+        build.runtime = f"{info['backend']} {info['precision']}"
         return lambda pairs: reranker.score(pairs, raw=True)
     if name == "ST torch fp32":
         model = st_cross_encoder(folder, max_length)

@@ -571,23 +571,27 @@ def _backend(backend: str, device: str, dtype) -> str:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend in GRAPH_BACKENDS and device != "cpu":
         raise ConfigError(f"backend {backend!r} runs on the CPU; got device {device!r}")
-    half = str(dtype).removeprefix("torch.") in ("bfloat16", "bf16", "float16", "fp16")
+    name = str(dtype).removeprefix("torch.")
+    half = name in ("bfloat16", "bf16", "float16", "fp16")
     if backend == "auto" and (device != "cpu" or half):
         return "torch"
-    if backend in GRAPH_BACKENDS and half:
+    if backend in GRAPH_BACKENDS and half and not (backend == "openvino" and name in ("bfloat16", "bf16")):
         raise ConfigError(f"backend {backend!r} runs fp32 or int8 graphs; got dtype {dtype!r}")
     return backend
 
 
 def _graph_precision(dtype, backend: str) -> str | None:
-    """The precision ``dtype`` asks of a graph (or, under ``auto``, of any runtime): ``int8``
-    or ``fp32``; None when it leaves the choice open (or names torch's)."""
+    """The precision ``dtype`` asks of a graph (or, under ``auto``, of any runtime): ``int8``,
+    ``fp32`` or OpenVINO's ``bf16``; None when it leaves the choice open (or names torch's)."""
     if dtype == "int8":
         if backend == "torch":
             raise ConfigError(f"dtype 'int8' needs a graph backend ({', '.join(GRAPH_BACKENDS)} or auto)")
         return "int8"
-    if backend != "torch" and str(dtype).removeprefix("torch.") in ("float32", "fp32"):
+    name = str(dtype).removeprefix("torch.")
+    if backend != "torch" and name in ("float32", "fp32"):
         return "fp32"
+    if backend == "openvino" and name in ("bfloat16", "bf16"):
+        return "bf16"  # the fp32 graph compiled for bf16
     return None
 
 

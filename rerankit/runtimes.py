@@ -363,6 +363,11 @@ def pick_runtime(
             return RuntimeChoice(best, "the fastest graph that passed the accuracy gate, measured at export")
         return fastest_here(usable, folder, probe())
     mine = [r for r in runtimes if r["backend"] == backend and wanted(r)]
+    if precision == "bf16" and not (mine and openvino_bf16_here()):
+        raise ModelLoadError(
+            f"{source}: no bf16 graph measured here, or this CPU has no bf16 units "
+            "(an export written on a CPU with AVX512-BF16 or AMX measures one)"
+        )
     if not mine:
         if precision == "int8":
             raise ModelLoadError(f"{source}: {NO_INT8_GRAPH}")
