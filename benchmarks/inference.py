@@ -12,7 +12,8 @@ contenders and the median is reported, with the single 20-document request laten
 is measured on other questions: identical top-10 order and largest |Δ logit| against
 sentence-transformers torch fp32, and NDCG@10. The table ends with the machine's GEMM rates and
 each row's share of them at the FLOPs per pair of the timing set. Writes
-benchmarks/results/inference.{json,md}.
+benchmarks/results/inference_<CPU class>.{json,md} (avx2, avx512, avx512_bf16), the CPU's
+name and flags above the table.
 """
 
 from __future__ import annotations
@@ -119,6 +120,15 @@ def cpu_flags() -> str:
             if line.startswith("flags") and ":" in line:
                 flags = set(line.split(":", 1)[1].split())
     return f"{name}; flags: {' '.join(f for f in wanted if f in flags) or 'none of ' + ', '.join(wanted)}"
+
+
+def results_name(cpu: str) -> str:
+    """The results file of this CPU class: CPUs with bf16 units, with AVX512 or with AVX2 only
+    run different kernels, so each class keeps its own table."""
+    flags = set(cpu.split("flags:", 1)[-1].split())
+    if flags & {"avx512_bf16", "amx_bf16"}:
+        return "inference_avx512_bf16"
+    return "inference_avx512" if "avx512f" in flags else "inference_avx2"
 
 
 def export_with_graphs(run: str, out: Path) -> Path:
@@ -267,6 +277,11 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--peers", type=Path, default=ROOT / ".peers")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="Results file name (default: by the CPU's widest units, e.g. inference_avx2).",
+    )
     args = parser.parse_args()
 
     import torch
@@ -424,8 +439,9 @@ def main() -> None:
     )
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "inference.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    (args.out / "inference.md").write_text(
+    name = args.name or results_name(meta["cpu"])
+    (args.out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    (args.out / f"{name}.md").write_text(
         f"# Inference speed ({meta['timed_pairs']} timed pairs: {args.queries} questions × BM25 "
         f"top-{args.top_k}; quality on {meta['quality_queries']} other questions; {meta['cores']} cores, "
         f"torch {meta['torch']}; {meta['date']}, commit {meta['commit']})\n\n{text}\n"

@@ -73,7 +73,8 @@ def quality_seeds(results: Path = RESULTS) -> str:
 
 def inference(results: Path = RESULTS) -> str:
     """Pairs per second of every contender, coloured by whether its top-10 orders stayed identical."""
-    rows: list[dict[str, Any]] = json.loads((results / "inference.json").read_text(encoding="utf-8"))["rows"]
+    table = (results / "inference_avx2.json").read_text(encoding="utf-8")
+    rows: list[dict[str, Any]] = json.loads(table)["rows"]
     fig, ax = _figure(0.8 + 0.28 * len(rows))
     positions = list(range(len(rows)))[::-1]
     exact = [r["identical_top10"].split("/")[0] == r["identical_top10"].split("/")[1] for r in rows]

@@ -118,7 +118,7 @@ def default_dtype(device: str):
     """bf16 where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), else fp32.
 
     bf16 keeps NDCG@10 but moves scores slightly, so near-ties can swap; the measured speed and
-    drift are in ``benchmarks/results/inference.md``.
+    drift are in ``benchmarks/results/inference_avx2.md``.
     """
     import torch
 
@@ -158,7 +158,7 @@ class Reranker:
         self.long_documents = merged_settings(None, long_documents)
         if max_tokens is None:
             # Padded tokens per forward pass: on CPU small batches stay in cache and run
-            # faster (benchmarks/results/inference.md); a GPU wants large ones.
+            # faster (benchmarks/results/inference_avx2.md); a GPU wants large ones.
             max_tokens = 2048 if device_type(model) == "cpu" else 32768
         self.max_length, self.max_tokens, self.max_batch = max_length, max_tokens, max_batch
         self.source = source

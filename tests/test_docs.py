@@ -183,6 +183,6 @@ def test_the_plots_draw_every_row_of_their_results_files():
         for value in [*block["baselines"].values(), *(row["mean"] for row in block["rows"].values())]:
             assert f"{value:.4f}" in svg, f"{domain}: {value:.4f} is not drawn"
     speed = plots.inference()
-    for row in json.loads((results / "inference.json").read_text(encoding="utf-8"))["rows"]:
+    for row in json.loads((results / "inference_avx2.json").read_text(encoding="utf-8"))["rows"]:
         assert row["contender"] in speed
         assert f"{row['pairs_per_s']} (NDCG@10 {row['ndcg@10']})" in speed
