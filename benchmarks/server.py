@@ -10,8 +10,9 @@ cross-request batching and once without. The in-process figure scores the same p
 ``Reranker.score`` one request at a time and all at once. Every figure is the median of
 ``--repeats`` passes. Reports requests/s, pairs/s,
 p50/p99 latency and errors, per runtime (``--backends``; an export with graphs runs them, other
-folders are converted at load) against the in-process rate of the same runtime; writes
-benchmarks/results/server.{json,md}.
+folders are converted at load; ``auto`` runs what ``Reranker.load`` picks, a run folder's own
+graphs included) against the in-process rate of the same runtime; writes
+benchmarks/results/<--name>.{json,md} (``server`` by default).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from inference import load_pairs  # noqa: E402
+from inference import cpu_flags, load_pairs  # noqa: E402
 
 
 def free_port() -> int:
@@ -233,6 +234,7 @@ def main() -> None:
         "--backends", nargs="+", default=["torch"], choices=["auto", "torch", "openvino", "onnx"]
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
+    parser.add_argument("--name", default="server", help="Results file name (without .md/.json).")
     args = parser.parse_args()
 
     queries, candidates, _, _ = load_pairs(args.requests, args.docs, seed=1)
@@ -257,9 +259,15 @@ def main() -> None:
             f"{r.get('p50_ms', '')} | {r.get('p99_ms', '')} | {r.get('errors', '')} | "
             f"{r.get('vs_in_process', '')} | {r.get('vs_no_cross_batching', '')} |"
         )
-    text = "\n".join(table)
+    import datetime
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    text = f"CPU: {cpu_flags()}\n\n" + "\n".join(table)
     print(text)
     meta = {
+        "date": datetime.date.today().isoformat(),
+        "commit": commit.stdout.strip(),
+        "cpu": cpu_flags(),
         "requests": len(bodies),
         "docs_per_request": args.docs,
         "pairs": len(pairs),
@@ -271,10 +279,10 @@ def main() -> None:
         "cores": os.cpu_count(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "server.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    (args.out / "server.md").write_text(
+    (args.out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    (args.out / f"{args.name}.md").write_text(
         f"# Serving throughput ({len(bodies)} requests × {args.docs} documents, {meta['cores']} cores, "
-        f"dtype {args.dtype})\n\n{text}\n"
+        f"dtype {args.dtype}; {meta['date']}, commit {meta['commit']})\n\n{text}\n"
     )
 
 

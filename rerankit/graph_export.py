@@ -55,7 +55,7 @@ def run_validation_set(run_dir: Path, path: str | Path | None = None) -> tuple[V
     those of the seed-format JSONL at ``path``; and where they came from."""
     from rerankit.config import load_config
     from rerankit.data import read_records
-    from rerankit.training import load_split
+    from rerankit.split import load_split
 
     if path is not None:
         records, _ = read_records(path)

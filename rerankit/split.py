@@ -13,7 +13,8 @@ import hashlib
 from collections.abc import Sequence
 from typing import Literal
 
-from rerankit.data import QueryRecord
+from rerankit.data import QueryRecord, read_records
+from rerankit.errors import RerankitError
 
 
 def _group_keys(records: Sequence[QueryRecord], group_by: str) -> list[str]:
@@ -72,3 +73,27 @@ def split_records(
     train = [r for r, k in zip(records, keys) if k not in valid_groups]
     valid = [r for r, k in zip(records, keys) if k in valid_groups]
     return train, valid
+
+
+def load_split(config):
+    """The training and validation records of ``config`` (split by query, as ``fit`` splits
+    them), and the data reports."""
+    dcfg = config.data
+    train, train_report = read_records(dcfg.train, dcfg.on_error, dcfg.max_document_chars)
+    reports = {"train": train_report}
+    if dcfg.valid:
+        valid, reports["valid"] = read_records(dcfg.valid, dcfg.on_error, dcfg.max_document_chars)
+        train_keys = {r.key for r in train}
+        overlap = [r.query for r in valid if r.key in train_keys]
+        if overlap:
+            raise RerankitError(
+                f"{dcfg.valid}: {len(overlap)} validation queries also appear in {dcfg.train} "
+                f"(e.g. {overlap[0]!r}); the split must be by query"
+            )
+    else:
+        train, valid = split_records(train, dcfg.valid_ratio, config.seed, dcfg.group_by)
+    if dcfg.max_valid_queries and len(valid) > dcfg.max_valid_queries:
+        import random
+
+        valid = random.Random(config.seed).sample(valid, dcfg.max_valid_queries)
+    return train, valid, reports

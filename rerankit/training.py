@@ -30,7 +30,7 @@ from rerankit import run_folder
 from rerankit.adaptation import AdaptationReport, pseudo_query_records
 from rerankit.collator import EpochGroupDataset, GroupCollator
 from rerankit.config import TrainConfig, config_hash, load_config
-from rerankit.data import read_records, require_scores
+from rerankit.data import require_scores
 from rerankit.deployed import DeployedCorpus, deployed_validation
 from rerankit.errors import RerankitError
 from rerankit.files import read_json, write_json
@@ -42,7 +42,7 @@ from rerankit.run_graphs import write_run_graphs
 from rerankit.sampling import NegativeSampler
 from rerankit.score_injection import ScoreInjection
 from rerankit.shipped import fit_shipped, save_signals
-from rerankit.split import split_records
+from rerankit.split import load_split
 from rerankit.validation import ValidationSet, Validator
 from rerankit.windows import aggregate_tensor
 
@@ -208,30 +208,6 @@ def _overrides_from_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
 def _precision(config: TrainConfig) -> dict[str, bool]:
     wanted = training_precision(config)
     return {"bf16": wanted == "bf16", "fp16": wanted == "fp16"}
-
-
-def load_split(config: TrainConfig):
-    """The training and validation records of ``config`` (split by query, as ``fit`` splits
-    them), and the data reports."""
-    dcfg = config.data
-    train, train_report = read_records(dcfg.train, dcfg.on_error, dcfg.max_document_chars)
-    reports = {"train": train_report}
-    if dcfg.valid:
-        valid, reports["valid"] = read_records(dcfg.valid, dcfg.on_error, dcfg.max_document_chars)
-        train_keys = {r.key for r in train}
-        overlap = [r.query for r in valid if r.key in train_keys]
-        if overlap:
-            raise RerankitError(
-                f"{dcfg.valid}: {len(overlap)} validation queries also appear in {dcfg.train} "
-                f"(e.g. {overlap[0]!r}); the split must be by query"
-            )
-    else:
-        train, valid = split_records(train, dcfg.valid_ratio, config.seed, dcfg.group_by)
-    if dcfg.max_valid_queries and len(valid) > dcfg.max_valid_queries:
-        import random
-
-        valid = random.Random(config.seed).sample(valid, dcfg.max_valid_queries)
-    return train, valid, reports
 
 
 def training_arguments(
