@@ -124,7 +124,8 @@ def test_require_names_the_extra_of_a_missing_module():
     assert require("json", "train") is json
     with pytest.raises(
         MissingExtraError,
-        match=r'^no_such_module is not installed; it comes with rerankit\[train\]: pip install "rerankit\[train\]"$',
+        match=r"^no_such_module is not installed; it comes with rerankit\[train\]: "
+        r'pip install "rerankit\[train\]"$',
     ):
         require("no_such_module.sub", "train")
 
