@@ -94,7 +94,9 @@ def model_card(
     license_ = base_license(base, record.get("base_revision")) if base else None
     key = metrics.get("metric_for_best", "ndcg@10")
     shipped = _shipped(metrics)
-    adapter = bool(record.get("adapter")) and not export
+    # an export's record does not say; the run's config does
+    lora = bool(record.get("adapter", (config.get("lora") or {}).get("enabled")))
+    adapter = lora and not export  # a run's model folder holds the adapter; an export is merged
     eval_results = None
     if shipped and "ndcg@10" in shipped:
         eval_results = [
@@ -119,13 +121,13 @@ def model_card(
             "cross-encoder",
             "text-ranking",
             *(["sentence-transformers"] if export else []),
-            *(["lora"] if record.get("adapter") else []),
+            *(["lora"] if lora else []),
         ],
         model_name=name,
         eval_results=eval_results,
     )
     sections = [
-        _summary(name, base, base_id, license_, record, config, export),
+        _summary(name, base, base_id, license_, lora, config, export),
         _data_section(metrics, config),
         _metrics_section(metrics, key),
         _scores_section(record, export),
@@ -143,10 +145,9 @@ def _shipped(metrics: Mapping[str, Any]) -> dict:
     return dict(final or metrics.get("best") or {})
 
 
-def _summary(name, base, base_id, license_, record, config, export) -> str:
-    lora = config.get("lora") or {}
+def _summary(name, base, base_id, license_, lora, config, export) -> str:
     trained = [
-        f"LoRA r={lora.get('r')}" if record.get("adapter") else "full fine-tuning",
+        f"LoRA r={(config.get('lora') or {}).get('r')}" if lora else "full fine-tuning",
         f"loss `{(config.get('loss') or {}).get('name')}`" if config.get("loss") else "",
         f"{(config.get('training') or {}).get('epochs')} epochs" if config.get("training") else "",
     ]

@@ -68,6 +68,7 @@ def test_an_export_has_a_card_a_hub_reads(run_copy, hub_cache, tmp_path):
     (result,) = card.data.eval_results
     assert result.metric_value == metrics["shipped"]["final"]["ndcg@10"]
     assert card.data.model_name == "my-reranker"
+    assert "lora" in card.data.tags and "(LoRA r=8, loss `margin`" in card.text  # as the run's config says
     assert 'CrossEncoder("my-reranker")' in card.text
     assert "folded into the exported head" in card.text  # no ensemble: the calibration is in the head
     # the card is beside the model, which loads as it did
