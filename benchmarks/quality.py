@@ -36,7 +36,7 @@ Protocol (all fixed by seeds, so a rerun gives the same table):
   missed against every row alike.
 
 Each training runs in a fresh process, so its wall time and peak memory (max RSS) are its
-own. Needs the ``bench`` extra (``datasets``) for the peer. Writes
+own. Needs the ``train`` extra (``datasets``) for the peer. Writes
 ``benchmarks/results/quality.{json,md}`` (``quality_quick`` with ``--quick``) and the work files
 (mined data, run folders) under ``--work``.
 """

@@ -5,8 +5,9 @@ scores: ``sigmoid(logit)`` of a trained reranker is a number in [0, 1], not a pr
 a threshold on it (``score_threshold`` in the adapters) means something different in every run.
 At the end of ``fit`` the logits of the validation pairs (every positive and given negative)
 are mapped to probabilities by Platt scaling — a one-feature logistic regression
-(scikit-learn), ``p = sigmoid(scale · logit + bias)`` — stored with the run, and applied by every
-surface that reports a relevance score. Raw logits stay available (``raw=True``).
+(scikit-learn, in the ``train`` extra), ``p = sigmoid(scale · logit + bias)`` — stored with the run,
+and applied (numpy alone) by every surface that reports a relevance score. Raw logits stay
+available (``raw=True``).
 
 The probabilities are calibrated for candidates like the validation ones (mined hard negatives
 and positives); the expected calibration error before and after is in the run report.
@@ -57,8 +58,9 @@ class Calibration:
 def fit_calibration(logits, labels) -> Calibration | None:
     """Platt scaling of ``logits`` to the 0/1 ``labels``; None when one class is missing, or
     when the fit would reverse the order (the logits rank negatives above positives)."""
-    from sklearn.linear_model import LogisticRegression
+    from rerankit.errors import require
 
+    LogisticRegression = require("sklearn.linear_model", "train").LogisticRegression
     logits = np.asarray(logits, dtype=np.float64).reshape(-1, 1)
     labels = np.asarray(labels, dtype=np.int64)
     if len(np.unique(labels)) < 2 or not np.isfinite(logits).all():

@@ -498,9 +498,11 @@ def eval_command(
     allow_pickle: bool,
 ) -> None:
     """Compare a reranker with its first stage on held-out data."""
+    from rerankit.errors import require
     from rerankit.held_out import evaluate_beir, evaluate_seed_file
     from rerankit.report import metrics_table
 
+    require("ir_measures", "train")  # the metrics: said before the model loads, not after scoring
     reranker = _load(
         model_path,
         long_documents,

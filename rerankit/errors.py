@@ -51,13 +51,20 @@ def short_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
+def install_hint(extra: str) -> str:
+    """The command that installs an extra, as every missing-extra message gives it."""
+    return f'pip install "rerankit[{extra}]"'
+
+
 def require(module: str, extra: str):
-    """Import an optional dependency or raise MissingExtraError naming the extra."""
+    """Import an optional dependency, or raise MissingExtraError: one line naming the module
+    and the command that installs the extra it comes with."""
     import importlib
 
     try:
         return importlib.import_module(module)
-    except ImportError as exc:  # pragma: no cover - depends on the environment
+    except ModuleNotFoundError as exc:  # the module, or one it imports (a partial install)
+        missing = (exc.name or module).partition(".")[0]
         raise MissingExtraError(
-            f"{module} is needed for this feature: pip install 'rerankit[{extra}]'"
-        ) from exc
+            f"{missing} is not installed; it comes with rerankit[{extra}]: {install_hint(extra)}"
+        ) from None

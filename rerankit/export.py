@@ -245,6 +245,9 @@ def _write(out: Path, model, tokenizer, info: dict, extra: Callable[[Path], None
         if extra is not None:
             extra(staging)
         (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        from rerankit.model_card import write_export_card
+
+        write_export_card(staging, info, *run_folder.records(Path(info["exported_from"])), name=out.name)
         # The old export goes only once the new one is complete on disk, and by renames:
         # ``out`` is missing only between two renames, never while files are deleted.
         previous = work / "previous"

@@ -57,8 +57,9 @@ class DenseIndex:
     """Normalized bi-encoder embeddings of a list of texts; scores are cosine similarities."""
 
     def __init__(self, texts: Sequence[str], model_name: str = DEFAULT_DENSE_MODEL) -> None:
-        from sentence_transformers import SentenceTransformer
+        from rerankit.errors import require
 
+        SentenceTransformer = require("sentence_transformers", "train").SentenceTransformer
         self.model = SentenceTransformer(resolve_model_path(model_name))
         self.embeddings = self.model.encode(
             list(texts), normalize_embeddings=True, show_progress_bar=True, batch_size=64

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rerankit.encoding import check_template
-from rerankit.errors import ModelLoadError
+from rerankit.errors import ModelLoadError, require
 from rerankit.loading import bf16_is_native, load_tokenizer, resolve_model_path, torch_dtype
 from rerankit.prompts import (
     PromptTemplate,
@@ -100,6 +100,8 @@ def quantization_config(
     if mode == "none":
         return None
     from transformers import BitsAndBytesConfig
+
+    require("bitsandbytes", "train")
 
     # The head and pooler stay in full precision: bitsandbytes' Linear4bit cannot run them
     # (the forward pass fails), and they train in full anyway.

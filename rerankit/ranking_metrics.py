@@ -32,8 +32,10 @@ def per_query_metrics(
     qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]], recall_at: int = 10
 ) -> dict[str, dict[str, float]]:
     """Each metric's value per query of ``qrels`` (0 for a query missing from ``run``)."""
-    import ir_measures
-    from ir_measures import AP, RR, R, nDCG
+    from rerankit.errors import require
+
+    ir_measures = require("ir_measures", "train")
+    AP, RR, R, nDCG = ir_measures.AP, ir_measures.RR, ir_measures.R, ir_measures.nDCG
 
     measures = {"ndcg@10": nDCG @ 10, "mrr@10": RR @ 10, "map": AP, f"recall@{recall_at}": R @ recall_at}
     names = {str(measure): name for name, measure in measures.items()}

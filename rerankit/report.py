@@ -259,10 +259,10 @@ def write_curve(path: Path, metrics: dict[str, Any]) -> Path | None:
     """Train loss and the validation metric against the step; None if there is nothing to plot."""
     if not metrics["train_loss"] and not metrics["evaluations"]:
         return None
-    import matplotlib
+    from rerankit.errors import require
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    require("matplotlib", "train").use("Agg")
+    plt = require("matplotlib.pyplot", "train")
 
     key = metrics["metric_for_best"]
     fig, left = plt.subplots(figsize=(7, 4), dpi=100)

@@ -20,6 +20,7 @@ last, so an interrupted run never loads as if it were complete.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import zipfile
@@ -235,43 +236,57 @@ def mark_finished(
     ensemble=None,
     accuracy_gate: dict | None = None,
 ) -> None:
-    """Write the manifest: the last file of a run, whose presence means "finished"."""
+    """Write the model's card and the manifest: the last file of a run, whose presence means
+    "finished"."""
     from rerankit import __version__
+    from rerankit.model_card import write_run_card
 
-    write_json(
-        out / MANIFEST,
-        {
-            "format": RUN_FORMAT,
-            "format_version": RUN_FORMAT_VERSION,
-            "rerankit_version": __version__,
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "config_hash": digest,
-            "base_model": config.model.name_or_path,
-            "base_revision": config.model.revision,
-            "trust_remote_code": config.model.trust_remote_code,
-            "max_length": config.model.max_length,
-            "long_documents": config.model.long_documents.model_dump(),
-            # The template pairs were read through (null: the pair encoding) and the head.
-            "prompt": built.prompt.to_dict() if built.prompt is not None else None,
-            "head": built.head,
-            # Platt scaling of the logits (rerankit.calibration); null: plain sigmoid.
-            "calibration": calibration,
-            # The fusion with the first stage fitted on validation (rerankit.fusion); null: RRF.
-            "fusion": fusion.to_dict() if fusion is not None else None,
-            # How the first stage's score is written into the input (rerankit.score_injection);
-            # null: the model reads no score.
-            "score_injection": score_injection.to_dict() if score_injection is not None else None,
-            # The self-ensemble's weights (rerankit.ensemble; BM25's statistics in ensemble/);
-            # null: the cross-encoder alone.
-            "ensemble": ensemble.to_dict() if ensemble is not None else None,
-            # The CPU graphs in graphs/ and their accuracy gate (rerankit.run_graphs); null: torch.
-            "accuracy_gate": accuracy_gate,
-            "adapter": bool(config.lora.enabled),
-            "trained_quantization": config.quantization.mode,
-            "modules_to_save": built.modules_to_save,
-            "model_dir": MODEL_DIR,
-        },
-    )
+    manifest = {
+        "format": RUN_FORMAT,
+        "format_version": RUN_FORMAT_VERSION,
+        "rerankit_version": __version__,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config_hash": digest,
+        "base_model": config.model.name_or_path,
+        "base_revision": config.model.revision,
+        "trust_remote_code": config.model.trust_remote_code,
+        "max_length": config.model.max_length,
+        "long_documents": config.model.long_documents.model_dump(),
+        # The template pairs were read through (null: the pair encoding) and the head.
+        "prompt": built.prompt.to_dict() if built.prompt is not None else None,
+        "head": built.head,
+        # Platt scaling of the logits (rerankit.calibration); null: plain sigmoid.
+        "calibration": calibration,
+        # The fusion with the first stage fitted on validation (rerankit.fusion); null: RRF.
+        "fusion": fusion.to_dict() if fusion is not None else None,
+        # How the first stage's score is written into the input (rerankit.score_injection);
+        # null: the model reads no score.
+        "score_injection": score_injection.to_dict() if score_injection is not None else None,
+        # The self-ensemble's weights (rerankit.ensemble; BM25's statistics in ensemble/);
+        # null: the cross-encoder alone.
+        "ensemble": ensemble.to_dict() if ensemble is not None else None,
+        # The CPU graphs in graphs/ and their accuracy gate (rerankit.run_graphs); null: torch.
+        "accuracy_gate": accuracy_gate,
+        "adapter": bool(config.lora.enabled),
+        "trained_quantization": config.quantization.mode,
+        "modules_to_save": built.modules_to_save,
+        "model_dir": MODEL_DIR,
+    }
+    write_run_card(out / MODEL_DIR, manifest, *records(out))
+    write_json(out / MANIFEST, manifest)
+
+
+def records(out: Path) -> tuple[dict, dict]:
+    """The run's metrics and resolved config, each ``{}`` where it is missing or unreadable
+    (what a model card says about the run, never what loading needs)."""
+    found = []
+    for name, parse in ((METRICS_FILE, json.loads), (CONFIG_FILE, yaml.safe_load)):
+        try:
+            value = parse((out / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError, yaml.YAMLError):
+            value = None
+        found.append(value if isinstance(value, dict) else {})
+    return found[0], found[1]
 
 
 def inside(folder: Path, relative: str) -> Path:

@@ -32,7 +32,7 @@ from rerankit.collator import EpochGroupDataset, GroupCollator
 from rerankit.config import TrainConfig, config_hash, load_config
 from rerankit.data import require_scores
 from rerankit.deployed import DeployedCorpus, deployed_validation
-from rerankit.errors import RerankitError
+from rerankit.errors import RerankitError, require
 from rerankit.files import read_json, write_json
 from rerankit.fusion import LearnedFusion
 from rerankit.losses import build_distillation, build_loss
@@ -84,7 +84,7 @@ def optimizer_class(name: str):
 
     if name == "adamw":
         return torch.optim.AdamW
-    import bitsandbytes.optim as bnb_optim
+    bnb_optim = require("bitsandbytes.optim", "train")
 
     return {
         "adamw_8bit": bnb_optim.AdamW8bit,
@@ -297,6 +297,26 @@ def _make_trainer(cfg: TrainConfig, out: Path, built, dataset, vset, validator, 
     )
 
 
+# What every run imports ([train] extra): metrics, the calibration's fit, the training curve.
+TRAINING_MODULES = ("ir_measures", "sklearn", "matplotlib")
+
+
+def require_training_extras(cfg: TrainConfig) -> None:
+    """MissingExtraError naming ``rerankit[train]`` before any work, when a module this run
+    will need is not installed (rather than after training, at the first that needs it)."""
+    needed = list(TRAINING_MODULES)
+    if cfg.quantization.mode != "none" or cfg.training.optimizer != "adamw":
+        needed.append("bitsandbytes")
+    if "tensorboard" in cfg.training.report_to:
+        needed.append("tensorboard")
+    first_stages = [cfg.evaluation.first_stage] if cfg.evaluation.candidates == "deployed" else []
+    first_stages += [cfg.adaptation.mining] if cfg.adaptation.corpus else []
+    if any(stage != "bm25" for stage in first_stages):  # dense and hybrid embed with it
+        needed.append("sentence_transformers")
+    for module in needed:
+        require(module, "train")
+
+
 def fit(
     config: str | Path | Mapping[str, Any] | TrainConfig,
     *,
@@ -317,6 +337,7 @@ def fit(
     if output_dir is not None:
         all_overrides["output.dir"] = str(output_dir)
     cfg = load_config(config, all_overrides)
+    require_training_extras(cfg)
     out = Path(cfg.output.dir)
     digest = config_hash(cfg)
     started = time.perf_counter()

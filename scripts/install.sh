@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv (if missing) and installs rerankit with its dev extras.
+# Creates .venv (if missing) and installs rerankit with every extra (the dev extra takes them all).
 # torch is pinned and installed first, so that no later resolve picks another build. On the
 # standard package index Linux torch wheels pull CUDA packages: set TORCH_INDEX_URL (e.g.
 # https://download.pytorch.org/whl/cpu) to take torch from PyTorch's CPU wheel index instead.

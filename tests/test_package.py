@@ -115,11 +115,13 @@ def test_no_import_cycle_between_package_modules():
 
 # Extras a file may import from, besides the core dependencies (the rest must be core).
 EXTRAS_OF = {
-    "server": {"server"},
+    "server": {"serve"},
     "integrations/langchain.py": {"langchain"},
     "integrations/llamaindex.py": {"llamaindex"},
     "integrations/backend.py": {"langchain", "llamaindex"},
     "rerankit/runtimes.py": {"openvino", "onnx"},
+    # the packaged default backbone, used where installed (else its hub id is loaded)
+    "rerankit/loading.py": {"train"},
 }
 
 
@@ -155,3 +157,45 @@ def test_every_third_party_import_is_declared_where_it_is_used():
             if not provided & allowed:
                 missing.append(f"{relative}: {top} ({', '.join(sorted(provided))})")
     assert sorted(set(missing)) == []
+
+
+def required_extras(path: Path) -> list[tuple[str, str]]:
+    """``(module, extra)`` of every ``require("module", "extra")`` call in the file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "id", getattr(node.func, "attr", None)) == "require"
+            and len(node.args) == 2
+            and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in node.args)
+        ):
+            found.append((node.args[0].value, node.args[1].value))
+    return found
+
+
+def test_every_required_module_comes_with_the_extra_it_names():
+    """``require(module, extra)`` tells the user to install ``rerankit[extra]``: that extra must
+    exist and install the module (through another extra it includes, too)."""
+    from importlib.metadata import packages_distributions
+
+    tomllib = pytest.importorskip("tomllib")
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+    def installs(extra: str) -> set[str]:
+        names = set()
+        for requirement in extras[extra]:
+            included = re.fullmatch(r"rerankit\[([\w,]+)\]", requirement)
+            names |= set().union(*map(installs, included.group(1).split(","))) if included else set()
+            names |= set() if included else requirement_names([requirement])
+        return names
+
+    distributions = packages_distributions()
+    calls = [(p, m, e) for p in source_modules().values() for m, e in required_extras(p)]
+    assert {"train", "serve"} <= {e for _, _, e in calls}  # the calls are found
+    wrong = []
+    for path, module, extra in calls:
+        top = module.split(".")[0]
+        provided = {canonical(d) for d in distributions.get(top, [top])}
+        if extra not in extras or not provided & installs(extra):
+            wrong.append(f"{path.relative_to(ROOT)}: require({module!r}, {extra!r})")
+    assert wrong == []
