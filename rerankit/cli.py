@@ -343,6 +343,85 @@ def rerank(
         click.echo(f"{r.rank + 1:>3}. [{r.index:>3}] {r.score:8.4f}  {text}")
 
 
+@main.command(name="score")
+@click.option("--model", "model_path", required=True, help="Run folder, exported folder or HF id.")
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help='Pairs: .jsonl lines {"query", "document", "id"?, "score"?} or .parquet with those columns.',
+)
+@click.option("--out", required=True, help="Scores: .jsonl or .parquet, one row per input row, in order.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--ray-address", default=None, help="Ray cluster to join (default: start a local one).")
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="Ray actors (default: one per CPU/GPU)."
+)
+@click.option(
+    "--shard-size",
+    type=click.IntRange(min=1),
+    default=2048,
+    show_default=True,
+    help="Rows per shard: the unit saved for resuming and handed to a Ray actor.",
+)
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@_dtype_option
+@click.option("--raw", is_flag=True, help="Scores before calibration instead of probabilities.")
+@_long_document_options
+@_prompt_option
+@_backend_options
+@_trust_options
+@_one_line_errors
+def score(
+    model_path: str,
+    input_path: str,
+    out: str,
+    overwrite: bool,
+    engine: str,
+    ray_address: str | None,
+    workers: int | None,
+    shard_size: int,
+    no_progress: bool,
+    dtype: str,
+    raw: bool,
+    long_documents: str | None,
+    window_aggregate: str | None,
+    prompt: str | None,
+    backend: str,
+    allow_failed_gate: bool,
+    ensemble: str,
+    trust_remote_code: bool,
+    allow_pickle: bool,
+) -> None:
+    """Score a file of (query, document) pairs; an interrupted run resumes where it stopped."""
+    from rerankit.bulk import score_file
+
+    result = score_file(
+        model_path,
+        input_path,
+        out,
+        engine=engine,
+        shard_size=shard_size,
+        raw=raw,
+        overwrite=overwrite,
+        progress=not no_progress,
+        ray_address=ray_address,
+        workers=workers,
+        long_documents=_windows(long_documents, window_aggregate),
+        dtype=dtype,
+        prompt=prompt,
+        backend=backend,
+        allow_failed_gate=allow_failed_gate,
+        ensemble=ensemble,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+    )
+    resumed = f" ({result.resumed_shards} resumed)" if result.resumed_shards else ""
+    click.echo(f"{result.rows} scores in {result.shards} shards{resumed} -> {result.out}")
+
+
 @main.command(name="export")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, help="Folder for the merged model.")

@@ -1,0 +1,103 @@
+"""``rerankit score --engine ray``: the shards of a pairs file scored by a Ray Data actor pool.
+
+The driver plans the file (``rerankit.pairs_file``) and hands Ray only the shards still to
+score, as small descriptors; ``map_batches`` runs them through a pool of actors, each of which
+loads one ``Reranker`` (on a GPU of its own when the cluster has GPUs), reads its shard's rows
+from the input file and scores them with ``rerankit.bulk.score_pairs`` — the single-process path,
+so the scores are the same. The driver saves each shard's scores as they come back, which keeps
+``rerankit.bulk``'s resume and atomic output. On a cluster (``address``) every node must read the
+input at the same path (a shared filesystem).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from rerankit.errors import require
+from rerankit.pairs_file import Plan, Shard
+
+
+class ShardScorer:
+    """A Ray Data actor: one ``Reranker``, loaded once, scores whole shards."""
+
+    def __init__(self, model: str, load_options: dict, path: str, fmt: str, raw: bool) -> None:
+        from rerankit.inference import Reranker
+
+        self.reranker = Reranker.load(model, **load_options)
+        self.path, self.fmt, self.raw = path, fmt, raw
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from rerankit import pairs_file
+        from rerankit.bulk import score_pairs
+
+        shards, positions, scores = [], [], []
+        for values in zip(*(batch[name] for name in _SHARD_FIELDS)):
+            shard = Shard(*(int(v) for v in values))
+            pairs = pairs_file.read_shard(self.path, self.fmt, shard)
+            scores.append(score_pairs(self.reranker, pairs, raw=self.raw, path=self.path))
+            shards.append(np.full(shard.rows, shard.index))
+            positions.append(np.arange(shard.rows))
+        # One output row per pair: plain columns whatever the shard sizes.
+        return {
+            "shard": np.concatenate(shards),
+            "position": np.concatenate(positions),
+            "score": np.concatenate(scores),
+        }
+
+
+_SHARD_FIELDS = ("index", "start", "rows", "offset", "line")
+
+
+def ray_scores(
+    model: str,
+    plan: Plan,
+    pending: Sequence[Shard],
+    *,
+    raw: bool,
+    load_options: dict,
+    address: str | None,
+    workers: int | None,
+    gpus_per_worker: float | None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(shard index, scores) of each pending shard, in the order they finish."""
+    ray = require("ray", "ray")
+    require("ray.data", "ray")
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    resources = ray.cluster_resources()
+    if gpus_per_worker is None:
+        gpus_per_worker = 1.0 if resources.get("GPU", 0) > 0 else 0.0
+    if workers is None:
+        workers = int(resources.get("GPU", 0) / gpus_per_worker) if gpus_per_worker else 0
+        workers = max(1, workers or int(resources.get("CPU", 1)))
+    workers = max(1, min(workers, len(pending)))
+    items = [{name: getattr(shard, name) for name in _SHARD_FIELDS} for shard in pending]
+    scored = ray.data.from_items(items).map_batches(
+        ShardScorer,
+        fn_constructor_kwargs={
+            "model": model,
+            "load_options": load_options,
+            "path": str(plan.path),
+            "fmt": plan.format,
+            "raw": raw,
+        },
+        batch_size=1,
+        batch_format="numpy",
+        concurrency=workers,
+        num_cpus=0 if gpus_per_worker else 1,
+        num_gpus=gpus_per_worker,
+    )
+    # Rows of a shard may come back split across batches: gather them until the shard is whole.
+    partial: dict[int, np.ndarray] = {}
+    filled: dict[int, int] = {}
+    for batch in scored.iter_batches(batch_format="numpy", batch_size=None):
+        for shard, position, score in zip(batch["shard"], batch["position"], batch["score"]):
+            shard = int(shard)
+            rows = plan.shards[shard].rows
+            partial.setdefault(shard, np.empty(rows, dtype=np.float64))[position] = score
+            filled[shard] = filled.get(shard, 0) + 1
+            if filled[shard] == rows:
+                yield shard, partial.pop(shard)
+                del filled[shard]
