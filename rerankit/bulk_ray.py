@@ -11,6 +11,7 @@ input at the same path (a shared filesystem).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -64,8 +65,21 @@ def ray_scores(
     """(shard index, scores) of each pending shard, in the order they finish."""
     ray = require("ray", "ray")
     require("ray.data", "ray")
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:  # else the caller's own ray.init stands
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    try:
+        yield from _scores(ray, model, plan, pending, raw, load_options, workers, gpus_per_worker)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _scores(ray, model, plan, pending, raw, load_options, workers, gpus_per_worker):
+    # rerankit.bulk shows its own progress bar; Ray Data's notices only when debugging
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
     resources = ray.cluster_resources()
     if gpus_per_worker is None:
         gpus_per_worker = 1.0 if resources.get("GPU", 0) > 0 else 0.0
@@ -85,7 +99,7 @@ def ray_scores(
         },
         batch_size=1,
         batch_format="numpy",
-        concurrency=workers,
+        compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=0 if gpus_per_worker else 1,
         num_gpus=gpus_per_worker,
     )
