@@ -827,6 +827,37 @@ def split(data_path: str, valid_ratio: float, group_by: str, seed: int, out_dir:
     )
 
 
+def _ray_serve_options(func):
+    """--engine ray and its replicas (rerankit.server.ray_serve)."""
+    options = [
+        click.option(
+            "--engine",
+            type=click.Choice(["local", "ray"]),
+            default="local",
+            show_default=True,
+            help="local: this process (uvicorn); ray: replicas on Ray Serve (rerankit[ray]).",
+        ),
+        click.option("--ray-address", default=None, help="Ray cluster to join (default: start a local one)."),
+        click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True),
+        click.option(
+            "--min-replicas", type=click.IntRange(min=0), default=None, help="Autoscale from this many."
+        ),
+        click.option(
+            "--max-replicas", type=click.IntRange(min=1), default=None, help="Autoscale up to this many."
+        ),
+        click.option(
+            "--target-ongoing-requests",
+            type=_FiniteFloatRange(min=0.1),
+            default=2.0,
+            show_default=True,
+            help="Autoscaling aims at this many requests in flight per replica.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 @main.command()
 @click.option("--model", "model_path", required=True, help="Run folder, exported folder or HF id.")
 @click.option(
@@ -891,6 +922,7 @@ def split(data_path: str, valid_ratio: float, group_by: str, seed: int, out_dir:
     "not depend on batch neighbours).",
 )
 @click.option("--model-name", default="rerankit", show_default=True, help="Name echoed in responses.")
+@_ray_serve_options
 @_long_document_options
 @_prompt_option
 @_backend_options
@@ -919,6 +951,12 @@ def serve(
     ensemble: str,
     trust_remote_code: bool,
     allow_pickle: bool,
+    engine: str = "local",
+    ray_address: str | None = None,
+    replicas: int = 1,
+    min_replicas: int | None = None,
+    max_replicas: int | None = None,
+    target_ongoing_requests: float = 2.0,
 ) -> None:
     """Serve a reranker over HTTP: POST /v2/rerank (Cohere), /rerank (Cohere or TEI body).
 
@@ -950,6 +988,12 @@ def serve(
         allow_failed_gate=allow_failed_gate,
         ensemble=ensemble,
     )
+    if engine == "ray":
+        from rerankit.server.ray_serve import ReplicaOptions, run_on_ray
+
+        replicas = ReplicaOptions(replicas, min_replicas, max_replicas, target_ongoing_requests)
+        run_on_ray(settings, replicas, host, port, address=ray_address)
+        return
     reranker = load_reranker(settings)
     run(create_app(settings, reranker=reranker), settings, host, port)
 
