@@ -21,11 +21,11 @@ The output has one row per input row, in input order: ``id`` (when the input has
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 DEFAULT_SHARD_SIZE = 2048
 ENGINES = ("local", "ray")
 _MANIFEST = "manifest.json"
+_LOCK = "lock"
 _VERSION = 1
 
 
@@ -96,6 +97,26 @@ def score_file(
         pairs_file.parquet()  # before the work, not at its end
     plan = pairs_file.plan(input, shard_size)
     work = Path(work_dir) if work_dir is not None else out.with_name(f".{out.name}.parts")
+    with _locked(work, out):
+        return _score_plan(
+            model,
+            plan,
+            work,
+            out,
+            out_format,
+            engine,
+            shard_size,
+            raw,
+            progress,
+            on_shard,
+            dict(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker),
+            load_options,
+        )
+
+
+def _score_plan(
+    model, plan, work, out, out_format, engine, shard_size, raw, progress, on_shard, ray_options, load_options
+) -> ScoreFileResult:
     fingerprint = _fingerprint(plan, model, raw=raw, shard_size=shard_size, load_options=load_options)
     done = _resume(work, fingerprint, plan)
     if done:
@@ -117,14 +138,7 @@ def score_file(
                 from rerankit.bulk_ray import ray_scores
 
                 scored = ray_scores(
-                    str(model),
-                    plan,
-                    pending,
-                    raw=raw,
-                    load_options=load_options,
-                    address=ray_address,
-                    workers=workers,
-                    gpus_per_worker=gpus_per_worker,
+                    str(model), plan, pending, raw=raw, load_options=load_options, **ray_options
                 )
             for index, scores in scored:
                 _save_shard(work, plan.shards[index], scores)
@@ -132,8 +146,34 @@ def score_file(
                 if on_shard is not None:
                     on_shard(index)
     _assemble(plan, work, out, out_format)
-    shutil.rmtree(work, ignore_errors=True)
+    for saved in work.glob("shard-*.npy"):
+        saved.unlink()
+    (work / _MANIFEST).unlink(missing_ok=True)
     return ScoreFileResult(out, plan.rows, len(plan.shards), len(done))
+
+
+@contextlib.contextmanager
+def _locked(work: Path, out: Path):
+    """Hold the work folder's lock, so two runs never write one output's shards; the folder
+    goes once the output is complete (unless it holds files of someone else's)."""
+    from filelock import FileLock, Timeout
+
+    work.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(work / _LOCK), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RerankitError(
+            f"{out} is being scored by another rerankit process; wait for it to end"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+    if not (work / _MANIFEST).exists():  # done: nothing left to resume
+        (work / _LOCK).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            work.rmdir()
 
 
 def score_pairs(reranker, pairs: list[Pair], *, raw: bool, path: str) -> np.ndarray:

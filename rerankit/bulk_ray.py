@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from rerankit.errors import require
+from rerankit.errors import RerankitError, require
 from rerankit.pairs_file import Plan, Shard
 
 
@@ -70,9 +70,31 @@ def ray_scores(
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     try:
         yield from _scores(ray, model, plan, pending, raw, load_options, workers, gpus_per_worker)
+    except Exception as exc:
+        # An actor's own error (a model that does not load, a bad row) travels wrapped in Ray's
+        # exceptions: raise it as it would be raised in one process.
+        own = _rerankit_error(exc)
+        if own is None or own is exc:
+            raise
+        raise own from None
     finally:
         if started:
             ray.shutdown()
+
+
+def _rerankit_error(exc: BaseException) -> RerankitError | None:
+    """The RerankitError inside Ray's wrappers of ``exc`` (their causes and arguments), if any."""
+    seen, todo = set(), [exc]
+    while todo:
+        current = todo.pop(0)
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        cause = getattr(current, "cause", None)  # a RayTaskError's original exception
+        if isinstance(current, RerankitError) and not isinstance(cause, BaseException):
+            return current
+        todo += [cause, current.__cause__, current.__context__, *current.args]
+    return None
 
 
 def _scores(ray, model, plan, pending, raw, load_options, workers, gpus_per_worker):

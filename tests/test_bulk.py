@@ -247,3 +247,19 @@ def test_kill_9_mid_run_resumes_from_the_saved_shards(tiny_bert_dir, reranker, t
         [(r["query"], r["document"]) for r in rows], first_stage=[r["score"] for r in rows]
     )
     np.testing.assert_allclose([w["score"] for w in _read_jsonl(out)], expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.smoke
+def test_a_second_run_on_the_same_output_is_refused_while_one_runs(reranker, tmp_path):
+    source = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(8))
+    out = tmp_path / "scores.jsonl"
+    refused = []
+
+    def second_run(index):
+        with pytest.raises(RerankitError, match="scores.jsonl is being scored by another rerankit process"):
+            score_file(reranker, source, out, shard_size=4, progress=False)
+        refused.append(index)
+
+    score_file(reranker, source, out, shard_size=4, progress=False, on_shard=second_run)
+    assert refused == [0, 1] and len(_read_jsonl(out)) == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.jsonl", "scores.jsonl"]

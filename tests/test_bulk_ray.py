@@ -54,3 +54,13 @@ def test_ray_engine_refuses_a_loaded_reranker(tmp_path):
     source.write_text('{"query": "q", "document": "d"}\n')
     with pytest.raises(ValueError, match="engine='ray' loads the model in each actor: pass its path"):
         score_file(object(), source, tmp_path / "out.jsonl", engine="ray")
+
+
+@pytest.mark.smoke
+def test_an_actors_own_error_is_raised_as_in_one_process(local_ray, tmp_path):
+    from rerankit.errors import ModelLoadError
+
+    source = tmp_path / "pairs.jsonl"
+    source.write_text('{"query": "q", "document": "d"}\n')
+    with pytest.raises(ModelLoadError, match="no-such-model: no such folder"):
+        score_file(tmp_path / "no-such-model", source, tmp_path / "out.jsonl", engine="ray", progress=False)
