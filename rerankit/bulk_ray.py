@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -113,9 +114,9 @@ def _scores(ray, model, plan, pending, raw, load_options, workers, gpus_per_work
     scored = ray.data.from_items(items).map_batches(
         ShardScorer,
         fn_constructor_kwargs={
-            "model": model,
+            "model": str(Path(model).resolve()) if Path(model).exists() else model,
             "load_options": load_options,
-            "path": str(plan.path),
+            "path": str(Path(plan.path).resolve()),  # actors need not share the driver's cwd
             "fmt": plan.format,
             "raw": raw,
         },

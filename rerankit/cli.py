@@ -710,6 +710,17 @@ def eval_command(
     help='Write the first stage\'s score of every document ("score"), a target for loss.distillation.',
 )
 @click.option(
+    "--teacher-model",
+    default=None,
+    help="Score every written document by this cross-encoder instead (raw scores, through the "
+    "bulk path of rerankit score: resumable, --teacher-engine ray for large jobs).",
+)
+@click.option("--teacher-engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--ray-address", default=None, help="With --teacher-engine ray: the cluster to join.")
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="With --teacher-engine ray: actors."
+)
+@click.option(
     "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the pseudo-query draw."
 )
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False))
@@ -727,6 +738,10 @@ def mine(
     pseudo_queries: int | None,
     keep_sentence: bool,
     teacher_scores: bool,
+    teacher_model: str | None,
+    teacher_engine: str,
+    ray_address: str | None,
+    workers: int | None,
     seed: int,
     out_path: str,
 ) -> None:
@@ -764,6 +779,12 @@ def mine(
                 "--queries and --corpus, and that positives have a score > 0)"
             )
         records, searched = mining.mine(data, **options), len(data.corpus)
+    if teacher_model:
+        from rerankit.teacher import teacher_scored
+
+        records = teacher_scored(
+            records, teacher_model, out_path, engine=teacher_engine, ray_address=ray_address, workers=workers
+        )
     write_records(records, out_path)
     short = sum(len(r.negatives) < num_negatives for r in records)
     click.echo(
