@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from rerankit import pairs_file
-from rerankit.errors import DataError, RerankitError
+from rerankit.errors import RerankitError
 from rerankit.pairs_file import Pair, Plan, Shard
 
 log = logging.getLogger(__name__)
@@ -176,30 +176,6 @@ def _locked(work: Path, out: Path):
             work.rmdir()
 
 
-def score_pairs(reranker, pairs: list[Pair], *, raw: bool, path: str) -> np.ndarray:
-    """One shard's scores by ``reranker.score``, with the rows' first-stage scores when every
-    row has one; DataError naming the line when a score-injection model finds a row without."""
-    first_stage = None
-    if all(pair.first_stage is not None for pair in pairs):
-        first_stage = [pair.first_stage for pair in pairs]
-    elif reranker.score_injection is not None:
-        missing = next(pair for pair in pairs if pair.first_stage is None)
-        raise DataError(
-            'no first-stage "score": this model reads each pair\'s retriever score in its input '
-            "(score injection); give every row a score",
-            path=path,
-            line=missing.line,
-            field="score",
-        )
-    try:
-        scores = reranker.score([(p.query, p.document) for p in pairs], raw=raw, first_stage=first_stage)
-    except RerankitError:
-        raise
-    except ValueError as exc:  # a query that fills the model's window
-        raise DataError(f"lines {pairs[0].line}-{pairs[-1].line}: {exc}", path=path) from None
-    return np.asarray(scores, dtype=np.float64)
-
-
 def _local_scores(model, plan: Plan, pending: Iterable[Shard], *, raw: bool, load_options: dict):
     if isinstance(model, (str, Path)):
         from rerankit.inference import Reranker
@@ -207,7 +183,7 @@ def _local_scores(model, plan: Plan, pending: Iterable[Shard], *, raw: bool, loa
         model = Reranker.load(model, **load_options)
     for shard in pending:
         pairs = pairs_file.read_shard(plan.path, plan.format, shard)
-        yield shard.index, score_pairs(model, pairs, raw=raw, path=plan.path)
+        yield shard.index, pairs_file.score_pairs(model, pairs, raw=raw, path=plan.path)
 
 
 def _fingerprint(plan: Plan, model, *, raw: bool, shard_size: int, load_options: dict) -> str:

@@ -3,8 +3,8 @@
 The driver plans the file (``rerankit.pairs_file``) and hands Ray only the shards still to
 score, as small descriptors; ``map_batches`` runs them through a pool of actors, each of which
 loads one ``Reranker`` (on a GPU of its own when the cluster has GPUs), reads its shard's rows
-from the input file and scores them with ``rerankit.bulk.score_pairs`` — the single-process path,
-so the scores are the same. The driver saves each shard's scores as they come back, which keeps
+from the input file and scores them with ``rerankit.pairs_file.score_pairs``, as the single
+process does, so the scores are the same. The driver saves each shard's scores as they come back, which keeps
 ``rerankit.bulk``'s resume and atomic output. On a cluster (``address``) every node must read the
 input at the same path (a shared filesystem).
 """
@@ -32,13 +32,12 @@ class ShardScorer:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from rerankit import pairs_file
-        from rerankit.bulk import score_pairs
 
         shards, positions, scores = [], [], []
         for values in zip(*(batch[name] for name in _SHARD_FIELDS)):
             shard = Shard(*(int(v) for v in values))
             pairs = pairs_file.read_shard(self.path, self.fmt, shard)
-            scores.append(score_pairs(self.reranker, pairs, raw=self.raw, path=self.path))
+            scores.append(pairs_file.score_pairs(self.reranker, pairs, raw=self.raw, path=self.path))
             shards.append(np.full(shard.rows, shard.index))
             positions.append(np.arange(shard.rows))
         # One output row per pair: plain columns whatever the shard sizes.

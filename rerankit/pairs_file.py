@@ -1,4 +1,5 @@
-"""Files of (query, document) pairs to score in bulk: read, checked and cut into shards.
+"""Files of (query, document) pairs to score in bulk: read, checked, cut into shards, and
+a shard scored (``score_pairs``, what every engine of ``rerankit.bulk`` runs).
 
 A pairs file is JSONL, one object a line — ``{"query": str, "document": str, "id"?: str | int,
 "score"?: number}`` where ``score`` is the first stage's score of the pair — or Parquet with
@@ -20,8 +21,10 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from rerankit.data import is_finite_number
-from rerankit.errors import DataError, require
+from rerankit.errors import DataError, RerankitError, require
 
 FORMATS = {".jsonl": "jsonl", ".parquet": "parquet"}
 # Rows per Parquet batch read while planning.
@@ -247,3 +250,27 @@ def _pair(item: dict, where, number: int) -> Pair:
         None if score is None else float(score),
         number,
     )
+
+
+def score_pairs(reranker, pairs: list[Pair], *, raw: bool, path: str) -> np.ndarray:
+    """One shard's scores by ``reranker.score``, with the rows' first-stage scores when every
+    row has one; DataError naming the line when a score-injection model finds a row without."""
+    first_stage = None
+    if all(pair.first_stage is not None for pair in pairs):
+        first_stage = [pair.first_stage for pair in pairs]
+    elif reranker.score_injection is not None:
+        missing = next(pair for pair in pairs if pair.first_stage is None)
+        raise DataError(
+            'no first-stage "score": this model reads each pair\'s retriever score in its input '
+            "(score injection); give every row a score",
+            path=path,
+            line=missing.line,
+            field="score",
+        )
+    try:
+        scores = reranker.score([(p.query, p.document) for p in pairs], raw=raw, first_stage=first_stage)
+    except RerankitError:
+        raise
+    except ValueError as exc:  # a query that fills the model's window
+        raise DataError(f"lines {pairs[0].line}-{pairs[-1].line}: {exc}", path=path) from None
+    return np.asarray(scores, dtype=np.float64)

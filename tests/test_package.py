@@ -120,6 +120,8 @@ EXTRAS_OF = {
     "integrations/llamaindex.py": {"llamaindex"},
     "integrations/backend.py": {"langchain", "llamaindex"},
     "rerankit/runtimes.py": {"openvino", "onnx"},
+    "rerankit/pairs_file.py": {"parquet"},
+    "rerankit/bulk.py": {"parquet"},
 }
 
 
