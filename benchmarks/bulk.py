@@ -49,12 +49,12 @@ BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"
 PROJECTED_WORKERS = (1, 2, 4, 8, 16, 32)
 
 
-def write_pairs(path: Path, n_queries: int, top_k: int, seed: int) -> int:
+def write_pairs(path: Path, data: Path, n_queries: int, top_k: int, seed: int) -> int:
     from rerankit.beir import read_corpus, read_queries
     from rerankit.held_out import first_stage_top_k
 
-    corpus = read_corpus(DATA / "corpus.jsonl", with_title=True)
-    queries = read_queries(DATA / "queries.jsonl")
+    corpus = read_corpus(data / "corpus.jsonl", with_title=True)
+    queries = read_queries(data / "queries.jsonl")
     qids = random.Random(seed).sample(sorted(queries), n_queries)
     hits = first_stage_top_k(corpus, [queries[q] for q in qids], top_k, "bm25")
     rows = 0
@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--data", type=Path, default=DATA, help="SQuAD dev in BEIR layout.")
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--top-k", type=int, default=20)
     parser.add_argument("--shard-size", type=int, default=100)
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         pairs = tmp / "pairs.jsonl"
-        n = write_pairs(pairs, args.queries, args.top_k, args.seed)
+        n = write_pairs(pairs, args.data, args.queries, args.top_k, args.seed)
         model = save_model(tmp / "model", seed=0)
         single = run("local", model, pairs, tmp / "single.jsonl", args.shard_size)
         ray_start = time.perf_counter()
@@ -178,7 +179,8 @@ def main(argv: list[str] | None = None) -> dict:
             "ray": ray.__version__,
             "note": "shared with other jobs while measured: figures are indicative",
         },
-        "protocol": vars(args) | {"pairs": n, "model": f"{BACKBONE} + fresh head (seed 0), fp32, CPU"},
+        "protocol": vars(args)
+        | {"data": "squad-v1.1-dev", "pairs": n, "model": f"{BACKBONE} + fresh head (seed 0), fp32, CPU"},
         "single_process": single,
         "ray_local": on_ray,
         "max_abs_score_difference": max_diff,
