@@ -129,7 +129,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--shard-size", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", default=str(RESULTS / "bulk"))
+    parser.add_argument("--render", action="store_true", help="Only rewrite the .md from the .json.")
     args = parser.parse_args(argv)
+    if args.render:
+        result = json.loads(Path(args.out).with_suffix(".json").read_text())
+        Path(args.out).with_suffix(".md").write_text(markdown(result))
+        return result
 
     import ray
     import torch
@@ -219,7 +224,10 @@ def markdown(r: dict) -> str:
         "",
         "Start-up: from the call to the first saved shard (reading and planning the input, loading "
         "the model, for Ray starting the actors). Steady: pairs of the shards after the first, over "
-        "the time from the first shard's end to the last's.",
+        "the time from the first shard's end to the last's. The engines ran one after the other, "
+        "under whatever else the machine ran then; a single process's multi-threaded torch suffers "
+        "most when the cores are oversubscribed (each actor runs one thread), so the ratio between "
+        "the rows says more about this machine's load than about Ray.",
         "",
         "## Projection for N workers",
         "",
@@ -237,7 +245,7 @@ def markdown(r: dict) -> str:
             for p in r["projection"]["rows"]
         ),
         "",
-        "Rerun: `python benchmarks/bulk.py`.",
+        "Rerun: `python benchmarks/bulk.py` (`--data` when `../shared/data/squad-v1.1-dev` is elsewhere).",
         "",
     ]
     return "\n".join(lines)
