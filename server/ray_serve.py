@@ -44,6 +44,8 @@ class ReplicaOptions:
             raise ConfigError(
                 f"expected 0 <= min_replicas <= max_replicas, got {self.min_replicas} and {self.max_replicas}"
             )
+        if self.autoscaling and self.replicas != 1:
+            raise ConfigError("give a fixed number of replicas or an autoscaling range, not both")
         if self.replicas < 1 or self.max_replicas == 0:
             raise ConfigError("at least one replica is needed")
 

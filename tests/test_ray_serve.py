@@ -25,6 +25,10 @@ DOCS = ["document about topic 3", "an unrelated note", "topic 3 and topic 4 toge
         (dict(min_replicas=1), "autoscaling needs both min_replicas and max_replicas"),
         (dict(min_replicas=3, max_replicas=2), "expected 0 <= min_replicas <= max_replicas, got 3 and 2"),
         (dict(replicas=0), "at least one replica is needed"),
+        (
+            dict(replicas=3, min_replicas=1, max_replicas=4),
+            "a fixed number of replicas or an autoscaling range",
+        ),
     ],
 )
 def test_replica_options_refuse_what_cannot_scale(options, message):
