@@ -29,6 +29,7 @@ _LAZY = {
     "QueryRecord": "rerankit.data",
     "Doc": "rerankit.data",
     "read_records": "rerankit.data",
+    "score_file": "rerankit.bulk",
 }
 
 __all__ = sorted(
@@ -44,6 +45,7 @@ __all__ = sorted(
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    from rerankit.bulk import score_file
     from rerankit.config import TrainConfig, load_config
     from rerankit.data import Doc, QueryRecord, read_records
     from rerankit.inference import Reranker, RerankResult, RerankResults

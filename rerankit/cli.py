@@ -343,6 +343,85 @@ def rerank(
         click.echo(f"{r.rank + 1:>3}. [{r.index:>3}] {r.score:8.4f}  {text}")
 
 
+@main.command(name="score")
+@click.option("--model", "model_path", required=True, help="Run folder, exported folder or HF id.")
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help='Pairs: .jsonl lines {"query", "document", "id"?, "score"?} or .parquet with those columns.',
+)
+@click.option("--out", required=True, help="Scores: .jsonl or .parquet, one row per input row, in order.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--ray-address", default=None, help="Ray cluster to join (default: start a local one).")
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="Ray actors (default: one per CPU/GPU)."
+)
+@click.option(
+    "--shard-size",
+    type=click.IntRange(min=1),
+    default=2048,
+    show_default=True,
+    help="Rows per shard: the unit saved for resuming and handed to a Ray actor.",
+)
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@_dtype_option
+@click.option("--raw", is_flag=True, help="Scores before calibration instead of probabilities.")
+@_long_document_options
+@_prompt_option
+@_backend_options
+@_trust_options
+@_one_line_errors
+def score(
+    model_path: str,
+    input_path: str,
+    out: str,
+    overwrite: bool,
+    engine: str,
+    ray_address: str | None,
+    workers: int | None,
+    shard_size: int,
+    no_progress: bool,
+    dtype: str,
+    raw: bool,
+    long_documents: str | None,
+    window_aggregate: str | None,
+    prompt: str | None,
+    backend: str,
+    allow_failed_gate: bool,
+    ensemble: str,
+    trust_remote_code: bool,
+    allow_pickle: bool,
+) -> None:
+    """Score a file of (query, document) pairs; an interrupted run resumes where it stopped."""
+    from rerankit.bulk import score_file
+
+    result = score_file(
+        model_path,
+        input_path,
+        out,
+        engine=engine,
+        shard_size=shard_size,
+        raw=raw,
+        overwrite=overwrite,
+        progress=not no_progress,
+        ray_address=ray_address,
+        workers=workers,
+        long_documents=_windows(long_documents, window_aggregate),
+        dtype=dtype,
+        prompt=prompt,
+        backend=backend,
+        allow_failed_gate=allow_failed_gate,
+        ensemble=ensemble,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+    )
+    resumed = f" ({result.resumed_shards} resumed)" if result.resumed_shards else ""
+    click.echo(f"{result.rows} scores in {result.shards} shards{resumed} -> {result.out}")
+
+
 @main.command(name="export")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, help="Folder for the merged model.")
@@ -633,6 +712,17 @@ def eval_command(
     help='Write the first stage\'s score of every document ("score"), a target for loss.distillation.',
 )
 @click.option(
+    "--teacher-model",
+    default=None,
+    help="Score every written document by this cross-encoder instead (raw scores, through the "
+    "bulk path of rerankit score: resumable, --teacher-engine ray for large jobs).",
+)
+@click.option("--teacher-engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--ray-address", default=None, help="With --teacher-engine ray: the cluster to join.")
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="With --teacher-engine ray: actors."
+)
+@click.option(
     "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the pseudo-query draw."
 )
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False))
@@ -650,6 +740,10 @@ def mine(
     pseudo_queries: int | None,
     keep_sentence: bool,
     teacher_scores: bool,
+    teacher_model: str | None,
+    teacher_engine: str,
+    ray_address: str | None,
+    workers: int | None,
     seed: int,
     out_path: str,
 ) -> None:
@@ -687,6 +781,12 @@ def mine(
                 "--queries and --corpus, and that positives have a score > 0)"
             )
         records, searched = mining.mine(data, **options), len(data.corpus)
+    if teacher_model:
+        from rerankit.teacher import teacher_scored
+
+        records = teacher_scored(
+            records, teacher_model, out_path, engine=teacher_engine, ray_address=ray_address, workers=workers
+        )
     write_records(records, out_path)
     short = sum(len(r.negatives) < num_negatives for r in records)
     click.echo(
@@ -748,6 +848,37 @@ def split(data_path: str, valid_ratio: float, group_by: str, seed: int, out_dir:
     click.echo(
         f"train: {len(train)} queries -> {paths['train']}\nvalid: {len(valid)} queries -> {paths['valid']}"
     )
+
+
+def _ray_serve_options(func):
+    """--engine ray and its replicas (rerankit.server.ray_serve)."""
+    options = [
+        click.option(
+            "--engine",
+            type=click.Choice(["local", "ray"]),
+            default="local",
+            show_default=True,
+            help="local: this process (uvicorn); ray: replicas on Ray Serve (rerankit[ray]).",
+        ),
+        click.option("--ray-address", default=None, help="Ray cluster to join (default: start a local one)."),
+        click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True),
+        click.option(
+            "--min-replicas", type=click.IntRange(min=0), default=None, help="Autoscale from this many."
+        ),
+        click.option(
+            "--max-replicas", type=click.IntRange(min=1), default=None, help="Autoscale up to this many."
+        ),
+        click.option(
+            "--target-ongoing-requests",
+            type=_FiniteFloatRange(min=0.1),
+            default=2.0,
+            show_default=True,
+            help="Autoscaling aims at this many requests in flight per replica.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
 
 
 @main.command()
@@ -814,6 +945,7 @@ def split(data_path: str, valid_ratio: float, group_by: str, seed: int, out_dir:
     "not depend on batch neighbours).",
 )
 @click.option("--model-name", default="rerankit", show_default=True, help="Name echoed in responses.")
+@_ray_serve_options
 @_long_document_options
 @_prompt_option
 @_backend_options
@@ -842,6 +974,12 @@ def serve(
     ensemble: str,
     trust_remote_code: bool,
     allow_pickle: bool,
+    engine: str = "local",
+    ray_address: str | None = None,
+    replicas: int = 1,
+    min_replicas: int | None = None,
+    max_replicas: int | None = None,
+    target_ongoing_requests: float = 2.0,
 ) -> None:
     """Serve a reranker over HTTP: POST /v2/rerank (Cohere), /rerank (Cohere or TEI body).
 
@@ -873,6 +1011,12 @@ def serve(
         allow_failed_gate=allow_failed_gate,
         ensemble=ensemble,
     )
+    if engine == "ray":
+        from rerankit.server.ray_serve import ReplicaOptions, run_on_ray
+
+        replicas = ReplicaOptions(replicas, min_replicas, max_replicas, target_ongoing_requests)
+        run_on_ray(settings, replicas, host, port, address=ray_address)
+        return
     reranker = load_reranker(settings)
     run(create_app(settings, reranker=reranker), settings, host, port)
 

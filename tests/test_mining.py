@@ -158,3 +158,26 @@ def test_teacher_scores_are_the_first_stage_scores(beir, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert read_records(out)[0] == scored
+
+
+def test_teacher_model_scores_every_document_through_the_bulk_path(beir, tmp_path, tiny_bert_dir):
+    from rerankit import Reranker
+
+    out = tmp_path / "taught.jsonl"
+    args = ["mine", "--corpus", str(beir / "corpus.jsonl"), "--queries", str(beir / "queries.jsonl")]
+    args += ["--qrels", str(beir / "qrels.tsv"), "--num-negatives", "3", "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--teacher-model", str(tiny_bert_dir)])
+    assert result.exit_code == 0, result.output
+    taught, _ = read_records(out)
+    plain = mining.mine(
+        mining.from_beir(beir / "corpus.jsonl", beir / "queries.jsonl", beir / "qrels.tsv"), num_negatives=3
+    )
+    assert [[d.doc_id for d in r.negatives] for r in taught] == [
+        [d.doc_id for d in r.negatives] for r in plain
+    ]
+    teacher = Reranker.load(tiny_bert_dir)
+    for record in taught:
+        docs = record.positives + record.negatives
+        expected = teacher.score([(record.query, d.text) for d in docs], raw=True)
+        assert [d.score for d in docs] == pytest.approx(expected, abs=1e-5)
+    assert not list(tmp_path.glob(".taught.jsonl*"))  # the work folder is gone

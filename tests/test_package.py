@@ -122,6 +122,8 @@ EXTRAS_OF = {
     "rerankit/runtimes.py": {"openvino", "onnx"},
     # the packaged default backbone, used where installed (else its hub id is loaded)
     "rerankit/loading.py": {"train"},
+    "rerankit/pairs_file.py": {"parquet"},
+    "rerankit/bulk.py": {"parquet"},
 }
 
 
