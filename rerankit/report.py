@@ -166,6 +166,13 @@ def shipped_lines(metrics: dict[str, Any]) -> list[str]:
         *(f"| {name} | {value:.4f} | {weight} |" for name, value, weight in rows),
         "",
     ]
+    runtime = shipped.get("runtime")
+    if runtime:
+        lines += [
+            f"Scored by the {runtime['backend']} {runtime['precision']} model ({runtime['reason']}); "
+            "a CPU that serves the run picks its runtime again at load.",
+            "",
+        ]
     if ensemble:
         strategies = ensemble["strategies"]
         lines += [

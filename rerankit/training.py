@@ -404,29 +404,58 @@ def _validation_set(cfg: TrainConfig, train: list, valid: list):
     return vset, corpus, summary
 
 
-def _as_shipped(cfg: TrainConfig, out: Path, built, vset: ValidationSet):
-    """The saved model as ``Reranker.load`` will return it, without the parts fitted after."""
+def _as_shipped(cfg: TrainConfig, out: Path, built, gate: dict | None):
+    """The saved model as ``Reranker.load`` will return it on this machine (the run's fastest
+    graph that passed its gate, else the merged torch model), without the parts fitted after."""
     from rerankit.inference import Reranker, default_device, default_dtype, trained_weights
 
     device = default_device()
-    model, tokenizer, prompt = trained_weights(
-        out / run_folder.MODEL_DIR,
-        cfg.model.name_or_path,
-        cfg.lora.enabled,
-        cfg.model.revision,
-        default_dtype(device),
-        built.prompt or "none",
-        cfg.model.trust_remote_code,
-    )
+    graph = _shipped_graph(cfg, out, gate) if device == "cpu" else None
+    if graph is not None:  # graphs are of encoders, which read the pair encoding
+        model, tokenizer, info = graph
+        prompt = None
+        log.info("the shipped parts are fitted on the %s %s graph", info["backend"], info["precision"])
+    else:
+        model, tokenizer, prompt = trained_weights(
+            out / run_folder.MODEL_DIR,
+            cfg.model.name_or_path,
+            cfg.lora.enabled,
+            cfg.model.revision,
+            default_dtype(device),
+            built.prompt or "none",
+            cfg.model.trust_remote_code,
+        )
+        model, info = model.to(device), None
     injection = ScoreInjection.for_tokenizer(tokenizer, prompt) if cfg.model.score_injection else None
-    return Reranker(
-        model.to(device),
+    reranker = Reranker(
+        model,
         tokenizer,
         max_length=cfg.model.max_length,
         long_documents=cfg.model.long_documents,
         prompt=prompt,
         score_injection=injection,
     )
+    if info is not None:
+        reranker.backend_info = {**info, "neighbour_independent": reranker.neighbour_independent}
+    return reranker
+
+
+def _shipped_graph(cfg: TrainConfig, out: Path, gate: dict | None):
+    """(graph, tokenizer, backend_info) of the graph ``Reranker.load`` picks here, or None."""
+    from rerankit.loading import load_tokenizer
+    from rerankit.runtimes import PROBE_LENGTH, load_graph, pick_runtime, probe_batch
+
+    if gate is None:
+        return None
+    graphs = out / run_folder.GRAPHS_DIR
+    tokenizer = load_tokenizer(str(out / run_folder.MODEL_DIR), cfg.model.trust_remote_code)
+    probe = lambda: probe_batch(tokenizer, min(cfg.model.max_length, PROBE_LENGTH))
+    runtime = pick_runtime(gate, graphs, "auto", None, False, out / run_folder.MANIFEST, probe)
+    if runtime is None:
+        return None
+    record = runtime.record
+    graph = runtime.graph or load_graph(graphs / record["file"], record["backend"], record["precision"])
+    return graph, tokenizer, runtime.info()
 
 
 def _train(
@@ -511,12 +540,14 @@ def _train(
     if not trainer.is_world_process_zero():  # the main process writes the run folder alone
         return FitResult(out, metrics, cfg, {}, trainer.model, built.tokenizer, built.prompt)
     run_folder.save_model(out, trainer.model, built.tokenizer)
+    gate = write_run_graphs(out, cfg, vset, decoder=built.prompt is not None, injection=injection)
     # What ships beside the model is fitted on validation as deployed (never on test queries),
     # scored by the kept model as Reranker.load returns it (merged, in the precision this
     # machine serves by default): the ensemble, then the calibration and the fusion with the
     # first stage on its score.
+    as_shipped = _as_shipped(cfg, out, built, gate)
     shipped = fit_shipped(
-        _as_shipped(cfg, out, built, vset),
+        as_shipped,
         vset,
         validator,
         list(corpus.texts),
@@ -537,7 +568,7 @@ def _train(
     metrics = {
         "first_stage": {"name": first_stage_name, **first_stage},
         "deployed": deployed,
-        "shipped": shipped.report,
+        "shipped": {**shipped.report, "runtime": as_shipped.backend_info},
         **metrics,
         "train_queries": len(train) - (adaptation.pseudo_queries if adaptation else 0),
         "adaptation": adaptation.__dict__ if adaptation else None,
@@ -549,7 +580,6 @@ def _train(
         "data": {name: r.__dict__ for name, r in reports.items()},
     }
     save_signals(out, shipped)
-    gate = write_run_graphs(out, cfg, vset, decoder=built.prompt is not None, injection=injection)
     if gate is not None:
         metrics["graphs"] = gate
     write_json(out / run_folder.METRICS_FILE, metrics)
