@@ -321,6 +321,9 @@ def test_a_run_folder_carries_gated_graphs_and_serves_the_fastest(tiny_bert_dir,
     assert gate["validation"]["queries"] == 16 and "loss_upper_bound" in str(gate["runtimes"])
     assert (run / "graphs" / GRAPH_FILES[("openvino", "int8")]).is_file()
     assert (run / "graphs" / "config.json").is_file() and not (run / "graphs.staging").exists()
+    # what ships beside the model was fitted on the graph this machine serves the run with
+    shipped_on = json.loads((run / "metrics.json").read_text())["shipped"]["runtime"]
+    assert shipped_on["backend"] == "openvino" and "openvino" in (run / "report.md").read_text()
 
     served = Reranker.load(run)
     info = served.backend_info
