@@ -882,7 +882,20 @@ def _ray_serve_options(func):
 
 
 @main.command()
-@click.option("--model", "model_path", required=True, help="Run folder, exported folder or HF id.")
+@click.option(
+    "--model",
+    "model_paths",
+    multiple=True,
+    help="Run folder, exported folder or HF id; or NAME=PATH, repeated, to serve several models "
+    "that requests pick by name (the first answers requests that name none).",
+)
+@click.option(
+    "--models",
+    "models_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="A YAML file listing the models to serve (models: [{name, path, ...}]), instead of --model.",
+)
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Interface to bind (127.0.0.1: this machine only)."
 )
@@ -952,7 +965,8 @@ def _ray_serve_options(func):
 @_trust_options
 @_one_line_errors
 def serve(
-    model_path: str,
+    model_paths: tuple[str, ...],
+    models_file: str | None,
     host: str,
     port: int,
     api_key: str | None,
@@ -986,12 +1000,18 @@ def serve(
     The model is loaded (and checked to score) before the server starts: a model that does
     not load is a one-line error and exit code 2, never a server answering 503 forever.
     """
+    from rerankit.errors import ConfigError, ModelLoadError
     from rerankit.server import ServerSettings, create_app
-    from rerankit.server.app import load_reranker
+    from rerankit.server.model_specs import parse_model_options, read_models_file
+    from rerankit.server.served_models import load_reranker, served_models
     from rerankit.server.serving import run
 
+    if bool(model_paths) == bool(models_file):
+        raise ConfigError("serve: give --model (once, or NAME=PATH repeated) or --models FILE")
+    specs = read_models_file(models_file) if models_file else parse_model_options(model_paths)
     settings = ServerSettings(
-        model=model_path,
+        model=None if specs else model_paths[0],
+        models=tuple(specs or ()),
         model_name=model_name,
         dtype=dtype,
         api_key=api_key,
@@ -1012,13 +1032,23 @@ def serve(
         ensemble=ensemble,
     )
     if engine == "ray":
+        if specs:
+            raise ConfigError("serve --engine ray: one model per deployment (give --model PATH once)")
         from rerankit.server.ray_serve import ReplicaOptions, run_on_ray
 
         replicas = ReplicaOptions(replicas, min_replicas, max_replicas, target_ongoing_requests)
         run_on_ray(settings, replicas, host, port, address=ray_address)
         return
-    reranker = load_reranker(settings)
-    run(create_app(settings, reranker=reranker), settings, host, port)
+    # every model loads (and scores) before the server starts: one that does not is exit 2
+    rerankers = {}
+    for served in served_models(settings)[0]:
+        try:
+            rerankers[served.name] = load_reranker(served.settings)
+        except RerankitError as exc:
+            if not specs:
+                raise
+            raise ModelLoadError(f"model {served.name}: {exc}") from None
+    run(create_app(settings, rerankers=rerankers), settings, host, port)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,11 +1,14 @@
 """The Litestar app: ``create_app(settings)``.
 
 Routes: ``POST /v2/rerank`` (Cohere v2), ``POST /v1/rerank`` (alias), ``POST /rerank``
-(Cohere body or text-embeddings-inference body), ``GET /health``, ``GET /ping``,
+(Cohere body or text-embeddings-inference body), ``GET /v1/models`` (the served models, in
+the OpenAI list shape), ``POST /v1/models/{name}/reload``, ``GET /health``, ``GET /ping``,
 ``GET /metrics`` (Prometheus) and the OpenAPI schema under ``/schema``.
 
-The model loads in the background at start-up (so ``/health`` answers 503 until it is loaded
-and warmed), then lives in one inference worker thread (``worker.py``). Scores are
+The models load in the background at start-up (so ``/health`` answers 503 until they are
+loaded and warmed); each then lives in an inference worker thread of its own (``worker.py``,
+``served_models.py``). A request's ``model`` field (TEI bodies: the ``model`` query
+parameter) picks the model; none picks the first. Scores are
 ``sigmoid(logit)`` in [0, 1] unless the request asks for raw scores. Bad input answers 4xx
 with a JSON body naming the field; a full queue answers 429 with ``Retry-After``.
 """
@@ -22,7 +25,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
-import numpy as np
 from litestar import Litestar, MediaType, Request, Response, get, head, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
@@ -38,8 +40,7 @@ from litestar.openapi import OpenAPIConfig
 
 from rerankit.context import ContextError, RankContext
 from rerankit.encoding import QueryTooLongError
-from rerankit.errors import ModelLoadError, RerankitError, short_reason
-from rerankit.server.prometheus import CONTENT_TYPE_LATEST, ServerMetrics, http_metrics_config
+from rerankit.server.prometheus import CONTENT_TYPE_LATEST, http_metrics_config
 from rerankit.server.schemas import (
     RerankRequest,
     RerankResponse,
@@ -48,15 +49,22 @@ from rerankit.server.schemas import (
     TEIRerankRequest,
     TEIResultItem,
 )
+from rerankit.server.served_models import (
+    LoadedModel,
+    ServedModel,
+    ServedModels,
+    cross_batching,
+    load_reranker,
+    preloaded_for,
+    served_models,
+)
 from rerankit.server.settings import ServerSettings
 from rerankit.server.text_prep import RequestTokenizer
-from rerankit.server.worker import InferenceWorker, Overloaded
+from rerankit.server.worker import Overloaded
 
+__all__ = ["create_app", "load_reranker"]
 log = logging.getLogger(__name__)
-WARMUP_PAIRS = [
-    ("warm-up query", "a short warm-up document"),
-    ("warm-up query", "a longer warm-up document " * 20),
-]
+_cross_batching = cross_batching  # the name tests and older callers import
 
 
 def _field_error(key: str, message: str) -> ValidationException:
@@ -76,13 +84,6 @@ def _api_key_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> Non
             detail="missing or wrong API key (Authorization: Bearer ...)",
             headers={"WWW-Authenticate": 'Bearer realm="rerankit"'},
         )
-
-
-def _ready(state: State):
-    if state.reranker is None:
-        reason = f": {state.load_error}" if state.load_error else " (still loading)"
-        raise ServiceUnavailableException(detail=f"model not ready{reason}", headers={"Retry-After": "5"})
-    return state.reranker
 
 
 def _check_request(
@@ -146,6 +147,7 @@ async def _wait_disconnect(request: Request) -> None:
 async def _rank(
     request: Request,
     state: State,
+    served: ServedModel,
     query: str,
     docs: list[str],
     *,
@@ -157,15 +159,47 @@ async def _rank(
 ) -> tuple[list[tuple[int, float, float | None]], int]:
     """Validate, score through the worker, and return (index, score, fused score or None)
     best first, with the number of document windows scored."""
-    settings: ServerSettings = state.settings
+    settings: ServerSettings = served.settings
     _check_request(settings, query, docs, docs_field, top_n, max_tokens_per_doc)
-    reranker = _ready(state)
+    async with served.use() as loaded:  # the version in service now, kept to the end
+        ranked = await _score(
+            request,
+            state,
+            loaded,
+            query,
+            docs,
+            top_n=top_n,
+            max_tokens_per_doc=max_tokens_per_doc,
+            raw=raw,
+            docs_field=docs_field,
+            first_stage=first_stage,
+        )
+    state.metrics.scored.labels(model=served.name).inc()
+    return ranked
+
+
+async def _score(
+    request: Request,
+    state: State,
+    loaded: LoadedModel,
+    query: str,
+    docs: list[str],
+    *,
+    top_n: int | None,
+    max_tokens_per_doc: int | None,
+    raw: bool,
+    docs_field: str,
+    first_stage: list[float] | None,
+) -> tuple[list[tuple[int, float, float | None]], int]:
+    """``_rank`` on one loaded version of the model."""
+    settings: ServerSettings = loaded.settings
+    reranker = loaded.reranker
     try:  # what the model needs beside the pairs, checked once; a score-injection model reads it
         context = RankContext.build(len(docs), first_stage, field="first_stage_scores")
         queries = reranker.model_queries(query, context)
     except ContextError as exc:
         raise _field_error(exc.field, exc.message) from None
-    prep: RequestTokenizer = state.request_tokenizer
+    prep: RequestTokenizer = loaded.request_tokenizer
     # Tokenizing is CPU work: off the event loop, with the request side's own tokenizer. The
     # query is checked here, so an over-long one fails its own request, never a merged round.
     try:
@@ -189,7 +223,7 @@ async def _rank(
     watcher = asyncio.ensure_future(_wait_disconnect(request))
     scores = None
     try:
-        scores = await state.worker.score(queries, docs, disconnected=watcher, costs=costs)
+        scores = await loaded.worker.score(queries, docs, disconnected=watcher, costs=costs)
     except Overloaded:
         raise TooManyRequestsException(
             detail="the inference queue is full; retry later",
@@ -214,11 +248,15 @@ def _document_texts(documents: list) -> list[str]:
     return [d if isinstance(d, str) else d.text for d in documents]
 
 
-async def _cohere(request: Request, state: State, data: RerankRequest) -> RerankResponse:
+async def _cohere(
+    request: Request, state: State, data: RerankRequest, model: str | None = None
+) -> RerankResponse:
     docs = _document_texts(data.documents)
+    served = state.models.get(data.model if data.model is not None else model)
     ranked, windows = await _rank(
         request,
         state,
+        served,
         data.query,
         docs,
         top_n=data.top_n,
@@ -237,7 +275,7 @@ async def _cohere(request: Request, state: State, data: RerankRequest) -> Rerank
         meta={
             "api_version": {"version": "2"},
             "billed_units": {"search_units": 1},
-            "model": state.settings.model_name,
+            "model": served.name,
             "windows_scored": windows,
         },
     )
@@ -270,13 +308,16 @@ def _convert(data: dict[str, Any], kind: type):
     status_code=200,
     summary="Rerank documents: Cohere body, or text-embeddings-inference body (query, texts)",
 )
-async def rerank_any(request: Request, state: State, data: dict[str, Any]) -> Any:
+async def rerank_any(request: Request, state: State, data: dict[str, Any], model: str | None = None) -> Any:
+    """``model`` (query parameter): the served model for a body that names none (TEI's)."""
     if "texts" not in data:
-        return await _cohere(request, state, _convert(data, RerankRequest))
+        return await _cohere(request, state, _convert(data, RerankRequest), model)
     tei = _convert(data, TEIRerankRequest)
+    served = state.models.get(model)
     ranked, _ = await _rank(
         request,
         state,
+        served,
         tei.query,
         tei.texts,
         top_n=None,
@@ -288,15 +329,59 @@ async def rerank_any(request: Request, state: State, data: dict[str, Any]) -> An
     return [TEIResultItem(i, s, tei.texts[i] if tei.return_text else None) for i, s, _ in ranked]
 
 
-@get("/health", summary="200 once the model is loaded and warmed, else 503", opt={"public": True})
-async def health(state: State) -> dict[str, str]:
-    _ready(state)
-    return {"status": "ok", "model": state.settings.model_name}
+def _health(models: ServedModels) -> tuple[int, dict]:
+    """200 once every model is loaded and warmed, else 503; each model's own status."""
+    report = {}
+    for served in models:
+        report[served.name] = {"status": served.status}
+        if served.load_error and served.current is None:
+            report[served.name]["detail"] = served.load_error
+    waiting = [s for s in models if s.current is None]
+    if not waiting:
+        return 200, {"status": "ok", "model": models.first.name, "models": report}
+    first = waiting[0]
+    reason = f": {first.load_error}" if first.load_error else " (still loading)"
+    names = "" if models.any_name else f"{first.name}: "
+    body = {"status_code": 503, "detail": f"{names}model not ready{reason}", "models": report}
+    return 503, body
+
+
+@get("/health", summary="200 once every model is loaded and warmed, else 503", opt={"public": True})
+async def health(state: State) -> Response:
+    status, body = _health(state.models)
+    headers = {"Retry-After": "5"} if status == 503 else None
+    return Response(body, status_code=status, headers=headers, media_type=MediaType.JSON)
 
 
 @head("/health", summary="/health without a body, for probes that send HEAD", opt={"public": True})
 async def health_head(state: State) -> None:
-    _ready(state)
+    status, body = _health(state.models)
+    if status != 200:
+        raise ServiceUnavailableException(detail=body["detail"], headers={"Retry-After": "5"})
+
+
+def _model_entry(served: ServedModel) -> dict:
+    loaded = served.current
+    entry = {"id": served.name, "object": "model", "owned_by": "rerankit", "status": served.status}
+    if loaded is not None:
+        entry.update(created=loaded.loaded_at, **loaded.facts)
+    return entry
+
+
+@get("/v1/models", summary="The served models (OpenAI list shape)")
+async def list_models(state: State) -> dict[str, Any]:
+    return {"object": "list", "data": [_model_entry(served) for served in state.models]}
+
+
+@post(
+    "/v1/models/{name:str}/reload",
+    status_code=200,
+    summary="Load the model's folder again and swap it in without downtime (409: one is running)",
+)
+async def reload_model(state: State, name: str) -> dict[str, Any]:
+    served = state.models.get(name)
+    await served.reload()
+    return _model_entry(served)
 
 
 @get("/ping", summary="Liveness", opt={"public": True})
@@ -305,8 +390,10 @@ async def ping() -> dict[str, str]:
 
 
 @get("/metrics", summary="Prometheus metrics", media_type=CONTENT_TYPE_LATEST)
-async def metrics(state: State) -> Response:
-    state.metrics.queue_pairs.set(state.worker.queued_pairs if state.worker else 0)
+async def metrics_route(state: State) -> Response:
+    for served in state.models:
+        loaded = served.current
+        state.metrics.queue_pairs.labels(model=served.name).set(loaded.worker.queued_pairs if loaded else 0)
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -348,102 +435,41 @@ def _validation_error(_: Request, exc: ValidationException) -> Response:
     )
 
 
-def _cross_batching(settings: ServerSettings, reranker) -> bool:
-    """The setting, or (auto) on only when a pair's score does not depend on its batch
-    neighbours (``Reranker.neighbour_independent``)."""
-    if settings.cross_batching is not None:
-        return settings.cross_batching
-    return reranker.neighbour_independent
-
-
-def load_reranker(settings: ServerSettings, reranker=None):
-    """The model ``settings`` name (or ``reranker``), warmed up and checked to score finitely."""
-    from rerankit.inference import Reranker
-
-    try:
-        if reranker is None:
-            reranker = Reranker.load(
-                settings.model,
-                device=settings.device,
-                dtype=settings.dtype,
-                trust_remote_code=settings.trust_remote_code,
-                allow_pickle=settings.allow_pickle,
-                long_documents=settings.long_documents,
-                prompt=settings.prompt,
-                backend=settings.backend,
-                allow_failed_gate=settings.allow_failed_gate,
-                ensemble=settings.ensemble,
-            )
-        if settings.max_batch_tokens:
-            reranker.max_tokens = settings.max_batch_tokens
-        queries, docs = zip(*WARMUP_PAIRS)  # as the model reads them: no first stage needed
-        warm = reranker.input_logits(queries, docs)[0]
-        # what a request gets: the ensemble's score with its signals, calibrated
-        served = reranker.probabilities(reranker.final_scores(warm, reranker.signal_scores(queries, docs)))
-    except RerankitError:
-        raise
-    except Exception as exc:  # whatever else a broken folder raises: one clear line, exit 2
-        raise ModelLoadError(f"cannot load {settings.model}: {short_reason(exc)}") from exc
-    if not (np.isfinite(warm).all() and np.isfinite(served).all()):
-        raise ModelLoadError(f"{settings.model} scores NaN or infinity; refusing to serve it")
-    return reranker
-
-
-def create_app(settings: ServerSettings, reranker=None) -> Litestar:
-    """The app; ``reranker`` (a loaded Reranker) skips loading ``settings.model``."""
+def create_app(settings: ServerSettings, reranker=None, rerankers: dict | None = None) -> Litestar:
+    """The app. ``reranker`` (a loaded Reranker) skips loading the first model, ``rerankers``
+    (by name) the models named; the others load from their folders."""
+    models, metrics = served_models(settings)
+    preloaded = preloaded_for(models, reranker, rerankers)
 
     @asynccontextmanager
     async def lifespan(app: Litestar):
         state = app.state
-
-        async def load() -> None:
-            try:
-                loaded = await asyncio.to_thread(load_reranker, settings, reranker)
-            except Exception as exc:  # reported by /health, never a crash of the server
-                log.error("could not load %s: %s", settings.model, exc)
-                state.load_error = str(exc)
-                return
-            state.request_tokenizer = RequestTokenizer(
-                loaded.tokenizer, loaded.max_length, loaded.prompt, loaded.long_documents
-            )
-            state.worker = InferenceWorker(
-                lambda q, d: np.column_stack(loaded.input_logits(q, d)),
-                max_queue_pairs=settings.max_queue_pairs,
-                cross_batching=_cross_batching(settings, loaded),
-                batch_wait_ms=settings.batch_wait_ms,
-                max_pairs_per_round=settings.max_pairs_per_round,
-                on_batch=state.metrics.observe_batch,
-            )
-            state.worker.start()
-            state.reranker = loaded
-            log.info("model %s ready", settings.model)
-
-        task = asyncio.create_task(load())
+        tasks = [asyncio.create_task(served.load(preloaded.get(served.name))) for served in models]
         state.signal_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerankit-signals")
         try:
             yield
         finally:
-            task.cancel()
-            if state.worker is not None:
-                await asyncio.to_thread(state.worker.stop)
+            for task in tasks:
+                task.cancel()
+            for served in models:
+                await asyncio.to_thread(served.stop)
             state.signal_pool.shutdown(wait=False, cancel_futures=True)
 
     return Litestar(
-        route_handlers=[rerank_cohere, rerank_any, health, health_head, ping, metrics],
+        route_handlers=[
+            rerank_cohere,
+            rerank_any,
+            list_models,
+            reload_model,
+            health,
+            health_head,
+            ping,
+            metrics_route,
+        ],
         guards=[_api_key_guard],
-        state=State(
-            {
-                "settings": settings,
-                "metrics": ServerMetrics(),
-                "reranker": None,
-                "worker": None,
-                "load_error": None,
-                "request_tokenizer": None,
-                "signal_pool": None,
-            }
-        ),
+        state=State({"settings": settings, "metrics": metrics, "models": models, "signal_pool": None}),
         lifespan=[lifespan],
-        middleware=[http_metrics_config(settings.model_name).middleware],
+        middleware=[http_metrics_config(models.first.name).middleware],
         exception_handlers={
             ValidationException: _validation_error,
             UnicodeDecodeError: _bad_body,

@@ -27,10 +27,14 @@ LOWEST = {
 
 @dataclass(frozen=True)
 class ServerSettings:
-    # Run folder, exported folder or HF id of the cross-encoder.
-    model: str
+    # Run folder, exported folder or HF id of the cross-encoder, served under model_name and
+    # answering to any requested name; or None with ``models`` given.
+    model: str | None = None
     # Name echoed in responses and accepted in requests' "model" field (any value is accepted).
     model_name: str = "rerankit"
+    # Several named models (rerankit.server.model_specs.ModelSpec): a request's "model" field
+    # picks one, the first answers requests that name none.
+    models: tuple = ()
     # "auto": bf16 where the hardware runs it natively, else fp32.
     dtype: str = "auto"
     device: str | None = None
@@ -84,6 +88,8 @@ class ServerSettings:
     retry_after_s: int = 1
 
     def __post_init__(self) -> None:
+        if (self.model is None) == (not self.models):
+            raise ConfigError("ServerSettings: give either model (one model) or models (named models)")
         # A zero or negative limit would refuse every request, never batch, or never time out.
         for field in fields(self):
             value, lowest = getattr(self, field.name), LOWEST.get(field.name)

@@ -114,6 +114,11 @@ class InferenceWorker:
         """Pairs admitted and not yet handed to a round."""
         return self._queued_pairs
 
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread is running."""
+        return self._thread.is_alive()
+
     def start(self) -> None:
         self._thread.start()
 

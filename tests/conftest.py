@@ -428,3 +428,23 @@ def make_client(fp32_reranker):
     yield make
     for client in clients:
         client.__exit__(None, None, None)
+
+
+def reweighted_run(source: Path, target: Path, scale: float) -> Path:
+    """A copy of the run folder ``source`` at ``target`` whose trained score head is scaled by
+    ``scale``: another run of the same base, scoring differently."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("checkpoints"), dirs_exist_ok=True)
+    heads = 0
+    for weights in target.rglob("*.safetensors"):
+        tensors = load_file(weights)
+        for key in tensors:
+            if "classifier" in key and key.endswith("weight"):
+                tensors[key] = tensors[key] * scale
+                heads += 1
+        save_file(tensors, weights, metadata={"format": "pt"})
+    assert heads, f"no score head found under {target}"
+    return target

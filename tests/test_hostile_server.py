@@ -158,7 +158,7 @@ def test_waiting_windows_fill_the_queue_and_get_429(windowed):
         assert entered.wait(10)  # the worker holds the first
         second.start()
         deadline = time.monotonic() + 10
-        while client.app.state.worker.queued_pairs < windows:  # the second waits
+        while client.app.state.models.first.current.worker.queued_pairs < windows:  # the second waits
             assert time.monotonic() < deadline, "the second request's windows never reached the queue"
             time.sleep(0.01)
         third = client.post("/v2/rerank", json=body)
@@ -295,4 +295,4 @@ def test_cross_batching_is_on_by_default_only_in_fp32(tiny_bert_run, make_client
     auto = ServerSettings(model="x")
     assert _cross_batching(auto, full) is True and _cross_batching(auto, half) is False
     assert _cross_batching(ServerSettings(model="x", cross_batching=True), half) is True
-    assert make_client().app.state.worker.cross_batching is True  # the fp32 tiny model
+    assert make_client().app.state.models.first.current.worker.cross_batching is True  # the fp32 tiny model

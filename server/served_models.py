@@ -1,0 +1,268 @@
+"""The models one server holds, each with its own worker, and their reload without downtime.
+
+A ``ServedModel`` is a name and the settings its folder loads with; what it serves is one
+``LoadedModel`` at a time: the reranker, the request side's tokenizer and the inference worker
+that owns it. Each model has its own worker and queue, so one model's load, reload or backlog
+never fails another's requests.
+
+A reload loads the folder's current contents on a thread beside the model in service, warms
+it, and swaps the ``LoadedModel`` in one assignment on the event loop. A request takes the
+model in service when it starts and keeps it to the end: requests in flight finish on the old
+model, whose worker stops once the last of them is done. A load that fails leaves the old
+model serving. One reload per model runs at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from litestar.exceptions import HTTPException, NotFoundException, ServiceUnavailableException
+
+from rerankit.errors import ModelLoadError, RerankitError, short_reason
+from rerankit.server.prometheus import ServerMetrics
+from rerankit.server.settings import ServerSettings
+from rerankit.server.text_prep import RequestTokenizer
+from rerankit.server.worker import InferenceWorker
+
+log = logging.getLogger(__name__)
+WARMUP_PAIRS = [
+    ("warm-up query", "a short warm-up document"),
+    ("warm-up query", "a longer warm-up document " * 20),
+]
+
+
+def load_reranker(settings: ServerSettings, reranker=None):
+    """The model ``settings`` name (or ``reranker``), warmed up and checked to score finitely."""
+    from rerankit.inference import Reranker
+
+    try:
+        if reranker is None:
+            reranker = Reranker.load(
+                settings.model,
+                device=settings.device,
+                dtype=settings.dtype,
+                trust_remote_code=settings.trust_remote_code,
+                allow_pickle=settings.allow_pickle,
+                long_documents=settings.long_documents,
+                prompt=settings.prompt,
+                backend=settings.backend,
+                allow_failed_gate=settings.allow_failed_gate,
+                ensemble=settings.ensemble,
+            )
+        if settings.max_batch_tokens:
+            reranker.max_tokens = settings.max_batch_tokens
+        queries, docs = zip(*WARMUP_PAIRS)  # as the model reads them: no first stage needed
+        warm = reranker.input_logits(queries, docs)[0]
+        # what a request gets: the ensemble's score with its signals, calibrated
+        served = reranker.probabilities(reranker.final_scores(warm, reranker.signal_scores(queries, docs)))
+    except RerankitError:
+        raise
+    except Exception as exc:  # whatever else a broken folder raises: one clear line, exit 2
+        raise ModelLoadError(f"cannot load {settings.model}: {short_reason(exc)}") from exc
+    if not (np.isfinite(warm).all() and np.isfinite(served).all()):
+        raise ModelLoadError(f"{settings.model} scores NaN or infinity; refusing to serve it")
+    return reranker
+
+
+def cross_batching(settings: ServerSettings, reranker) -> bool:
+    """The setting, or (auto) on only when a pair's score does not depend on its batch
+    neighbours (``Reranker.neighbour_independent``)."""
+    if settings.cross_batching is not None:
+        return settings.cross_batching
+    return reranker.neighbour_independent
+
+
+def model_facts(reranker) -> dict:
+    """What ``GET /v1/models`` tells of a loaded model."""
+    from rerankit import run_folder
+
+    source = Path(reranker.source) if reranker.source else None
+    base = reranker.source
+    if source is not None and run_folder.is_run_folder(source):
+        base = run_folder.read_manifest(source).get("base_model", base)
+    runtime = getattr(reranker.model, "backend", None)  # a compiled graph names its runtime
+    if runtime is None:
+        runtime, precision = "torch", str(next(reranker.model.parameters()).dtype).removeprefix("torch.")
+    else:
+        precision = reranker.model.precision
+    return {
+        "base_model": base,
+        "runtime": runtime,
+        "precision": precision,
+        "max_length": reranker.max_length,
+        "calibration": reranker.calibration is not None,
+        "ensemble": reranker.ensemble is not None,
+    }
+
+
+class LoadedModel:
+    """One loaded version of a model and the worker that scores with it."""
+
+    def __init__(self, reranker, settings: ServerSettings, on_batch: Callable[[int, int], None]) -> None:
+        self.reranker, self.settings = reranker, settings
+        self.facts = model_facts(reranker)
+        self.loaded_at = int(time.time())
+        self.request_tokenizer = RequestTokenizer(
+            reranker.tokenizer, reranker.max_length, reranker.prompt, reranker.long_documents
+        )
+        self.worker = InferenceWorker(
+            lambda q, d: np.column_stack(reranker.input_logits(q, d)),
+            max_queue_pairs=settings.max_queue_pairs,
+            cross_batching=cross_batching(settings, reranker),
+            batch_wait_ms=settings.batch_wait_ms,
+            max_pairs_per_round=settings.max_pairs_per_round,
+            on_batch=on_batch,
+        )
+        # Requests holding this version; once replaced, its worker stops when they are done.
+        self.users = 0
+        self.retired = False
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.retired and self.users == 0:
+            self.stop_soon()
+
+    def retire(self) -> None:
+        self.retired = True
+        if self.users == 0:
+            self.stop_soon()
+
+    def stop_soon(self) -> None:
+        # joining the worker thread blocks: never on the event loop
+        asyncio.get_running_loop().run_in_executor(None, self.worker.stop)
+
+
+class ServedModel:
+    """A name, the settings its folder loads with, and the version in service."""
+
+    def __init__(self, name: str, settings: ServerSettings, metrics: ServerMetrics) -> None:
+        self.name, self.settings, self.metrics = name, settings, metrics
+        self.current: LoadedModel | None = None
+        self.load_error: str | None = None
+        self._reloading = asyncio.Lock()
+
+    @property
+    def status(self) -> str:
+        if self.current is not None:
+            return "ready"
+        return "failed" if self.load_error else "loading"
+
+    def _loaded(self, reranker) -> LoadedModel:
+        loaded = LoadedModel(reranker, self.settings, self.metrics.batch_observer(self.name))
+        loaded.worker.start()
+        return loaded
+
+    async def load(self, reranker=None) -> None:
+        """The first load (of ``reranker`` when given); a failure is kept for /health."""
+        try:
+            warmed = await asyncio.to_thread(load_reranker, self.settings, reranker)
+            self.current = await asyncio.to_thread(self._loaded, warmed)
+        except Exception as exc:  # reported by /health, never a crash of the server
+            log.error("could not load model %s (%s): %s", self.name, self.settings.model, exc)
+            self.load_error = str(exc)
+            return
+        self.metrics.ready.labels(model=self.name).set(1)
+        log.info("model %s (%s) ready", self.name, self.settings.model)
+
+    async def reload(self) -> LoadedModel:
+        """Load the folder again beside the version in service and swap it in; 409 when a
+        reload of this model is already running, 422 (the old version still serving) when the
+        folder does not load."""
+        if self._reloading.locked():
+            raise HTTPException(status_code=409, detail=f"model {self.name!r}: a reload is already running")
+        async with self._reloading:
+            try:
+                warmed = await asyncio.to_thread(load_reranker, self.settings)
+                fresh = await asyncio.to_thread(self._loaded, warmed)
+            except Exception as exc:
+                self.metrics.reloads.labels(model=self.name, outcome="failed").inc()
+                keeps = "the previous version keeps serving" if self.current else "nothing was serving"
+                log.error("reload of model %s failed (%s): %s", self.name, keeps, exc)
+                raise HTTPException(
+                    status_code=422,
+                    detail=f"model {self.name!r}: reload failed, {keeps}: {short_reason(exc)}",
+                ) from None
+            old, self.current, self.load_error = self.current, fresh, None  # the swap
+            if old is not None:
+                old.retire()
+            self.metrics.reloads.labels(model=self.name, outcome="ok").inc()
+            self.metrics.ready.labels(model=self.name).set(1)
+            log.info("model %s reloaded from %s", self.name, self.settings.model)
+            return fresh
+
+    @asynccontextmanager
+    async def use(self) -> AsyncIterator[LoadedModel]:
+        """The version in service, held for one request (503 while none is)."""
+        loaded = self.current
+        if loaded is None:
+            reason = f": {self.load_error}" if self.load_error else " (still loading)"
+            raise ServiceUnavailableException(detail=f"model not ready{reason}", headers={"Retry-After": "5"})
+        loaded.users += 1
+        try:
+            yield loaded
+        finally:
+            loaded.release()
+
+    def stop(self) -> None:
+        if self.current is not None:
+            self.current.worker.stop()
+
+
+class ServedModels:
+    """The server's models by name, in the order given; the first answers requests that name
+    none. ``any_name``: one model answering to whatever name a request gives (a bare
+    ``--model PATH``)."""
+
+    def __init__(self, models: list[ServedModel], *, any_name: bool) -> None:
+        self.by_name = {m.name: m for m in models}
+        self.first, self.any_name = models[0], any_name
+
+    def __iter__(self):
+        return iter(self.by_name.values())
+
+    def get(self, name: str | None) -> ServedModel:
+        """The model a request names; 404 naming the served models for any other name."""
+        if name is None or self.any_name:
+            return self.first
+        model = self.by_name.get(name)
+        if model is None:
+            served = ", ".join(self.by_name)
+            raise NotFoundException(
+                detail=f"model {name[:100]!r} is not served here; served models: {served}"
+            )
+        return model
+
+
+def served_models(settings: ServerSettings) -> tuple[ServedModels, ServerMetrics]:
+    """The ServedModels ``settings`` describe and their metrics."""
+    if settings.models:
+        metrics = ServerMetrics([spec.name for spec in settings.models])
+        models = [
+            ServedModel(
+                spec.name,
+                replace(settings, model=spec.path, models=(), model_name=spec.name, **spec.overrides()),
+                metrics,
+            )
+            for spec in settings.models
+        ]
+        return ServedModels(models, any_name=False), metrics
+    metrics = ServerMetrics([settings.model_name])
+    return ServedModels([ServedModel(settings.model_name, settings, metrics)], any_name=True), metrics
+
+
+def preloaded_for(models: ServedModels, reranker=None, rerankers: Mapping | None = None) -> dict:
+    """Rerankers already loaded, by model name: ``reranker`` is the first model's."""
+    given = dict(rerankers or {})
+    if reranker is not None:
+        given.setdefault(models.first.name, reranker)
+    unknown = [name for name in given if name not in models.by_name]
+    if unknown:
+        raise ValueError(f"rerankers given for models not served: {', '.join(unknown)}")
+    return given
