@@ -2,13 +2,14 @@
 
 ``LocalBackend`` wraps a ``Reranker`` (async calls run in a worker thread). ``RemoteBackend``
 posts to the server's ``/v2/rerank`` with httpx — one client per backend and event loop, so
-connections are reused — and retries 429, 5xx and connection errors through tenacity:
-exponential backoff with jitter, or the server's ``Retry-After`` (seconds or an HTTP date),
-capped at ``max_retry_after`` seconds. ``timeout`` bounds each network phase; ``deadline``
-bounds a whole call, retries and waits included, and ``max_reply_bytes`` the body read. A
-reply that is not a valid ranking of the documents sent (an index twice or outside them, a
-score that is not a finite number, fewer or more results than asked for) is a
-``RerankitError`` naming what is wrong.
+connections are reused — naming the served model in the body's ``model`` field when given (a
+server holding several picks by it; without one, its first answers). It retries 429, 5xx and
+connection errors through tenacity: exponential backoff with jitter, or the server's
+``Retry-After`` (seconds or an HTTP date), capped at ``max_retry_after`` seconds. ``timeout``
+bounds each network phase; ``deadline`` bounds a whole call, retries and waits included, and
+``max_reply_bytes`` the body read. A reply that is not a valid ranking of the documents sent
+(an index twice or outside them, a score that is not a finite number, fewer or more results
+than asked for) is a ``RerankitError`` naming what is wrong.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ class RemoteBackend:
         timeout: float = 30.0,
         max_retries: int = 3,
         backoff: float = 0.5,
-        model: str = "rerankit",
+        model: str | None = None,
         max_retry_after: float = 30.0,
         deadline: float = DEFAULT_DEADLINE,
         max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
@@ -145,7 +146,8 @@ class RemoteBackend:
         self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
         self.max_retry_after = max_retry_after
         self.deadline, self.max_reply_bytes = float(deadline), int(max_reply_bytes)
-        self.name = model
+        self.model = model  # the served model's name, sent with each request
+        self.name = model or "rerankit"
         self._loop_thread: _LoopThread | None = None
         self._stop_loop_thread: weakref.finalize | None = None  # runs once: at close() or collection
         # One async client per event loop: a connection pool is bound to the loop it was made on.
@@ -238,7 +240,9 @@ class RemoteBackend:
             raise RerankitError(f"{self.url}: {exc}") from None
 
     def _body(self, query: str, texts: Sequence[str], top_n: int | None, first_stage=None) -> dict:
-        body = {"model": self.name, "query": query, "documents": list(texts), "top_n": top_n}
+        body = {"query": query, "documents": list(texts), "top_n": top_n}
+        if self.model is not None:
+            body["model"] = self.model
         if first_stage is not None:  # rerankit's extension: the server fuses with it
             body["first_stage_scores"] = [float(s) for s in first_stage]
         return body
@@ -360,11 +364,13 @@ def make_backend(
     deadline: float = DEFAULT_DEADLINE,
     max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
 ):
-    """Exactly one of ``reranker`` (a loaded Reranker), ``model`` (a path) or ``base_url``."""
+    """Exactly one of ``reranker`` (a loaded Reranker), ``model`` (a path) or ``base_url``; with
+    ``base_url``, ``model`` may name the model to use among those the server holds."""
+    remote_model = model if base_url is not None else None
     given = [
         name
         for name, value in (("reranker", reranker), ("model", model), ("base_url", base_url))
-        if value is not None
+        if value is not None and not (name == "model" and remote_model is not None)
     ]
     if len(given) != 1:
         raise ValueError(f"give exactly one of reranker, model or base_url (got {given or 'none'})")
@@ -374,6 +380,7 @@ def make_backend(
             api_key,
             timeout,
             max_retries,
+            model=remote_model,
             deadline=deadline,
             max_reply_bytes=max_reply_bytes,
         )

@@ -3,6 +3,7 @@
     from rerankit.integrations.langchain import RerankitCompressor
     compressor = RerankitCompressor(model="outputs/run1", top_n=5)              # in-process
     compressor = RerankitCompressor(base_url="http://127.0.0.1:8080", top_n=5)  # rerankit server
+    compressor = RerankitCompressor(base_url="http://127.0.0.1:8080", model="legal")  # one of its models
     retriever = ContextualCompressionRetriever(base_compressor=compressor, base_retriever=base)
     chain = {"documents": base, "query": RunnablePassthrough()} | compressor.as_runnable()
 
@@ -36,7 +37,9 @@ class RerankitCompressor(BaseDocumentCompressor):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    model: str | None = None  # run folder, exported folder or HF id (in-process)
+    # Run folder, exported folder or HF id (in-process); with base_url, the name of the model
+    # to use on a server that holds several.
+    model: str | None = None
     base_url: str | None = None  # a rerankit server instead
     api_key: str | None = None
     top_n: int | None = 3  # None keeps every document

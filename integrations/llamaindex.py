@@ -37,7 +37,10 @@ class RerankitRerank(BaseNodePostprocessor):
     """Reranks retrieved nodes with a rerankit model, in-process or over HTTP."""
 
     top_n: int = Field(default=3, description="Nodes kept after reranking.")
-    model: str | None = Field(default=None, description="Run folder, export or HF id.")
+    model: str | None = Field(
+        default=None,
+        description="Run folder, export or HF id; with base_url, the served model's name.",
+    )
     base_url: str | None = Field(default=None, description="A rerankit server instead.")
     api_key: str | None = Field(default=None)
     keep_retrieval_score: bool = Field(default=False)

@@ -146,7 +146,8 @@ class ServedModel:
         self.name, self.settings, self.metrics = name, settings, metrics
         self.current: LoadedModel | None = None
         self.load_error: str | None = None
-        self._reloading = asyncio.Lock()
+        # held by the first load and each reload: one load of this model at a time
+        self._loading = asyncio.Lock()
 
     @property
     def status(self) -> str:
@@ -160,24 +161,28 @@ class ServedModel:
         return loaded
 
     async def load(self, reranker=None) -> None:
-        """The first load (of ``reranker`` when given); a failure is kept for /health."""
-        try:
-            warmed = await asyncio.to_thread(load_reranker, self.settings, reranker)
-            self.current = await asyncio.to_thread(self._loaded, warmed)
-        except Exception as exc:  # reported by /health, never a crash of the server
-            log.error("could not load model %s (%s): %s", self.name, self.settings.model, exc)
-            self.load_error = str(exc)
-            return
+        """The first load (of ``reranker`` when given); a failure is kept for /health. A reload
+        asked for meanwhile is refused (409), so it cannot be overwritten by this older load."""
+        async with self._loading:
+            try:
+                warmed = await asyncio.to_thread(load_reranker, self.settings, reranker)
+                self.current = await asyncio.to_thread(self._loaded, warmed)
+            except Exception as exc:  # reported by /health, never a crash of the server
+                log.error("could not load model %s (%s): %s", self.name, self.settings.model, exc)
+                self.load_error = str(exc)
+                return
         self.metrics.ready.labels(model=self.name).set(1)
         log.info("model %s (%s) ready", self.name, self.settings.model)
 
     async def reload(self) -> LoadedModel:
-        """Load the folder again beside the version in service and swap it in; 409 when a
-        reload of this model is already running, 422 (the old version still serving) when the
-        folder does not load."""
-        if self._reloading.locked():
-            raise HTTPException(status_code=409, detail=f"model {self.name!r}: a reload is already running")
-        async with self._reloading:
+        """Load the folder again beside the version in service and swap it in; 409 when this
+        model is already loading, 422 (the old version still serving) when the folder does not
+        load."""
+        if self._loading.locked():
+            raise HTTPException(
+                status_code=409, detail=f"model {self.name!r} is already loading; retry when it is done"
+            )
+        async with self._loading:
             try:
                 warmed = await asyncio.to_thread(load_reranker, self.settings)
                 fresh = await asyncio.to_thread(self._loaded, warmed)
