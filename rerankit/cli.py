@@ -958,6 +958,14 @@ def _ray_serve_options(func):
     "not depend on batch neighbours).",
 )
 @click.option("--model-name", default="rerankit", show_default=True, help="Name echoed in responses.")
+@click.option(
+    "--merge",
+    type=click.Choice(["auto", "always", "never"]),
+    default="auto",
+    show_default=True,
+    help="LoRA runs of one base: merged copies each (always), one shared base with the adapters "
+    "beside it (never), or shared where it pays: several runs on a GPU or a large base (auto).",
+)
 @_ray_serve_options
 @_long_document_options
 @_prompt_option
@@ -980,6 +988,7 @@ def serve(
     request_read_timeout: float,
     max_connections: int,
     model_name: str,
+    merge: str,
     long_documents: str | None,
     window_aggregate: str | None,
     prompt: str | None,
@@ -1000,10 +1009,10 @@ def serve(
     The model is loaded (and checked to score) before the server starts: a model that does
     not load is a one-line error and exit code 2, never a server answering 503 forever.
     """
-    from rerankit.errors import ConfigError, ModelLoadError
+    from rerankit.errors import ConfigError
     from rerankit.server import ServerSettings, create_app
     from rerankit.server.model_specs import parse_model_options, read_models_file
-    from rerankit.server.served_models import load_reranker, served_models
+    from rerankit.server.served_models import load_models
     from rerankit.server.serving import run
 
     if bool(model_paths) == bool(models_file):
@@ -1013,6 +1022,7 @@ def serve(
         model=None if specs else model_paths[0],
         models=tuple(specs or ()),
         model_name=model_name,
+        merge=merge,
         dtype=dtype,
         api_key=api_key,
         max_batch_tokens=max_batch_tokens,
@@ -1040,14 +1050,7 @@ def serve(
         run_on_ray(settings, replicas, host, port, address=ray_address)
         return
     # every model loads (and scores) before the server starts: one that does not is exit 2
-    rerankers = {}
-    for served in served_models(settings)[0]:
-        try:
-            rerankers[served.name] = load_reranker(served.settings)
-        except RerankitError as exc:
-            if not specs:
-                raise
-            raise ModelLoadError(f"model {served.name}: {exc}") from None
+    rerankers = load_models(settings)
     run(create_app(settings, rerankers=rerankers), settings, host, port)
 
 

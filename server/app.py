@@ -55,8 +55,10 @@ from rerankit.server.served_models import (
     ServedModels,
     cross_batching,
     load_reranker,
+    load_shared,
     preloaded_for,
     served_models,
+    sharing_groups,
 )
 from rerankit.server.settings import ServerSettings
 from rerankit.server.text_prep import RequestTokenizer
@@ -440,11 +442,34 @@ def create_app(settings: ServerSettings, reranker=None, rerankers: dict | None =
     (by name) the models named; the others load from their folders."""
     models, metrics = served_models(settings)
     preloaded = preloaded_for(models, reranker, rerankers)
+    # runs of one base that load onto one copy of it (--merge), unless given already loaded
+    groups = [
+        group
+        for group in sharing_groups(models, settings.merge)
+        if not any(served.name in preloaded for served in group)
+    ]
+    grouped = {served.name for group in groups for served in group}
+
+    async def load_group(group: list[ServedModel]) -> None:
+        try:
+            loaded = await asyncio.to_thread(load_shared, group)
+        except Exception as exc:  # reported by /health for each model of the group
+            log.error("could not load models %s: %s", ", ".join(s.name for s in group), exc)
+            for served in group:
+                served.load_error = str(exc)
+            return
+        for served in group:
+            await served.load(loaded[served.name])
 
     @asynccontextmanager
     async def lifespan(app: Litestar):
         state = app.state
-        tasks = [asyncio.create_task(served.load(preloaded.get(served.name))) for served in models]
+        tasks = [asyncio.create_task(load_group(group)) for group in groups]
+        tasks += [
+            asyncio.create_task(served.load(preloaded.get(served.name)))
+            for served in models
+            if served.name not in grouped
+        ]
         state.signal_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerankit-signals")
         try:
             yield

@@ -79,6 +79,97 @@ def cross_batching(settings: ServerSettings, reranker) -> bool:
     return reranker.neighbour_independent
 
 
+# Base weights (bytes on disk) from which "auto" shares one copy among the runs of a base on a
+# CPU: below it merged copies are cheap to hold and faster (benchmarks/results/adapters.md).
+SHARE_FROM_BASE_BYTES = 2_000_000_000
+
+
+def _base_bytes(base: str) -> int:
+    from rerankit.loading import resolve_model_path
+
+    folder = Path(resolve_model_path(base))
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors")) if folder.is_dir() else 0
+
+
+def sharing_groups(models: ServedModels, merge: str) -> list[list[ServedModel]]:
+    """The served models that load onto one shared base, group by group (``--merge``): LoRA
+    run folders of one base read alike (device, dtype, torch). ``never``: every such group,
+    even of one run; ``auto``: groups of several runs on a GPU, or of a large base."""
+    from rerankit.inference import default_device
+    from rerankit.shared_adapters import adapter_base
+
+    if merge == "always":
+        return []
+    by_base: dict[tuple, list[ServedModel]] = {}
+    for served in models:
+        settings = served.settings
+        if settings.backend not in ("auto", "torch") or settings.dtype == "int8":
+            continue
+        try:
+            base = adapter_base(settings.model)
+        except RerankitError:  # a broken manifest: the model's own load reports it
+            base = None
+        if base is not None:
+            by_base.setdefault((base, settings.device, settings.dtype), []).append(served)
+    groups = []
+    for (base, device, _), group in by_base.items():
+        on_cpu = (device or default_device()) == "cpu"
+        pays = len(group) > 1 and (not on_cpu or _base_bytes(base[0]) >= SHARE_FROM_BASE_BYTES)
+        if merge == "never" or pays:
+            groups.append(group)
+    return groups
+
+
+def load_shared(group: list[ServedModel]) -> dict:
+    """The rerankers of ``group``, on one copy of their base, warmed; by name."""
+    from rerankit.shared_adapters import SharedBase
+
+    first = group[0].settings
+    shared = SharedBase.load(
+        {served.name: served.settings.model for served in group},
+        device=first.device,
+        dtype=first.dtype,
+        allow_pickle=first.allow_pickle,
+        backend="torch",
+    )
+    return {
+        served.name: load_reranker(
+            served.settings,
+            shared.reranker(
+                served.name,
+                long_documents=served.settings.long_documents,
+                prompt=served.settings.prompt,
+                ensemble=served.settings.ensemble,
+            ),
+        )
+        for served in group
+    }
+
+
+def load_models(settings: ServerSettings) -> dict:
+    """Every model ``settings`` name, loaded and warmed (runs of one base sharing it, as
+    ``settings.merge`` says), by name; the first that fails raises, naming its model."""
+    models, _ = served_models(settings)
+    named = bool(settings.models)
+    rerankers: dict = {}
+    for group in sharing_groups(models, settings.merge):
+        try:
+            rerankers.update(load_shared(group))
+        except RerankitError as exc:
+            names = ", ".join(served.name for served in group)
+            raise ModelLoadError(f"models {names} (one shared base): {exc}") from None
+    for served in models:
+        if served.name in rerankers:
+            continue
+        try:
+            rerankers[served.name] = load_reranker(served.settings)
+        except RerankitError as exc:
+            if not named:
+                raise
+            raise ModelLoadError(f"model {served.name}: {exc}") from None
+    return rerankers
+
+
 def model_facts(reranker) -> dict:
     """What ``GET /v1/models`` tells of a loaded model."""
     from rerankit import run_folder
@@ -94,6 +185,8 @@ def model_facts(reranker) -> dict:
         precision = reranker.model.precision
     return {
         "base_model": base,
+        # one copy of the base with the adapter beside it (rerankit.shared_adapters), or merged
+        "shared_base": getattr(reranker.model, "shared", None) is not None,
         "runtime": runtime,
         "precision": precision,
         "max_length": reranker.max_length,

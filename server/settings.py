@@ -51,6 +51,10 @@ class ServerSettings:
     # graph that failed its accuracy gate may run.
     backend: str = "auto"
     allow_failed_gate: bool = False
+    # LoRA runs of one base: "always" loads each merged into its own copy of the base, "never"
+    # keeps one copy of the base with the adapters beside it (rerankit.shared_adapters), "auto"
+    # shares where it pays (several runs of a base on a GPU, or a large base).
+    merge: str = "auto"
     # auto: the run's self-ensemble (rerankit.ensemble) when it has one; none: the cross-encoder alone
     ensemble: str = "auto"
     # Bearer token required on the rerank routes; None leaves them open.
@@ -88,6 +92,8 @@ class ServerSettings:
     retry_after_s: int = 1
 
     def __post_init__(self) -> None:
+        if self.merge not in ("auto", "always", "never"):
+            raise ConfigError(f"ServerSettings.merge: expected auto, always or never, got {self.merge!r}")
         if (self.model is None) == (not self.models):
             raise ConfigError("ServerSettings: give either model (one model) or models (named models)")
         # A zero or negative limit would refuse every request, never batch, or never time out.
