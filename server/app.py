@@ -53,7 +53,6 @@ from rerankit.server.served_models import (
     LoadedModel,
     ServedModel,
     ServedModels,
-    cross_batching,
     load_reranker,
     load_shared,
     preloaded_for,
@@ -66,7 +65,6 @@ from rerankit.server.worker import Overloaded
 
 __all__ = ["create_app", "load_reranker"]
 log = logging.getLogger(__name__)
-_cross_batching = cross_batching  # the name tests and older callers import
 
 
 def _field_error(key: str, message: str) -> ValidationException:

@@ -275,6 +275,10 @@ class ServedModel:
             raise HTTPException(
                 status_code=409, detail=f"model {self.name!r} is already loading; retry when it is done"
             )
+        # a client that hangs up does not stop a reload half-way (a worker started, not swapped in)
+        return await asyncio.shield(self._reload())
+
+    async def _reload(self) -> LoadedModel:
         async with self._loading:
             try:
                 warmed = await asyncio.to_thread(load_reranker, self.settings)

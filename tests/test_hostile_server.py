@@ -288,7 +288,7 @@ def test_cross_batching_is_on_by_default_only_in_fp32(tiny_bert_run, make_client
     client's pairs with another's; fp32 scores do not, so merging is safe there."""
     from rerankit import Reranker
     from rerankit.server import ServerSettings
-    from rerankit.server.app import _cross_batching
+    from rerankit.server.served_models import cross_batching as _cross_batching
 
     half = Reranker.load(tiny_bert_run[0].output_dir, device="cpu", dtype="bfloat16")
     full = Reranker.load(tiny_bert_run[0].output_dir, device="cpu", dtype="float32")
