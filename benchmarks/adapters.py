@@ -20,8 +20,9 @@ then runs in its own process, so its memory is its own:
 The load: ``requests`` SQuAD questions × ``docs`` paragraphs each, request i for adapter
 i mod N, all waiting at once, as a server's queue holds them: merged scores each model's
 requests together, shared scores them all in token-budget batches. Memory is the process's
-resident set after loading and one warm-up pass, less before loading (Linux ``VmRSS``; the
-weights are mapped from their files lazily, so the pass makes them resident). fp32 on the CPU; the median of
+resident set once the models are loaded and every weight read, less before loading (Linux
+``VmRSS``; weights are mapped from their files lazily): what the models hold, not the
+activations of a batch. fp32 on the CPU; the median of
 ``repeats`` passes. Writes benchmarks/results/adapters.{json,md} with the date, commit and the
 CPU's flags.
 """
@@ -146,6 +147,11 @@ def run_row(layout: str, folders: list[Path], load: list, repeats: int) -> dict:
             model.load_adapter(str(folder / sub), adapter_name=name)
         shared = SharedBase(model.eval(), tokenizer, dict.fromkeys(names, Path()), {}, MAX_LENGTH)
         assert shared.mixable is (layout == "mixed")
+        models = [shared.model]
+    for model in models:  # every weight read once: they are mapped from their files lazily
+        for param in model.parameters():
+            param.sum()
+    held = rss_bytes() - before
 
     # request i is for adapter i mod N; all are waiting at once
     by_adapter: dict[int, list[tuple[str, str]]] = {}
@@ -166,8 +172,7 @@ def run_row(layout: str, folders: list[Path], load: list, repeats: int) -> dict:
             shared.score(queries, docs, tags)
         return pairs / (time.perf_counter() - started)
 
-    one_pass()  # warm-up: every weight read (safetensors are mapped lazily), kernels ready
-    held = rss_bytes() - before
+    one_pass()  # warm-up
     rates = [one_pass() for _ in range(repeats)]
     return {
         "layout": layout,
@@ -230,7 +235,7 @@ def main() -> None:
         f"# LoRA rerankers of one base: merged copies against one shared base ({BASE}, fp32, CPU)",
         "",
         f"{args.requests} requests × {args.docs} SQuAD paragraphs, request i for adapter i mod N, all "
-        "waiting at once; memory: resident set after loading and a warm-up pass, less before loading. "
+        "waiting at once; memory: resident set once loaded with every weight read, less before loading. "
         f"CPU: {name}; flags: "
         f"{', '.join(flags) or 'none of ' + ', '.join(FLAGS_OF_INTEREST)}; median of {args.repeats} "
         f"passes; {result['date']}, commit {result['commit']}. The machine was shared with other "
