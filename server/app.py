@@ -492,7 +492,7 @@ def create_app(settings: ServerSettings, reranker=None, rerankers: dict | None =
         guards=[_api_key_guard],
         state=State({"settings": settings, "metrics": metrics, "models": models, "signal_pool": None}),
         lifespan=[lifespan],
-        middleware=[http_metrics_config(models.first.name).middleware],
+        middleware=[http_metrics_config(settings.model_name).middleware],
         exception_handlers={
             ValidationException: _validation_error,
             UnicodeDecodeError: _bad_body,
