@@ -178,11 +178,10 @@ def model_facts(reranker) -> dict:
     base = reranker.source
     if source is not None and run_folder.is_run_folder(source):
         base = run_folder.read_manifest(source).get("base_model", base)
-    runtime = getattr(reranker.model, "backend", None)  # a compiled graph names its runtime
-    if runtime is None:
+    info = getattr(reranker, "backend_info", None) or {}  # what Reranker.load picked to run
+    runtime, precision = info.get("backend"), info.get("precision")
+    if runtime is None:  # a reranker made without load: its torch weights tell
         runtime, precision = "torch", str(next(reranker.model.parameters()).dtype).removeprefix("torch.")
-    else:
-        precision = reranker.model.precision
     return {
         "base_model": base,
         # one copy of the base with the adapter beside it (rerankit.shared_adapters), or merged
