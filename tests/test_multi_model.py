@@ -200,8 +200,18 @@ def test_a_second_reload_while_one_runs_is_a_409(two_runs, monkeypatch):
     assert first[0].status_code == 200
 
 
-def test_model_options_and_the_models_file(tmp_path):
+def test_model_options_and_the_models_file(tmp_path, monkeypatch):
     assert parse_model_options(["outputs/run1"]) is None  # a bare path: one model, any name
+    (tmp_path / "run=2").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert parse_model_options(["run=2"]) is None  # an existing path, even with "="
+    assert [s.name for s in parse_model_options(["run=3"])] == ["run"]
+    with pytest.raises(ConfigError, match="give either model .one model. or models .named models."):
+        ServerSettings(model="x", models=(ModelSpec(name="a", path="y"),))
+    with pytest.raises(
+        ConfigError, match="ServerSettings.merge: expected auto, always or never, got 'sometimes'"
+    ):
+        ServerSettings(model="x", merge="sometimes")
     specs = parse_model_options(["a=outputs/run1", "b=org/model"])
     assert [(s.name, s.path) for s in specs] == [("a", "outputs/run1"), ("b", "org/model")]
     with pytest.raises(ConfigError, match="with several models each needs a name"):
