@@ -123,8 +123,13 @@ def _export(
             f"{run_dir} scores with a new classification head ({manifest.get('head') or 'seq_cls'}), "
             "which a causal LM cannot carry; --causal-lm needs a run trained with model.head: yes_no"
         )
-    reranker = Reranker.load(
-        run_dir, device="cpu", dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+    reranker = Reranker.load(  # the torch weights, even where the run carries its graphs
+        run_dir,
+        device="cpu",
+        dtype=dtype,
+        backend="torch",
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
     )
     tokenizer = reranker.tokenizer
     tokenizer.model_max_length = reranker.max_length

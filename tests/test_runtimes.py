@@ -338,3 +338,8 @@ def test_a_run_folder_carries_gated_graphs_and_serves_the_fastest(tiny_bert_dir,
     np.testing.assert_allclose(graph_fp32.score(pairs()), torch_fp32.score(pairs()), atol=1e-4)
     ranked = [r.index for r in graph_fp32.rerank(QUERY, DOCS)]
     assert ranked == [r.index for r in torch_fp32.rerank(QUERY, DOCS)]
+    # an export of such a run merges its torch weights, as for any run
+    from rerankit.export import export
+
+    exported = Reranker.load(export(run, tmp_path / "export"), backend="torch", dtype="float32")
+    np.testing.assert_allclose(exported.score(pairs()), torch_fp32.score(pairs()), atol=1e-5)
