@@ -494,3 +494,26 @@ def test_templates_say_whether_they_take_an_instruction():
     qwen3 = PRESETS["qwen3"]
     assert qwen3.takes_instruction and not PRESETS["plain"].takes_instruction
     assert dataclasses.replace(qwen3, instruction="x").head("q") == "<Instruct>: x\n<Query>: q\n<Document>: "
+
+
+def test_validation_scores_each_query_with_its_instruction(qwen3_reranker, tmp_path):
+    from rerankit.validation import ValidationSet, Validator
+
+    lines = [
+        {
+            "query_text": PAIRS[0][0],
+            "positives": [{"doc_id": "a", "text": PAIRS[0][1]}],
+            "instruction": INSTRUCTION,
+        },
+        {"query_text": PAIRS[1][0], "positives": [{"doc_id": "b", "text": PAIRS[1][1]}]},
+    ]
+    records, _ = read_records(write_jsonl(tmp_path / "valid.jsonl", lines))
+    reranker = qwen3_reranker
+    validator = Validator(
+        ValidationSet.from_records(records), reranker.tokenizer, MAX_LENGTH, prompt=reranker.prompt
+    )
+    expected = [
+        reranker.logits([PAIRS[0][0]], [PAIRS[0][1]], instruction=INSTRUCTION)[0],
+        reranker.logits([PAIRS[1][0]], [PAIRS[1][1]])[0],
+    ]
+    np.testing.assert_allclose(validator.scores(reranker.model), expected, atol=1e-5)
