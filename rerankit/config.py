@@ -223,12 +223,14 @@ class TrainingConfig(_Section):
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
     # Force the CPU even where a GPU is present.
     use_cpu: bool = False
-    # Multi-GPU sharding through the Trainer's own options, under torchrun or accelerate launch
-    # (configs/llm_fsdp.yaml): fsdp (true, or the Trainer's older strings such as "full_shard") with
-    # fsdp_config (a mapping, or a JSON file), or deepspeed (a DeepSpeed JSON file, or a mapping).
-    # One of the two, on a full-precision base (quantization.mode: none).
+    # Multi-GPU sharding by the Trainer's FSDP, under torchrun or accelerate launch
+    # (configs/llm_fsdp.yaml): true (or the Trainer's older strings such as "full_shard"). Not with
+    # deepspeed, and on a full-precision base (quantization.mode: none).
     fsdp: bool | str | None = None
+    # The Trainer's fsdp_config: a mapping (transformer_layer_cls_to_wrap, ...) or a JSON file.
     fsdp_config: dict[str, Any] | str | None = None
+    # Sharding by DeepSpeed instead (the Trainer's deepspeed): a DeepSpeed JSON file or a mapping
+    # (ZeRO stage 2 or 3), on a full-precision base.
     deepspeed: dict[str, Any] | str | None = None
 
     @model_validator(mode="after")
