@@ -24,8 +24,11 @@ its own process, so its peak is its own:
 One step is ``groups`` queries × ``docs`` documents × ``length`` tokens (random token ids; the
 cost does not depend on the text). The first step is a warm-up; the table gives the median of
 the others. Precision is the one ``fit`` would pick (``training.precision: auto``): bf16 where
-the hardware runs it natively, else fp32 — the row says which. Runs unchanged on a GPU machine;
-a row that does not fit says so. Writes benchmarks/results/llm_memory_<device>.{json,md}.
+the hardware runs it natively, else fp32 — the row says which. Runs unchanged on a GPU machine
+(QLoRA's 4-bit model is placed on the GPU as ``fit`` places it; ``--attn`` picks the attention
+kernel, ``model.attn_implementation``: auto is flash-attention 2 where the flash-attn package is
+installed, else sdpa; the row records the one used); a row that does not fit says so. Writes
+benchmarks/results/llm_memory_<device>.{json,md}.
 """
 
 from __future__ import annotations
@@ -125,6 +128,7 @@ def measure_row(folder: Path, mode: str, args) -> dict:
                 "max_length": args.length,
                 "head": "seq_cls",
                 "prompt": {"template": "none"},
+                "attn_implementation": args.attn,
             },
             "quantization": {"mode": "4bit" if mode == "qlora" else "none"},
             "lora": {"enabled": mode != "full", "r": 16, "alpha": 32},
@@ -182,6 +186,7 @@ def measure_row(folder: Path, mode: str, args) -> dict:
         "precision": precision,
         "base_dtype": _frozen_dtype(model),
         "gradient_checkpointing": built.gradient_checkpointing,
+        "attention": getattr(model.config, "_attn_implementation", None) or "default",
     }
 
 
@@ -268,7 +273,7 @@ def run_row(size: str, mode: str, folder: Path, args) -> dict:
 def _shared(args) -> list[str]:
     return [
         *("--groups", str(args.groups), "--docs", str(args.docs), "--length", str(args.length)),
-        *("--steps", str(args.steps), "--optimizer", args.optimizer),
+        *("--steps", str(args.steps), "--optimizer", args.optimizer, "--attn", args.attn),
     ]
 
 
@@ -313,16 +318,18 @@ def write_results(rows: list[dict], args, out: Path) -> Path:
             f"built), less its size before the model was built; allocator: {meta['allocator']}."
         ),
         "",
-        "| model | params | method | precision (base) | trainable | held | peak memory | load | s / step |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|",
+        "| model | params | method | precision (base) | attention | trainable | held | peak memory | load "
+        "| s / step |",
+        "|---|---:|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['size']} | | {MODES[row['mode']]} | | | | {row['error']} | | |")
+            lines.append(f"| {row['size']} | | {MODES[row['mode']]} | | | | | {row['error']} | | |")
             continue
         lines.append(
             f"| {row['size']} | {row['params'] / 1e9:.2f} B | {MODES[row['mode']]} | "
-            f"{row['precision']} ({row['base_dtype']}) | {row['trainable_params'] / 1e6:.1f} M | "
+            f"{row['precision']} ({row['base_dtype']}) | {row.get('attention', '')} | "
+            f"{row['trainable_params'] / 1e6:.1f} M | "
             f"{row['held_mib'] / 1024:.2f} GiB | {row['peak_mib'] / 1024:.2f} GiB | "
             f"{row['load_peak_mib'] / 1024:.2f} GiB | {row['step_s']} |"
         )
@@ -349,6 +356,12 @@ def main() -> None:
         action="store_true",
         help="glibc returns freed memory at once (MALLOC_MMAP_THRESHOLD_=65536): the peak then "
         "counts what the tensors need, not what the allocator kept",
+    )
+    parser.add_argument(
+        "--attn",
+        default="auto",
+        choices=["auto", "sdpa", "eager", "flash_attention_2"],
+        help="Attention kernel (model.attn_implementation).",
     )
     parser.add_argument("--row-timeout", type=int, default=3600, help="Seconds a row may take.")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/rerankit-bench/llm_memory")

@@ -43,15 +43,27 @@ class LocalBackend:
         self.name = getattr(reranker, "source", "") or "rerankit"
 
     def rank(
-        self, query: str, texts: Sequence[str], top_n: int | None, first_stage: Sequence[float] | None = None
+        self,
+        query: str,
+        texts: Sequence[str],
+        top_n: int | None,
+        first_stage: Sequence[float] | None = None,
+        instruction: str | None = None,
     ) -> Ranked:
-        ranked = self.reranker.rerank(query, list(texts), top_k=top_n, first_stage=first_stage)
+        ranked = self.reranker.rerank(
+            query, list(texts), top_k=top_n, first_stage=first_stage, instruction=instruction
+        )
         return [(r.index, r.score) for r in ranked]
 
     async def arank(
-        self, query: str, texts: Sequence[str], top_n: int | None, first_stage: Sequence[float] | None = None
+        self,
+        query: str,
+        texts: Sequence[str],
+        top_n: int | None,
+        first_stage: Sequence[float] | None = None,
+        instruction: str | None = None,
     ) -> Ranked:
-        return await asyncio.to_thread(self.rank, query, texts, top_n, first_stage)
+        return await asyncio.to_thread(self.rank, query, texts, top_n, first_stage, instruction)
 
 
 class _Reply(NamedTuple):
@@ -239,12 +251,16 @@ class RemoteBackend:
         except httpx.HTTPError as exc:  # e.g. a body that does not decode
             raise RerankitError(f"{self.url}: {exc}") from None
 
-    def _body(self, query: str, texts: Sequence[str], top_n: int | None, first_stage=None) -> dict:
+    def _body(
+        self, query: str, texts: Sequence[str], top_n: int | None, first_stage=None, instruction=None
+    ) -> dict:
         body = {"query": query, "documents": list(texts), "top_n": top_n}
         if self.model is not None:
             body["model"] = self.model
         if first_stage is not None:  # rerankit's extension: the server fuses with it
             body["first_stage_scores"] = [float(s) for s in first_stage]
+        if instruction is not None:  # rerankit's extension: a decoder's task instruction
+            body["instruction"] = instruction
         return body
 
     async def _read_capped(self, response) -> bytes:
@@ -322,16 +338,26 @@ class RemoteBackend:
         return self._parse(reply, len(body["documents"]), body["top_n"])
 
     def rank(
-        self, query: str, texts: Sequence[str], top_n: int | None, first_stage: Sequence[float] | None = None
+        self,
+        query: str,
+        texts: Sequence[str],
+        top_n: int | None,
+        first_stage: Sequence[float] | None = None,
+        instruction: str | None = None,
     ) -> Ranked:
-        return self._runner().run(self.arank(query, texts, top_n, first_stage))
+        return self._runner().run(self.arank(query, texts, top_n, first_stage, instruction))
 
     async def arank(
-        self, query: str, texts: Sequence[str], top_n: int | None, first_stage: Sequence[float] | None = None
+        self,
+        query: str,
+        texts: Sequence[str],
+        top_n: int | None,
+        first_stage: Sequence[float] | None = None,
+        instruction: str | None = None,
     ) -> Ranked:
         from tenacity import AsyncRetrying
 
-        body = self._body(query, texts, top_n, first_stage)
+        body = self._body(query, texts, top_n, first_stage, instruction)
         retrying = AsyncRetrying(**self._policy())
         with self._final_errors(retrying):
             return await asyncio.wait_for(retrying(self._apost, body), timeout=self.deadline)

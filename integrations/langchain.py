@@ -47,6 +47,9 @@ class RerankitCompressor(BaseDocumentCompressor):
     # Metadata key holding the retriever's score of each document: when set, the order is the
     # reranker's fusion with it (learned on the run's validation set, else RRF).
     first_stage_key: str | None = None
+    # The task in words for a decoder reranker's prompt (Qwen3-Reranker's <Instruct>); None: the
+    # model's default. An encoder ignores it.
+    instruction: str | None = None
     timeout: float = 30.0  # seconds per network phase (connect, each read, ...)
     max_retries: int = 3
     deadline: float = DEFAULT_DEADLINE  # seconds for a whole remote call, retries included
@@ -79,7 +82,9 @@ class RerankitCompressor(BaseDocumentCompressor):
         if not documents:
             return []
         texts, first_stage = self._inputs(documents)
-        return self._select(documents, self._backend.rank(query, texts, self.top_n, first_stage))
+        return self._select(
+            documents, self._backend.rank(query, texts, self.top_n, first_stage, self.instruction)
+        )
 
     def _inputs(self, documents: Sequence[Document]) -> tuple[list[str], list[float] | None]:
         """The texts to score and, with ``first_stage_key``, each document's retriever score."""
@@ -103,7 +108,8 @@ class RerankitCompressor(BaseDocumentCompressor):
         if not documents:
             return []
         texts, first_stage = self._inputs(documents)
-        return self._select(documents, await self._backend.arank(query, texts, self.top_n, first_stage))
+        ranked = await self._backend.arank(query, texts, self.top_n, first_stage, self.instruction)
+        return self._select(documents, ranked)
 
     def as_runnable(self) -> Runnable:
         """A Runnable taking ``{"documents": [...], "query": str}`` (sync and async)."""

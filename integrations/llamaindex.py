@@ -49,6 +49,11 @@ class RerankitRerank(BaseNodePostprocessor):
         description="Order by the reranker's fusion with each node's retrieval score (learned on "
         "the run's validation set, else RRF); the node's score stays the reranker's.",
     )
+    instruction: str | None = Field(
+        default=None,
+        description="The task in words for a decoder reranker's prompt (Qwen3-Reranker's <Instruct>); "
+        "None: the model's default. An encoder ignores it.",
+    )
     timeout: float = Field(default=30.0, description="Seconds per network phase (connect, each read).")
     max_retries: int = Field(default=3)
     deadline: float = Field(
@@ -106,7 +111,8 @@ class RerankitRerank(BaseNodePostprocessor):
             return []
         query, texts = self._start(nodes, query_bundle)
         return self._finish(
-            nodes, self._backend.rank(query, texts, self.top_n, self._retrieval_scores(nodes))
+            nodes,
+            self._backend.rank(query, texts, self.top_n, self._retrieval_scores(nodes), self.instruction),
         )
 
     @dispatcher.span
@@ -116,5 +122,7 @@ class RerankitRerank(BaseNodePostprocessor):
         if not nodes:
             return []
         query, texts = self._start(nodes, query_bundle)
-        ranked = await self._backend.arank(query, texts, self.top_n, self._retrieval_scores(nodes))
+        ranked = await self._backend.arank(
+            query, texts, self.top_n, self._retrieval_scores(nodes), self.instruction
+        )
         return self._finish(nodes, ranked)

@@ -427,10 +427,10 @@ def score(
 @click.option("--out", required=True, help="Folder for the merged model.")
 @click.option(
     "--dtype",
-    type=click.Choice(["float32", "bfloat16", "float16"]),
+    type=click.Choice(["float32", "bfloat16", "float16", "auto"]),
     default="float32",
     show_default=True,
-    help="Precision of the merged weights.",
+    help="Precision of the merged weights (auto: bf16 for a decoder where a GPU is there, merged on it).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option(

@@ -44,7 +44,8 @@ class GroupCollator:
     to (the loss then scores a document by the aggregate of its windows: MaxP). When any group
     carries teacher scores, ``group_teacher`` holds them on the same grid and
     ``group_teacher_mask`` says where one is known. With ``score_injection`` each pair's query
-    carries its document's first-stage level (``rerankit.score_injection``).
+    carries its document's first-stage level (``rerankit.score_injection``). A group's
+    ``instruction`` is written into the template of each of its pairs.
     """
 
     def __init__(
@@ -63,7 +64,7 @@ class GroupCollator:
         import torch
 
         width = max(len(g.docs) for g in groups)
-        queries, docs, slots = [], [], []
+        queries, docs, slots, instructions = [], [], [], []
         labels = torch.zeros(len(groups), width, dtype=torch.long)
         mask = torch.zeros(len(groups), width, dtype=torch.bool)
         teacher = torch.zeros(len(groups), width)
@@ -71,6 +72,7 @@ class GroupCollator:
         for row, group in enumerate(groups):
             for col, (doc, label) in enumerate(zip(group.docs, group.labels)):
                 queries.append(self._query(group, col))
+                instructions.append(group.instruction)
                 docs.append(doc)
                 slots.append(row * width + col)
                 labels[row, col] = label
@@ -78,11 +80,17 @@ class GroupCollator:
             for col, score in enumerate(group.teacher):
                 if score is not None:
                     teacher[row, col], known[row, col] = score, True
+        given = instructions if any(i is not None for i in instructions) else None
         if self.long_documents.mode == "windows":
             queries, docs, owner = split_documents(
-                self.tokenizer, queries, docs, self.max_length, self.long_documents, self.prompt
+                self.tokenizer, queries, docs, self.max_length, self.long_documents, self.prompt, given
             )
-        batch = dict(encode_pairs(self.tokenizer, queries, docs, self.max_length, prompt=self.prompt))
+            given = None if given is None else [given[i] for i in owner]
+        batch = dict(
+            encode_pairs(
+                self.tokenizer, queries, docs, self.max_length, prompt=self.prompt, instructions=given
+            )
+        )
         batch.update(group_labels=labels, group_mask=mask, pair_slots=torch.tensor(slots, dtype=torch.long))
         if self.long_documents.mode == "windows":
             batch["window_owner"] = torch.tensor(owner, dtype=torch.long)

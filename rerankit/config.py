@@ -47,18 +47,21 @@ class PromptConfig(_Section):
     """How a pair is written for a decoder LLM (see rerankit.prompts)."""
 
     # auto: none for encoders; for decoders qwen3 when the tokenizer has ChatML tokens, else plain.
-    template: Literal["auto", "none", "qwen3", "plain", "custom"] = "auto"
-    # The task in words (qwen3's <Instruct>); null keeps the preset's.
+    # bge_gemma: bge-reranker-v2-gemma's layout, scored by the logit of "Yes" alone.
+    template: Literal["auto", "none", "qwen3", "bge_gemma", "plain", "custom"] = "auto"
+    # The default task in words (qwen3's <Instruct>); a record's or a call's own instruction wins.
+    # null keeps the preset's.
     instruction: str | None = None
     # custom only: text before the body.
     prefix: str = ""
     # custom only: the pair's text ({query} once, {instruction} optional, {document} last).
     body: str = "Query: {query}\nDocument: {document}"
-    # custom only: text after the document, where the answer is read.
+    # custom only: text after the document, where the answer is read ({instruction} optional).
     suffix: str = ""
     # Answer word of yes/no scoring for a relevant document (one token); null keeps the preset's.
     yes: str | None = None
-    # Answer word for an irrelevant document (one token); null keeps the preset's.
+    # Answer word for an irrelevant document (one token); null keeps the preset's; "" scores by
+    # the logit of yes alone.
     no: str | None = None
 
     @model_validator(mode="after")
@@ -89,7 +92,12 @@ class ModelConfig(_Section):
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     # seq_cls: a new score head on the last token; yes_no: logit("yes") - logit("no") of the LM
     # head (kept frozen, so the model stays a causal LM); auto: yes_no for decoders with a template.
+    # A …ForSequenceClassification checkpoint keeps its own trained score head under auto.
     head: Literal["auto", "seq_cls", "yes_no"] = "auto"
+    # Attention kernel: auto is flash_attention_2 for a decoder trained in bf16/fp16 on a GPU
+    # when the flash-attn package is installed, else sdpa (transformers' default). An explicit
+    # flash_attention_2 that cannot run falls back to sdpa with the reason logged.
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     # Write each document's first-stage score into the input (rerankit.score_injection): every
     # document of the training and validation files needs its "score" (rerankit mine
     # --teacher-scores), and the trained model ranks only with the first stage's scores given.
@@ -215,6 +223,23 @@ class TrainingConfig(_Section):
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
     # Force the CPU even where a GPU is present.
     use_cpu: bool = False
+    # Multi-GPU sharding by the Trainer's FSDP, under torchrun or accelerate launch
+    # (configs/llm_fsdp.yaml): true (or the Trainer's older strings such as "full_shard"). Not with
+    # deepspeed, and on a full-precision base (quantization.mode: none).
+    fsdp: bool | str | None = None
+    # The Trainer's fsdp_config: a mapping (transformer_layer_cls_to_wrap, ...) or a JSON file.
+    fsdp_config: dict[str, Any] | str | None = None
+    # Sharding by DeepSpeed instead (the Trainer's deepspeed): a DeepSpeed JSON file or a mapping
+    # (ZeRO stage 2 or 3), on a full-precision base.
+    deepspeed: dict[str, Any] | str | None = None
+
+    @model_validator(mode="after")
+    def _one_sharding(self) -> TrainingConfig:
+        if self.fsdp and self.deepspeed:
+            raise ValueError("fsdp and deepspeed are both set: choose one way to shard")
+        if self.fsdp_config is not None and not self.fsdp:
+            raise ValueError("fsdp_config is set but fsdp is not: set fsdp: true too")
+        return self
 
 
 class EvaluationConfig(_Section):
@@ -281,6 +306,16 @@ class TrainConfig(_Section):
     # on validation (rerankit.run_graphs), so Reranker.load(run) serves the fastest; none: torch.
     graphs: Literal["auto", "none"] = "auto"
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _sharding_needs_full_precision(self) -> TrainConfig:
+        sharded = "fsdp" if self.training.fsdp else "deepspeed" if self.training.deepspeed else None
+        if sharded and self.quantization.mode != "none":
+            raise ValueError(
+                f"training.{sharded} shards a full-precision base, but quantization.mode is "
+                f"'{self.quantization.mode}'; set quantization.mode: none"
+            )
+        return self
 
     @model_validator(mode="after")
     def _quantization_needs_lora(self) -> TrainConfig:

@@ -39,12 +39,29 @@ class RankContext:
     field: str = "first_stage"
     # The self-ensemble's signals of the documents (rerankit.ensemble), once computed.
     signals: Mapping[str, np.ndarray] | None = None
+    # The task instruction for a decoder's prompt template (None: the template's default), and
+    # how the caller named it.
+    instruction: str | None = None
+    instruction_field: str = "instruction"
 
     @classmethod
-    def build(cls, num_docs: int, first_stage=None, *, field: str = "first_stage") -> RankContext:
+    def build(
+        cls,
+        num_docs: int,
+        first_stage=None,
+        *,
+        field: str = "first_stage",
+        instruction: str | None = None,
+        instruction_field: str = "instruction",
+    ) -> RankContext:
         """Checked: ``first_stage`` is None, one score per document, or a list of such lists
-        (several retrievers); ContextError naming ``field`` (and the position) otherwise."""
-        return cls(num_docs, _score_arrays(first_stage, num_docs, field), field)
+        (several retrievers); ``instruction`` None or a non-blank string; ContextError naming
+        ``field`` (and the position) or ``instruction_field`` otherwise."""
+        if instruction is not None and (not isinstance(instruction, str) or not instruction.strip()):
+            shown = repr(instruction) if isinstance(instruction, str) else type(instruction).__name__
+            raise ContextError(instruction_field, f"expected a non-empty string or null, got {shown}")
+        scores = _score_arrays(first_stage, num_docs, field)
+        return cls(num_docs, scores, field, instruction=instruction, instruction_field=instruction_field)
 
     def require_first_stage(self, why: str) -> np.ndarray:
         if not self.first_stage:

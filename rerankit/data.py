@@ -5,7 +5,9 @@ One line is one query::
     {"query_text": "...", "positives": [{"doc_id": "p1", "text": "..."}],
      "negatives": [{"doc_id": "n1", "text": "..."}], "source_chunk": "c1", "meta": {...}}
 
-``negatives`` (mined hard negatives), ``source_chunk`` and ``meta`` are optional. A document may
+``negatives`` (mined hard negatives), ``source_chunk``, ``meta`` and ``instruction`` are optional.
+``instruction`` is the query's task in words, written into a decoder's prompt template (e.g.
+Qwen3-Reranker's ``<Instruct>``) in place of the config's default; an encoder ignores it. A document may
 carry a teacher ``"score"`` (a finite number: a stronger model's or the first stage's score for
 this query, as ``rerankit mine --teacher-scores`` writes it), which ``loss.distillation`` trains
 towards.
@@ -59,6 +61,8 @@ class QueryRecord:
     negatives: tuple[Doc, ...] = ()
     source_chunk: str | None = None
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # The query's task instruction for a decoder's template; None: the template's default.
+    instruction: str | None = None
 
     @property
     def key(self) -> str:
@@ -75,6 +79,8 @@ class QueryRecord:
             line["source_chunk"] = self.source_chunk
         if self.meta:
             line["meta"] = self.meta
+        if self.instruction is not None:
+            line["instruction"] = self.instruction
         return line
 
 
@@ -195,7 +201,7 @@ def _dedupe(docs: Iterable[Doc], seen_ids: set[str], report: DataReport) -> list
     return kept
 
 
-_KEYS = {"query_text", "positives", "negatives", "source_chunk", "meta"}
+_KEYS = {"query_text", "positives", "negatives", "source_chunk", "meta", "instruction"}
 
 
 def parse_line(
@@ -222,6 +228,10 @@ def parse_line(
     meta = obj.get("meta") or {}
     if not isinstance(meta, dict):
         raise DataError(f"must be an object, got {type(meta).__name__}", field="meta", **where)
+    instruction = obj.get("instruction")
+    if instruction is not None and (not isinstance(instruction, str) or not instruction.strip()):
+        shown = repr(instruction) if isinstance(instruction, str) else type(instruction).__name__
+        raise DataError(f"must be a non-empty string or null, got {shown}", field="instruction", **where)
 
     seen: set[str] = set()
     positives = _dedupe(positives, seen, report)
@@ -237,17 +247,24 @@ def parse_line(
         report.dropped_lines_without_positive += 1
         return None
     return QueryRecord(
-        query.strip(), tuple(positives), tuple(negatives), None if chunk is None else str(chunk), meta
+        query.strip(),
+        tuple(positives),
+        tuple(negatives),
+        None if chunk is None else str(chunk),
+        meta,
+        instruction,
     )
 
 
 def _merge(records: list[QueryRecord], report: DataReport) -> list[QueryRecord]:
-    """Merge records of the same normalized query, keeping first-seen order."""
-    by_key: dict[str, QueryRecord] = {}
+    """Merge records of the same normalized query and instruction, keeping first-seen order (the
+    same query under two instructions is two tasks: two records, split to the same side)."""
+    by_key: dict[tuple[str, str | None], QueryRecord] = {}
     for rec in records:
-        first = by_key.get(rec.key)
+        key = (rec.key, rec.instruction)
+        first = by_key.get(key)
         if first is None:
-            by_key[rec.key] = rec
+            by_key[key] = rec
             continue
         report.merged_duplicate_queries += 1
         seen = {d.doc_id for d in first.positives}
@@ -259,8 +276,8 @@ def _merge(records: list[QueryRecord], report: DataReport) -> list[QueryRecord]:
                 continue
             neg_ids.add(doc.doc_id)
             negatives.append(doc)
-        by_key[rec.key] = QueryRecord(
-            first.query, positives, tuple(negatives), first.source_chunk, first.meta
+        by_key[key] = QueryRecord(
+            first.query, positives, tuple(negatives), first.source_chunk, first.meta, first.instruction
         )
     return list(by_key.values())
 

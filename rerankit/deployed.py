@@ -75,8 +75,9 @@ def deployed_validation(
             first_stage.append(tuple(float(row[i]) for i in top))
             missed.append(len(wanted) - len(hits))
             found, total = found + len(hits), total + len(wanted)
+    instructions = tuple(r.instruction for r in records) if any(r.instruction for r in records) else ()
     vset = ValidationSet(
-        tuple(queries), tuple(candidates), tuple(relevant), tuple(first_stage), tuple(missed)
+        tuple(queries), tuple(candidates), tuple(relevant), tuple(first_stage), tuple(missed), instructions
     )
     summary = {
         "first_stage": method,

@@ -13,10 +13,18 @@ signals (``rerankit.ensemble``) are written beside the model in ``ensemble/``.
 
 A decoder LLM run exports the same way, with its prompt template twice: in
 ``rerankit_export.json`` (read by ``Reranker.load``) and as the tokenizer's chat template over
-a ``query``/``document`` message pair, which sentence-transformers' ``CrossEncoder`` applies
-by itself. A yes/no run's classifier is the converted one: its one-label head is
+a ``query``/``document`` message pair (a ``system`` message is the instruction), which
+sentence-transformers' ``CrossEncoder`` applies by itself (``>=6.0``: over-long documents keep
+the template's suffix there too). It is the classifier's only chat template: sentence-transformers
+reads a tokenizer with several named ones as taking structured message content, which the
+template does not. A yes/no run's classifier is the converted one: its one-label head is
 ``W[yes] − W[no]``. ``causal_lm`` also writes the merged causal LM (Qwen3-Reranker layout:
-the score is ``logit(yes) − logit(no)`` at the last position), for tools that serve those.
+the score is ``logit(yes) − logit(no)`` at the last position), for tools that serve those; its
+tokenizer keeps the model's own chat template as the default (a chat model stays one), with
+the reranker's beside it under the name ``rerankit``.
+
+``dtype="auto"`` writes a decoder's merged weights in bf16 when a GPU is there (the merge then
+runs on it), fp32 otherwise.
 """
 
 from __future__ import annotations
@@ -37,6 +45,27 @@ from rerankit.graph_export import DEFAULT_TOLERANCE, failures, gate_record, run_
 from rerankit.prompts import EXPORT_INFO, reserved_strings
 from rerankit.runtimes import describe
 
+# The name the reranker's chat template is stored under beside the tokenizer's own.
+CHAT_TEMPLATE_NAME = "rerankit"
+
+
+def export_dtype(dtype: str, decoder: bool, device: str) -> str:
+    """The precision an export writes: ``dtype``, or for ``auto`` bf16 for a decoder merged on a
+    GPU (half the size, the precision it serves in) and fp32 for the rest."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if decoder and device == "cuda" else "float32"
+
+
+def chat_templates(own, reranker_template: str) -> dict[str, str]:
+    """A causal LM export's named chat templates: its ``own`` (None, one, or several by name),
+    the default where it has one, and the reranker's under ``CHAT_TEMPLATE_NAME`` (the default
+    too when the model has none)."""
+    templates = dict(own) if isinstance(own, dict) else ({"default": own} if own else {})
+    templates[CHAT_TEMPLATE_NAME] = reranker_template
+    templates.setdefault("default", reranker_template)
+    return templates
+
 
 def export(
     run_dir: str | Path,
@@ -56,6 +85,8 @@ def export(
 ) -> Path:
     """Merge the run's adapter into its base and write it to ``out``; returns ``out``.
 
+    ``dtype``: float32, bfloat16, float16, or auto (``export_dtype``). A half-precision export
+    is merged on the GPU when there is one.
     ``causal_lm``: also write the merged causal LM there (yes/no runs only).
 
     ``formats`` (``openvino``, ``onnx``): also write CPU graphs of the model, fp32 and, with
@@ -109,10 +140,15 @@ def _export(
     calibration_pairs: Sequence[tuple[str, str]] | None,
 ) -> Path:
     """``export`` once its destinations are locked and checked."""
+    import torch
+
     from rerankit import __version__
     from rerankit.inference import Reranker
 
     manifest = run_folder.read_manifest(run_dir)
+    gpu = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = export_dtype(dtype, manifest.get("prompt") is not None, gpu)
+    device = gpu if dtype != "float32" else "cpu"
     if quantize and not formats:
         raise RerankitError("--quantize applies to a graph: give --format openvino or --format onnx")
     if formats and dtype != "float32":
@@ -125,7 +161,7 @@ def _export(
         )
     reranker = Reranker.load(  # the torch weights, even where the run carries its graphs
         run_dir,
-        device="cpu",
+        device=device,
         dtype=dtype,
         backend="torch",
         trust_remote_code=trust_remote_code,
@@ -133,10 +169,12 @@ def _export(
     )
     tokenizer = reranker.tokenizer
     tokenizer.model_max_length = reranker.max_length
+    own_template, reranker_template = tokenizer.chat_template, None
     if reranker.prompt is not None:
         leading, trailing = (tokenizer.decode(ids) for ids in special_tokens_around(tokenizer))
         reserved = reserved_strings(tokenizer)
-        tokenizer.chat_template = reranker.prompt.chat_template(leading, trailing, reserved)
+        reranker_template = reranker.prompt.chat_template(leading, trailing, reserved)
+        tokenizer.chat_template = reranker_template
     calibration = reranker.calibration
     # A calibration fitted on the ensemble's score cannot live in the cross-encoder's head: it
     # is recorded, and the head keeps the logits the ensemble weighs.
@@ -189,6 +227,8 @@ def _export(
     _write(out, reranker.model, tokenizer, record, extras)
     if causal_lm is not None:
         model = _causal_lm(manifest, reranker, dtype, trust_remote_code, allow_pickle)
+        if reranker_template is not None:  # a chat model stays one: its own template stays the default
+            tokenizer.chat_template = chat_templates(own_template, reranker_template)
         _write(
             Path(causal_lm),
             model,

@@ -176,7 +176,7 @@ def evaluate_seed_file(reranker, path: str | Path, *, recall_at: int = 10) -> di
         require_scores(records, path, "this model (trained with score injection)")
     vset = ValidationSet.from_records(records)
     model_queries, docs = vset.flat_pairs(reranker.score_injection)  # as the model reads them
-    logits = reranker.input_logits(model_queries, docs)[0]
+    logits = reranker.input_logits(model_queries, docs, vset.flat_instructions())[0]
     final = reranker.final_scores(logits, reranker.signal_scores(vset.flat_pairs()[0], docs))
     scores = vset.split_scores(final)
     bm25 = bm25_candidate_scores(vset.queries, vset.candidates)

@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from rerankit import run_folder
 from rerankit.calibration import Calibration
 from rerankit.config import LongDocumentsConfig
-from rerankit.context import RankContext
+from rerankit.context import ContextError, RankContext
 from rerankit.encoding import check_template, render_pair
 from rerankit.ensemble import ENCODER_DIR, ENSEMBLE_DIR, Ensemble, load_signals
 from rerankit.errors import ConfigError, ModelLoadError, RerankitError, short_reason
@@ -349,16 +349,24 @@ class Reranker:
         reranker.backend_info = _backend_info(reranker, runtime)
         return reranker
 
-    def score(self, pairs: Sequence[tuple[str, str]], *, raw: bool = False, first_stage=None) -> list[float]:
+    def score(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        raw: bool = False,
+        first_stage=None,
+        instruction: str | None = None,
+    ) -> list[float]:
         """Scores of (query, document) pairs, in input order.
 
         ``first_stage``: one retriever score per pair, which a model trained with score injection
         reads (required there; pairs that share a query are one candidate list for its levels).
+        ``instruction``: as in ``rerank``, for every pair.
         """
         if not pairs:
             return []
         queries, docs = zip(*pairs)
-        logits = self.logits(queries, docs, first_stage=first_stage)
+        logits = self.logits(queries, docs, first_stage=first_stage, instruction=instruction)
         final = self.final_scores(logits, self.signal_scores(queries, docs))
         return (final if raw else self.probabilities(final)).tolist()
 
@@ -416,8 +424,14 @@ class Reranker:
         *,
         raw: bool = False,
         first_stage=None,
+        instruction: str | None = None,
     ) -> RerankResults:
         """Rank ``docs`` for ``query``, best first (ties keep input order).
+
+        ``instruction``: the task in words, written into a decoder's prompt template (Qwen3-
+        Reranker's ``<Instruct>``, bge-reranker-v2-gemma's closing prompt) in place of its default;
+        a ContextError when the template has no place for one. An encoder has no template and
+        ignores it.
 
         ``first_stage``: the retriever's scores of ``docs`` (higher is better), or a list of
         several retrievers' scores (say BM25's and a bi-encoder's, the parts of a hybrid
@@ -430,7 +444,8 @@ class Reranker:
             raise ValueError(f"top_k must be at least 0 (or None for all), got {top_k}")
         if not docs:
             return RerankResults()
-        return self.rerank_with(query, docs, RankContext.build(len(docs), first_stage), top_k, raw=raw)
+        context = RankContext.build(len(docs), first_stage, instruction=instruction)
+        return self.rerank_with(query, docs, context, top_k, raw=raw)
 
     def rerank_with(
         self,
@@ -447,7 +462,9 @@ class Reranker:
             raise ValueError(f"top_k must be at least 0 (or None for all), got {top_k}")
         if not docs:
             return RerankResults()
-        logits = self.input_logits(self.model_queries(query, context), docs)[0]
+        logits = self.input_logits(
+            self.model_queries(query, context), docs, self.model_instructions(context)
+        )[0]
         return self.results(query, docs, logits, context, top_k, raw=raw)
 
     def with_signals(self, query: str, docs: Sequence[str], context: RankContext) -> RankContext:
@@ -486,6 +503,19 @@ class Reranker:
         context's field when that model gets none."""
         return self._pair_queries([query] * context.num_docs, context)
 
+    def model_instructions(self, context: RankContext) -> list[str] | None:
+        """The context's instruction once per document, as the model's template reads it; None
+        when there is none or the model has no template (an encoder ignores it); ContextError
+        naming the context's field when the template has no place for one."""
+        if context.instruction is None or self.prompt is None:
+            return None
+        if not self.prompt.takes_instruction:
+            raise ContextError(
+                context.instruction_field,
+                f"this model's {self.prompt.name} prompt template has no place for an instruction",
+            )
+        return [context.instruction] * context.num_docs
+
     def _pair_queries(self, queries: Sequence[str], context: RankContext) -> list[str]:
         if self.score_injection is None:
             return list(queries)
@@ -502,27 +532,32 @@ class Reranker:
                 out[i] = injected
         return out
 
-    def logits(self, queries: Sequence[str], docs: Sequence[str], *, first_stage=None) -> np.ndarray:
+    def logits(
+        self, queries: Sequence[str], docs: Sequence[str], *, first_stage=None, instruction: str | None = None
+    ) -> np.ndarray:
         """Raw scores of the pairs (queries[i], docs[i]) as one fp32 array, in input order.
 
-        ``first_stage`` as in ``score``. An empty or whitespace-only document has nothing to
-        rank by and is refused (ValueError naming its position); so is a query that fills the
+        ``first_stage`` and ``instruction`` as in ``score``. An empty or whitespace-only document
+        has nothing to rank by and is refused (ValueError naming its position); so is a query that fills the
         whole window. Safe to call from several threads: calls take turns on the model and its
         tokenizer (a fast tokenizer's truncation settings are shared state).
         """
-        return self.window_logits(queries, docs, first_stage=first_stage)[0]
+        return self.window_logits(queries, docs, first_stage=first_stage, instruction=instruction)[0]
 
     def window_logits(
-        self, queries: Sequence[str], docs: Sequence[str], *, first_stage=None
+        self, queries: Sequence[str], docs: Sequence[str], *, first_stage=None, instruction: str | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """``logits`` and, per pair, how many windows of its document were scored (1 unless
         ``long_documents.mode`` is ``windows`` and the document is longer than one window)."""
-        context = RankContext.build(len(docs), first_stage)
-        return self.input_logits(self._pair_queries(queries, context), docs)
+        context = RankContext.build(len(docs), first_stage, instruction=instruction)
+        return self.input_logits(self._pair_queries(queries, context), docs, self.model_instructions(context))
 
-    def input_logits(self, queries: Sequence[str], docs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def input_logits(
+        self, queries: Sequence[str], docs: Sequence[str], instructions: Sequence[str | None] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``window_logits`` of pairs whose queries are already as the model reads them
-        (``model_queries``): what the server's batching worker and the validation run."""
+        (``model_queries``), each with its instruction (``model_instructions``; None: the
+        template's default): what the server's batching worker and the validation run."""
         if len(queries) != len(docs):
             raise ValueError(f"{len(queries)} queries for {len(docs)} documents: one query per document")
         for i, doc in enumerate(docs):
@@ -530,10 +565,17 @@ class Reranker:
                 raise ValueError(f"document {i} is empty or whitespace-only: nothing to score")
         with self._lock:
             return score_documents(
-                self._score, self.tokenizer, queries, docs, self.max_length, self.long_documents, self.prompt
+                self._score,
+                self.tokenizer,
+                queries,
+                docs,
+                self.max_length,
+                self.long_documents,
+                self.prompt,
+                instructions,
             )
 
-    def _score(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+    def _score(self, queries: Sequence[str], docs: Sequence[str], instructions=None) -> np.ndarray:
         return score_pairs(
             self.model,
             self.tokenizer,
@@ -543,15 +585,17 @@ class Reranker:
             max_tokens=self.max_tokens,
             max_batch=self.max_batch,
             prompt=self.prompt,
+            instructions=instructions,
         )
 
-    def render(self, query: str, document: str) -> str:
+    def render(self, query: str, document: str, instruction: str | None = None) -> str:
         """The pair's whole prompt as text, for a decoder served by a tool that takes text (a TEI
-        or vLLM endpoint): the template this model reads, its special-token strings in the
-        user's text neutralised, the document cut to ``max_length`` with the suffix kept."""
+        or vLLM endpoint): the template this model reads, with ``instruction`` (or its default),
+        its special-token strings in the user's text neutralised, and the document cut so the
+        prompt fits ``max_length`` tokens with the suffix, where the score is read, kept."""
         if self.prompt is None:
             raise ValueError("this model reads the tokenizer's pair encoding, not a prompt template")
-        return render_pair(self.tokenizer, self.prompt, query, document, self.max_length)
+        return render_pair(self.tokenizer, self.prompt, query, document, self.max_length, instruction)
 
     def __repr__(self) -> str:
         return f"Reranker({self.source!r}, max_length={self.max_length})"

@@ -8,7 +8,12 @@ therefore saved with the adapter.
 
 A decoder scored by yes/no (``model.head: yes_no``) gets the head ``W[yes] − W[no]`` of its LM
 head (``prompts.answer_head_weight``), saved with the adapter too but frozen: the model stays
-the causal LM it was, so its export scores the same as a causal LM and as a classifier.
+the causal LM it was, so its export scores the same as a causal LM and as a classifier. A
+decoder checkpoint saved as a sequence classifier (``…ForSequenceClassification``, the
+converted rerankers users fine-tune) keeps its own trained score head under ``head: auto``.
+
+The attention kernel is ``model.attn_implementation`` (``attention_implementation``):
+flash-attention 2 where it can run, else sdpa.
 """
 
 from __future__ import annotations
@@ -158,6 +163,35 @@ def training_precision(config) -> str:
     return wanted
 
 
+def attention_implementation(config, hf_config) -> str | None:
+    """The ``attn_implementation`` to load the model with (None: transformers' default, sdpa
+    where the architecture has it).
+
+    ``auto``: flash-attention 2 for a decoder trained in bf16/fp16 on a GPU when the flash-attn
+    package is installed. An explicit ``flash_attention_2`` that cannot run here falls back to
+    sdpa, with the reason logged.
+    """
+    from transformers.utils import is_flash_attn_2_available
+
+    wanted = config.model.attn_implementation
+    if wanted in ("sdpa", "eager"):
+        return wanted
+    precision = training_precision(config)
+    reasons = []
+    if training_device(config) != "cuda":
+        reasons.append("training runs on the CPU")
+    if precision not in ("bf16", "fp16"):
+        reasons.append(f"training precision is {precision}; flash-attention runs bf16 or fp16")
+    if not is_flash_attn_2_available():
+        reasons.append("the flash-attn package is not installed (or not for this GPU)")
+    if wanted == "auto":
+        return "flash_attention_2" if is_decoder(hf_config) and not reasons else None
+    if reasons:
+        log.warning("model.attn_implementation flash_attention_2 falls back to sdpa: %s", "; ".join(reasons))
+        return "sdpa"
+    return "flash_attention_2"
+
+
 def wants_gradient_checkpointing(config, hf_config) -> bool:
     """The config's choice; ``auto``: on for decoder LLMs, whose activations dominate memory."""
     wanted = config.training.gradient_checkpointing
@@ -209,6 +243,9 @@ def build_model(config) -> BuiltModel:
     half_base = quant is None and lcfg.enabled and training_precision(config) == "bf16"
     device = training_device(config)
     placement = {"device_map": {"": _local_gpu()}} if quant is not None and device == "cuda" else {}
+    attention = attention_implementation(config, hf_config)
+    if attention is not None:
+        placement["attn_implementation"] = attention
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             path,

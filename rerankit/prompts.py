@@ -12,18 +12,26 @@ The prefix and the suffix are tokenized on their own (they may hold special toke
 as plain text, so a document cannot close the template early. Truncation cuts the document
 only: the instruction, the query and the suffix always survive (``encoding.encode_pairs``).
 
+The task instruction (``{instruction}``, in the body or the suffix) is the template's default
+unless a pair brings its own: a training record's ``instruction`` field, ``Reranker.rerank(...,
+instruction=...)``, a request's ``instruction``. A template without an ``{instruction}`` field
+refuses one; an encoder (no template) ignores it.
+
 Presets (config ``model.prompt.template``):
 
 - ``qwen3``: the Qwen3-Reranker chat template, system prompt and ``<Instruct>``/``<Query>``/
   ``<Document>`` fields, answered after an empty think block;
+- ``bge_gemma``: bge-reranker-v2-gemma's layout, ``A: {query}`` / ``B: {document}`` then the
+  instruction, scored by the logit of ``Yes`` alone;
 - ``plain``: ``Query: … Document: … Relevant:`` for base (non-chat) models;
 - ``none``: the tokenizer's own pair encoding, for encoders;
 - ``custom``: ``prefix``/``body``/``suffix`` given in the config.
 
 A decoder can be scored by ``yes``/``no``: the score is ``logit(yes) − logit(no)`` of the
 causal LM at the last position, which is a linear head over the final hidden state with the
-weight ``W[yes] − W[no]`` of the LM head (``answer_head_weight``). A pretrained instruction
-model thus starts as a zero-shot ranker instead of from a random head.
+weight ``W[yes] − W[no]`` of the LM head (``answer_head_weight``); with ``no`` empty, the score
+is ``logit(yes)`` alone (weight ``W[yes]``). A pretrained instruction model thus starts as a
+zero-shot ranker instead of from a random head.
 """
 
 from __future__ import annotations
@@ -38,6 +46,10 @@ from rerankit.errors import ModelLoadError
 # What an export records about itself (and where Reranker.load finds its prompt template).
 EXPORT_INFO = "rerankit_export.json"
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+BGE_GEMMA_INSTRUCTION = (
+    "Given a query A and a passage B, determine whether the passage contains an answer to the query "
+    "by providing a prediction of either 'Yes' or 'No'."
+)
 QUERY, DOCUMENT, INSTRUCTION = "{query}", "{document}", "{instruction}"
 
 # Architectures whose checkpoints are decoder LLMs (seen from ``config.model_type``); any
@@ -48,9 +60,17 @@ DECODER_TYPES = {
 }
 
 
+class InstructionError(ValueError):
+    """An instruction the template cannot take (none of its fields holds one, or it is blank)."""
+
+
 @dataclass(frozen=True)
 class PromptTemplate:
-    """How a (query, document) pair is written for a decoder, and the words it answers with."""
+    """How a (query, document) pair is written for a decoder, and the words it answers with.
+
+    ``{instruction}`` may stand in the body and in the suffix; ``instruction`` is its default.
+    ``no`` empty: the score is the logit of ``yes`` alone.
+    """
 
     name: str
     prefix: str
@@ -65,26 +85,58 @@ class PromptTemplate:
             raise ValueError(f"prompt body must end with {DOCUMENT} (once), got {self.body!r}")
         if self.body.count(QUERY) != 1:
             raise ValueError(f"prompt body must hold {QUERY} once, got {self.body!r}")
+        if INSTRUCTION in self.prefix:
+            raise ValueError(f"{INSTRUCTION} may stand in the prompt body or suffix, not in the prefix")
 
-    def head(self, query: str) -> str:
-        """The body up to where the document starts, with the query and instruction filled in.
+    @property
+    def takes_instruction(self) -> bool:
+        return INSTRUCTION in self.body or INSTRUCTION in self.suffix
 
-        Filled by replacement, not ``str.format``: braces in a query are text.
+    def instruction_for(self, given: str | None) -> str:
+        """The instruction a pair is read with: ``given``, else this template's default.
+
+        InstructionError when ``given`` is blank or the template has no field to hold it.
         """
-        before, after = self.body[: -len(DOCUMENT)].split(QUERY)
-        fill = lambda text: text.replace(INSTRUCTION, self.instruction)
-        return fill(before) + query + fill(after)
+        if given is None:
+            return self.instruction
+        if not isinstance(given, str) or not given.strip():
+            raise InstructionError(f"an instruction must be a non-empty string, got {given!r}")
+        if not self.takes_instruction:
+            raise InstructionError(
+                f"the {self.name} prompt template has no {INSTRUCTION} field to hold an instruction; "
+                "leave it out, or use a template that takes one (qwen3, bge_gemma, custom)"
+            )
+        return given
 
-    def render(self, query: str, document: str, *, reserved: Sequence[str]) -> str:
-        """The whole prompt as one string (for tools that take text, e.g. a TEI endpoint), the
-        document uncut; ``reserved`` (``reserved_strings`` of the tokenizer) are neutralised in
-        the query and the document. ``Reranker.render`` also cuts the document to the window."""
+    def head(self, query: str, instruction: str | None = None) -> str:
+        """The body up to where the document starts, with the query and the instruction
+        (``instruction_for``) filled in. Filled by replacement, not ``str.format``: braces in a
+        query are text."""
+        before, after = self.body[: -len(DOCUMENT)].split(QUERY)
+        fill = self.instruction_for(instruction)
+        return before.replace(INSTRUCTION, fill) + query + after.replace(INSTRUCTION, fill)
+
+    def tail(self, instruction: str | None = None) -> str:
+        """The suffix with the instruction filled in."""
+        return self.suffix.replace(INSTRUCTION, self.instruction_for(instruction))
+
+    def render(
+        self, query: str, document: str, *, reserved: Sequence[str], instruction: str | None = None
+    ) -> str:
+        """The whole prompt as one string, the document uncut; ``reserved`` (``reserved_strings``
+        of the tokenizer) are neutralised in the user's text. For a tool that takes text (a TEI or
+        vLLM endpoint) use ``Reranker.render``, which also cuts the document to the window so
+        that the suffix, where the score is read, survives."""
         query, document = neutralise(query, reserved), neutralise(document, reserved)
-        return self.prefix + self.head(query) + document + self.suffix
+        if instruction is not None:
+            instruction = neutralise(instruction, reserved)
+        return self.prefix + self.head(query, instruction) + document + self.tail(instruction)
 
     def chat_template(self, leading: str = "", trailing: str = "", reserved: Sequence[str] = ()) -> str:
         """A Jinja chat template that renders a ``query``/``document`` message pair as this
-        prompt: sentence-transformers' CrossEncoder formats pairs with it (no code needed).
+        prompt: sentence-transformers' CrossEncoder formats pairs with it (no code needed). A
+        ``system`` message, which ``CrossEncoder.predict(..., prompt=...)`` adds, is the
+        instruction (default: this template's).
 
         ``leading``/``trailing``: the special tokens the tokenizer adds around a text (a BOS),
         which chat templates write themselves. ``reserved``: the strings the tokenizer reads as
@@ -93,22 +145,31 @@ class PromptTemplate:
         """
 
         def literal(text: str) -> str:
-            return "{{ " + repr(text) + " }}"
+            return "{{ " + repr(text) + " }}" if text else ""
 
         guard = "".join(f" | replace({t!r}, {_neutral(t)!r})" for t in reserved)
-        pick = '(messages | selectattr("role", "eq", "{}") | map(attribute="content") | first)' + guard
+        pick = '(messages | selectattr("role", "eq", "{}") | map(attribute="content") | first)'
+
+        def message(role: str) -> str:
+            return "{{ " + pick.format(role) + guard + " }}"
+
+        def filled(text: str) -> str:  # literal text with the instruction written in
+            return message("system").join(literal(part) for part in text.split(INSTRUCTION))
+
         before, after = self.body[: -len(DOCUMENT)].split(QUERY)
-        fill = lambda text: text.replace(INSTRUCTION, self.instruction)
+        default = "{% if not (messages | selectattr('role', 'eq', 'system') | list) %}"
+        default += (
+            "{% set messages = [{'role': 'system', 'content': " + repr(self.instruction) + "}] + messages %}"
+        )
+        default += "{% endif %}"
         return (
-            literal(leading + self.prefix + fill(before))
-            + "{{ "
-            + pick.format("query")
-            + " }}"
-            + literal(fill(after))
-            + "{{ "
-            + pick.format("document")
-            + " }}"
-            + literal(self.suffix + trailing)
+            (default if self.takes_instruction else "")
+            + literal(leading + self.prefix)
+            + filled(before)
+            + message("query")
+            + filled(after)
+            + message("document")
+            + filled(self.suffix + trailing)
         )
 
     def to_dict(self) -> dict[str, str]:
@@ -132,6 +193,15 @@ PRESETS: dict[str, PromptTemplate] = {
         instruction=DEFAULT_INSTRUCTION,
         yes="yes",
         no="no",
+    ),
+    "bge_gemma": PromptTemplate(
+        name="bge_gemma",
+        prefix="",
+        body="A: {query}\nB: {document}",
+        suffix="\n{instruction}",
+        instruction=BGE_GEMMA_INSTRUCTION,
+        yes="Yes",
+        no="",
     ),
     "plain": PromptTemplate(
         name="plain",
@@ -216,11 +286,22 @@ def prompt_for_checkpoint(hf_config, tokenizer, given=None) -> PromptTemplate | 
     return resolve_prompt(PromptConfig(**fields), hf_config, tokenizer)
 
 
+def is_sequence_classifier(hf_config) -> bool:
+    """True for a checkpoint saved as a sequence classifier (its score head was trained), such as
+    the ``…ForSequenceClassification`` conversions of decoder rerankers."""
+    return any(
+        a.endswith("ForSequenceClassification") for a in getattr(hf_config, "architectures", None) or []
+    )
+
+
 def resolve_head(head: str, hf_config, prompt: PromptTemplate | None) -> str:
-    """``auto``: yes/no scoring for a decoder read through a template, else a new score head."""
+    """``auto``: yes/no scoring for a causal-LM decoder read through a template; the checkpoint's
+    own score head for a sequence-classification checkpoint (kept, never overwritten); a new
+    score head for the rest (encoders)."""
     if head != "auto":
         return head
-    return "yes_no" if prompt is not None and is_decoder(hf_config) else "seq_cls"
+    causal = prompt is not None and is_decoder(hf_config) and not is_sequence_classifier(hf_config)
+    return "yes_no" if causal else "seq_cls"
 
 
 def answer_token_id(tokenizer, word: str) -> int:
@@ -235,8 +316,9 @@ def answer_token_id(tokenizer, word: str) -> int:
 
 
 def answer_head_weight(model, model_path: str, hf_config, tokenizer, prompt: PromptTemplate):
-    """``W[yes] − W[no]`` of the checkpoint's LM head, shape (1, hidden): the score head that
-    makes a sequence-classification model score ``logit(yes) − logit(no)``."""
+    """``W[yes] − W[no]`` of the checkpoint's LM head (``W[yes]`` when ``prompt.no`` is empty),
+    shape (1, hidden): the score head that makes a sequence-classification model score
+    ``logit(yes) − logit(no)`` (or ``logit(yes)``)."""
     import torch
 
     if getattr(hf_config, "final_logit_softcapping", None):
@@ -244,17 +326,24 @@ def answer_head_weight(model, model_path: str, hf_config, tokenizer, prompt: Pro
             f"{model_path}: its LM logits are soft-capped, so logit(yes) − logit(no) is not a linear "
             "head; use model.head: seq_cls"
         )
-    ids = [answer_token_id(tokenizer, prompt.yes), answer_token_id(tokenizer, prompt.no)]
+    words = [prompt.yes, prompt.no] if prompt.no else [prompt.yes]
+    ids = [answer_token_id(tokenizer, word) for word in words]
     if getattr(hf_config, "tie_word_embeddings", False):
         rows = model.get_input_embeddings().weight[ids]
+    elif is_sequence_classifier(hf_config):
+        raise ModelLoadError(
+            f"{model_path} is a sequence-classification checkpoint without its LM head: yes/no "
+            "scoring cannot be read from it. Keep its trained score head (model.head: auto or seq_cls)"
+        )
     else:
         rows = _lm_head_rows(model_path, ids)
-    return (rows[0] - rows[1]).detach().to(torch.float32).unsqueeze(0)
+    weight = rows[0] - rows[1] if len(ids) == 2 else rows[0]
+    return weight.detach().to(torch.float32).unsqueeze(0)
 
 
 def set_answer_head(model, weight) -> None:
     """Make a decoder's score head (``score``, one label, no bias) read ``logit(yes) − logit(no)``
-    (weight from ``answer_head_weight``)."""
+    or ``logit(yes)`` (weight from ``answer_head_weight``)."""
     import torch
 
     layer = getattr(model, "score", None)

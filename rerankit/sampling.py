@@ -37,6 +37,8 @@ class Group:
     # Each document's first-stage level (``rerankit.score_injection``) against the line's scored
     # documents; empty when the line carries no score.
     levels: tuple[int, ...] = ()
+    # The query's task instruction for a decoder's template (None: the template's default).
+    instruction: str | None = None
 
 
 def _query_seed(key: str) -> int:
@@ -97,6 +99,7 @@ class NegativeSampler:
             tuple(d.doc_id for d in docs),
             teacher,
             tuple(levels(teacher, scored)) if scored else (),
+            record.instruction,
         )
 
     def _random_negatives(

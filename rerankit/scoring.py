@@ -51,11 +51,19 @@ def budget_batches(
     max_tokens: int,
     max_batch: int,
     prompt: PromptTemplate | None = None,
+    instructions: Sequence[str | None] | None = None,
 ) -> tuple[dict, list[list[int]]]:
     """The pairs tokenized once without padding, and their indices cut into token-budget
     batches (``token_budget_batches``); ``pad_batch`` turns one batch into model inputs."""
     encoded = encode_pairs(
-        tokenizer, queries, docs, max_length, padding=False, return_tensors=None, prompt=prompt
+        tokenizer,
+        queries,
+        docs,
+        max_length,
+        padding=False,
+        return_tensors=None,
+        prompt=prompt,
+        instructions=instructions,
     )
     lengths = [len(ids) for ids in encoded["input_ids"]]
     return encoded, token_budget_batches(lengths, max_tokens, max_batch)
@@ -80,11 +88,13 @@ def score_pairs(
     autocast_dtype=None,
     progress: bool = False,
     prompt: PromptTemplate | None = None,
+    instructions: Sequence[str | None] | None = None,
 ) -> np.ndarray:
     """Raw scores (logits) of each (queries[i], docs[i]) pair, fp32, in input order.
 
     ``model``: a torch sequence classifier, or a compiled graph (``rerankit.runtimes``).
     ``prompt``: the template a decoder reads pairs through (None: the pair encoding).
+    ``instructions``: each pair's instruction for the template (None: its default).
     """
     import torch
 
@@ -100,6 +110,7 @@ def score_pairs(
         max_tokens=max_tokens,
         max_batch=max_batch,
         prompt=prompt,
+        instructions=instructions,
     )
     scores = np.empty(len(queries), dtype=np.float32)
     if progress:

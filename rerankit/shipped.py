@@ -66,7 +66,7 @@ def fit_shipped(
     recall_at = validator.recall_at
     model_queries, docs = vset.flat_pairs(reranker.score_injection)
     log.info("scoring %d validation pairs with the model as it ships", len(docs))
-    logits = reranker.input_logits(model_queries, docs)[0].astype(np.float64)
+    logits = reranker.input_logits(model_queries, docs, vset.flat_instructions())[0].astype(np.float64)
     features = {"reranker": logits}
     bm25 = cosine = None
     if ensemble == "auto":

@@ -32,7 +32,7 @@ from rerankit.collator import EpochGroupDataset, GroupCollator
 from rerankit.config import TrainConfig, config_hash, load_config
 from rerankit.data import require_scores
 from rerankit.deployed import DeployedCorpus, deployed_validation
-from rerankit.errors import RerankitError, require
+from rerankit.errors import DataError, RerankitError, require
 from rerankit.files import read_json, write_json
 from rerankit.fusion import LearnedFusion
 from rerankit.losses import build_distillation, build_loss
@@ -248,7 +248,15 @@ def training_arguments(
         dataloader_num_workers=tcfg.dataloader_num_workers,
         dataloader_pin_memory=False,
         **_precision(config),
+        **sharding_arguments(config),
     )
+
+
+def sharding_arguments(config: TrainConfig) -> dict[str, Any]:
+    """The Trainer's FSDP or DeepSpeed options the config sets (none when it sets neither)."""
+    tcfg = config.training
+    names = ("fsdp", "fsdp_config", "deepspeed")
+    return {name: getattr(tcfg, name) for name in names if getattr(tcfg, name) is not None}
 
 
 def _checkpointing(on: bool) -> dict[str, Any]:
@@ -384,6 +392,23 @@ def fit(
         return _train(cfg, out, digest, train, valid, reports, adaptation, resume_from, main_process, started)
 
 
+def check_instructions(prompt, records, source) -> None:
+    """DataError when records carry an ``instruction`` the model's template has no place for (an
+    encoder, which has no template, ignores them)."""
+    given = next((r for r in records if r.instruction is not None), None)
+    if given is None or prompt is None:
+        if given is not None:
+            log.info("the encoder reads the pair encoding: the records' instructions are ignored")
+        return
+    if not prompt.takes_instruction:
+        raise DataError(
+            f"query {given.query!r} has an instruction, but the {prompt.name} prompt template has no "
+            "{instruction} field to hold it (model.prompt.template: qwen3, bge_gemma or custom)",
+            path=str(source),
+            field="instruction",
+        )
+
+
 def _validation_set(cfg: TrainConfig, train: list, valid: list):
     """The validation set (as deployed, or each query's given candidates), the corpus the
     deployed one was ranked over, and its summary (None for given candidates)."""
@@ -475,6 +500,8 @@ def _train(
 
     set_seed(cfg.seed)
     built = build_model(cfg)
+    check_instructions(built.prompt, train, cfg.data.train)
+    check_instructions(built.prompt, valid, cfg.data.valid or cfg.data.train)
     vset, corpus, deployed = _validation_set(cfg, train, valid)
     injection = (
         ScoreInjection.for_tokenizer(built.tokenizer, built.prompt) if cfg.model.score_injection else None

@@ -34,6 +34,8 @@ class ValidationSet:
     # per query: positives that are not among its candidates (a first stage missed them); they
     # count as relevant documents no ranking of the candidates can reach
     missed: tuple[int, ...] = ()
+    # per query: its task instruction for a decoder's template (None: the default); () for none
+    instructions: tuple[str | None, ...] = ()
 
     @classmethod
     def from_records(cls, records: Sequence[QueryRecord]) -> ValidationSet:
@@ -46,6 +48,7 @@ class ValidationSet:
             tuple(tuple((d.doc_id, d.text) for d in docs) for docs in candidates),
             tuple(frozenset(d.doc_id for d in r.positives) for r in records),
             tuple(tuple(d.score for d in docs) for docs in candidates),
+            instructions=tuple(r.instruction for r in records) if any(r.instruction for r in records) else (),
         )
 
     def __len__(self) -> int:
@@ -69,6 +72,12 @@ class ValidationSet:
         docs = [text for docs in self.candidates for _, text in docs]
         return queries, docs
 
+    def flat_instructions(self) -> list[str | None] | None:
+        """Each pair's instruction, in ``flat_pairs`` order; None when no query has one."""
+        if not self.instructions:
+            return None
+        return [i for i, docs in zip(self.instructions, self.candidates) for _ in docs]
+
     def flat_labels(self) -> list[int]:
         """1 for a positive, 0 for a negative, in ``flat_pairs`` order."""
         return [int(d in rel) for docs, rel in zip(self.candidates, self.relevant) for d, _ in docs]
@@ -82,6 +91,7 @@ class ValidationSet:
             pick(self.relevant),
             pick(self.first_stage),
             pick(self.missed),
+            pick(self.instructions),
         )
 
     def at_depth(self, depth: int) -> ValidationSet:
@@ -96,6 +106,7 @@ class ValidationSet:
             tuple(relevant),
             tuple(s[:depth] for s in self.first_stage) if self.first_stage else (),
             tuple(m + len(r) - len(n) for m, r, n in zip(missed, self.relevant, relevant)),
+            self.instructions,
         )
 
     def split_scores(self, flat: Sequence[float]) -> list[np.ndarray]:
@@ -156,7 +167,7 @@ class Validator:
         """The model's score of every candidate (truncated or by windows, as configured)."""
         from rerankit.scoring import score_pairs
 
-        def score(queries, docs):
+        def score(queries, docs, instructions):
             return score_pairs(
                 model,
                 self.tokenizer,
@@ -166,11 +177,20 @@ class Validator:
                 max_tokens=self.batch_size * self.max_length,
                 max_batch=self.batch_size,
                 prompt=self.prompt,
+                instructions=instructions,
             )
 
         queries, docs = self.vset.flat_pairs(self.score_injection)
+        instructions = self.vset.flat_instructions()
         return score_documents(
-            score, self.tokenizer, queries, docs, self.max_length, self.long_documents, self.prompt
+            score,
+            self.tokenizer,
+            queries,
+            docs,
+            self.max_length,
+            self.long_documents,
+            self.prompt,
+            instructions,
         )[0]
 
     def evaluate(self, model) -> dict[str, float]:

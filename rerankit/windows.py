@@ -50,15 +50,19 @@ def split_documents(
     max_length: int,
     options: LongDocumentsConfig,
     prompt: PromptTemplate | None = None,
+    instructions: Sequence[str | None] | None = None,
 ) -> tuple[list[str], list[str], list[int]]:
     """Every (query, document) pair as one or more (query, window) pairs.
 
     Returns the flat queries, the flat window texts and, per window, the index of the pair it
-    came from. A document that fits the pair's budget stays one window (its whole text).
-    Raises QueryTooLongError when a query leaves no room for its document.
+    came from (a window's instruction is its pair's). A document that fits the pair's budget
+    stays one window (its whole text). Raises QueryTooLongError when a query leaves no room for
+    its document.
     """
     flat_queries, flat_docs, owner = [], [], []
-    spans_of, offsets_of = _document_spans(tokenizer, queries, docs, max_length, options, prompt)
+    spans_of, offsets_of = _document_spans(
+        tokenizer, queries, docs, max_length, options, prompt, instructions
+    )
     for i, (query, doc, spans, offsets) in enumerate(zip(queries, docs, spans_of, offsets_of)):
         for start, end in spans:
             text = doc if (start, end) == (0, len(offsets)) else doc[offsets[start][0] : offsets[end - 1][1]]
@@ -75,20 +79,23 @@ def count_windows(
     max_length: int,
     options: LongDocumentsConfig,
     prompt: PromptTemplate | None = None,
+    instructions: Sequence[str | None] | None = None,
 ) -> np.ndarray:
     """Per (query, document) pair, how many windows ``score_documents`` scores for it (one
     each under ``truncate``), from token counts alone: what a request will cost, before it runs.
     Raises QueryTooLongError like ``split_documents``."""
     if options.mode == "truncate":
         return np.ones(len(docs), dtype=np.int64)
-    spans_of, _ = _document_spans(tokenizer, queries, docs, max_length, options, prompt)
+    spans_of, _ = _document_spans(tokenizer, queries, docs, max_length, options, prompt, instructions)
     return np.array([len(spans) for spans in spans_of], dtype=np.int64)
 
 
-def _document_spans(tokenizer, queries, docs, max_length: int, options: LongDocumentsConfig, prompt):
+def _document_spans(
+    tokenizer, queries, docs, max_length: int, options: LongDocumentsConfig, prompt, instructions=None
+):
     """Per (query, document) pair, the token spans of its windows and the document's token
     offsets: the one cut ``split_documents`` scores and ``count_windows`` counts."""
-    budgets = document_budgets(tokenizer, queries, max_length, prompt)
+    budgets = document_budgets(tokenizer, queries, max_length, prompt, instructions)
     encoded = tokenizer(
         list(docs),
         add_special_tokens=False,
@@ -96,8 +103,8 @@ def _document_spans(tokenizer, queries, docs, max_length: int, options: LongDocu
         split_special_tokens=prompt is not None,
     )
     spans = [
-        window_spans(len(offsets), _window_size(options, budgets[query]), options.stride, options.max_windows)
-        for query, offsets in zip(queries, encoded["offset_mapping"])
+        window_spans(len(offsets), _window_size(options, budget), options.stride, options.max_windows)
+        for budget, offsets in zip(budgets, encoded["offset_mapping"])
     ]
     return spans, encoded["offset_mapping"]
 
@@ -150,19 +157,24 @@ def aggregate_tensor(window_scores, owner, num_docs: int, how: str):
 
 
 def score_documents(
-    score_pairs: Callable[[Sequence[str], Sequence[str]], np.ndarray],
+    score_pairs: Callable[[Sequence[str], Sequence[str], Sequence[str | None] | None], np.ndarray],
     tokenizer,
     queries: Sequence[str],
     docs: Sequence[str],
     max_length: int,
     options: LongDocumentsConfig,
     prompt: PromptTemplate | None = None,
+    instructions: Sequence[str | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scores of (query, document) pairs as ``options`` says (truncated, or by windows), and
-    per pair the number of windows scored. ``score_pairs`` scores plain pairs."""
+    per pair the number of windows scored. ``score_pairs(queries, docs, instructions)`` scores
+    plain pairs (``instructions``: one per pair, or None)."""
     if options.mode == "truncate":
-        return score_pairs(queries, docs), np.ones(len(docs), dtype=np.int64)
-    flat_queries, flat_docs, owner = split_documents(tokenizer, queries, docs, max_length, options, prompt)
-    window_scores = score_pairs(flat_queries, flat_docs)
+        return score_pairs(queries, docs, instructions), np.ones(len(docs), dtype=np.int64)
+    flat_queries, flat_docs, owner = split_documents(
+        tokenizer, queries, docs, max_length, options, prompt, instructions
+    )
+    flat_instructions = None if instructions is None else [instructions[i] for i in owner]
+    window_scores = score_pairs(flat_queries, flat_docs, flat_instructions)
     counts = np.bincount(owner, minlength=len(docs))
     return aggregate(window_scores, owner, len(docs), options.aggregate), counts

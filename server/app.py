@@ -156,6 +156,7 @@ async def _rank(
     raw: bool,
     docs_field: str,
     first_stage: list[float] | None = None,
+    instruction: str | None = None,
 ) -> tuple[list[tuple[int, float, float | None]], int]:
     """Validate, score through the worker, and return (index, score, fused score or None)
     best first, with the number of document windows scored."""
@@ -173,6 +174,7 @@ async def _rank(
             raw=raw,
             docs_field=docs_field,
             first_stage=first_stage,
+            instruction=instruction,
         )
     state.metrics.scored.labels(model=served.name).inc()
     return ranked
@@ -190,27 +192,31 @@ async def _score(
     raw: bool,
     docs_field: str,
     first_stage: list[float] | None,
+    instruction: str | None = None,
 ) -> tuple[list[tuple[int, float, float | None]], int]:
     """``_rank`` on one loaded version of the model."""
     settings: ServerSettings = loaded.settings
     reranker = loaded.reranker
     try:  # what the model needs beside the pairs, checked once; a score-injection model reads it
-        context = RankContext.build(len(docs), first_stage, field="first_stage_scores")
+        context = RankContext.build(
+            len(docs), first_stage, field="first_stage_scores", instruction=instruction
+        )
         queries = reranker.model_queries(query, context)
+        instructions = reranker.model_instructions(context)
     except ContextError as exc:
         raise _field_error(exc.field, exc.message) from None
     prep: RequestTokenizer = loaded.request_tokenizer
     # Tokenizing is CPU work: off the event loop, with the request side's own tokenizer. The
     # query is checked here, so an over-long one fails its own request, never a merged round.
     try:
-        await asyncio.to_thread(prep.check_query, max(queries, key=len))
+        await asyncio.to_thread(prep.check_query, max(queries, key=len), instructions and instructions[0])
     except QueryTooLongError as exc:
         raise _field_error("query", str(exc)) from None
     if max_tokens_per_doc is not None:
         docs = await asyncio.to_thread(prep.truncate, docs, max_tokens_per_doc)
     # A request costs the pairs the model will score: one per document window.
     try:
-        costs = await asyncio.to_thread(prep.count_windows, queries, docs)
+        costs = await asyncio.to_thread(prep.count_windows, queries, docs, instructions)
     except QueryTooLongError as exc:
         raise _field_error("query", str(exc)) from None
     _check_cost(settings, int(costs.sum()), docs_field)
@@ -223,7 +229,9 @@ async def _score(
     watcher = asyncio.ensure_future(_wait_disconnect(request))
     scores = None
     try:
-        scores = await loaded.worker.score(queries, docs, disconnected=watcher, costs=costs)
+        scores = await loaded.worker.score(
+            queries, docs, disconnected=watcher, costs=costs, instructions=instructions
+        )
     except Overloaded:
         raise TooManyRequestsException(
             detail="the inference queue is full; retry later",
@@ -264,6 +272,7 @@ async def _cohere(
         raw=bool(data.raw_scores),
         docs_field="documents",
         first_stage=data.first_stage_scores,
+        instruction=data.instruction,
     )
     results = [
         RerankResultItem(i, s, ResultDocument(docs[i]) if data.return_documents else None, fused)
@@ -325,6 +334,7 @@ async def rerank_any(request: Request, state: State, data: dict[str, Any], model
         raw=bool(tei.raw_scores),
         docs_field="texts",
         first_stage=tei.first_stage_scores,
+        instruction=tei.instruction,
     )
     return [TEIResultItem(i, s, tei.texts[i] if tei.return_text else None) for i, s, _ in ranked]
 

@@ -30,6 +30,9 @@ class RerankRequest(msgspec.Struct, forbid_unknown_fields=False):
     # the reranker's fusion with it (learned on the run's validation set, else RRF), and each
     # result carries ``fused_score``; ``relevance_score`` stays the reranker's.
     first_stage_scores: list[float] | None = None
+    # Not Cohere's: the task in words for a decoder's prompt template (Qwen3-Reranker's
+    # <Instruct>); null keeps the model's default. An encoder ignores it.
+    instruction: str | None = None
 
 
 class TEIRerankRequest(msgspec.Struct, forbid_unknown_fields=False):
@@ -45,8 +48,9 @@ class TEIRerankRequest(msgspec.Struct, forbid_unknown_fields=False):
     return_text: bool | None = None
     truncate: bool | None = None
     truncation_direction: str | None = None
-    # Not TEI's: as in the Cohere body (rerankit's extension).
+    # Not TEI's: as in the Cohere body (rerankit's extensions).
     first_stage_scores: list[float] | None = None
+    instruction: str | None = None
 
 
 class ResultDocument(msgspec.Struct):

@@ -205,7 +205,8 @@ class LoadedModel:
             reranker.tokenizer, reranker.max_length, reranker.prompt, reranker.long_documents
         )
         self.worker = InferenceWorker(
-            lambda q, d: np.column_stack(reranker.input_logits(q, d)),
+            # the pairs' instructions come third, only when a round has any
+            lambda q, d, *instructions: np.column_stack(reranker.input_logits(q, d, *instructions)),
             max_queue_pairs=settings.max_queue_pairs,
             cross_batching=cross_batching(settings, reranker),
             batch_wait_ms=settings.batch_wait_ms,

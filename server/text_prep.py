@@ -35,17 +35,19 @@ class RequestTokenizer:
         self.long_documents = long_documents or LongDocumentsConfig()
         self._lock = threading.Lock()
 
-    def check_query(self, query: str) -> None:
-        """QueryTooLongError when the query alone fills the model's window."""
+    def check_query(self, query: str, instruction: str | None = None) -> None:
+        """QueryTooLongError when the query (with its instruction) alone fills the model's window."""
         with self._lock:
-            check_query_lengths(self.tokenizer, [query], self.max_length, self.prompt)
+            check_query_lengths(self.tokenizer, [query], self.max_length, self.prompt, [instruction])
 
-    def count_windows(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+    def count_windows(
+        self, queries: Sequence[str], docs: Sequence[str], instructions: Sequence[str | None] | None = None
+    ) -> np.ndarray:
         """Per document, the pairs the model will score for it: its windows (one when it fits
         or documents are truncated)."""
         with self._lock:
             return count_windows(
-                self.tokenizer, queries, docs, self.max_length, self.long_documents, self.prompt
+                self.tokenizer, queries, docs, self.max_length, self.long_documents, self.prompt, instructions
             )
 
     def truncate(self, texts: Sequence[str], max_tokens: int) -> list[str]:

@@ -46,6 +46,8 @@ class Job:
     # Documents handed to rounds so far, and the scores of those already scored.
     taken: int = 0
     parts: list[np.ndarray] = field(default_factory=list)
+    # Each pair's instruction for a decoder's template; None: the template's default for all.
+    instructions: Sequence[str | None] | None = None
 
     def __post_init__(self) -> None:
         self._cumulative = np.concatenate([[0], np.cumsum(self.costs)])
@@ -133,11 +135,13 @@ class InferenceWorker:
         disconnected: asyncio.Future | None = None,
         *,
         costs: Sequence[int] | None = None,
+        instructions: Sequence[str | None] | None = None,
     ) -> np.ndarray | None:
         """Raw scores of the pairs; None if ``disconnected`` resolved first (job dropped).
 
         ``costs``: per document, the pairs the model scores for it (its windows; one each when
         not given). They count toward ``max_queue_pairs`` and share out the rounds.
+        ``instructions``: each pair's instruction, handed to the score function with the pairs.
         """
         if not docs:
             raise ValueError("no documents to score")
@@ -145,7 +149,7 @@ class InferenceWorker:
         if costs.shape != (len(docs),) or costs.min() < 1:
             raise ValueError(f"costs: expected {len(docs)} counts of at least 1, got {costs.tolist()}")
         loop = asyncio.get_running_loop()
-        job = Job(queries, docs, loop.create_future(), loop, costs)
+        job = Job(queries, docs, loop.create_future(), loop, costs, instructions=instructions)
         total = job.remaining
         with self._lock:
             if self._queued_pairs + total > self.max_queue_pairs:
@@ -249,8 +253,17 @@ class InferenceWorker:
         job that cannot be scored gets the error. No request text goes to the log."""
         queries = [q for c in chunks for q in c.job.queries[c.start : c.end]]
         docs = [d for c in chunks for d in c.job.docs[c.start : c.end]]
+        instructed = any(c.job.instructions is not None for c in chunks)
         try:
-            scores = self._score(queries, docs)
+            if instructed:  # jobs of several instructions can share a round: one per pair
+                instructions = [
+                    c.job.instructions[i] if c.job.instructions is not None else None
+                    for c in chunks
+                    for i in range(c.start, c.end)
+                ]
+                scores = self._score(queries, docs, instructions)
+            else:
+                scores = self._score(queries, docs)
         except Exception as exc:  # a failed round fails its requests, never the worker
             if len(chunks) > 1:
                 log.warning(

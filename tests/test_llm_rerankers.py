@@ -390,3 +390,77 @@ def test_render_cuts_the_document_to_the_window_and_keeps_the_suffix(qwen3_run):
     )
     with pytest.raises(ValueError, match="pair encoding"):
         Reranker(reranker.model, reranker.tokenizer, prompt=None).render("q", "d")
+
+
+INSTRUCTION = "Judge whether the passage tells the story of the topic"
+
+
+def test_the_export_scores_alike_in_sentence_transformers_with_instructions_and_long_documents(
+    qwen3_run, tmp_path
+):
+    """sentence-transformers (the lowest version pinned in pyproject) formats pairs with the
+    exported chat template: its ``prompt`` (a system message) is the instruction, and an
+    over-long document is cut with the template's suffix kept, as rerankit cuts it."""
+    from sentence_transformers import CrossEncoder
+
+    reranker = Reranker.load(qwen3_run.output_dir, device="cpu", dtype="float32")
+    out = export(qwen3_run.output_dir, tmp_path / "export")
+    cross_encoder = CrossEncoder(str(out), device="cpu")
+    identity = torch.nn.Identity()
+    instructed = np.array(reranker.score(PAIRS, raw=True, instruction=INSTRUCTION))
+    assert np.abs(instructed - np.array(reranker.score(PAIRS, raw=True))).max() > 1e-3
+    st = cross_encoder.predict(PAIRS, activation_fn=identity, prompt=INSTRUCTION)
+    np.testing.assert_allclose(st, instructed, atol=1e-3)
+    long_pairs = [
+        (PAIRS[0][0], "zinc oxide quartz " * 200 + "the apple story"),
+        (PAIRS[1][0], "river " * 300),
+    ]
+    expected = np.array(reranker.score(long_pairs, raw=True))
+    np.testing.assert_allclose(cross_encoder.predict(long_pairs, activation_fn=identity), expected, atol=1e-3)
+
+
+def test_causal_lm_export_keeps_the_models_own_chat_template(qwen3_run, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    run = tmp_path / "run"
+    shutil.copytree(qwen3_run.output_dir, run)
+    own = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    tokenizer = AutoTokenizer.from_pretrained(run / "model")
+    tokenizer.chat_template = own  # the base model's own chat template, as a chat model ships it
+    tokenizer.save_pretrained(run / "model")
+    export(run, tmp_path / "seq-cls", causal_lm=tmp_path / "causal")
+    messages = [{"role": "query", "content": "apple"}, {"role": "document", "content": "the apple story"}]
+    causal = AutoTokenizer.from_pretrained(tmp_path / "causal")
+    classifier = AutoTokenizer.from_pretrained(tmp_path / "seq-cls")
+    assert causal.chat_template["default"] == own
+    assert classifier.chat_template == causal.chat_template["rerankit"]
+    rendered = causal.apply_chat_template(messages, tokenize=False, chat_template="rerankit")
+    assert rendered == classifier.apply_chat_template(messages, tokenize=False)
+    assert rendered.startswith("<|im_start|>system\nJudge whether") and rendered.endswith("</think>\n\n")
+    assert causal.apply_chat_template(messages, tokenize=False).startswith("<|im_start|>query\napple")
+
+
+def test_a_decoder_exports_in_bf16(qwen3_run, tmp_path):
+    from safetensors import safe_open
+
+    out = export(qwen3_run.output_dir, tmp_path / "bf16", dtype="bfloat16")
+    assert json.loads((out / "rerankit_export.json").read_text())["dtype"] == "bfloat16"
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    with safe_open(str(out / "model.safetensors"), framework="pt") as weights:
+        assert {weights.get_tensor(k).dtype for k in weights.keys()} == {torch.bfloat16}  # noqa: SIM118
+    exported = Reranker.load(out, device="cpu", dtype="bfloat16")
+    expected = Reranker.load(qwen3_run.output_dir, device="cpu", dtype="float32").score(PAIRS, raw=True)
+    np.testing.assert_allclose(exported.score(PAIRS, raw=True), expected, atol=0.1)
+    # auto: bf16 only for a decoder merged on a GPU; fp32 here
+    auto = export(qwen3_run.output_dir, tmp_path / "auto", dtype="auto")
+    assert json.loads((auto / "rerankit_export.json").read_text())["dtype"] == "float32"
+
+
+def test_render_cuts_the_document_and_keeps_the_instruction_and_suffix(qwen3_run):
+    reranker = Reranker.load(qwen3_run.output_dir, device="cpu", dtype="float32")
+    rendered = reranker.render("tell me about apple", "apple river castle " * 400, instruction=INSTRUCTION)
+    assert f"<Instruct>: {INSTRUCTION}\n<Query>: tell me about apple" in rendered
+    assert rendered.endswith(reranker.prompt.suffix)
+    assert reranker.max_length - 4 <= len(reranker.tokenizer(rendered)["input_ids"]) <= reranker.max_length
