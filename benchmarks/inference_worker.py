@@ -57,10 +57,11 @@ def build(name: str, folder: str, max_length: int, calibration_pairs, batch_size
             "rerankit torch fp32": dict(backend="torch", dtype="float32"),
             "rerankit torch bf16": dict(backend="torch", dtype="bfloat16"),
             "rerankit openvino fp32": dict(backend="openvino", dtype="float32"),
-            "rerankit openvino int8": dict(backend="openvino", dtype="int8"),
+            # measured whether or not they passed the export's accuracy gate (the table shows it)
+            "rerankit openvino int8": dict(backend="openvino", dtype="int8", allow_failed_gate=True),
             "rerankit openvino bf16": dict(backend="openvino", dtype="bfloat16"),
             "rerankit onnx fp32": dict(backend="onnx", dtype="float32"),
-            "rerankit onnx int8": dict(backend="onnx", dtype="int8"),
+            "rerankit onnx int8": dict(backend="onnx", dtype="int8", allow_failed_gate=True),
             "rerankit default (auto)": dict(),
             # the run folder as trained, its graphs picked at load (with its self-ensemble, or without)
             RUN_DEFAULT: dict(),
