@@ -277,6 +277,12 @@ def _trust_options(func):
 @_dtype_option
 @click.option("--raw", is_flag=True, help="Raw logits instead of sigmoid scores.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option(
+    "--instruction",
+    default=None,
+    help="The task in words for an LLM reranker's prompt template (its default otherwise); "
+    "an encoder ignores it.",
+)
 @_long_document_options
 @_prompt_option
 @_backend_options
@@ -290,6 +296,7 @@ def rerank(
     dtype: str,
     raw: bool,
     as_json: bool,
+    instruction: str | None,
     long_documents: str | None,
     window_aggregate: str | None,
     prompt: str | None,
@@ -318,11 +325,17 @@ def rerank(
     from rerankit.context import RankContext
 
     # The lines' scores are checked as read (_score_of); only a score-injection model reads them.
-    first_stage = (_injected_scores(docs_path, scores),) if reranker.score_injection else ()
-    context = RankContext(len(docs), first_stage, field=f"{docs_path}: score")
+    first_stage = _injected_scores(docs_path, scores) if reranker.score_injection else None
     try:
+        context = RankContext.build(
+            len(docs),
+            first_stage,
+            field=f"{docs_path}: score",
+            instruction=instruction,
+            instruction_field="--instruction",
+        )
         results = reranker.rerank_with(query, docs, context, top_k, raw=raw)
-    except ValueError as exc:  # an over-long query, an empty document
+    except ValueError as exc:  # an over-long query, an empty document, an instruction it cannot take
         raise RerankitError(str(exc)) from None
     if as_json:
         click.echo(

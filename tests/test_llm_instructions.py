@@ -517,3 +517,26 @@ def test_validation_scores_each_query_with_its_instruction(qwen3_reranker, tmp_p
         reranker.logits([PAIRS[1][0]], [PAIRS[1][1]])[0],
     ]
     np.testing.assert_allclose(validator.scores(reranker.model), expected, atol=1e-5)
+
+
+def test_the_rerank_command_takes_an_instruction(tiny_qwen3_dir, tiny_llama_dir, tmp_path):
+    """`rerankit rerank --instruction` ranks as Reranker.rerank(instruction=) does; a template
+    without a place for one is a one-line error naming the option."""
+    from click.testing import CliRunner
+
+    from rerankit.cli import main
+
+    query, docs = PAIRS[1][0], [d for _, d in PAIRS]
+    docs_file = tmp_path / "docs.txt"
+    docs_file.write_text("\n".join(docs) + "\n")
+    args = ["rerank", "--query", query, "--docs", str(docs_file), "--dtype", "float32", "--raw", "--json"]
+    answer = CliRunner().invoke(main, [*args, "--model", str(tiny_qwen3_dir), "--instruction", INSTRUCTION])
+    assert answer.exit_code == 0, answer.output
+    scores = {r["index"]: r["score"] for r in json.loads(answer.output)}
+    expected = Reranker.load(tiny_qwen3_dir, device="cpu", dtype="float32").rerank(
+        query, docs, raw=True, instruction=INSTRUCTION
+    )
+    assert scores == pytest.approx({r.index: r.score for r in expected}, abs=1e-5)
+    refused = CliRunner().invoke(main, [*args, "--model", str(tiny_llama_dir), "--instruction", "x"])
+    assert refused.exit_code == 2
+    assert "--instruction: this model's plain prompt template has no place" in refused.output
