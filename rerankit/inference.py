@@ -67,12 +67,10 @@ from rerankit.runtimes import (
     BACKENDS,
     GRAPH_BACKENDS,
     NO_INT8_GRAPH,
-    PROBE_LENGTH,
     GraphModel,
     RuntimeChoice,
     load_graph,
     pick_runtime,
-    probe_batch,
 )
 from rerankit.score_injection import ScoreInjection
 from rerankit.scoring import score_pairs, sigmoid
@@ -256,12 +254,12 @@ class Reranker:
             prompt = merged_prompt(manifest.prompt, prompt) or "none"
             max_length = max_length or manifest.max_length
             graphs = run_folder.inside(path, run_folder.GRAPHS_DIR)
+            tokenizer = None
             if device == "cpu":  # the graphs the run wrote at the end of fit, when it did
                 tokenizer = load_tokenizer(str(model_dir), trust)
-                probe = lambda: probe_batch(tokenizer, min(max_length, PROBE_LENGTH))
                 gate, manifest_file = manifest.accuracy_gate, path / run_folder.MANIFEST
                 runtime = pick_runtime(
-                    gate, graphs, backend, precision, allow_failed_gate, manifest_file, probe
+                    gate, graphs, backend, precision, allow_failed_gate, manifest_file, tokenizer, max_length
                 )
             if runtime is None:
                 model, tokenizer, prompt = trained_weights(
@@ -273,9 +271,10 @@ class Reranker:
                     prompt,
                     trust,
                     pickle,
+                    tokenizer,
                 )
             else:  # the run's own graph: no torch weights are read
-                model = runtime.graph or _graph_of(runtime, graphs)
+                model = runtime.graph
                 given = str(graphs)  # the merged model's config is written beside its graphs
                 prompt = _prompt(_hf_config(model, given, trust), tokenizer, prompt)
             long_documents = merged_settings(manifest.long_documents, long_documents)
@@ -305,13 +304,14 @@ class Reranker:
             prompt = _given_or_recorded(prompt, info)
             gate = info.accuracy_gate if info is not None else None
             info_file = Path(name) / EXPORT_INFO
-            limit = max_length or (info.max_length if info else None) or PROBE_LENGTH
-            probe = lambda: probe_batch(tokenizer, min(limit, PROBE_LENGTH))
-            runtime = pick_runtime(gate, Path(name), backend, precision, allow_failed_gate, info_file, probe)
+            limit = max_length or (info.max_length if info else None)
+            runtime = pick_runtime(
+                gate, Path(name), backend, precision, allow_failed_gate, info_file, tokenizer, limit
+            )
             if runtime is None:
                 model, prompt = _plain(name, tokenizer, dtype, trust, pickle, prompt)
             else:  # the export's own graph: no torch weights are read
-                model = runtime.graph or _graph_of(runtime, Path(name))
+                model = runtime.graph
                 prompt = _prompt_of(name, tokenizer, trust, prompt)
             info = info or ExportRecord()
             # a calibration folded into the exported head is already in its logits
@@ -669,11 +669,6 @@ def _converted(model, tokenizer, max_length: int, prompt, backend: str) -> Graph
         return load_graph(path, backend, "fp32")
 
 
-def _graph_of(runtime: RuntimeChoice, folder: Path) -> GraphModel:
-    record = runtime.record
-    return load_graph(folder / record["file"], record["backend"], record["precision"])
-
-
 def _backend_info(reranker: Reranker, runtime: RuntimeChoice | None) -> dict:
     """What ``reranker`` runs and why, as ``Reranker.backend_info`` reports it."""
     model = reranker.model
@@ -730,12 +725,14 @@ def trained_weights(
     prompt,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    tokenizer=None,
 ):
     """A run's model as it ships: (model, tokenizer, prompt), the adapter merged into its base
-    in ``dtype`` (or the full weights), read from ``model_dir``."""
+    in ``dtype`` (or the full weights), read from ``model_dir`` (``tokenizer``: its tokenizer,
+    when the caller has read it already)."""
     adapter_weights = ADAPTER_WEIGHTS if adapter else None
     check_local_model(str(model_dir), allow_pickle=allow_pickle, weights=adapter_weights)
-    tokenizer = load_tokenizer(str(model_dir), trust_remote_code)
+    tokenizer = tokenizer or load_tokenizer(str(model_dir), trust_remote_code)
     if not adapter:
         model, prompt = _plain(str(model_dir), tokenizer, dtype, trust_remote_code, allow_pickle, prompt)
         return model, tokenizer, prompt

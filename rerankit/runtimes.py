@@ -304,9 +304,9 @@ class RuntimeChoice:
 
     record: dict  # the accuracy gate's record of the runtime
     reason: str
+    graph: GraphModel  # compiled, ready to run
     # pairs/s of each candidate on the probe batch, measured on this machine at load
     measured: dict[str, float] = field(default_factory=dict)
-    graph: GraphModel | None = None  # already compiled while measuring
 
     def info(self) -> dict:
         record = self.record
@@ -331,17 +331,18 @@ def pick_runtime(
     precision: str | None,
     allow_failed_gate: bool,
     source: Path,
-    probe: Callable[[], Mapping[str, np.ndarray]] | None = None,
+    tokenizer=None,
+    max_length: int | None = None,
 ) -> RuntimeChoice | None:
     """The runtime ``Reranker.load`` should run from an accuracy gate (an export's or a run
-    folder's); None for the torch model.
+    folder's), its graph compiled; None for the torch model.
 
     ``backend="auto"``: of the graphs of ``precision`` (any when None) that passed the gate,
     have their file and their runtime installed (bf16: where the CPU computes it natively),
-    the fastest on this machine: each is compiled and timed on ``probe()`` (a padded batch)
-    when there are several; torch when none passed. A named graph backend: its fastest graph of
-    ``precision`` that passed, by the export's figures, or any with ``allow_failed_gate``;
-    None when it has none (converted at load, fp32)."""
+    the fastest on this machine: each is compiled and timed on a probe batch of ``tokenizer``'s
+    pairs (``probe_batch``) when there are several; torch when none passed. A named graph
+    backend: its fastest graph of ``precision`` that passed, by the export's figures, or any
+    with ``allow_failed_gate``; None when it has none (converted at load, fp32)."""
     runtimes = runtime_records(gate, source)
     if backend == "torch":
         return None
@@ -358,10 +359,12 @@ def pick_runtime(
             raise ModelLoadError(f"{source}: {NO_INT8_GRAPH}")
         if not usable:
             return None
-        if len(usable) == 1 or probe is None:
+        if len(usable) == 1 or tokenizer is None:
             best = max(usable, key=speed)
-            return RuntimeChoice(best, "the fastest graph that passed the accuracy gate, measured at export")
-        return fastest_here(usable, folder, probe())
+            reason = "the fastest graph that passed the accuracy gate, measured at export"
+            return RuntimeChoice(best, reason, graph=_compiled(best, folder))
+        probe = probe_batch(tokenizer, min(max_length or PROBE_LENGTH, PROBE_LENGTH))
+        return fastest_here(usable, folder, probe)
     mine = [r for r in runtimes if r["backend"] == backend and wanted(r)]
     if precision == "bf16" and not (mine and openvino_bf16_here()):
         raise ModelLoadError(
@@ -383,7 +386,11 @@ def pick_runtime(
     if not present(chosen):
         raise ModelLoadError(f"{source}: lists the graph {chosen['file']}, which is missing from {folder}")
     reason = f"asked for backend {backend!r}" + ("" if passed(chosen) else " with allow_failed_gate")
-    return RuntimeChoice(chosen, reason)
+    return RuntimeChoice(chosen, reason, graph=_compiled(chosen, folder))
+
+
+def _compiled(record: Mapping, folder: Path) -> GraphModel:
+    return load_graph(folder / record["file"], record["backend"], record["precision"])
 
 
 # Timed passes of the probe batch per candidate, after one untimed pass that compiles kernels.
@@ -403,7 +410,7 @@ def fastest_here(
     rows = len(probe["input_ids"])
     graphs, measured = {}, {}
     for record in candidates:
-        graph = load_graph(folder / record["file"], record["backend"], record["precision"])
+        graph = _compiled(record, folder)
         graph(probe)
         best = float("inf")
         for _ in range(PROBE_PASSES):
@@ -414,7 +421,7 @@ def fastest_here(
         graphs[name], measured[name] = graph, round(rows / max(best, 1e-9), 1)
     winner = max(candidates, key=lambda r: measured[runtime_name(r)])
     reason = f"the fastest on this machine of the {len(candidates)} graphs that passed the accuracy gate"
-    return RuntimeChoice(winner, reason, measured, graphs[runtime_name(winner)])
+    return RuntimeChoice(winner, reason, graphs[runtime_name(winner)], measured)
 
 
 def probe_batch(tokenizer, max_length: int, prompt=None, pairs: int = 8) -> dict:

@@ -468,19 +468,15 @@ def _as_shipped(cfg: TrainConfig, out: Path, built, gate: dict | None):
 def _shipped_graph(cfg: TrainConfig, out: Path, gate: dict | None):
     """(graph, tokenizer, backend_info) of the graph ``Reranker.load`` picks here, or None."""
     from rerankit.loading import load_tokenizer
-    from rerankit.runtimes import PROBE_LENGTH, load_graph, pick_runtime, probe_batch
+    from rerankit.runtimes import pick_runtime
 
     if gate is None:
         return None
     graphs = out / run_folder.GRAPHS_DIR
     tokenizer = load_tokenizer(str(out / run_folder.MODEL_DIR), cfg.model.trust_remote_code)
-    probe = lambda: probe_batch(tokenizer, min(cfg.model.max_length, PROBE_LENGTH))
-    runtime = pick_runtime(gate, graphs, "auto", None, False, out / run_folder.MANIFEST, probe)
-    if runtime is None:
-        return None
-    record = runtime.record
-    graph = runtime.graph or load_graph(graphs / record["file"], record["backend"], record["precision"])
-    return graph, tokenizer, runtime.info()
+    manifest = out / run_folder.MANIFEST
+    runtime = pick_runtime(gate, graphs, "auto", None, False, manifest, tokenizer, cfg.model.max_length)
+    return None if runtime is None else (runtime.graph, tokenizer, runtime.info())
 
 
 def _train(
