@@ -39,26 +39,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from machine import FLAGS_OF_INTEREST, cpu_flags  # noqa: E402
 
 BASE = "sentence-transformers/all-MiniLM-L6-v2"
-FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
 LAYOUTS = {
     "merged": "merged copies",
     "shared": "shared base, one pass per adapter",
     "mixed": "shared base, mixed batches",
 }
 MAX_LENGTH = 256
-
-
-def cpu_flags() -> tuple[str, list[str]]:
-    """The CPU's name and which of the flags that matter here it has (from lscpu)."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown", []
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    flags = fields.get("Flags", "").split()
-    return fields.get("Model name", "unknown").strip(), [f for f in FLAGS_OF_INTEREST if f in flags]
 
 
 def rss_bytes() -> int:

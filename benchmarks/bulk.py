@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import ray
     import torch
-    from ensemble_speed import cpu_flags
+    from machine import cpu_flags
     from quality import _commit
 
     cpus = os.cpu_count() or 1

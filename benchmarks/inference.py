@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -34,6 +33,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from machine import cpu_line  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data" / "squad-v1.1-dev"
 
 
@@ -107,19 +108,6 @@ REFERENCE = "ST torch fp32"
 
 def is_run(model: str) -> bool:
     return (Path(model) / "run.json").exists()
-
-
-def cpu_flags() -> str:
-    """The CPU's name and the flags that decide which kernels run (lscpu's, as /proc/cpuinfo has them)."""
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni")
-    name, flags = platform.processor() or platform.machine(), set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and ":" in line:
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and ":" in line:
-                flags = set(line.split(":", 1)[1].split())
-    return f"{name}; flags: {' '.join(f for f in wanted if f in flags) or 'none of ' + ', '.join(wanted)}"
 
 
 def results_name(cpu: str) -> str:
@@ -408,7 +396,7 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cores": os.cpu_count(),
-        "cpu": cpu_flags(),
+        "cpu": cpu_line(),
         "gemm_gflops": rates,
         "gflop_per_pair": round(flops / 1e9, 3),
         "accuracy_gate": gate["runtimes"],

@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from inference import cpu_flags, load_pairs  # noqa: E402
+from inference import load_pairs  # noqa: E402
+from machine import cpu_line  # noqa: E402
 
 
 def free_port() -> int:
@@ -262,12 +263,12 @@ def main() -> None:
     import datetime
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    text = f"CPU: {cpu_flags()}\n\n" + "\n".join(table)
+    text = f"CPU: {cpu_line()}\n\n" + "\n".join(table)
     print(text)
     meta = {
         "date": datetime.date.today().isoformat(),
         "commit": commit.stdout.strip(),
-        "cpu": cpu_flags(),
+        "cpu": cpu_line(),
         "requests": len(bodies),
         "docs_per_request": args.docs,
         "pairs": len(pairs),
