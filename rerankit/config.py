@@ -35,7 +35,11 @@ class LongDocumentsConfig(_Section):
     mode: Literal["truncate", "windows"] = "truncate"
     # Document tokens per window; null: what the query and special tokens leave of max_length.
     window: int | None = Field(None, ge=8)
-    # Tokens shared by consecutive windows.
+    # Where windows are cut: boundaries (whole paragraphs, then whole sentences, that fit the
+    # window) or tokens (every window - stride tokens, wherever they fall).
+    cut: Literal["boundaries", "tokens"] = "boundaries"
+    # Tokens shared by consecutive windows (within a paragraph longer than a window, with cut:
+    # boundaries).
     stride: int = Field(32, ge=0)
     # max (MaxP), first (FirstP), mean, or max+first (their mean).
     aggregate: Literal["max", "first", "mean", "max+first"] = "max"

@@ -12,17 +12,13 @@ pseudo-query came from is never one of its negatives.
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from rerankit.data import Doc, QueryRecord
 from rerankit.errors import RerankitError
 from rerankit.mining import MiningInput, mine
-
-# A sentence ends at . ! or ? followed by whitespace and an upper-case letter, digit or quote.
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'“(A-Z0-9])")
-
+from rerankit.text_units import sentences
 
 # Longer "sentences" (lists, tables, a missed sentence end) are not query-like, and would leave
 # the document little of the pair's token budget.
@@ -35,10 +31,6 @@ class PseudoQuery:
     doc_id: str
     positive: str  # the passage as the positive reads it (the sentence cut out, for inverse cloze)
     kind: str  # how it was made: "inverse_cloze"
-
-
-def sentences(text: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
 
 
 def inverse_cloze(

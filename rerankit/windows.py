@@ -9,14 +9,26 @@ scores (Dai & Callan, 2019: FirstP / MaxP):
 - ``max``: the best window (MaxP, the default), ``first``: the first (FirstP, what truncation
   gives), ``mean``: their mean, ``max+first``: the mean of the best and the first.
 
+Where the windows are cut (``cut``):
+
+- ``boundaries`` (the default): a window holds whole paragraphs, as many as fit its token
+  budget, so a paragraph that fits one window is read whole by one; a paragraph longer than a
+  window is cut at sentence ends into pieces that overlap by whole sentences (up to ``stride``
+  tokens), and a sentence longer than a window at tokens (``rerankit.text_units`` says where
+  paragraphs and sentences begin);
+- ``tokens``: fixed windows of the budget every ``size - stride`` tokens, wherever they fall.
+
 The options are ``config.LongDocumentsConfig`` (config ``model.long_documents``). Windows are
 cut on token offsets of the document alone and handed on as text, so every pair
 still goes through the one pair encoding (``encoding.encode_pairs``) and the same token-budget
-batching as any other pair.
+batching as any other pair. Documents with more windows than ``max_windows`` are read only that
+far, and a warning counts them.
 """
 
 from __future__ import annotations
 
+import bisect
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -24,6 +36,7 @@ import numpy as np
 from rerankit.config import LongDocumentsConfig
 from rerankit.encoding import document_budgets
 from rerankit.prompts import PromptTemplate
+from rerankit.text_units import paragraph_starts, sentence_starts
 
 
 def window_spans(num_tokens: int, size: int, stride: int, max_windows: int) -> list[tuple[int, int]]:
@@ -41,6 +54,58 @@ def window_spans(num_tokens: int, size: int, stride: int, max_windows: int) -> l
             break
         start += step
     return spans
+
+
+def boundary_spans(
+    num_tokens: int,
+    paragraphs: Sequence[int],
+    sentences: Sequence[int],
+    size: int,
+    stride: int,
+    max_windows: int,
+) -> list[tuple[int, int]]:
+    """Token ranges [start, end) of windows of at most ``size`` tokens cut at paragraph, then
+    sentence, boundaries (``paragraphs`` and ``sentences``: the token indices where one begins);
+    at most ``max_windows``. See the module docstring."""
+    if num_tokens <= size:
+        return [(0, num_tokens)]
+    edges = sorted({0, *(p for p in paragraphs if 0 < p < num_tokens), num_tokens})
+    units: list[tuple[int, int]] = []
+    for start, end in zip(edges, edges[1:]):
+        if end - start <= size:
+            units.append((start, end))
+        else:
+            inside = [s for s in sentences if start < s < end]
+            units.extend(_sentence_pieces(start, end, inside, size, stride))
+    windows: list[tuple[int, int]] = []
+    i = 0
+    while i < len(units) and len(windows) < max_windows:
+        start, j = units[i][0], i
+        while j + 1 < len(units) and units[j + 1][1] - start <= size:
+            j += 1
+        windows.append((start, units[j][1]))
+        i = j + 1
+    return windows
+
+
+def _sentence_pieces(
+    start: int, end: int, sentences: Sequence[int], size: int, stride: int
+) -> list[tuple[int, int]]:
+    """A paragraph longer than a window as pieces of whole sentences (a sentence longer than a
+    window cut at ``size`` tokens); each piece after the first repeats the sentences of the one
+    before that fit in ``stride`` tokens, or ``stride`` tokens when it was cut mid-sentence."""
+    edges = [start, *sentences, end]
+    pieces = []
+    piece_start = start
+    while True:
+        fitting = [e for e in edges if piece_start < e <= piece_start + size]
+        piece_end = fitting[-1] if fitting else piece_start + size
+        pieces.append((piece_start, piece_end))
+        if piece_end >= end:
+            return pieces
+        floor = max(piece_start + 1, piece_end - stride)
+        overlap = [e for e in edges if floor <= e <= piece_end]
+        piece_start = overlap[0] if overlap else floor
 
 
 def split_documents(
@@ -63,6 +128,13 @@ def split_documents(
     spans_of, offsets_of = _document_spans(
         tokenizer, queries, docs, max_length, options, prompt, instructions
     )
+    if any(spans[-1][1] < len(offsets) for spans, offsets in zip(spans_of, offsets_of)):
+        # one fixed message, so Python shows it once per caller rather than once per batch
+        warnings.warn(
+            f"documents with more than max_windows ({options.max_windows}) windows are read only "
+            "that far: raise long_documents.max_windows to read them whole",
+            stacklevel=2,
+        )
     for i, (query, doc, spans, offsets) in enumerate(zip(queries, docs, spans_of, offsets_of)):
         for start, end in spans:
             text = doc if (start, end) == (0, len(offsets)) else doc[offsets[start][0] : offsets[end - 1][1]]
@@ -103,10 +175,30 @@ def _document_spans(
         split_special_tokens=prompt is not None,
     )
     spans = [
-        window_spans(len(offsets), _window_size(options, budget), options.stride, options.max_windows)
-        for budget, offsets in zip(budgets, encoded["offset_mapping"])
+        _spans(doc, offsets, _window_size(options, budget), options)
+        for doc, budget, offsets in zip(docs, budgets, encoded["offset_mapping"])
     ]
     return spans, encoded["offset_mapping"]
+
+
+def _spans(doc: str, offsets, size: int, options: LongDocumentsConfig) -> list[tuple[int, int]]:
+    if options.cut == "tokens" or len(offsets) <= size:
+        return window_spans(len(offsets), size, options.stride, options.max_windows)
+    # a boundary at character c begins at the first token that ends after c (a BPE token can
+    # carry the space before its word)
+    ends = [end for _, end in offsets]
+
+    def tokens(chars: list[int]) -> list[int]:
+        return [bisect.bisect_right(ends, c) for c in chars]
+
+    return boundary_spans(
+        len(offsets),
+        tokens(paragraph_starts(doc)),
+        tokens(sentence_starts(doc)),
+        size,
+        options.stride,
+        options.max_windows,
+    )
 
 
 def _window_size(options: LongDocumentsConfig, budget: int) -> int:

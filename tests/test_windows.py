@@ -1,13 +1,15 @@
 """Long documents scored by windows: boundaries, aggregates, the query kept whole, and a
 relevant passage past the first window found by windows and missed by truncation."""
 
+import warnings
+
 import numpy as np
 import pytest
 from conftest import NOISE, WORDS
 
 from rerankit import Reranker
 from rerankit.config import LongDocumentsConfig
-from rerankit.windows import aggregate, split_documents, window_spans
+from rerankit.windows import aggregate, boundary_spans, split_documents, window_spans
 
 pytestmark = pytest.mark.smoke
 
@@ -159,3 +161,79 @@ def test_maxp_training_learns_what_firstp_cannot_see(tiny_bert_dir, tmp_path):
     assert manifest["long_documents"]["mode"] == "windows"
     loaded = Reranker.load(tmp_path / "windows", device="cpu", dtype="float32")
     assert loaded.long_documents.mode == "windows"
+
+
+def _random_layout(rng, num_tokens):
+    """Paragraph and sentence starts (token indices) of a made-up document."""
+    sentences = sorted(set(rng.integers(1, num_tokens, size=num_tokens // 9).tolist()))
+    paragraphs = sorted(set(rng.choice(sentences, size=max(1, len(sentences) // 3)).tolist()))
+    return paragraphs, sentences
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_boundary_windows_cover_every_token_fit_and_keep_each_paragraph_that_fits_whole(seed):
+    rng = np.random.default_rng(seed)
+    num_tokens, size, stride = int(rng.integers(40, 400)), int(rng.integers(12, 60)), int(rng.integers(0, 16))
+    paragraphs, sentences = _random_layout(rng, num_tokens)
+    spans = boundary_spans(num_tokens, paragraphs, sentences, size, stride, max_windows=10_000)
+    assert spans[0][0] == 0 and spans[-1][1] == num_tokens
+    assert all(0 < end - start <= size for start, end in spans)
+    for (s1, e1), (s2, _) in zip(spans, spans[1:]):
+        assert s1 < s2 <= e1 and e1 - s2 <= stride  # no gap, overlap at most the stride
+    edges = [0, *paragraphs, num_tokens]
+    for start, end in zip(edges, edges[1:]):
+        if end - start <= size:
+            assert any(s <= start and end <= e for s, e in spans), (start, end)
+    cuts = sorted({0, *paragraphs, *sentences, num_tokens})
+    for start, _ in spans:  # a window starts mid-sentence only where a sentence outgrows it
+        if start not in cuts:
+            before = max(c for c in cuts if c < start)
+            after = min(c for c in cuts if c > start)
+            assert after - before > size
+    assert boundary_spans(num_tokens, paragraphs, sentences, size, stride, max_windows=2) == spans[:2]
+
+
+def _paragraphs(n, words, seed):
+    rng = np.random.default_rng(seed)
+    return [
+        " ".join(
+            f"{WORDS[rng.integers(len(WORDS))].capitalize()} {' '.join(rng.choice(WORDS, size=words - 1))}."
+            for _ in range(3)
+        )
+        for _ in range(n)
+    ]
+
+
+def test_a_paragraph_that_fits_a_window_is_read_whole_by_one_and_token_cuts_split_it(fp32_reranker):
+    tokenizer = fp32_reranker.tokenizer
+    paragraphs = _paragraphs(5, words=7, seed=3)
+    doc = "\n\n".join(paragraphs)
+    options = LongDocumentsConfig(mode="windows", stride=4)
+    by_boundaries = split_documents(tokenizer, ["q"], [doc], 64, options)[1]
+    by_tokens = split_documents(tokenizer, ["q"], [doc], 64, options.model_copy(update={"cut": "tokens"}))[1]
+    for paragraph in paragraphs:
+        assert any(paragraph in window for window in by_boundaries)
+    # the fixed windows of the same budget split at least one paragraph between two windows
+    assert not all(any(p in window for window in by_tokens) for p in paragraphs)
+    assert all(window.strip() == window for window in by_boundaries)
+
+
+def test_a_paragraph_longer_than_a_window_is_cut_at_sentence_ends(fp32_reranker):
+    tokenizer = fp32_reranker.tokenizer
+    sentences = _paragraphs(1, words=6, seed=5)[0].split(". ")
+    doc = ". ".join(sentences * 4)  # one paragraph, twelve sentences, longer than a window
+    windows = split_documents(tokenizer, ["q"], [doc], 40, LongDocumentsConfig(mode="windows", stride=0))[1]
+    assert len(windows) > 1
+    assert all(window.endswith(".") for window in windows)
+    assert all(window[0].isupper() for window in windows)
+
+
+def test_documents_cut_by_max_windows_are_warned_about(fp32_reranker):
+    tokenizer = fp32_reranker.tokenizer
+    doc = "\n\n".join(_paragraphs(8, words=7, seed=4))
+    options = LongDocumentsConfig(mode="windows", max_windows=2)
+    with pytest.warns(UserWarning, match="max_windows"):
+        split_documents(tokenizer, ["q"], [doc], 64, options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        split_documents(tokenizer, ["q"], ["One short paragraph."], 64, options)
