@@ -61,6 +61,14 @@ def per_query_ndcg(test, scores: list[np.ndarray]) -> np.ndarray:
     return np.array([values[q] for q in test["qids"]])
 
 
+def mean_interval(values: np.ndarray, seed: int) -> tuple[float, float]:
+    """95 % bootstrap interval of the mean of per-question values."""
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(RESAMPLES, len(values)))].mean(axis=1)
+    low, high = np.quantile(means, [0.025, 0.975])
+    return float(low), float(high)
+
+
 def ratio_interval(values: np.ndarray, reference: np.ndarray, seed: int) -> tuple[float, float]:
     """95 % paired bootstrap interval of mean(values) / mean(reference) over questions."""
     rng = np.random.default_rng(seed)

@@ -81,6 +81,11 @@ MODES = {
     "lora": "LoRA",
     "qlora": "QLoRA 4-bit",
 }
+# long_documents.train_windows, as the table names it.
+WINDOW_TRAINING = {
+    "best": "MaxP, best window picked without gradients",
+    "all": "MaxP, every window with gradients",
+}
 # Token ids the random inputs use (a small tokenizer is saved with each model).
 TOKENS = ["<pad>", "<eos>", "yes", "no"] + [f"w{i}" for i in range(252)]
 
@@ -111,7 +116,8 @@ def measure_row(folder: Path, mode: str, args) -> dict:
     from rerankit.config import validate_config
     from rerankit.losses import build_loss
     from rerankit.model_builder import build_model, training_device, training_precision
-    from rerankit.training import optimizer_class
+    from rerankit.training import optimizer_class, scored_windows
+    from rerankit.windows import aggregate_tensor
 
     cuda = torch.cuda.is_available()
     # The libraries' own memory is not the model's: import them before the baseline.
@@ -149,8 +155,10 @@ def measure_row(folder: Path, mode: str, args) -> dict:
     loss_fn = build_loss("listwise")
     pairs = args.groups * args.docs
     generator = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(4, len(TOKENS), (pairs, args.length), generator=generator).to(device)
+    rows = pairs * args.windows  # each document as --windows windows of --length tokens
+    input_ids = torch.randint(4, len(TOKENS), (rows, args.length), generator=generator).to(device)
     attention_mask = torch.ones_like(input_ids)
+    owner = torch.arange(pairs, device=device).repeat_interleave(args.windows)
     labels = torch.zeros(args.groups, args.docs, dtype=torch.long, device=device)
     labels[:, 0] = 1
     mask = torch.ones(args.groups, args.docs, dtype=torch.bool, device=device)
@@ -166,8 +174,12 @@ def measure_row(folder: Path, mode: str, args) -> dict:
     for _ in range(args.steps):
         start = time.perf_counter()
         with autocast:
-            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-        loss = loss_fn(logits.float().view(args.groups, args.docs), labels, mask)
+            inputs, owners = {"input_ids": input_ids, "attention_mask": attention_mask}, owner
+            if args.windows > 1 and args.window_training == "best":
+                inputs, owners = scored_windows(model, inputs, owner, pairs, "max")
+            logits = model(**inputs).logits
+        scores = aggregate_tensor(logits.float().view(-1), owners, pairs, "max")
+        loss = loss_fn(scores.view(args.groups, args.docs), labels, mask)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -187,6 +199,8 @@ def measure_row(folder: Path, mode: str, args) -> dict:
         "base_dtype": _frozen_dtype(model),
         "gradient_checkpointing": built.gradient_checkpointing,
         "attention": getattr(model.config, "_attn_implementation", None) or "default",
+        "windows": args.windows,
+        "window_training": args.window_training if args.windows > 1 else None,
     }
 
 
@@ -274,6 +288,7 @@ def _shared(args) -> list[str]:
     return [
         *("--groups", str(args.groups), "--docs", str(args.docs), "--length", str(args.length)),
         *("--steps", str(args.steps), "--optimizer", args.optimizer, "--attn", args.attn),
+        *("--windows", str(args.windows), "--window-training", args.window_training),
     ]
 
 
@@ -298,12 +313,14 @@ def write_results(rows: list[dict], args, out: Path) -> Path:
         "commit": commit.stdout.strip(),
         "device": device_name(),
         "torch": torch.__version__,
-        "step": f"{args.groups} queries x {args.docs} documents x {args.length} tokens",
+        "step": f"{args.groups} queries x {args.docs} documents x {args.length} tokens"
+        + (f", each document {args.windows} windows (MaxP)" if args.windows > 1 else ""),
         "optimizer": args.optimizer,
         "allocator": "MALLOC_MMAP_THRESHOLD_=65536" if args.return_freed_memory else "glibc default",
     }
     out.mkdir(parents=True, exist_ok=True)
-    name = out / f"llm_memory_{device}{'_freed' if args.return_freed_memory else ''}"
+    maxp = "_maxp" if args.windows > 1 else ""
+    name = out / f"llm_memory_{device}{maxp}{'_freed' if args.return_freed_memory else ''}"
     name.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
     lines = [
         f"# Fine-tuning memory of decoder rerankers ({meta['date']}, commit {meta['commit']})",
@@ -323,11 +340,12 @@ def write_results(rows: list[dict], args, out: Path) -> Path:
         "|---|---:|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
+        method = MODES[row["mode"]] + (f", {WINDOW_TRAINING[w]}" if (w := row.get("window_training")) else "")
         if "error" in row:
-            lines.append(f"| {row['size']} | | {MODES[row['mode']]} | | | | | {row['error']} | | |")
+            lines.append(f"| {row['size']} | | {method} | | | | | {row['error']} | | |")
             continue
         lines.append(
-            f"| {row['size']} | {row['params'] / 1e9:.2f} B | {MODES[row['mode']]} | "
+            f"| {row['size']} | {row['params'] / 1e9:.2f} B | {method} | "
             f"{row['precision']} ({row['base_dtype']}) | {row.get('attention', '')} | "
             f"{row['trainable_params'] / 1e6:.1f} M | "
             f"{row['held_mib'] / 1024:.2f} GiB | {row['peak_mib'] / 1024:.2f} GiB | "
@@ -363,6 +381,16 @@ def main() -> None:
         choices=["auto", "sdpa", "eager", "flash_attention_2"],
         help="Attention kernel (model.attn_implementation).",
     )
+    parser.add_argument(
+        "--windows", type=int, default=1, help="Windows per document (MaxP training when above 1)."
+    )
+    parser.add_argument(
+        "--window-training",
+        nargs="+",
+        default=["best", "all"],
+        choices=list(WINDOW_TRAINING),
+        help="With --windows: long_documents.train_windows, one row each.",
+    )
     parser.add_argument("--row-timeout", type=int, default=3600, help="Seconds a row may take.")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/rerankit-bench/llm_memory")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
@@ -375,6 +403,7 @@ def main() -> None:
         build_checkpoint(args.build, args.folder)
         return
     if args.row:
+        args.window_training = args.window_training[0]  # a row runs one
         print(json.dumps(measure_row(args.folder, args.row, args)))
         return
     rows = []
@@ -384,10 +413,15 @@ def main() -> None:
             print(f"building random {size} ...", flush=True)
             subprocess.run([sys.executable, __file__, "--build", size, "--folder", str(folder)], check=True)
         for mode in args.modes:
-            print(f"{size} {MODES[mode]} ...", flush=True)
-            rows.append(run_row(size, mode, folder, args))
-            print("  ", rows[-1], flush=True)
-            write_results(rows, args, args.out)
+            for training in args.window_training if args.windows > 1 else ["all"]:
+                print(f"{size} {MODES[mode]} {training if args.windows > 1 else ''} ...", flush=True)
+                rows.append(
+                    run_row(
+                        size, mode, folder, argparse.Namespace(**{**vars(args), "window_training": training})
+                    )
+                )
+                print("  ", rows[-1], flush=True)
+                write_results(rows, args, args.out)
 
 
 if __name__ == "__main__":

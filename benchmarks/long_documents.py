@@ -1,27 +1,32 @@
 """Long documents: truncation (FirstP) against windows, and MaxP training, on SQuAD documents of
-several paragraphs.
+several paragraphs, beside controls that show what a gain would look like.
 
-    python benchmarks/long_documents.py [--train-queries 100] [--test-queries 80] [--top-k 10]
+    python benchmarks/long_documents.py [--train-queries 600] [--test-queries 200] [--reuse]
 
-Protocol (seeded): the paragraphs of each SQuAD dev article (``../shared/data/squad-v1.1-dev``)
-are merged, in order, into documents of about ``--doc-tokens`` word-piece tokens (title once,
-then the paragraphs); a question's positive is the merged document holding its paragraph. The
-split by article is the quality benchmark's (``benchmarks/quality.py``): training questions and
-their BM25-mined negatives come from the train articles only; test questions are ranked over
-BM25's top ``--top-k`` of all merged documents. Two runs of the shipped recipe
-(``configs/train_qlora.yaml``, one epoch) differ only in ``model.long_documents.mode``:
-``truncate`` (FirstP: the first window of each document) and ``windows`` (MaxP). Each model
-scores the test candidates truncated, and by windows with every aggregate (one pass over the
-windows, aggregated four ways). Writes ``benchmarks/results/long_documents.{json,md}``.
+Protocol (seeded): the paragraphs of each SQuAD dev article (``../shared/data/squad-v1.1-dev``;
+each paragraph opens with its article's title) are merged, in order and separated by blank
+lines, into documents of about ``--doc-tokens`` word-piece tokens; a question's positive is the
+merged document holding its paragraph. The split by article is the quality benchmark's
+(``benchmarks/quality.py``): training questions and their BM25-mined negatives come from the
+train articles only; test questions are ranked over BM25's top ``--top-k`` of all merged
+documents. Two runs of the shipped recipe (``configs/train_qlora.yaml``, one epoch) differ only
+in ``model.long_documents.mode``: ``truncate`` (FirstP: the first window of each document) and
+``windows`` (MaxP). Each model, read as its cross-encoder alone, scores the test candidates
+truncated, and by windows with every aggregate (one pass over the windows, aggregated four
+ways), and through an oracle window (each positive read by its relevant paragraph, the others
+by their best window). Controls: BM25, a random order, the untrained cross-encoder, and a model
+trained on bare paragraphs (``--paragraph-model``, the demo run) read by windows. Each row's
+NDCG@10 carries a 95 % bootstrap interval over the test questions; each trained row its run's
+validation NDCG@10. Writes ``benchmarks/results/long_documents.{json,md}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
+import warnings
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -31,17 +36,22 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from buried_paragraphs import mean_interval, per_query_ndcg  # noqa: E402
+from machine import cpu_line  # noqa: E402
 from quality import (  # noqa: E402
     BACKBONE,
     DATA,
+    _commit,
     article,
     first_stage_candidates,
     in_fresh_process,
     metrics_of,
     prepare_training_files,
-    score_with,
+    reused_run,
     split_by_article,
     train_rerankit,
+    untrained_reranker,
+    write_corpus,
 )
 
 AGGREGATES = ("max", "first", "mean", "max+first")
@@ -64,7 +74,7 @@ def merge_paragraphs(corpus: dict[str, str], doc_tokens: int) -> tuple[dict[str,
     def close() -> None:
         if current:
             doc_id = f"{article(current[0])}_m{current[0].rsplit('_', 1)[1]}"
-            merged[doc_id] = " ".join(corpus[d] for d in current)
+            merged[doc_id] = "\n\n".join(corpus[d] for d in current)
             owner.update(dict.fromkeys(current, doc_id))
             current.clear()
 
@@ -82,7 +92,7 @@ def merged_sides(doc_tokens: int):
     merged, owner = merge_paragraphs(sides["all"][0], doc_tokens)
     result = {}
     for name, (docs, queries, positives) in sides.items():
-        kept = {owner[d] for d in docs}
+        kept = sorted({owner[d] for d in docs})  # sorted: the same order, so runs repeat
         result[name] = (
             {d: merged[d] for d in kept},
             queries,
@@ -91,58 +101,77 @@ def merged_sides(doc_tokens: int):
     return result, merged
 
 
-def window_pass(reranker, test) -> tuple[dict[str, list[np.ndarray]], float, int]:
-    """Every test candidate scored by windows once, aggregated each way; seconds and windows."""
-    from rerankit.config import LongDocumentsConfig
+def window_pass(reranker, test, docs: list[str]) -> tuple[dict[str, list[np.ndarray]], float, int, int]:
+    """Every test candidate (``docs``, flat) scored by windows once, aggregated each way;
+    seconds, windows scored, and documents that ``max_windows`` cut."""
     from rerankit.windows import aggregate, split_documents
 
     queries = [q for q, ids in zip(test["queries"], test["hits"]) for _ in ids]
-    docs = [test["docs"][d] for ids in test["hits"] for d in ids]
-    options = LongDocumentsConfig(mode="windows")
+    options = reranker.long_documents.model_copy(update={"mode": "windows"})
     started = time.perf_counter()
-    flat_q, flat_d, owner = split_documents(reranker.tokenizer, queries, docs, reranker.max_length, options)
+    with warnings.catch_warnings(record=True):  # counted below instead
+        warnings.simplefilter("always")
+        flat_q, flat_d, owner = split_documents(
+            reranker.tokenizer, queries, docs, reranker.max_length, options
+        )
     window_scores = reranker.logits(flat_q, flat_d)
     seconds = time.perf_counter() - started
+    cut = int(sum(np.bincount(owner, minlength=len(docs)) >= options.max_windows))
     sizes = np.cumsum([len(ids) for ids in test["hits"]])[:-1]
     return (
         {how: np.split(aggregate(window_scores, owner, len(docs), how), sizes) for how in AGGREGATES},
         seconds,
         len(flat_d),
+        cut,
     )
 
 
-def truncated_pass(reranker, test) -> tuple[list[np.ndarray], float]:
+def truncated_pass(reranker, test, docs: list[str]) -> tuple[list[np.ndarray], float]:
+    queries = [q for q, ids in zip(test["queries"], test["hits"]) for _ in ids]
     started = time.perf_counter()
-    scores = score_with(reranker, test)
-    return scores, time.perf_counter() - started
+    flat = np.asarray(reranker.logits(queries, docs), dtype=np.float64)
+    sizes = np.cumsum([len(ids) for ids in test["hits"]])[:-1]
+    return np.split(flat, sizes), time.perf_counter() - started
 
 
-def evaluate_model(path: str, test, max_length: int) -> list[dict[str, Any]]:
-    from rerankit import Reranker
+def oracle(test, by_windows: list[np.ndarray], gold_scores: list[np.ndarray]) -> list[np.ndarray]:
+    """Each positive document read through its relevant paragraph alone, the others by their
+    best window: what a perfect choice of window gives the positives."""
+    scores = []
+    for qid, ids, windows, gold in zip(test["qids"], test["hits"], by_windows, gold_scores):
+        scores.append(np.where([d in test["qrels"][qid] for d in ids], gold, windows))
+    return scores
 
-    reranker = Reranker.load(path, device="cpu", max_length=max_length, long_documents={"mode": "truncate"})
-    docs = sum(len(ids) for ids in test["hits"])
-    truncated, seconds = truncated_pass(reranker, test)
-    rows = [
-        {
-            "scored": "truncated (first window)",
-            **metrics_of(test, truncated),
-            "docs_per_s": docs / seconds,
-            "pairs_per_s": docs / seconds,
-        }
-    ]
-    by_windows, seconds, windows = window_pass(reranker, test)
-    for how in AGGREGATES:
-        rows.append(
-            {
-                "scored": f"windows, {how}",
-                **metrics_of(test, by_windows[how]),
-                "docs_per_s": docs / seconds,
-                "pairs_per_s": windows / seconds,
-                "windows": windows,
-            }
+
+def evaluate_model(reranker, name: str, test, paragraphs: dict[str, str], aggregates=AGGREGATES):
+    """Rows of one model: truncated, by windows (each aggregate), and the oracle window."""
+    docs = [test["docs"][d] for ids in test["hits"] for d in ids]
+    truncated, seconds = truncated_pass(reranker, test, docs)
+    rows = [_row(test, name, "truncated (first window)", truncated, len(docs), seconds, len(docs))]
+    by_windows, seconds, windows, cut = window_pass(reranker, test, docs)
+    for how in aggregates:
+        rows.append(_row(test, name, f"windows, {how}", by_windows[how], len(docs), seconds, windows))
+        rows[-1]["documents_cut_by_max_windows"] = cut
+    gold_texts = [paragraphs[test["gold"][q]] for q, ids in zip(test["qids"], test["hits"]) for _ in ids]
+    gold, _ = truncated_pass(reranker, test, gold_texts)
+    rows.append(
+        _row(
+            test,
+            name,
+            "oracle window (positives by their paragraph), max",
+            oracle(test, by_windows["max"], gold),
         )
+    )
     return rows
+
+
+def _row(test, model: str, scored: str, scores, docs: int = 0, seconds: float = 0.0, pairs: int = 0) -> dict:
+    values = per_query_ndcg(test, scores)
+    low, high = mean_interval(values, seed=0)
+    row = {"model": model, "scored": scored, **metrics_of(test, scores), "ndcg@10_interval": [low, high]}
+    if seconds:
+        row.update(docs_per_s=docs / seconds, pairs_per_s=pairs / seconds)
+    return row
 
 
 def main() -> None:
@@ -150,47 +179,72 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "configs" / "train_qlora.yaml"))
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "long_documents")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--paragraph-model", default=str(ROOT / "outputs" / "demo"))
     parser.add_argument("--doc-tokens", type=int, default=700)
-    parser.add_argument("--train-queries", type=int, default=100)
-    parser.add_argument("--test-queries", type=int, default=80)
-    parser.add_argument("--mined-negatives", type=int, default=5)
+    parser.add_argument("--train-queries", type=int, default=600)
+    parser.add_argument("--test-queries", type=int, default=200)
+    parser.add_argument("--mined-negatives", type=int, default=15)
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--reuse", action="store_true", help="Score the run folders already in --work.")
     args = parser.parse_args()
+
+    from rerankit import Reranker
+    from rerankit.beir import read_corpus
 
     sides, merged = merged_sides(args.doc_tokens)
     files = prepare_training_files(
         sides["train"], args.train_queries, args.mined_negatives, args.seed, args.work
     )
+    files["corpus_file"] = write_corpus(sides["train"][0], args.work / "corpus.jsonl")
     test = first_stage_candidates(sides["all"], args.test_queries, args.top_k, args.seed)
+    # each test question's relevant paragraph (the oracle window reads it)
+    positives = split_by_article(DATA)["all"][2]
+    test["gold"] = {q: positives[q][0] for q in test["qids"]}
+    paragraphs = read_corpus(DATA / "corpus.jsonl", with_title=True)
     print(
         f"{len(merged)} merged documents; {files['train_queries']} train / {files['valid_queries']} "
         f"valid questions; {len(test['qids'])} test questions",
         flush=True,
     )
     max_length = 192
+    rng = np.random.default_rng(args.seed)
     rows: list[dict[str, Any]] = [
-        {"model": "BM25 (first stage)", "scored": "", **metrics_of(test, test["bm25"])}
+        _row(test, "BM25 (first stage)", "", test["bm25"]),
+        _row(test, "random order", "", [rng.random(len(ids)) for ids in test["hits"]]),
     ]
+    untrained = untrained_reranker(max_length, args.seed)
+    rows += evaluate_model(untrained, "untrained cross-encoder", test, paragraphs, aggregates=("max",))
+    trained_on_paragraphs = Reranker.load(
+        args.paragraph_model, device="cpu", max_length=max_length, ensemble="none"
+    )
+    rows += evaluate_model(
+        trained_on_paragraphs, "paragraph-trained (the demo run)", test, paragraphs, ("max",)
+    )
     runs = {}
     for mode, name in (
-        ("truncate", "rerankit, FirstP-trained (truncate)"),
-        ("windows", "rerankit, MaxP-trained (windows, max)"),
+        ("truncate", "FirstP-trained (truncate)"),
+        ("windows", "MaxP-trained (windows, max)"),
     ):
-        out = str(args.work / f"run-{mode}")
-        overrides = {"training.epochs": 1, "model.long_documents.mode": mode}
-        print(f"training {name} ...", flush=True)
-        runs[mode] = in_fresh_process(train_rerankit, args.config, files, out, overrides)
-        for row in evaluate_model(out, test, max_length):
-            rows.append({"model": name, **row, "train_wall_s": runs[mode]["wall_s"]})
-            print(rows[-1], flush=True)
+        out = args.work / f"run-{mode}"
+        overrides = {"training.epochs": 1, "model.long_documents.mode": mode, "graphs": "none"}
+        if args.reuse and (out / "run.json").exists():
+            runs[mode] = reused_run(out)
+        else:
+            print(f"training {name} ...", flush=True)
+            runs[mode] = in_fresh_process(train_rerankit, args.config, files, str(out), overrides)
+        reranker = Reranker.load(out, device="cpu", max_length=max_length, ensemble="none")
+        for row in evaluate_model(reranker, name, test, paragraphs):
+            row.update(valid_ndcg=runs[mode]["valid_best"]["ndcg@10"], train_wall_s=runs[mode].get("wall_s"))
+            rows.append(row)
+            print(row, flush=True)
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     lengths = [len(t.split()) for t in merged.values()]
     meta = {
         "date": date.today().isoformat(),
-        "commit": commit.stdout.strip(),
-        **vars(args),
+        "commit": _commit(),
+        "cpu": cpu_line(),
+        **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "merged_documents": len(merged),
         "words_per_document_median": int(np.median(lengths)),
         "train_queries": files["train_queries"],
@@ -198,28 +252,44 @@ def main() -> None:
         "test_queries": len(test["qids"]),
         "max_length": max_length,
     }
-    meta = {k: str(v) if isinstance(v, Path) else v for k, v in meta.items()}
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "long_documents.json").write_text(
         json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n"
     )
+    (args.results / "long_documents.md").write_text(markdown(meta, rows))
+    print(markdown(meta, rows))
+
+
+def markdown(meta: dict, rows: list[dict]) -> str:
+    cut = max((r.get("documents_cut_by_max_windows", 0) for r in rows), default=0)
     lines = [
-        f"# Long documents: SQuAD paragraphs merged into ~{args.doc_tokens}-token documents "
+        f"# Long documents: SQuAD paragraphs merged into ~{meta['doc_tokens']}-token documents "
         f"({meta['date']}, commit {meta['commit']})",
         "",
-        f"{len(merged)} documents (median {meta['words_per_document_median']} words); "
-        f"{meta['train_queries']} training questions (1 epoch) from the train articles; "
-        f"{meta['test_queries']} test questions over BM25's top {args.top_k} of all documents; "
-        f"max_length {max_length}; 2 CPU cores.",
+        f"{meta['merged_documents']} documents (median {meta['words_per_document_median']} words; "
+        "paragraphs separated by blank lines); "
+        f"{meta['train_queries']} training questions (+{meta['valid_queries']} validation, one epoch, "
+        f"{meta['mined_negatives']} BM25-mined negatives each) from the train articles; "
+        f"{meta['test_queries']} test questions over BM25's top {meta['top_k']} of all documents; "
+        f"max_length {meta['max_length']}; windows cut at paragraph and sentence ends "
+        f"(`long_documents.cut: boundaries`); every model read as its cross-encoder alone. "
+        f"{cut} of the test documents had more windows than `max_windows` and were read only that far. "
+        f"Interval: 95 % bootstrap over questions. CPU: {meta['cpu']}.",
         "",
-        "| model | scored | NDCG@10 | MRR@10 | docs/s | pairs/s |",
-        "|---|---|---:|---:|---:|---:|",
+        "| model | scored | NDCG@10 | 95 % interval | MRR@10 | valid NDCG@10 | train wall | docs/s |",
+        "|---|---|---:|---|---:|---:|---:|---:|",
     ]
     for r in rows:
-        speed = f"{r['docs_per_s']:.1f} | {r['pairs_per_s']:.1f}" if "docs_per_s" in r else " | "
-        lines.append(f"| {r['model']} | {r['scored']} | {r['ndcg@10']:.4f} | {r['mrr@10']:.4f} | {speed} |")
-    (args.results / "long_documents.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        low, high = r["ndcg@10_interval"]
+        valid = f"{r['valid_ndcg']:.4f}" if r.get("valid_ndcg") is not None else ""
+        wall = f"{r['train_wall_s']:.0f} s" if r.get("train_wall_s") else ""
+        speed = f"{r['docs_per_s']:.1f}" if "docs_per_s" in r else ""
+        lines.append(
+            f"| {r['model']} | {r['scored']} | {r['ndcg@10']:.4f} | {low:.3f}–{high:.3f} | "
+            f"{r['mrr@10']:.4f} | {valid} | {wall} | {speed} |"
+        )
+    lines += ["", "`python benchmarks/long_documents.py`"]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -85,6 +85,12 @@ class GroupCollator:
             queries, docs, owner = split_documents(
                 self.tokenizer, queries, docs, self.max_length, self.long_documents, self.prompt, given
             )
+            kept = capped_windows(owner, self.long_documents.max_windows_per_step)
+            queries, docs, owner = (
+                [queries[i] for i in kept],
+                [docs[i] for i in kept],
+                [owner[i] for i in kept],
+            )
             given = None if given is None else [given[i] for i in owner]
         batch = dict(
             encode_pairs(
@@ -104,3 +110,21 @@ class GroupCollator:
         if not group.levels:
             raise ValueError(f"score injection: the training query {group.query!r} has no first-stage score")
         return self.score_injection.query(group.query, group.levels[col])
+
+
+def capped_windows(owner: Sequence[int], cap: int | None) -> list[int]:
+    """Indices of the windows a training step reads (``owner``: each window's document, windows
+    in document order): all of them, or at most ``cap``, taken in turn from each document's
+    first window on: long documents lose their last windows, and every document keeps its first
+    even past the cap."""
+    if cap is None or len(owner) <= cap:
+        return list(range(len(owner)))
+    by_doc: dict[int, list[int]] = {}
+    for index, doc in enumerate(owner):
+        by_doc.setdefault(doc, []).append(index)
+    kept = [windows[0] for windows in by_doc.values()]  # a document without a window has no score
+    depth = 1
+    while len(kept) < cap:
+        kept += [windows[depth] for windows in by_doc.values() if depth < len(windows)][: cap - len(kept)]
+        depth += 1
+    return sorted(kept)

@@ -45,6 +45,13 @@ class LongDocumentsConfig(_Section):
     aggregate: Literal["max", "first", "mean", "max+first"] = "max"
     # Windows per document at most; what lies beyond them is not read.
     max_windows: int = Field(8, ge=1, le=1024)
+    # Training by windows (mode: windows): best picks each document's best window without
+    # gradients and back-propagates through that one only (and the first, for max+first);
+    # all runs every window with gradients (what mean needs). Inference is unaffected.
+    train_windows: Literal["best", "all"] = "best"
+    # Windows one training step reads at most: documents keep their first windows, taken in
+    # turn (each keeps its first, even past the cap). null: no cap.
+    max_windows_per_step: int | None = Field(None, ge=1)
 
 
 class PromptConfig(_Section):

@@ -93,6 +93,37 @@ def optimizer_class(name: str):
     }[name]
 
 
+def scored_windows(model, inputs: dict, owner, num_docs: int, how: str):
+    """The rows of a batch of windows (``owner``: each window's document) that aggregate
+    ``how`` reads, and their owners: each document's best window, picked by a pass without
+    gradients (max), and its first (first), so that forward and backward run on one or two
+    windows per document instead of all of them. ``mean`` reads every window."""
+    import torch
+
+    if how == "mean" or len(owner) == num_docs:  # every window read, or one per document
+        return inputs, owner
+    keep = torch.zeros(len(owner), dtype=torch.bool, device=owner.device)
+    positions = torch.arange(len(owner), device=owner.device)
+    if how in ("first", "max+first"):
+        first = torch.full((num_docs,), len(owner), device=owner.device, dtype=torch.long)
+        keep[first.scatter_reduce(0, owner, positions, reduce="amin", include_self=False)] = True
+    if how in ("max", "max+first"):
+        with torch.no_grad():
+            scores = model(**inputs).logits.float().view(-1)
+        best = scores.new_full((num_docs,), float("-inf"))
+        best = best.scatter_reduce(0, owner, scores, reduce="amax", include_self=False)
+        # the first window reaching its document's best (ties: the earliest)
+        at_best = torch.where(scores == best[owner], positions, len(owner))
+        chosen = torch.full((num_docs,), len(owner), device=owner.device, dtype=torch.long)
+        keep[chosen.scatter_reduce(0, owner, at_best, reduce="amin", include_self=False)] = True
+    rows = keep.nonzero().view(-1)
+    needed = inputs["attention_mask"][rows].bool().any(dim=0)  # drop padding no kept row needs
+    picked = {
+        key: value[rows][:, needed] if value.dim() > 1 else value[rows] for key, value in inputs.items()
+    }
+    return picked, owner[rows]
+
+
 class RerankTrainer(Trainer):
     """Trainer with a group ranking loss and full-validation-set ranking evaluation."""
 
@@ -128,6 +159,8 @@ class RerankTrainer(Trainer):
         owner = inputs.pop("window_owner", None)  # [W] pair of each window (long documents)
         teacher = inputs.pop("group_teacher", None)  # [Q, G] teacher scores, where the data has them
         known = inputs.pop("group_teacher_mask", None)
+        if owner is not None and self.long_documents.train_windows == "best":
+            inputs, owner = scored_windows(model, inputs, owner, len(slots), self.long_documents.aggregate)
         outputs = model(**inputs)
         logits = outputs.logits.float().view(-1)  # [P] one score per pair, or [W] per window
         if owner is not None:  # a document's score is the aggregate of its windows' (MaxP)

@@ -237,3 +237,67 @@ def test_documents_cut_by_max_windows_are_warned_about(fp32_reranker):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         split_documents(tokenizer, ["q"], ["One short paragraph."], 64, options)
+
+
+def _window_batch(tiny_bert_dir):
+    """A tiny model in eval mode (no dropout) and a batch of two groups of long documents."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rerankit.collator import GroupCollator
+    from rerankit.sampling import Group
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=1).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    docs = ["\n\n".join(_paragraphs(8, words=6, seed=s)) for s in range(6)]
+    groups = [
+        Group(query="apple river", docs=tuple(docs[:3]), labels=(1, 0, 0), doc_ids=("a", "b", "c")),
+        Group(query="tiger castle", docs=tuple(docs[3:]), labels=(1, 0, 0), doc_ids=("d", "e", "f")),
+    ]
+    options = LongDocumentsConfig(mode="windows", stride=4)
+    return model, GroupCollator(tokenizer, 48, options)(groups)
+
+
+@pytest.mark.parametrize("how", ["max", "max+first", "first"])
+def test_best_window_training_gives_the_all_windows_loss_and_gradients_from_fewer_rows(tiny_bert_dir, how):
+    import torch
+
+    from rerankit.training import scored_windows
+    from rerankit.windows import aggregate_tensor
+
+    model, batch = _window_batch(tiny_bert_dir)
+    owner, num_docs = batch.pop("window_owner"), len(batch.pop("pair_slots"))
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    rows_with_grad = []
+    hook = model.bert.embeddings.register_forward_hook(
+        lambda module, args, out: rows_with_grad.append(len(out)) if torch.is_grad_enabled() else None
+    )
+
+    def loss_and_grads(inputs, owner):
+        model.zero_grad()
+        scores = aggregate_tensor(model(**inputs).logits.view(-1), owner, num_docs, how)
+        loss = torch.nn.functional.cross_entropy(scores.view(2, 3), torch.tensor([0, 0]))
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    full_loss, full_grads = loss_and_grads(inputs, owner)
+    picked, picked_owner = scored_windows(model, inputs, owner, num_docs, how)
+    best_loss, best_grads = loss_and_grads(picked, picked_owner)
+    hook.remove()
+    assert len(owner) > num_docs  # the documents are long: several windows each
+    assert rows_with_grad[1] <= (2 if how == "max+first" else 1) * num_docs < rows_with_grad[0]
+    assert best_loss == pytest.approx(full_loss, abs=1e-5)
+    for full, best in zip(full_grads, best_grads):
+        torch.testing.assert_close(best, full, atol=1e-5, rtol=1e-4)
+
+
+def test_a_step_cap_keeps_every_documents_first_window_then_takes_windows_in_turn():
+    from rerankit.collator import capped_windows
+
+    owner = [0, 0, 0, 1, 2, 2, 2, 2]
+    assert capped_windows(owner, None) == list(range(8))
+    assert capped_windows(owner, 5) == [0, 1, 3, 4, 5]  # firsts, then each document's second
+    assert capped_windows(owner, 2) == [0, 3, 4]  # every document keeps its first
+    model_batch_owner = [owner[i] for i in capped_windows(owner, 6)]
+    assert model_batch_owner == [0, 0, 0, 1, 2, 2]
