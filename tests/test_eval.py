@@ -1,6 +1,7 @@
 """`rerankit eval` on seed JSONL and on a BEIR folder, against BM25."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,7 +218,7 @@ def test_an_interrupted_bulk_eval_resumes_without_rescoring_finished_shards(
     _same_results(result, evaluate_beir(fp32_reranker, beir_folder, **options))
 
 
-def test_eval_cli_engine_local_writes_the_in_process_results(tiny_bert_run, tmp_path):
+def test_eval_cli_engine_local_writes_the_in_process_results(tiny_bert_run, tmp_path, monkeypatch):
     run, valid = tiny_bert_run
     base = ["eval", "--model", str(run.output_dir), "--data", str(valid), "--dtype", "float32"]
     here, bulk = tmp_path / "here.json", tmp_path / "bulk.json"
@@ -227,6 +228,22 @@ def test_eval_cli_engine_local_writes_the_in_process_results(tiny_bert_run, tmp_
     assert cli.exit_code == 0, cli.output
     _same_results(json.loads(bulk.read_text()), json.loads(here.read_text()))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bulk.json", "here.json"]  # work folder gone
+    # without --out the work folder is .rerankit-eval-HASH in the current folder, gone once done
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    cli = CliRunner().invoke(main, [*base, "--engine", "local"])
+    assert cli.exit_code == 0 and "reranked by" in cli.stdout, cli.output
+    assert list((tmp_path / "cwd").iterdir()) == []
     # the Ray options without the Ray engine are a mistake, said before anything loads
     cli = CliRunner().invoke(main, [*base, "--engine", "local", "--workers", "2"])
     assert cli.exit_code == 2 and "--ray-address and --workers apply to --engine ray" in cli.output
+
+
+def test_the_bulk_work_folder_sits_beside_out_or_is_named_by_what_it_scores(tmp_path):
+    from rerankit.held_out_bulk import default_work_dir
+
+    assert default_work_dir(tmp_path / "eval.json", {}) == tmp_path / ".eval.json.eval"
+    one = default_work_dir(None, {"model": "outputs/run1", "data": "/data/a", "top_k": 30})
+    assert one.name.startswith(".rerankit-eval-") and one.parent == Path(".")
+    assert one == default_work_dir(None, {"top_k": 30, "data": "/data/a", "model": "outputs/run1"})
+    assert one != default_work_dir(None, {"model": "outputs/run1", "data": "/data/a", "top_k": 100})
