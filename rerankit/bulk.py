@@ -16,7 +16,9 @@ output path is always complete; the work folder is removed then.
 
 The output has one row per input row, in input order: ``id`` (when the input has ids),
 ``query``, ``document``, ``first_stage_score`` (the input's ``score``, when it has one) and
-``score``, the relevance probability (or, with ``raw=True``, the score before calibration).
+``score``, the relevance probability (or, with ``raw=True``, the score before calibration),
+and with ``cross_encoder_score=True`` the cross-encoder's logit before the self-ensemble
+(``cross_encoder_score``), from the same forward passes.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ DEFAULT_SHARD_SIZE = 2048
 ENGINES = ("local", "ray")
 _MANIFEST = "manifest.json"
 _LOCK = "lock"
-_VERSION = 1
+_VERSION = 2  # 2: shards hold one column per score column
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ def score_file(
     engine: str = "local",
     shard_size: int = DEFAULT_SHARD_SIZE,
     raw: bool = False,
+    cross_encoder_score: bool = False,
     overwrite: bool = False,
     work_dir: str | Path | None = None,
     progress: bool = True,
@@ -78,7 +81,10 @@ def score_file(
     or .parquet), resuming an interrupted run of the same input, model and options.
 
     ``model``: a path or hub id, loaded with ``Reranker.load(model, **load_options)`` (by each
-    Ray actor with ``engine="ray"``), or, with the local engine, an already loaded ``Reranker``.
+    Ray actor with ``engine="ray"``), or, with the local engine, an already loaded ``Reranker``
+    (then ``load_options`` load nothing but still fingerprint the shards: pass the ones it was
+    loaded with, so that a resumed run never mixes scores of differently loaded models).
+    ``cross_encoder_score`` adds the column of the cross-encoder's logits before the ensemble.
     ``on_shard`` is called with each shard's index once its scores are saved. ``ray_address``,
     ``workers`` (actors; default one per CPU, or per GPU when the cluster has GPUs) and
     ``gpus_per_worker`` (default 1 when the cluster has GPUs) apply to ``engine="ray"``.
@@ -107,6 +113,7 @@ def score_file(
             engine,
             shard_size,
             raw,
+            pairs_file.score_columns(cross_encoder_score),
             progress,
             on_shard,
             dict(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker),
@@ -115,13 +122,28 @@ def score_file(
 
 
 def _score_plan(
-    model, plan, work, out, out_format, engine, shard_size, raw, progress, on_shard, ray_options, load_options
+    model,
+    plan,
+    work,
+    out,
+    out_format,
+    engine,
+    shard_size,
+    raw,
+    columns,
+    progress,
+    on_shard,
+    ray_options,
+    load_options,
 ) -> ScoreFileResult:
-    fingerprint = _fingerprint(plan, model, raw=raw, shard_size=shard_size, load_options=load_options)
-    done = _resume(work, fingerprint, plan)
+    fingerprint = _fingerprint(
+        plan, model, raw=raw, columns=columns, shard_size=shard_size, load_options=load_options
+    )
+    done = _resume(work, fingerprint, plan, len(columns))
     if done:
         log.info("resuming: %d of %d shards already scored in %s", len(done), len(plan.shards), work)
     pending = [shard for shard in plan.shards if shard.index not in done]
+    cross_encoder_score = len(columns) == 2
     from tqdm import tqdm
 
     with tqdm(
@@ -133,19 +155,32 @@ def _score_plan(
     ) as bar:
         if pending:
             if engine == "local":
-                scored = _local_scores(model, plan, pending, raw=raw, load_options=load_options)
+                scored = _local_scores(
+                    model,
+                    plan,
+                    pending,
+                    raw=raw,
+                    cross_encoder_score=cross_encoder_score,
+                    load_options=load_options,
+                )
             else:
                 from rerankit.bulk_ray import ray_scores
 
                 scored = ray_scores(
-                    str(model), plan, pending, raw=raw, load_options=load_options, **ray_options
+                    str(model),
+                    plan,
+                    pending,
+                    raw=raw,
+                    cross_encoder_score=cross_encoder_score,
+                    load_options=load_options,
+                    **ray_options,
                 )
             for index, scores in scored:
                 _save_shard(work, plan.shards[index], scores)
                 bar.update(plan.shards[index].rows)
                 if on_shard is not None:
                     on_shard(index)
-    _assemble(plan, work, out, out_format)
+    _assemble(plan, work, out, out_format, columns)
     for saved in work.glob("shard-*.npy"):
         saved.unlink()
     (work / _MANIFEST).unlink(missing_ok=True)
@@ -176,23 +211,33 @@ def _locked(work: Path, out: Path):
             work.rmdir()
 
 
-def _local_scores(model, plan: Plan, pending: Iterable[Shard], *, raw: bool, load_options: dict):
+def _local_scores(
+    model, plan: Plan, pending: Iterable[Shard], *, raw: bool, cross_encoder_score: bool, load_options: dict
+):
     if isinstance(model, (str, Path)):
         from rerankit.inference import Reranker
 
         model = Reranker.load(model, **load_options)
     for shard in pending:
         pairs = pairs_file.read_shard(plan.path, plan.format, shard)
-        yield shard.index, pairs_file.score_pairs(model, pairs, raw=raw, path=plan.path)
+        yield (
+            shard.index,
+            pairs_file.score_pairs(
+                model, pairs, raw=raw, path=plan.path, cross_encoder_score=cross_encoder_score
+            ),
+        )
 
 
-def _fingerprint(plan: Plan, model, *, raw: bool, shard_size: int, load_options: dict) -> str:
+def _fingerprint(
+    plan: Plan, model, *, raw: bool, columns: tuple[str, ...], shard_size: int, load_options: dict
+) -> str:
     """What the saved shards were scored from: the input's bytes, the model's files, the options."""
     described = {
         "version": _VERSION,
         "input": plan.digest,
         "model": _model_identity(model),
         "raw": raw,
+        "columns": list(columns),
         "shard_size": shard_size,
         "options": {key: repr(value) for key, value in sorted(load_options.items())},
     }
@@ -218,7 +263,7 @@ def _shard_path(work: Path, index: int) -> Path:
     return work / f"shard-{index:06d}.npy"
 
 
-def _resume(work: Path, fingerprint: str, plan: Plan) -> set[int]:
+def _resume(work: Path, fingerprint: str, plan: Plan, width: int) -> set[int]:
     """The shards already scored in ``work`` for this fingerprint; a work folder left by another
     input, model or options is cleared and given this run's manifest."""
     manifest = work / _MANIFEST
@@ -227,7 +272,7 @@ def _resume(work: Path, fingerprint: str, plan: Plan) -> set[int]:
     except (OSError, ValueError):
         recorded = None
     if isinstance(recorded, dict) and recorded.get("fingerprint") == fingerprint:
-        return {shard.index for shard in plan.shards if _saved(work, shard) is not None}
+        return {shard.index for shard in plan.shards if _saved(work, shard, width) is not None}
     if recorded is not None:
         log.info("%s holds shards of another input, model or options: starting over", work)
     work.mkdir(parents=True, exist_ok=True)
@@ -243,17 +288,18 @@ def _resume(work: Path, fingerprint: str, plan: Plan) -> set[int]:
     return set()
 
 
-def _saved(work: Path, shard: Shard) -> np.ndarray | None:
-    """A shard's saved scores, or None when it has none (or an unreadable or short file)."""
+def _saved(work: Path, shard: Shard, width: int) -> np.ndarray | None:
+    """A shard's saved scores (a row per pair, ``width`` columns), or None when it has none (or
+    an unreadable or short file)."""
     try:
         scores = np.load(_shard_path(work, shard.index), allow_pickle=False)
     except (OSError, ValueError):
         return None
-    return scores if scores.shape == (shard.rows,) else None
+    return scores if scores.shape == (shard.rows, width) else None
 
 
 def _save_shard(work: Path, shard: Shard, scores: np.ndarray) -> None:
-    if scores.shape != (shard.rows,):
+    if scores.ndim != 2 or scores.shape[0] != shard.rows:
         raise RerankitError(f"shard {shard.index}: {scores.shape} scores for {shard.rows} rows")
     tmp = _shard_path(work, shard.index).with_suffix(".tmp")
     with open(tmp, "wb") as handle:
@@ -269,56 +315,56 @@ def _write_atomically(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _scored_rows(plan: Plan, work: Path) -> Iterator[tuple[list[Pair], np.ndarray]]:
+def _scored_rows(plan: Plan, work: Path, width: int) -> Iterator[tuple[list[Pair], np.ndarray]]:
     for shard, pairs in zip(plan.shards, pairs_file.iter_pairs(plan)):
-        scores = _saved(work, shard)
+        scores = _saved(work, shard, width)
         if scores is None:
             raise RerankitError(f"{_shard_path(work, shard.index)} is missing or damaged: run again")
         yield pairs, scores
 
 
-def _assemble(plan: Plan, work: Path, out: Path, out_format: str) -> None:
+def _assemble(plan: Plan, work: Path, out: Path, out_format: str, columns: tuple[str, ...]) -> None:
     """Write the output next to its final path and rename it into place once complete."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         if out_format == "jsonl":
-            _write_jsonl(plan, work, tmp)
+            _write_jsonl(plan, work, tmp, columns)
         else:
-            _write_parquet(plan, work, tmp)
+            _write_parquet(plan, work, tmp, columns)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _row(pair: Pair, score: float, plan: Plan) -> dict:
+def _row(pair: Pair, scores: np.ndarray, plan: Plan, columns: tuple[str, ...]) -> dict:
     row = {"id": pair.id} if plan.has_ids else {}
     row |= {"query": pair.query, "document": pair.document}
     if plan.has_first_stage:
         row["first_stage_score"] = pair.first_stage
-    row["score"] = float(score)
+    row |= {name: float(value) for name, value in zip(columns, scores)}
     return row
 
 
-def _write_jsonl(plan: Plan, work: Path, path: Path) -> None:
+def _write_jsonl(plan: Plan, work: Path, path: Path, columns: tuple[str, ...]) -> None:
     with open(path, "w", encoding="utf-8") as handle:
-        for pairs, scores in _scored_rows(plan, work):
-            for pair, score in zip(pairs, scores):
-                handle.write(json.dumps(_row(pair, score, plan), ensure_ascii=False) + "\n")
+        for pairs, scores in _scored_rows(plan, work, len(columns)):
+            for pair, row_scores in zip(pairs, scores):
+                handle.write(json.dumps(_row(pair, row_scores, plan, columns), ensure_ascii=False) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
 
 
-def _write_parquet(plan: Plan, work: Path, path: Path) -> None:
+def _write_parquet(plan: Plan, work: Path, path: Path, columns: tuple[str, ...]) -> None:
     pq = pairs_file.parquet()
     import pyarrow as pa
 
     fields = [("id", pa.string())] if plan.has_ids else []
     fields += [("query", pa.string()), ("document", pa.string())]
     fields += [("first_stage_score", pa.float64())] if plan.has_first_stage else []
-    schema = pa.schema([*fields, ("score", pa.float64())])
+    schema = pa.schema([*fields, *((name, pa.float64()) for name in columns)])
     with pq.ParquetWriter(path, schema) as writer:
-        for pairs, scores in _scored_rows(plan, work):
+        for pairs, scores in _scored_rows(plan, work, len(columns)):
             writer.write_table(
-                pa.Table.from_pylist([_row(p, s, plan) for p, s in zip(pairs, scores)], schema)
+                pa.Table.from_pylist([_row(p, s, plan, columns) for p, s in zip(pairs, scores)], schema)
             )

@@ -24,11 +24,14 @@ from rerankit.pairs_file import Plan, Shard
 class ShardScorer:
     """A Ray Data actor: one ``Reranker``, loaded once, scores whole shards."""
 
-    def __init__(self, model: str, load_options: dict, path: str, fmt: str, raw: bool) -> None:
+    def __init__(
+        self, model: str, load_options: dict, path: str, fmt: str, raw: bool, cross_encoder_score: bool
+    ) -> None:
         from rerankit.inference import Reranker
 
         self.reranker = Reranker.load(model, **load_options)
         self.path, self.fmt, self.raw = path, fmt, raw
+        self.cross_encoder_score = cross_encoder_score
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from rerankit import pairs_file
@@ -37,14 +40,23 @@ class ShardScorer:
         for values in zip(*(batch[name] for name in _SHARD_FIELDS)):
             shard = Shard(*(int(v) for v in values))
             pairs = pairs_file.read_shard(self.path, self.fmt, shard)
-            scores.append(pairs_file.score_pairs(self.reranker, pairs, raw=self.raw, path=self.path))
+            scores.append(
+                pairs_file.score_pairs(
+                    self.reranker,
+                    pairs,
+                    raw=self.raw,
+                    path=self.path,
+                    cross_encoder_score=self.cross_encoder_score,
+                )
+            )
             shards.append(np.full(shard.rows, shard.index))
             positions.append(np.arange(shard.rows))
-        # One output row per pair: plain columns whatever the shard sizes.
+        # One output row per pair: plain columns whatever the shard sizes (a pair's scores in
+        # one fixed-width column).
         return {
             "shard": np.concatenate(shards),
             "position": np.concatenate(positions),
-            "score": np.concatenate(scores),
+            "scores": np.concatenate(scores),
         }
 
 
@@ -57,6 +69,7 @@ def ray_scores(
     pending: Sequence[Shard],
     *,
     raw: bool,
+    cross_encoder_score: bool,
     load_options: dict,
     address: str | None,
     workers: int | None,
@@ -69,7 +82,9 @@ def ray_scores(
     if started:  # else the caller's own ray.init stands
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     try:
-        yield from _scores(ray, model, plan, pending, raw, load_options, workers, gpus_per_worker)
+        yield from _scores(
+            ray, model, plan, pending, raw, cross_encoder_score, load_options, workers, gpus_per_worker
+        )
     except Exception as exc:
         # An actor's own error (a model that does not load, a bad row) travels wrapped in Ray's
         # exceptions: raise it as it would be raised in one process.
@@ -97,7 +112,7 @@ def _rerankit_error(exc: BaseException) -> RerankitError | None:
     return None
 
 
-def _scores(ray, model, plan, pending, raw, load_options, workers, gpus_per_worker):
+def _scores(ray, model, plan, pending, raw, cross_encoder_score, load_options, workers, gpus_per_worker):
     # rerankit.bulk shows its own progress bar; Ray Data's notices only when debugging
     ray.data.DataContext.get_current().enable_progress_bars = False
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
@@ -118,6 +133,7 @@ def _scores(ray, model, plan, pending, raw, load_options, workers, gpus_per_work
             "path": str(Path(plan.path).resolve()),  # actors need not share the driver's cwd
             "fmt": plan.format,
             "raw": raw,
+            "cross_encoder_score": cross_encoder_score,
         },
         batch_size=1,
         batch_format="numpy",
@@ -126,13 +142,14 @@ def _scores(ray, model, plan, pending, raw, load_options, workers, gpus_per_work
         num_gpus=gpus_per_worker,
     )
     # Rows of a shard may come back split across batches: gather them until the shard is whole.
+    width = 2 if cross_encoder_score else 1
     partial: dict[int, np.ndarray] = {}
     filled: dict[int, int] = {}
     for batch in scored.iter_batches(batch_format="numpy", batch_size=None):
-        for shard, position, score in zip(batch["shard"], batch["position"], batch["score"]):
+        for shard, position, scores in zip(batch["shard"], batch["position"], batch["scores"]):
             shard = int(shard)
             rows = plan.shards[shard].rows
-            partial.setdefault(shard, np.empty(rows, dtype=np.float64))[position] = score
+            partial.setdefault(shard, np.empty((rows, width), dtype=np.float64))[position] = scores
             filled[shard] = filled.get(shard, 0) + 1
             if filled[shard] == rows:
                 yield shard, partial.pop(shard)

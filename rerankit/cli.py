@@ -564,6 +564,22 @@ def export_command(
 @click.option(
     "--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON here."
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default=None,
+    help="Score the pairs through the bulk path of rerankit score (resumable; ray: a Ray actor "
+    "pool) instead of query by query in this process.",
+)
+@click.option(
+    "--ray-address", default=None, help="With --engine ray: the cluster to join (default: a local one)."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --engine ray: actors (default: one per CPU/GPU).",
+)
 @_long_document_options
 @_prompt_option
 @_backend_options
@@ -580,6 +596,9 @@ def eval_command(
     max_queries: int | None,
     dtype: str,
     out_path: str | None,
+    engine: str | None,
+    ray_address: str | None,
+    workers: int | None,
     long_documents: str | None,
     window_aggregate: str | None,
     prompt: str | None,
@@ -592,13 +611,14 @@ def eval_command(
     """Compare a reranker with its first stage on held-out data."""
     from rerankit.errors import require
     from rerankit.held_out import evaluate_beir, evaluate_seed_file
+    from rerankit.inference import Reranker
     from rerankit.report import metrics_table
 
+    if engine != "ray" and (ray_address is not None or workers is not None):
+        raise RerankitError("--ray-address and --workers apply to --engine ray")
     require("ir_measures", "train")  # the metrics: said before the model loads, not after scoring
-    reranker = _load(
-        model_path,
-        long_documents,
-        window_aggregate,
+    load_options = dict(
+        long_documents=_windows(long_documents, window_aggregate),
         dtype=dtype,
         prompt=prompt,
         backend=backend,
@@ -607,6 +627,28 @@ def eval_command(
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
     )
+    reranker = Reranker.load(model_path, **load_options)
+    bulk = None
+    if engine is not None:
+        from rerankit.held_out_bulk import BulkScoring, default_work_dir
+
+        # what chooses and scores the pairs: the same command finds its shards again
+        described = dict(
+            model=str(Path(model_path).resolve()) if Path(model_path).exists() else model_path,
+            data=str(Path(data_path).resolve()),
+            first_stage=first_stage,
+            dense_model=dense_model,
+            top_k=top_k,
+            split=split,
+            max_queries=max_queries,
+            **load_options,
+        )
+        bulk = BulkScoring(
+            # locally the loaded model scores; each Ray actor loads its own
+            reranker if engine == "local" else model_path,
+            default_work_dir(out_path, described),
+            dict(engine=engine, ray_address=ray_address, workers=workers, **load_options),
+        )
     if Path(data_path).is_dir():
         result = evaluate_beir(
             reranker,
@@ -617,6 +659,7 @@ def eval_command(
             max_queries=max_queries,
             first_stage=first_stage,
             dense_model=dense_model,
+            bulk=bulk,
         )
     else:
         if first_stage != "bm25":
@@ -624,7 +667,7 @@ def eval_command(
                 "--first-stage applies to a BEIR folder; a seed file's first "
                 "stage is BM25 over each query's candidates"
             )
-        result = evaluate_seed_file(reranker, data_path, recall_at=recall_at)
+        result = evaluate_seed_file(reranker, data_path, recall_at=recall_at, bulk=bulk)
     result["model"] = model_path
     click.echo(
         metrics_table(

@@ -10,11 +10,15 @@ Two inputs:
   the first stage missed counts against both.
 
 Both also report the reciprocal-rank fusion of the first stage's ranking(s) with the reranker's.
+
+The reranker scores the candidates in this process, query by query, or, given ``bulk``
+(``rerankit.held_out_bulk.BulkScoring``), through the bulk path of ``rerankit score``: resumable,
+and on a Ray actor pool with ``engine="ray"``. The metrics are computed the same way from either.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -25,6 +29,7 @@ from rerankit.data import read_records, require_scores
 from rerankit.errors import DataError
 from rerankit.first_stage import DEFAULT_DENSE_MODEL, BM25Index, CorpusScorer, bm25_candidate_scores
 from rerankit.fusion import rrf
+from rerankit.held_out_bulk import BulkScoring, Group, PairScores
 from rerankit.ordering import best_first
 from rerankit.ranking_metrics import ranking_metrics
 from rerankit.validation import ValidationSet
@@ -100,6 +105,7 @@ def evaluate_beir(
     first_stage: str = "bm25",
     dense_model: str = DEFAULT_DENSE_MODEL,
     depths: Sequence[int] = DEPTHS,
+    bulk: BulkScoring | None = None,
 ) -> dict[str, Any]:
     """The first stage's top-k over the corpus vs the reranker's order of the same top-k.
 
@@ -108,9 +114,8 @@ def evaluate_beir(
     validation set where it applies, else reciprocal-rank fusion (also reported as ``fused_rrf``).
     ``depths``: the first stage, the cross-encoder alone and the reranker as it scores (with its
     ensemble) reordering the top d of the first stage, for each d (``depth``).
+    ``bulk``: score the candidates through ``rerankit.bulk`` instead of query by query here.
     """
-    from tqdm.auto import tqdm
-
     corpus, queries, qrels = _read_beir(Path(folder), split)
     if not qrels:
         raise DataError(
@@ -122,13 +127,12 @@ def evaluate_beir(
     qrels = {q: qrels[q] for q in qids}
     deepest = max(top_k, *depths)
     hits = first_stage_top_k(corpus, [queries[q] for q in qids], deepest, first_stage, dense_model)
+    # every candidate scored once, as deep as the deepest depth; score injection reads `own`
+    groups = [Group(queries[q], [corpus[d] for d in hit.ids], hit.scores) for q, hit in zip(qids, hits)]
+    scored = bulk.scores(groups) if bulk is not None else _in_process(reranker, groups)
     first, reranked, fused, fused_rrf = {}, {}, {}, {}
     deep: dict[str, dict[str, dict[str, float]]] = {"first_stage": {}, "cross_encoder": {}, "reranked": {}}
-    for qid, (ids, own, components) in tqdm(list(zip(qids, hits)), desc="reranking", unit="query"):
-        # every candidate scored once, as deep as the deepest depth; score injection reads `own`
-        texts = [corpus[d] for d in ids]
-        logits = reranker.logits([queries[qid]] * len(ids), texts, first_stage=own)
-        final = reranker.final_scores(logits, reranker.signal_scores([queries[qid]] * len(ids), texts))
+    for qid, (ids, own, components), (logits, final) in zip(qids, hits, scored):
         for name, values in (("first_stage", own), ("cross_encoder", logits), ("reranked", final)):
             deep[name][qid] = dict(zip(ids, map(float, values)))
         ids, own, scores = ids[:top_k], own[:top_k], final[:top_k]
@@ -157,6 +161,16 @@ def evaluate_beir(
     }
 
 
+def _in_process(reranker, groups: Sequence[Group]) -> Iterator[PairScores]:
+    """Each query's candidates scored by ``reranker`` here, one query at a time."""
+    from tqdm.auto import tqdm
+
+    for query, texts, first_stage in tqdm(groups, desc="reranking", unit="query"):
+        logits = reranker.logits([query] * len(texts), texts, first_stage=first_stage)
+        final = reranker.final_scores(logits, reranker.signal_scores([query] * len(texts), texts))
+        yield PairScores(logits, final)
+
+
 def _top(run: dict[str, dict[str, float]], depth: int) -> dict[str, dict[str, float]]:
     """Each query's first ``depth`` candidates (the first stage's order) with their scores."""
     return {q: dict(list(scores.items())[:depth]) for q, scores in run.items()}
@@ -169,16 +183,36 @@ def _fused_name(reranker, components: list[str]) -> str:
     return f"fused: RRF({parts})"
 
 
-def evaluate_seed_file(reranker, path: str | Path, *, recall_at: int = 10) -> dict[str, Any]:
-    """Each query's positives + negatives, ranked by BM25 and by the reranker."""
+def evaluate_seed_file(
+    reranker, path: str | Path, *, recall_at: int = 10, bulk: BulkScoring | None = None
+) -> dict[str, Any]:
+    """Each query's positives + negatives, ranked by BM25 and by the reranker.
+
+    ``bulk``: score the pairs through ``rerankit.bulk`` instead of in one call here (not for
+    queries with an instruction read by a prompt template: a pairs file has no place for one).
+    """
     records, report = read_records(path)
     if reranker.score_injection is not None:
         require_scores(records, path, "this model (trained with score injection)")
     vset = ValidationSet.from_records(records)
-    model_queries, docs = vset.flat_pairs(reranker.score_injection)  # as the model reads them
-    logits = reranker.input_logits(model_queries, docs, vset.flat_instructions())[0]
-    final = reranker.final_scores(logits, reranker.signal_scores(vset.flat_pairs()[0], docs))
-    scores = vset.split_scores(final)
+    if bulk is not None:
+        if vset.instructions and reranker.prompt is not None:
+            raise DataError(
+                "queries with an instruction are evaluated in process: a pairs file for the bulk "
+                "path has no place for one (leave out --engine)",
+                path=str(path),
+                field="instruction",
+            )
+        groups = [
+            Group(query, [text for _, text in docs], scores)
+            for query, docs, scores in zip(vset.queries, vset.candidates, vset.first_stage)
+        ]
+        scores = [scored.final for scored in bulk.scores(groups)]
+    else:
+        model_queries, docs = vset.flat_pairs(reranker.score_injection)  # as the model reads them
+        logits = reranker.input_logits(model_queries, docs, vset.flat_instructions())[0]
+        final = reranker.final_scores(logits, reranker.signal_scores(vset.flat_pairs()[0], docs))
+        scores = vset.split_scores(final)
     bm25 = bm25_candidate_scores(vset.queries, vset.candidates)
     return {
         "data": str(path),

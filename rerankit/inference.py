@@ -363,12 +363,25 @@ class Reranker:
         reads (required there; pairs that share a query are one candidate list for its levels).
         ``instruction``: as in ``rerank``, for every pair.
         """
+        scores, _ = self.scores_and_logits(pairs, raw=raw, first_stage=first_stage, instruction=instruction)
+        return scores.tolist()
+
+    def scores_and_logits(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        raw: bool = False,
+        first_stage=None,
+        instruction: str | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``score``'s scores and, beside them from the same forward passes, the cross-encoder's
+        logits before the self-ensemble (``rerankit eval`` reports both), as fp64 arrays."""
         if not pairs:
-            return []
+            return np.zeros(0), np.zeros(0)
         queries, docs = zip(*pairs)
         logits = self.logits(queries, docs, first_stage=first_stage, instruction=instruction)
         final = self.final_scores(logits, self.signal_scores(queries, docs))
-        return (final if raw else self.probabilities(final)).tolist()
+        return (final if raw else self.probabilities(final)), np.asarray(logits, dtype=np.float64)
 
     def signal_scores(self, queries: Sequence[str], docs: Sequence[str]) -> dict[str, np.ndarray]:
         """The scores of the pairs by each signal the ensemble weighs beside the cross-encoder

@@ -252,9 +252,19 @@ def _pair(item: dict, where, number: int) -> Pair:
     )
 
 
-def score_pairs(reranker, pairs: list[Pair], *, raw: bool, path: str) -> np.ndarray:
-    """One shard's scores by ``reranker.score``, with the rows' first-stage scores when every
-    row has one; DataError naming the line when a score-injection model finds a row without."""
+def score_columns(cross_encoder_score: bool) -> tuple[str, ...]:
+    """The columns a shard's scores hold: ``score`` (``Reranker.score``), and with
+    ``cross_encoder_score`` the cross-encoder's logit before the self-ensemble beside it."""
+    return ("score", "cross_encoder_score") if cross_encoder_score else ("score",)
+
+
+def score_pairs(
+    reranker, pairs: list[Pair], *, raw: bool, path: str, cross_encoder_score: bool = False
+) -> np.ndarray:
+    """One shard's scores by ``reranker.score``, one row per pair and one column per
+    ``score_columns(cross_encoder_score)`` (both from one pass), with the rows' first-stage
+    scores when every row has one; DataError naming the line when a score-injection model finds
+    a row without."""
     first_stage = None
     if all(pair.first_stage is not None for pair in pairs):
         first_stage = [pair.first_stage for pair in pairs]
@@ -268,9 +278,12 @@ def score_pairs(reranker, pairs: list[Pair], *, raw: bool, path: str) -> np.ndar
             field="score",
         )
     try:
-        scores = reranker.score([(p.query, p.document) for p in pairs], raw=raw, first_stage=first_stage)
+        scores, logits = reranker.scores_and_logits(
+            [(p.query, p.document) for p in pairs], raw=raw, first_stage=first_stage
+        )
     except RerankitError:
         raise
     except ValueError as exc:  # a query that fills the model's window
         raise DataError(f"lines {pairs[0].line}-{pairs[-1].line}: {exc}", path=path) from None
-    return np.asarray(scores, dtype=np.float64)
+    columns = (scores, logits) if cross_encoder_score else (scores,)
+    return np.stack(columns, axis=1).astype(np.float64)

@@ -448,3 +448,28 @@ def reweighted_run(source: Path, target: Path, scale: float) -> Path:
         save_file(tensors, weights, metadata={"format": "pt"})
     assert heads, f"no score head found under {target}"
     return target
+
+
+def write_beir(folder: Path, lines: list[dict]) -> Path:
+    """A BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv) of seed-format ``lines``: each
+    line's query judged against its positives, every document in the corpus, and one query
+    without judgements."""
+    (folder / "qrels").mkdir(parents=True)
+    corpus, queries, qrels = [], [], ["query-id\tcorpus-id\tscore"]
+    for i, line in enumerate(lines):
+        queries.append({"_id": f"q{i}", "text": line["query_text"]})
+        for doc in line["positives"]:
+            corpus.append({"_id": doc["doc_id"], "title": "", "text": doc["text"]})
+            qrels.append(f"q{i}\t{doc['doc_id']}\t1")
+        corpus += [{"_id": d["doc_id"], "title": "", "text": d["text"]} for d in line["negatives"]]
+    queries.append({"_id": "unjudged", "text": "apple"})
+    write_jsonl(folder / "corpus.jsonl", corpus)
+    write_jsonl(folder / "queries.jsonl", queries)
+    (folder / "qrels/test.tsv").write_text("\n".join(qrels) + "\n")
+    return folder
+
+
+@pytest.fixture
+def beir_folder(tmp_path) -> Path:
+    """A BEIR folder of 12 judged toy queries (and one unjudged)."""
+    return write_beir(tmp_path / "beir", toy_lines(12, seed=5))

@@ -263,3 +263,52 @@ def test_a_second_run_on_the_same_output_is_refused_while_one_runs(reranker, tmp
     score_file(reranker, source, out, shard_size=4, progress=False, on_shard=second_run)
     assert refused == [0, 1] and len(_read_jsonl(out)) == 8
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.jsonl", "scores.jsonl"]
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_cross_encoder_score_is_the_logit_beside_the_score(reranker, tmp_path, suffix):
+    rows = _pairs(9)
+    source = _write_jsonl(tmp_path / "pairs.jsonl", rows)
+    out = tmp_path / f"scores{suffix}"
+    score_file(reranker, source, out, shard_size=4, progress=False, cross_encoder_score=True)
+    if suffix == ".jsonl":
+        written = _read_jsonl(out)
+    else:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(out)
+        assert table.column_names[-2:] == ["score", "cross_encoder_score"]
+        written = table.to_pylist()
+    logits = reranker.logits(
+        [r["query"] for r in rows], [r["document"] for r in rows], first_stage=[r["score"] for r in rows]
+    )
+    np.testing.assert_allclose([w["cross_encoder_score"] for w in written], logits, rtol=0, atol=1e-6)
+    # the score stays the probability, from the same pass
+    np.testing.assert_allclose(
+        [w["score"] for w in written], reranker.probabilities(logits), rtol=0, atol=1e-6
+    )
+
+
+@pytest.mark.smoke
+def test_shards_without_the_cross_encoder_column_are_not_resumed_into_a_run_with_it(reranker, tmp_path):
+    source = _write_jsonl(tmp_path / "pairs.jsonl", _pairs())
+    out = tmp_path / "scores.jsonl"
+
+    def stop(index):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        score_file(reranker, source, out, shard_size=4, progress=False, on_shard=stop)
+    rescored = []
+    score_file(
+        reranker,
+        source,
+        out,
+        shard_size=4,
+        progress=False,
+        cross_encoder_score=True,
+        on_shard=rescored.append,
+    )
+    assert rescored == [0, 1, 2, 3, 4]  # the saved shard has no logits: scored again
+    assert all("cross_encoder_score" in row for row in _read_jsonl(out))

@@ -64,3 +64,24 @@ def test_an_actors_own_error_is_raised_as_in_one_process(local_ray, tmp_path):
     source.write_text('{"query": "q", "document": "d"}\n')
     with pytest.raises(ModelLoadError, match="no-such-model: no such folder"):
         score_file(tmp_path / "no-such-model", source, tmp_path / "out.jsonl", engine="ray", progress=False)
+
+
+@pytest.mark.smoke
+def test_eval_on_ray_gives_the_in_process_metrics(local_ray, tiny_bert_run, beir_folder, tmp_path):
+    base = ["eval", "--model", str(tiny_bert_run[0].output_dir), "--data", str(beir_folder)]
+    base += ["--top-k", "5", "--dtype", "float32"]
+    results = tmp_path / "results"
+    results.mkdir()
+    here, on_ray = results / "here.json", results / "ray.json"
+    result = CliRunner().invoke(main, [*base, "--out", str(here)])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, [*base, "--out", str(on_ray), "--engine", "ray", "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    here, on_ray = json.loads(here.read_text()), json.loads(on_ray.read_text())
+    assert on_ray["queries"] == here["queries"] == 12
+    for row in ("first_stage", "reranked", "fused", "fused_rrf"):
+        assert on_ray[row] == pytest.approx(here[row], abs=1e-6), row
+    for depth, rows in here["depths"].items():
+        for row, metrics in rows.items():
+            assert on_ray["depths"][depth][row] == pytest.approx(metrics, abs=1e-6), (depth, row)
+    assert sorted(p.name for p in results.iterdir()) == ["here.json", "ray.json"]  # work folder gone

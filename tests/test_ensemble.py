@@ -284,3 +284,33 @@ def test_the_corpus_embeddings_are_kept_and_read_back(tiny_sentence_bert_dir, tm
     np.savez(tmp_path / "bad.npz", other=np.ones(2))
     with pytest.raises(ValueError, match="not a corpus-embeddings file"):
         again.load_pinned(tmp_path / "bad.npz")
+
+
+def test_bulk_eval_keeps_the_cross_encoder_logits_beside_the_ensembles_score(ensemble_run, tmp_path):
+    from conftest import write_beir
+
+    from rerankit.held_out import evaluate_beir
+    from rerankit.held_out_bulk import BulkScoring, Group
+
+    reranker = Reranker.load(ensemble_run.output_dir, device="cpu", dtype="float32")
+    lines = toy_lines(4, seed=9)
+    groups = [
+        Group(line["query_text"], [d["text"] for d in line["positives"] + line["negatives"]], [None] * 6)
+        for line in lines
+    ]
+    scored = BulkScoring(reranker, tmp_path / "work", {"shard_size": 6, "progress": False}).scores(groups)
+    for group, got in zip(groups, scored):
+        queries = [group.query] * len(group.documents)
+        logits = reranker.logits(queries, group.documents)
+        final = reranker.final_scores(logits, reranker.signal_scores(queries, group.documents))
+        np.testing.assert_allclose(got.cross_encoder, logits, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(got.final, final, rtol=0, atol=1e-5)
+        assert np.abs(got.final - got.cross_encoder).max() > 1e-3  # the ensemble moved them
+    # so the depth table's two rows come out as in process
+    folder = write_beir(tmp_path / "beir", toy_lines(8, seed=9))
+    here = evaluate_beir(reranker, folder, top_k=5, depths=(3, 5))
+    bulk = BulkScoring(reranker, tmp_path / "work", {"progress": False})
+    through_bulk = evaluate_beir(reranker, folder, top_k=5, depths=(3, 5), bulk=bulk)
+    for depth, rows in here["depths"].items():
+        for row, metrics in rows.items():
+            assert through_bulk["depths"][depth][row] == pytest.approx(metrics, abs=1e-6), (depth, row)
