@@ -35,7 +35,7 @@ from rerankit import run_folder
 from rerankit.calibration import Calibration
 from rerankit.config import LongDocumentsConfig
 from rerankit.context import ContextError, RankContext
-from rerankit.encoding import check_template, render_pair
+from rerankit.encoding import check_template, encode_pairs, render_pair
 from rerankit.ensemble import ENCODER_DIR, ENSEMBLE_DIR, Ensemble, load_signals
 from rerankit.errors import ConfigError, ModelLoadError, RerankitError, short_reason
 from rerankit.fusion import LearnedFusion, rrf
@@ -74,7 +74,7 @@ from rerankit.runtimes import (
 )
 from rerankit.score_injection import ScoreInjection
 from rerankit.scoring import score_pairs, sigmoid
-from rerankit.windows import score_documents
+from rerankit.windows import DocumentPairs, document_pairs, score_documents
 
 # The file peft reads an adapter from (it falls back to a pickle, adapter_model.bin, without it).
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -571,11 +571,7 @@ class Reranker:
         """``window_logits`` of pairs whose queries are already as the model reads them
         (``model_queries``), each with its instruction (``model_instructions``; None: the
         template's default): what the server's batching worker and the validation run."""
-        if len(queries) != len(docs):
-            raise ValueError(f"{len(queries)} queries for {len(docs)} documents: one query per document")
-        for i, doc in enumerate(docs):
-            if not doc.strip():
-                raise ValueError(f"document {i} is empty or whitespace-only: nothing to score")
+        _check_pairs(queries, docs)
         with self._lock:
             return score_documents(
                 self._score,
@@ -587,6 +583,30 @@ class Reranker:
                 self.prompt,
                 instructions,
             )
+
+    def model_pairs(
+        self, queries: Sequence[str], docs: Sequence[str], instructions: Sequence[str | None] | None = None
+    ) -> tuple[DocumentPairs, dict]:
+        """What ``input_logits`` hands its model for these pairs, before batching: the plain
+        pairs (each document, or its windows) and their token ids, unpadded. Scored elsewhere
+        (``rerankit.mixed_batches``: batches shared with other rerankers of one base), their
+        logits go back through ``DocumentPairs.document_scores``."""
+        _check_pairs(queries, docs)
+        with self._lock:
+            pairs = document_pairs(
+                self.tokenizer, queries, docs, self.max_length, self.long_documents, self.prompt, instructions
+            )
+            encoded = encode_pairs(
+                self.tokenizer,
+                pairs.queries,
+                pairs.docs,
+                self.max_length,
+                padding=False,
+                return_tensors=None,
+                prompt=self.prompt,
+                instructions=pairs.instructions,
+            )
+        return pairs, dict(encoded)
 
     def _score(self, queries: Sequence[str], docs: Sequence[str], instructions=None) -> np.ndarray:
         return score_pairs(
@@ -612,6 +632,14 @@ class Reranker:
 
     def __repr__(self) -> str:
         return f"Reranker({self.source!r}, max_length={self.max_length})"
+
+
+def _check_pairs(queries: Sequence[str], docs: Sequence[str]) -> None:
+    if len(queries) != len(docs):
+        raise ValueError(f"{len(queries)} queries for {len(docs)} documents: one query per document")
+    for i, doc in enumerate(docs):
+        if not doc.strip():
+            raise ValueError(f"document {i} is empty or whitespace-only: nothing to score")
 
 
 def device_type(model) -> str:

@@ -9,8 +9,11 @@ pass per adapter over its rows (a BERT pooler trained whole is not a layer peft 
 
 Each ``Reranker`` of the group keeps what ``Reranker.load`` gave it (calibration, ensemble,
 prompt, long-document setting) and scores through an ``AdapterView``: the shared model with
-its own adapter. Merged copies are faster where the base is small and runs on a CPU (the
-unmerged LoRA matmuls cost more than the base's); ``benchmarks/adapters.py`` measures both.
+its own adapter. ``rerankit.mixed_batches`` scores several of them in shared batches (what the
+server's rounds do). ``reload`` reads a run's folder again onto the same base, beside the
+adapter in use (adapters carry names of their own, fresh for each load, never the run's).
+Merged copies are faster where the base is small and runs on a CPU (the unmerged LoRA matmuls
+cost more than the base's); ``benchmarks/adapters.py`` measures both.
 
     from rerankit.shared_adapters import SharedBase
     shared = SharedBase.load({"a": "outputs/run-a", "b": "outputs/run-b"}, dtype="float32")
@@ -19,8 +22,9 @@ unmerged LoRA matmuls cost more than the base's); ``benchmarks/adapters.py`` mea
 
 from __future__ import annotations
 
+import itertools
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +69,7 @@ def _torch_module():
 
         def __init__(self, shared: SharedBase, name: str) -> None:
             super().__init__()
+            # name: the peft adapter this view scores with (``SharedBase.adapters``)
             self.shared, self.name = shared, name
             # registered, so that parameters(), the device and the dtype are the shared model's
             self.peft_model = shared.model
@@ -86,14 +91,28 @@ class SharedBase:
     """One base model with the adapters of several run folders; see the module docstring."""
 
     def __init__(
-        self, model, tokenizer, runs: Mapping[str, Path], load_options: Mapping, max_length: int | None
+        self,
+        model,
+        tokenizer,
+        runs: Mapping[str, Path],
+        load_options: Mapping,
+        max_length: int | None,
+        *,
+        adapters: Mapping[str, str] | None = None,
+        base: tuple[str, str | None] | None = None,
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
         # the runs' common max_length (None when they differ: no mixed batches then)
         self.max_length = max_length
         self.runs, self.load_options = dict(runs), dict(load_options)
+        # run name -> the peft adapter it scores with (by default named as the run)
+        self.adapters = dict(adapters) if adapters is not None else {name: name for name in self.runs}
+        # (base model, revision) every run loaded later must share; None: not checked
+        self.base = base
+        self._numbers = itertools.count(len(self.runs))
         # peft injects adapter_names through hooks registered for the length of one forward
-        # pass, and set_adapter switches the whole model: passes take turns.
+        # pass, set_adapter switches the whole model, and loading or deleting an adapter changes
+        # its modules: passes and those changes take turns.
         self._lock = threading.Lock()
         self.mixable = mixable_modules(model)
 
@@ -153,19 +172,22 @@ class SharedBase:
                 pad_token_id=tokenizer.pad_token_id,
                 use_safetensors=None if allow_pickle else True,
             )
-            model = PeftModel.from_pretrained(model, str(adapter_dirs[first]), adapter_name=first)
+            # adapters named apart from the runs: a run's name may hold what peft refuses (".")
+            adapters = {name: f"adapter{i}" for i, name in enumerate(runs)}
+            model = PeftModel.from_pretrained(model, str(adapter_dirs[first]), adapter_name=adapters[first])
             for name, folder in adapter_dirs.items():
                 if name != first:
-                    model.load_adapter(str(folder), adapter_name=name)
+                    model.load_adapter(str(folder), adapter_name=adapters[name])
         except Exception as exc:  # corrupt or missing files surface as many error types
             raise ModelLoadError(f"cannot load the adapters onto {base_name!r}: {short_reason(exc)}") from exc
         model = model.to(device).eval()
         lengths = {m.max_length for m in manifests.values()}
         options = dict(load_options, device=device, dtype=dtype, allow_pickle=allow_pickle)
-        return cls(model, tokenizer, runs, options, lengths.pop() if len(lengths) == 1 else None)
+        max_length = lengths.pop() if len(lengths) == 1 else None
+        return cls(model, tokenizer, runs, options, max_length, adapters=adapters, base=(base_name, revision))
 
     def forward(self, inputs: Mapping, adapter_names: Sequence[str]):
-        """The logits of a padded batch, row i through adapter ``adapter_names[i]``: one
+        """The logits of a padded batch, row i through peft adapter ``adapter_names[i]``: one
         mixed-adapter pass where peft supports every adapted module, else one pass per adapter
         over its rows (the base still held once)."""
         names = list(adapter_names)
@@ -182,20 +204,84 @@ class SharedBase:
                 logits[rows] = part
             return logits
 
-    def reranker(self, name: str, **load_options):
+    def reranker(self, name: str, *, adapter: str | None = None, **load_options):
         """The Reranker of run ``name`` as ``Reranker.load`` reads it (calibration, ensemble,
         prompt, windows; ``load_options`` override the group's), scoring through the shared
-        base. Its own merged copy is read once to get there and then let go."""
+        base with the run's adapter (or ``adapter``). Its own merged copy is read once to get
+        there and then let go."""
         from rerankit.inference import Reranker
 
         options = {**self.load_options, **load_options, "device": self.load_options["device"]}
         reranker = Reranker.load(self.runs[name], **{**options, "dtype": self.load_options["dtype"]})
-        reranker.model = _torch_module()(self, name).eval()
+        reranker.model = _torch_module()(self, adapter or self.adapters[name]).eval()
         return reranker
 
+    def reload(self, name: str, check: Callable | None = None, **load_options):
+        """Run ``name``'s folder read again onto this base: its adapter loaded under a fresh
+        name beside the one in use (whatever scores with that goes on doing so), and the
+        Reranker that scores through it (``reranker``). ``check(reranker)`` (a warm-up) runs
+        before the run takes the new adapter; whatever fails leaves the run as it was, the new
+        adapter deleted. Returns (the new Reranker as ``check`` returned it, the adapter it
+        replaces): ``delete_adapter`` that once nothing scores with it."""
+        adapter = self.load_adapter(self.runs[name])
+        try:
+            reranker = self.reranker(name, adapter=adapter, **load_options)
+            if check is not None:
+                reranker = check(reranker)
+        except BaseException:
+            self.delete_adapter(adapter)
+            raise
+        replaced, self.adapters[name] = self.adapters[name], adapter
+        return reranker, replaced
+
+    def load_adapter(self, path: str | Path) -> str:
+        """The adapter of the LoRA run folder ``path``, loaded beside the others under a fresh
+        name (returned); ModelLoadError naming the folder when it is not a LoRA run of this
+        base or does not load, and then nothing is left of it."""
+        path = Path(path)
+        base = adapter_base(path)
+        if base is None:
+            raise ModelLoadError(f"{path} is not a LoRA run folder: it cannot share the loaded base")
+        if self.base is not None and base != self.base:
+            raise ModelLoadError(
+                f"{path} is a LoRA run of {base[0]!r}, not of the base loaded here ({self.base[0]!r})"
+            )
+        manifest = parse_record(RunManifest, path / run_folder.MANIFEST, run_folder.read_manifest(path))
+        folder = run_folder.inside(path, manifest.model_dir)
+        device = next(self.model.parameters()).device
+        with self._lock:
+            adapter = f"adapter{next(self._numbers)}"
+            try:
+                self.model.load_adapter(str(folder), adapter_name=adapter, torch_device=str(device))
+            except Exception as exc:  # corrupt or missing files surface as many error types
+                if adapter in self.model.peft_config:
+                    self._delete(adapter)
+                raise ModelLoadError(f"cannot load the adapter of {path}: {short_reason(exc)}") from exc
+            self.model.eval()
+            self.mixable = mixable_modules(self.model)
+        if manifest.max_length != self.max_length:
+            self.max_length = None  # runs of several max_length: ``score`` refuses to mix them
+        return adapter
+
+    def delete_adapter(self, adapter: str) -> None:
+        """Free an adapter no run scores with any more (one ``reload`` replaced); ValueError
+        for one a run scores with."""
+        users = [name for name, used in self.adapters.items() if used == adapter]
+        if users:
+            raise ValueError(f"adapter {adapter} is run {users[0]}'s: it cannot be deleted")
+        with self._lock:
+            self._delete(adapter)
+            self.mixable = mixable_modules(self.model)
+
+    def _delete(self, adapter: str) -> None:
+        others = [name for name in self.model.peft_config if name != adapter]
+        if adapter in self.model.active_adapters and others:
+            self.model.set_adapter(others[0])  # peft would warn that it had to pick one
+        self.model.delete_adapter(adapter)
+
     def score(self, queries: Sequence[str], docs: Sequence[str], adapter_names: Sequence[str]) -> np.ndarray:
-        """Raw logits of the pairs, pair i by adapter ``adapter_names[i]``, batched together
-        whatever their adapters (the pair encoding; a decoder's prompt template is not
+        """Raw logits of the pairs, pair i by the adapter of run ``adapter_names[i]``, batched
+        together whatever their adapters (the pair encoding; a decoder's prompt template is not
         applied here)."""
         import torch
 
@@ -209,6 +295,7 @@ class SharedBase:
         unknown = sorted(set(adapter_names) - set(self.runs))
         if unknown:
             raise ValueError(f"adapters not loaded: {', '.join(unknown)} (loaded: {', '.join(self.runs)})")
+        adapters = [self.adapters[name] for name in adapter_names]
         if self.max_length is None:
             raise ValueError("the runs truncate pairs at different max_length: score them apart")
         encoded, batches = budget_batches(
@@ -221,6 +308,6 @@ class SharedBase:
                 features = {
                     k: v.to(device) for k, v in pad_batch(self.tokenizer, encoded, batch, "pt").items()
                 }
-                logits = self.forward(features, [adapter_names[i] for i in batch])
+                logits = self.forward(features, [adapters[i] for i in batch])
                 scores[batch] = logits.float().view(len(batch), -1)[:, 0].cpu().numpy()
         return scores

@@ -30,6 +30,7 @@ from __future__ import annotations
 import bisect
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -248,6 +249,46 @@ def aggregate_tensor(window_scores, owner, num_docs: int, how: str):
     return total / counts
 
 
+@dataclass(frozen=True)
+class DocumentPairs:
+    """The plain pairs a model scores for some (query, document) pairs: one per document, or
+    one per window of it (``owner``: the document each window came from)."""
+
+    queries: Sequence[str]
+    docs: Sequence[str]
+    instructions: Sequence[str | None] | None
+    num_docs: int
+    aggregate: str
+    owner: Sequence[int] | None = None  # None: one pair per document, in order
+
+    def document_scores(self, pair_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per document, its score from its pairs' scores and the number of windows scored."""
+        if self.owner is None:
+            return pair_scores, np.ones(self.num_docs, dtype=np.int64)
+        counts = np.bincount(self.owner, minlength=self.num_docs)
+        return aggregate(pair_scores, self.owner, self.num_docs, self.aggregate), counts
+
+
+def document_pairs(
+    tokenizer,
+    queries: Sequence[str],
+    docs: Sequence[str],
+    max_length: int,
+    options: LongDocumentsConfig,
+    prompt: PromptTemplate | None = None,
+    instructions: Sequence[str | None] | None = None,
+) -> DocumentPairs:
+    """The pairs to score for (query, document) pairs as ``options`` says: each pair itself
+    (truncated), or its document's windows."""
+    if options.mode == "truncate":
+        return DocumentPairs(queries, docs, instructions, len(docs), options.aggregate)
+    flat_queries, flat_docs, owner = split_documents(
+        tokenizer, queries, docs, max_length, options, prompt, instructions
+    )
+    flat_instructions = None if instructions is None else [instructions[i] for i in owner]
+    return DocumentPairs(flat_queries, flat_docs, flat_instructions, len(docs), options.aggregate, owner)
+
+
 def score_documents(
     score_pairs: Callable[[Sequence[str], Sequence[str], Sequence[str | None] | None], np.ndarray],
     tokenizer,
@@ -261,12 +302,5 @@ def score_documents(
     """Scores of (query, document) pairs as ``options`` says (truncated, or by windows), and
     per pair the number of windows scored. ``score_pairs(queries, docs, instructions)`` scores
     plain pairs (``instructions``: one per pair, or None)."""
-    if options.mode == "truncate":
-        return score_pairs(queries, docs, instructions), np.ones(len(docs), dtype=np.int64)
-    flat_queries, flat_docs, owner = split_documents(
-        tokenizer, queries, docs, max_length, options, prompt, instructions
-    )
-    flat_instructions = None if instructions is None else [instructions[i] for i in owner]
-    window_scores = score_pairs(flat_queries, flat_docs, flat_instructions)
-    counts = np.bincount(owner, minlength=len(docs))
-    return aggregate(window_scores, owner, len(docs), options.aggregate), counts
+    pairs = document_pairs(tokenizer, queries, docs, max_length, options, prompt, instructions)
+    return pairs.document_scores(score_pairs(pairs.queries, pairs.docs, pairs.instructions))

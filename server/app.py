@@ -7,7 +7,8 @@ the OpenAI list shape), ``POST /v1/models/{name}/reload``, ``GET /health``, ``GE
 
 The models load in the background at start-up (so ``/health`` answers 503 until they are
 loaded and warmed); each then lives in an inference worker thread of its own (``worker.py``,
-``served_models.py``). A request's ``model`` field (TEI bodies: the ``model`` query
+``served_models.py``), or, for the adapters of one shared base, in one worker whose rounds mix
+their requests (``shared_group.py``). A request's ``model`` field (TEI bodies: the ``model`` query
 parameter) picks the model; none picks the first. Scores are
 ``sigmoid(logit)`` in [0, 1] unless the request asks for raw scores. Bad input answers 4xx
 with a JSON body naming the field; a full queue answers 429 with ``Retry-After``.
@@ -53,6 +54,7 @@ from rerankit.server.served_models import (
     LoadedModel,
     ServedModel,
     ServedModels,
+    join_groups,
     load_reranker,
     load_shared,
     preloaded_for,
@@ -229,7 +231,7 @@ async def _score(
     watcher = asyncio.ensure_future(_wait_disconnect(request))
     scores = None
     try:
-        scores = await loaded.worker.score(
+        scores = await loaded.score(
             queries, docs, disconnected=watcher, costs=costs, instructions=instructions
         )
     except Overloaded:
@@ -403,7 +405,7 @@ async def ping() -> dict[str, str]:
 async def metrics_route(state: State) -> Response:
     for served in state.models:
         loaded = served.current
-        state.metrics.queue_pairs.labels(model=served.name).set(loaded.worker.queued_pairs if loaded else 0)
+        state.metrics.queue_pairs.labels(model=served.name).set(loaded.queued_pairs if loaded else 0)
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -466,12 +468,14 @@ def create_app(settings: ServerSettings, reranker=None, rerankers: dict | None =
             for served in group:
                 served.load_error = str(exc)
             return
+        join_groups(models, loaded)  # one worker for the group, its rounds mixing the adapters
         for served in group:
             await served.load(loaded[served.name])
 
     @asynccontextmanager
     async def lifespan(app: Litestar):
         state = app.state
+        join_groups(models, preloaded)  # rerankers given on one shared base share a worker too
         tasks = [asyncio.create_task(load_group(group)) for group in groups]
         tasks += [
             asyncio.create_task(served.load(preloaded.get(served.name)))

@@ -47,13 +47,13 @@ class ServerMetrics:
         by_model = dict(labelnames=["model"], registry=self.registry)
         self.batch_pairs = Histogram(
             f"{PREFIX}_batch_pairs",
-            "Pairs scored per worker round",
+            "Pairs of the model scored per worker round (its own, in a round shared with others)",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
             **by_model,
         )
         self.batch_requests = Histogram(
             f"{PREFIX}_batch_requests",
-            "Requests merged per worker round",
+            "Requests of the model merged per worker round",
             buckets=(1, 2, 4, 8, 16, 32, 64),
             **by_model,
         )

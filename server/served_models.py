@@ -2,14 +2,16 @@
 
 A ``ServedModel`` is a name and the settings its folder loads with; what it serves is one
 ``LoadedModel`` at a time: the reranker, the request side's tokenizer and the inference worker
-that owns it. Each model has its own worker and queue, so one model's load, reload or backlog
-never fails another's requests.
+that scores for it. A model has its own worker and queue, so one model's load, reload or backlog
+never fails another's requests; the models of one shared base (``--merge``) share one worker
+whose rounds mix their requests (``shared_group.py``), each with its own queue limit.
 
-A reload loads the folder's current contents on a thread beside the model in service, warms
-it, and swaps the ``LoadedModel`` in one assignment on the event loop. A request takes the
-model in service when it starts and keeps it to the end: requests in flight finish on the old
-model, whose worker stops once the last of them is done. A load that fails leaves the old
-model serving. One reload per model runs at a time.
+A reload loads the folder's current contents on a thread beside the model in service (onto the
+shared base, for a model that has one), warms it, and swaps the ``LoadedModel`` in one
+assignment on the event loop. A request takes the model in service when it starts and keeps it
+to the end: requests in flight finish on the old model, whose worker stops (or whose adapter is
+deleted) once the last of them is done. A load that fails leaves the old model serving. One
+reload per model runs at a time.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ import numpy as np
 from litestar.exceptions import HTTPException, NotFoundException, ServiceUnavailableException
 
 from rerankit.errors import ModelLoadError, RerankitError, short_reason
+from rerankit.mixed_batches import shared_base_of
 from rerankit.server.prometheus import ServerMetrics
 from rerankit.server.settings import ServerSettings
+from rerankit.server.shared_group import SharedGroup, shared_groups
 from rerankit.server.text_prep import RequestTokenizer
-from rerankit.server.worker import InferenceWorker
+from rerankit.server.worker import InferenceWorker, Lane
 
 log = logging.getLogger(__name__)
 WARMUP_PAIRS = [
@@ -195,16 +199,28 @@ def model_facts(reranker) -> dict:
 
 
 class LoadedModel:
-    """One loaded version of a model and the worker that scores with it."""
+    """One loaded version of a model and the worker (and lane in it) that scores with it.
+    ``when_unused`` runs on the event loop once the version is replaced and no request holds
+    it: it stops the worker of its own, or deletes its adapter from the shared base."""
 
-    def __init__(self, reranker, settings: ServerSettings, on_batch: Callable[[int, int], None]) -> None:
+    def __init__(
+        self, reranker, settings: ServerSettings, worker: InferenceWorker, lane: Lane, when_unused: Callable
+    ) -> None:
         self.reranker, self.settings = reranker, settings
+        self.worker, self.lane, self.when_unused = worker, lane, when_unused
         self.facts = model_facts(reranker)
         self.loaded_at = int(time.time())
         self.request_tokenizer = RequestTokenizer(
             reranker.tokenizer, reranker.max_length, reranker.prompt, reranker.long_documents
         )
-        self.worker = InferenceWorker(
+        # Requests holding this version; once replaced, when_unused runs when they are done.
+        self.users = 0
+        self.retired = False
+
+    @classmethod
+    def alone(cls, reranker, settings: ServerSettings, on_batch: Callable[[int, int], None]) -> LoadedModel:
+        """The version with an inference worker of its own (started)."""
+        worker = InferenceWorker(
             # the pairs' instructions come third, only when a round has any
             lambda q, d, *instructions: np.column_stack(reranker.input_logits(q, d, *instructions)),
             max_queue_pairs=settings.max_queue_pairs,
@@ -213,23 +229,44 @@ class LoadedModel:
             max_pairs_per_round=settings.max_pairs_per_round,
             on_batch=on_batch,
         )
-        # Requests holding this version; once replaced, its worker stops when they are done.
-        self.users = 0
-        self.retired = False
+        worker.start()
+
+        def stop_soon() -> None:  # joining the worker thread blocks: never on the event loop
+            asyncio.get_running_loop().run_in_executor(None, worker.stop)
+
+        return cls(reranker, settings, worker, worker.lane, stop_soon)
+
+    @classmethod
+    def in_group(
+        cls, reranker, settings: ServerSettings, group: SharedGroup, on_batch: Callable[[int, int], None]
+    ) -> LoadedModel:
+        """The version scored by its shared base's worker, through a lane of its own."""
+        group.start()
+        return cls(
+            reranker, settings, group.worker, group.lane(reranker, on_batch), lambda: group.retire(reranker)
+        )
+
+    async def score(
+        self, queries, docs, disconnected=None, *, costs=None, instructions=None
+    ) -> np.ndarray | None:
+        """``InferenceWorker.score`` of the pairs, in this version's lane."""
+        return await self.worker.score(
+            queries, docs, disconnected, costs=costs, instructions=instructions, lane=self.lane
+        )
+
+    @property
+    def queued_pairs(self) -> int:
+        return self.lane.queued_pairs
 
     def release(self) -> None:
         self.users -= 1
         if self.retired and self.users == 0:
-            self.stop_soon()
+            self.when_unused()
 
     def retire(self) -> None:
         self.retired = True
         if self.users == 0:
-            self.stop_soon()
-
-    def stop_soon(self) -> None:
-        # joining the worker thread blocks: never on the event loop
-        asyncio.get_running_loop().run_in_executor(None, self.worker.stop)
+            self.when_unused()
 
 
 class ServedModel:
@@ -239,6 +276,8 @@ class ServedModel:
         self.name, self.settings, self.metrics = name, settings, metrics
         self.current: LoadedModel | None = None
         self.load_error: str | None = None
+        # the worker of the models on this one's shared base (None: a worker of its own)
+        self.group: SharedGroup | None = None
         # held by the first load and each reload: one load of this model at a time
         self._loading = asyncio.Lock()
 
@@ -249,9 +288,23 @@ class ServedModel:
         return "failed" if self.load_error else "loading"
 
     def _loaded(self, reranker) -> LoadedModel:
-        loaded = LoadedModel(reranker, self.settings, self.metrics.batch_observer(self.name))
-        loaded.worker.start()
-        return loaded
+        observer = self.metrics.batch_observer(self.name)
+        if self.group is None or shared_base_of(reranker) is not self.group.shared:
+            return LoadedModel.alone(reranker, self.settings, observer)
+        return LoadedModel.in_group(reranker, self.settings, self.group, observer)
+
+    def _load_again(self):
+        """The folder's current contents, warmed: onto the shared base for a model that has one."""
+        if self.group is None or self.current is None:
+            return load_reranker(self.settings)
+        settings = self.settings
+        return self.group.reload(
+            self.current.reranker,
+            lambda reranker: load_reranker(settings, reranker),
+            long_documents=settings.long_documents,
+            prompt=settings.prompt,
+            ensemble=settings.ensemble,
+        )
 
     async def load(self, reranker=None) -> None:
         """The first load (of ``reranker`` when given); a failure is kept for /health. A reload
@@ -281,7 +334,7 @@ class ServedModel:
     async def _reload(self) -> LoadedModel:
         async with self._loading:
             try:
-                warmed = await asyncio.to_thread(load_reranker, self.settings)
+                warmed = await asyncio.to_thread(self._load_again)
                 fresh = await asyncio.to_thread(self._loaded, warmed)
             except Exception as exc:
                 self.metrics.reloads.labels(model=self.name, outcome="failed").inc()
@@ -313,7 +366,9 @@ class ServedModel:
             loaded.release()
 
     def stop(self) -> None:
-        if self.current is not None:
+        if self.group is not None:
+            self.group.stop()
+        elif self.current is not None:
             self.current.worker.stop()
 
 
@@ -357,6 +412,13 @@ def served_models(settings: ServerSettings) -> tuple[ServedModels, ServerMetrics
         return ServedModels(models, any_name=False), metrics
     metrics = ServerMetrics([settings.model_name])
     return ServedModels([ServedModel(settings.model_name, settings, metrics)], any_name=True), metrics
+
+
+def join_groups(models: ServedModels, rerankers: Mapping) -> None:
+    """The models whose rerankers (by name) score through one shared base join one worker."""
+    groups = shared_groups(rerankers, lambda name: models.by_name[name].settings, cross_batching)
+    for name, group in groups.items():
+        models.by_name[name].group = group
 
 
 def preloaded_for(models: ServedModels, reranker=None, rerankers: Mapping | None = None) -> dict:

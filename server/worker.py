@@ -11,6 +11,12 @@ would alone. With ``cross_batching`` a round mixes jobs (after waiting up to ``b
 for others to join an idle worker); without it a round holds one job's chunk, its cut
 depending on that job alone. Jobs whose client went away are dropped between rounds. Each job
 gets its own scores back, in its own order. The event loop never runs the model.
+
+Several models can share one worker (the adapters of one base: ``server/shared_group.py``),
+each through a ``Lane``: its jobs' pairs reach the score function with the lane's model beside
+them, so one round mixes the models' requests; each lane keeps its own ``max_queue_pairs`` and
+its own batch metrics. ``call_between_rounds`` runs a task on the worker thread where no round
+is being scored (deleting a replaced adapter).
 """
 
 from __future__ import annotations
@@ -34,6 +40,18 @@ class Overloaded(Exception):
 
 
 @dataclass(eq=False)
+class Lane:
+    """One model's way into a worker: ``model`` goes to the score function beside each of its
+    pairs (None: a worker of one model, whose score function takes pairs alone), ``on_batch``
+    (pairs, requests) sees its part of each scored round, and its queued pairs count toward
+    ``max_queue_pairs`` alone."""
+
+    model: object = None
+    on_batch: Callable[[int, int], None] = lambda pairs, jobs: None
+    queued_pairs: int = 0
+
+
+@dataclass(eq=False)
 class Job:
     queries: Sequence[str]
     docs: Sequence[str]
@@ -48,6 +66,7 @@ class Job:
     parts: list[np.ndarray] = field(default_factory=list)
     # Each pair's instruction for a decoder's template; None: the template's default for all.
     instructions: Sequence[str | None] | None = None
+    lane: Lane = field(default_factory=Lane)
 
     def __post_init__(self) -> None:
         self._cumulative = np.concatenate([[0], np.cumsum(self.costs)])
@@ -86,7 +105,10 @@ class Chunk:
 
 
 class InferenceWorker:
-    """Scores jobs on one background thread; see the module docstring."""
+    """Scores jobs on one background thread; see the module docstring.
+
+    ``score(queries, docs[, instructions])`` scores a round's pairs (instructions only when a
+    round has any); with lanes of models, ``models=`` (one per pair) comes too."""
 
     def __init__(
         self,
@@ -101,8 +123,10 @@ class InferenceWorker:
         self._score = score
         self.max_queue_pairs, self.cross_batching = max_queue_pairs, cross_batching
         self.batch_wait_s, self.max_pairs_per_round = batch_wait_ms / 1000, max_pairs_per_round
-        self._on_batch = on_batch or (lambda pairs, jobs: None)
-        self._queue: queue.Queue[Job | None] = queue.Queue()
+        # the lane of requests that name no other: a worker of one model has only this one
+        self.lane = Lane(None, on_batch or (lambda pairs, jobs: None))
+        # jobs, tasks to run between rounds, and None: the stop signal
+        self._queue: queue.Queue[Job | Callable[[], None] | None] = queue.Queue()
         # Admitted jobs with documents left, in serving order; those served in the last round
         # rejoin at the back after the jobs that arrived meanwhile.
         self._active: deque[Job] = deque()
@@ -124,6 +148,15 @@ class InferenceWorker:
     def start(self) -> None:
         self._thread.start()
 
+    def add_lane(self, model: object, on_batch: Callable[[int, int], None] | None = None) -> Lane:
+        """A lane for the requests of ``model`` (see ``Lane``)."""
+        return Lane(model, on_batch or (lambda pairs, jobs: None))
+
+    def call_between_rounds(self, task: Callable[[], None]) -> None:
+        """Run ``task`` on the worker thread once the round in progress (if any) is done and
+        before the next is planned; a task that fails is logged, the worker goes on."""
+        self._queue.put(task)
+
     def stop(self, timeout: float = 10.0) -> None:
         self._queue.put(None)
         self._thread.join(timeout)
@@ -136,12 +169,14 @@ class InferenceWorker:
         *,
         costs: Sequence[int] | None = None,
         instructions: Sequence[str | None] | None = None,
+        lane: Lane | None = None,
     ) -> np.ndarray | None:
         """Raw scores of the pairs; None if ``disconnected`` resolved first (job dropped).
 
         ``costs``: per document, the pairs the model scores for it (its windows; one each when
         not given). They count toward ``max_queue_pairs`` and share out the rounds.
         ``instructions``: each pair's instruction, handed to the score function with the pairs.
+        ``lane``: the model's lane (``add_lane``); none, the worker's own.
         """
         if not docs:
             raise ValueError("no documents to score")
@@ -149,11 +184,13 @@ class InferenceWorker:
         if costs.shape != (len(docs),) or costs.min() < 1:
             raise ValueError(f"costs: expected {len(docs)} counts of at least 1, got {costs.tolist()}")
         loop = asyncio.get_running_loop()
-        job = Job(queries, docs, loop.create_future(), loop, costs, instructions=instructions)
+        lane = lane or self.lane
+        job = Job(queries, docs, loop.create_future(), loop, costs, instructions=instructions, lane=lane)
         total = job.remaining
         with self._lock:
-            if self._queued_pairs + total > self.max_queue_pairs:
-                raise Overloaded(f"{self._queued_pairs} pairs are waiting")
+            if lane.queued_pairs + total > self.max_queue_pairs:
+                raise Overloaded(f"{lane.queued_pairs} pairs are waiting")
+            lane.queued_pairs += total
             self._queued_pairs += total
         self._queue.put(job)
         try:
@@ -178,7 +215,8 @@ class InferenceWorker:
                 first = self._queue.get()
                 if first is None:
                     return
-                self._active.append(first)
+                if not self._take(first):
+                    continue
             # An idle worker waits a moment for other requests to share the round; a busy one
             # takes in whatever arrived during the last round.
             stopping = self._admit(self.batch_wait_s if idle and self.cross_batching else 0.0) or stopping
@@ -203,7 +241,18 @@ class InferenceWorker:
                 return False
             if job is None:
                 return True
-            self._active.append(job)
+            self._take(job)
+
+    def _take(self, item: Job | Callable[[], None]) -> bool:
+        """A job joins the round-robin (True); a task runs now (False)."""
+        if isinstance(item, Job):
+            self._active.append(item)
+            return True
+        try:
+            item()
+        except Exception as exc:  # a task never stops the worker
+            log.error("a task between rounds failed: %s", type(exc).__name__, exc_info=exc)
+        return False
 
     def _drop_gone(self) -> None:
         """Jobs whose client went away (or that already failed) leave the round-robin."""
@@ -216,6 +265,7 @@ class InferenceWorker:
                 jobs.remove(job)
         with self._lock:
             self._queued_pairs -= job.remaining
+            job.lane.queued_pairs -= job.remaining
         job.taken = len(job)
 
     def _plan_round(self) -> list[Chunk]:
@@ -246,6 +296,8 @@ class InferenceWorker:
                 self._served.append(chunk.job)
         with self._lock:
             self._queued_pairs -= used
+            for chunk in chunks:
+                chunk.job.lane.queued_pairs -= chunk.cost
         return chunks
 
     def _score_round(self, chunks: list[Chunk]) -> None:
@@ -254,6 +306,12 @@ class InferenceWorker:
         queries = [q for c in chunks for q in c.job.queries[c.start : c.end]]
         docs = [d for c in chunks for d in c.job.docs[c.start : c.end]]
         instructed = any(c.job.instructions is not None for c in chunks)
+        # jobs of several models (lanes) can share a round: the model of each pair goes along
+        models = (
+            {}
+            if all(c.job.lane.model is None for c in chunks)
+            else {"models": [c.job.lane.model for c in chunks for _ in range(c.start, c.end)]}
+        )
         try:
             if instructed:  # jobs of several instructions can share a round: one per pair
                 instructions = [
@@ -261,9 +319,9 @@ class InferenceWorker:
                     for c in chunks
                     for i in range(c.start, c.end)
                 ]
-                scores = self._score(queries, docs, instructions)
+                scores = self._score(queries, docs, instructions, **models)
             else:
-                scores = self._score(queries, docs)
+                scores = self._score(queries, docs, **models)
         except Exception as exc:  # a failed round fails its requests, never the worker
             if len(chunks) > 1:
                 log.warning(
@@ -278,7 +336,9 @@ class InferenceWorker:
             self._retire(job)
             job.loop.call_soon_threadsafe(_set_exception, job.future, exc)
             return
-        self._on_batch(sum(c.cost for c in chunks), len(chunks))
+        for lane in dict.fromkeys(c.job.lane for c in chunks):
+            mine = [c for c in chunks if c.job.lane is lane]
+            lane.on_batch(sum(c.cost for c in mine), len(mine))
         start = 0
         for chunk in chunks:
             job, size = chunk.job, chunk.end - chunk.start

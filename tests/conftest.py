@@ -473,3 +473,19 @@ def write_beir(folder: Path, lines: list[dict]) -> Path:
 def beir_folder(tmp_path) -> Path:
     """A BEIR folder of 12 judged toy queries (and one unjudged)."""
     return write_beir(tmp_path / "beir", toy_lines(12, seed=5))
+
+
+def pooler_dense_only(run, target):
+    """The run at ``target`` with its trained pooler kept whole as its dense layer (the same
+    weights: the pooler's tanh has none), a head peft can mix within one batch."""
+    import json
+    import shutil
+
+    shutil.copytree(run, target, ignore=shutil.ignore_patterns("checkpoints"))
+    for config in target.rglob("adapter_config.json"):
+        values = json.loads(config.read_text())
+        values["modules_to_save"] = [
+            "pooler.dense" if m == "pooler" else m for m in values["modules_to_save"] or []
+        ]
+        config.write_text(json.dumps(values))
+    return target

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import reweighted_run
+from conftest import pooler_dense_only, reweighted_run
 
 from rerankit import Reranker
 from rerankit.errors import ModelLoadError
@@ -43,21 +43,6 @@ def test_each_run_scores_as_its_own_merged_load(shared, runs):
         for name, view in views.items()
     }
     assert pointers["a"] == pointers["b"]
-
-
-def pooler_dense_only(run, target):
-    """The run at ``target`` with its trained pooler kept whole as its dense layer (the same
-    weights: the pooler's tanh has none), a head peft can mix within one batch."""
-    import shutil
-
-    shutil.copytree(run, target, ignore=shutil.ignore_patterns("checkpoints"))
-    for config in target.rglob("adapter_config.json"):
-        values = json.loads(config.read_text())
-        values["modules_to_save"] = [
-            "pooler.dense" if m == "pooler" else m for m in values["modules_to_save"] or []
-        ]
-        config.write_text(json.dumps(values))
-    return target
 
 
 @pytest.mark.parametrize("layout", ["pooler kept whole", "pooler dense kept whole"])
