@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from rerankit.errors import ModelLoadError
 from rerankit.mixed_batches import score_together, shared_base_of
 from rerankit.server.settings import ServerSettings
 from rerankit.server.worker import InferenceWorker, Lane
@@ -59,7 +60,9 @@ class SharedGroup:
         """The model that ``reranker`` serves read again from its folder onto this base, warmed
         by ``warm(reranker) -> reranker``; raises (nothing changed) when it does not load."""
         adapter = reranker.model.name
-        run = next(name for name, used in self.shared.adapters.items() if used == adapter)
+        run = next((name for name, used in self.shared.adapters.items() if used == adapter), None)
+        if run is None:
+            raise ModelLoadError(f"the shared base has no run whose adapter is {adapter}: nothing to reload")
         fresh, _ = self.shared.reload(run, warm, **load_options)
         return fresh
 

@@ -186,3 +186,20 @@ def test_a_reload_on_a_shared_base_loads_beside_and_deletes_the_old_adapter_when
         assert set(shared.model.peft_config) == {adapter_a, new_adapter}
         assert models.get("b").current is fresh
         assert scores_of(client.post("/v2/rerank", json=body)) == pytest.approx(want_new, abs=1e-5)
+
+
+def test_rerankers_given_on_one_shared_base_share_one_worker(runs):
+    """As ``rerankit serve`` gives them: loaded (and checked) before the app starts."""
+    from rerankit.server.served_models import load_models
+
+    specs = tuple(ModelSpec(name=name, path=str(path)) for name, path in runs.items())
+    settings = ServerSettings(models=specs, dtype="float32", device="cpu", merge="never")
+    with TestClient(create_app(settings, rerankers=load_models(settings))) as client:
+        wait_ready(client, 60)
+        models = client.app.state.models
+        assert models.get("a").current.worker is models.get("b").current.worker
+        for name, path in runs.items():
+            body = {"model": name, "query": QUERY, "documents": DOCS}
+            assert scores_of(client.post("/v2/rerank", json=body)) == pytest.approx(
+                want(path, DOCS), abs=1e-5
+            )
