@@ -65,6 +65,35 @@ def test_a_mixed_batch_scores_each_row_by_its_adapter(runs, tmp_path, layout):
         shared.score([QUERY], [DOCS[0]], ["c"])
 
 
+def test_rerankers_of_one_base_score_together_each_with_its_own_settings(shared, runs):
+    """``score_together``: one set of batches for both, each reranker's windows its own."""
+    from rerankit.mixed_batches import score_together
+
+    windows = {"mode": "windows", "window": 8, "stride": 2, "cut": "tokens", "aggregate": "mean"}
+    a, b = shared.reranker("a"), shared.reranker("b", long_documents=windows)
+    long_docs = [" ".join(DOCS * 3), DOCS[1]]
+    calls = []
+    real = shared.forward
+    shared.forward = lambda inputs, names: calls.append(list(names)) or real(inputs, names)
+    try:
+        together = score_together([(a, [QUERY] * len(DOCS), DOCS, None), (b, [QUERY] * 2, long_docs, None)])
+    finally:
+        del shared.forward
+    assert len(calls) == 1 and set(calls[0]) == {shared.adapters["a"], shared.adapters["b"]}
+    for (logits, counts), (reranker, docs) in zip(together, [(a, DOCS), (b, long_docs)]):
+        alone_logits, alone_counts = reranker.input_logits([QUERY] * len(docs), docs)
+        assert logits == pytest.approx(alone_logits, abs=1e-5)
+        assert counts.tolist() == alone_counts.tolist()
+    assert together[1][1][0] > 1  # the long document was read in several windows
+    with pytest.raises(ValueError, match="must all score through one SharedBase"):
+        score_together(
+            [
+                (a, [QUERY], [DOCS[0]], None),
+                (Reranker.load(runs["a"], device="cpu", dtype="float32"), [QUERY], [DOCS[0]], None),
+            ]
+        )
+
+
 def test_runs_of_other_bases_or_no_adapter_are_refused(runs, tiny_bert_dir, tmp_path):
     other = reweighted_run(runs["a"], tmp_path / "other", 1.0)
     manifest = json.loads((other / "run.json").read_text())
