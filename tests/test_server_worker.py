@@ -168,3 +168,38 @@ def test_the_queue_limit_counts_windows_not_documents():
 
     assert list(run(main())) == [4.0, 6.0]
     worker.stop()
+
+
+def test_lanes_share_rounds_each_with_its_own_model_limit_and_metrics():
+    """Models sharing one worker: one round holds both, each pair's model goes along, each lane
+    counts its own queue and rounds; a task between rounds runs on the worker thread."""
+    calls, seen = [], {"a": [], "b": []}
+
+    def score(queries, docs, *, models):
+        calls.append(list(models))
+        return np.array([float(len(d)) * (1 if m == "a" else -1) for d, m in zip(docs, models)])
+
+    worker = InferenceWorker(score, max_queue_pairs=3, batch_wait_ms=500)
+    lanes = {name: worker.add_lane(name, lambda p, j, name=name: seen[name].append((p, j))) for name in "ab"}
+    worker.start()
+
+    async def main():
+        both = asyncio.gather(
+            worker.score(["q"] * 2, ["aa", "aaa"], lane=lanes["a"]),
+            worker.score(["q"] * 3, ["b", "bb", "bbbb"], lane=lanes["b"]),
+        )
+        await asyncio.sleep(0.01)  # both queued; the idle worker waits for more to join
+        # a's lane is full at 3 pairs whatever b's holds
+        with pytest.raises(Overloaded, match="2 pairs are waiting"):
+            await worker.score(["q"] * 2, ["x", "y"], lane=lanes["a"])
+        return await both
+
+    got_a, got_b = run(main())
+    ran = threading.Event()
+    worker.call_between_rounds(lambda: ran.set() if threading.current_thread() is worker._thread else None)
+    assert ran.wait(10)
+    worker.stop()
+    assert list(got_a) == [2.0, 3.0] and list(got_b) == [-1.0, -2.0, -4.0]
+    assert calls == [["a", "a", "b", "b", "b"]]  # one round, every pair with its model
+    assert seen == {"a": [(2, 1)], "b": [(3, 1)]}
+    assert lanes["a"].queued_pairs == lanes["b"].queued_pairs == worker.queued_pairs == 0
