@@ -142,3 +142,13 @@ def test_serve_loads_runs_of_one_base_onto_one_copy_with_merge_never(runs, tmp_p
     broken = (*specs, ModelSpec(name="c", path=str(tmp_path / "gone")))
     with pytest.raises(ModelLoadError, match="^model c: .*gone"):
         load_models(ServerSettings(models=broken, dtype="float32", device="cpu", merge="never"))
+
+
+def test_a_run_name_peft_would_refuse_as_an_adapter_name_loads(runs):
+    """Adapters carry names of their own: a served name may hold a dot, which peft refuses."""
+    shared = SharedBase.load({"support.v1": runs["a"]}, device="cpu", dtype="float32")
+    assert shared.names == ["support.v1"] and "." not in shared.adapters["support.v1"]
+    want = Reranker.load(runs["a"], device="cpu", dtype="float32").logits([QUERY] * len(DOCS), DOCS)
+    assert shared.score([QUERY] * len(DOCS), DOCS, ["support.v1"] * len(DOCS)) == pytest.approx(
+        want, abs=1e-5
+    )
