@@ -134,12 +134,22 @@ def truncated_pass(reranker, test, docs: list[str]) -> tuple[list[np.ndarray], f
     return np.split(flat, sizes), time.perf_counter() - started
 
 
-def oracle(test, by_windows: list[np.ndarray], gold_scores: list[np.ndarray]) -> list[np.ndarray]:
+def oracle(reranker, test, paragraphs: dict[str, str], by_windows: list[np.ndarray]) -> list[np.ndarray]:
     """Each positive document read through its relevant paragraph alone, the others by their
     best window: what a perfect choice of window gives the positives."""
-    scores = []
-    for qid, ids, windows, gold in zip(test["qids"], test["hits"], by_windows, gold_scores):
-        scores.append(np.where([d in test["qrels"][qid] for d in ids], gold, windows))
+    where = [
+        (row, col)
+        for row, (q, ids) in enumerate(zip(test["qids"], test["hits"]))
+        for col, d in enumerate(ids)
+        if d in test["qrels"][q]
+    ]
+    gold = reranker.logits(
+        [test["queries"][row] for row, _ in where],
+        [paragraphs[test["gold"][test["qids"][row]]] for row, _ in where],
+    )
+    scores = [np.array(s, dtype=np.float64) for s in by_windows]
+    for (row, col), value in zip(where, gold):
+        scores[row][col] = value
     return scores
 
 
@@ -152,16 +162,8 @@ def evaluate_model(reranker, name: str, test, paragraphs: dict[str, str], aggreg
     for how in aggregates:
         rows.append(_row(test, name, f"windows, {how}", by_windows[how], len(docs), seconds, windows))
         rows[-1]["documents_cut_by_max_windows"] = cut
-    gold_texts = [paragraphs[test["gold"][q]] for q, ids in zip(test["qids"], test["hits"]) for _ in ids]
-    gold, _ = truncated_pass(reranker, test, gold_texts)
-    rows.append(
-        _row(
-            test,
-            name,
-            "oracle window (positives by their paragraph), max",
-            oracle(test, by_windows["max"], gold),
-        )
-    )
+    scores = oracle(reranker, test, paragraphs, by_windows["max"])
+    rows.append(_row(test, name, "oracle window (positives by their paragraph), max", scores))
     return rows
 
 
