@@ -227,8 +227,7 @@ def main() -> None:
         "waiting at once; memory: resident set once loaded with every weight read, less before loading. "
         f"CPU: {name}; flags: "
         f"{', '.join(flags) or 'none of ' + ', '.join(FLAGS_OF_INTEREST)}; median of {args.repeats} "
-        f"passes; {result['date']}, commit {result['commit']}. The machine was shared with other "
-        "work while this ran: pairs/s are indicative.",
+        f"passes; {result['date']}, commit {result['commit']}.",
         "",
         "| adapters | layout | memory (MB) | pairs/s |",
         "|---:|---|---:|---:|",

@@ -182,7 +182,6 @@ def main(argv: list[str] | None = None) -> dict:
             "torch": torch.__version__,
             "torch_threads_single_process": torch.get_num_threads(),
             "ray": ray.__version__,
-            "note": "shared with other jobs while measured: figures are indicative",
         },
         "protocol": vars(args)
         | {"data": "squad-v1.1-dev", "pairs": n, "model": f"{BACKBONE} + fresh head (seed 0), fp32, CPU"},
@@ -210,8 +209,11 @@ def markdown(r: dict) -> str:
         "",
         f"{r['date']}, commit {r['commit']}. {m['cpu']} ({m['cores']} cores; flags: "
         f"{', '.join(m['cpu_flags']) or 'none of interest'}), Python {m['python']}, torch {m['torch']}, "
-        f"Ray {m['ray']}. The machine was shared with other jobs while measured: the figures are "
-        "indicative. Model: " + r["protocol"]["model"] + f"; shards of {r['protocol']['shard_size']} pairs.",
+        f"Ray {m['ray']}. "
+        + (f"{m['note']}. " if m.get("note") else "")
+        + "Model: "
+        + r["protocol"]["model"]
+        + f"; shards of {r['protocol']['shard_size']} pairs.",
         "",
         "| engine | wall s | pairs/s (wall) | start-up s | steady pairs/s |",
         "| --- | ---: | ---: | ---: | ---: |",
