@@ -22,6 +22,12 @@ on a CPU with bf16 units it would otherwise compute in bf16 without saying so. T
 is the fp32 graph compiled with the bf16 hint (OpenVINO's own default on such CPUs); its
 rounding moves with a batch's padded width, so ``GraphModel.batch_dependent`` is True for it.
 
+OpenVINO graphs are compiled for throughput: the cores split into streams (two on a 2-core
+CPU), and a call's batches run one per stream at once (``AsyncInferQueue``), a single batch's
+rows split over the streams; a small model's matrices keep one or two cores busier than all of
+them. Each pair is still scored by itself (an fp32 or static int8 pair's score does not move with
+its neighbours).
+
 Which graph serves is decided on the machine that loads it (``pick_runtime``): of the graphs
 that passed the export's accuracy gate and whose runtime is installed (bf16 only where the CPU
 computes it natively), each is compiled and timed on a short probe batch, and the fastest runs.
@@ -72,9 +78,38 @@ class GraphModel:
     device_type: str = "cpu"
     # activation ranges computed per batch (ONNX dynamic int8): scores move with neighbours
     batch_dependent: bool = False
+    # OpenVINO: batches run this many at once, each on its own stream of CPU cores
+    # (run_parallel(batches, out)); None: one batch at a time on every core
+    _run_parallel: object = None
+    streams: int = 1
 
     def __call__(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
-        inputs = {name: np.asarray(features[name], dtype=np.int64) for name in self.input_names}
+        """The logits of one padded batch; its rows split over the streams where there are several."""
+        inputs = self._inputs(features)
+        rows = len(inputs["input_ids"])
+        if self.streams > 1 and rows > 1:
+            out = np.empty(rows, dtype=np.float32)
+            parts = np.array_split(np.arange(rows), min(self.streams, rows))
+            self.score_batches(((part, {k: v[part] for k, v in inputs.items()}) for part in parts), out)
+            return out
+        return np.asarray(self._run(inputs), dtype=np.float32).reshape(rows, -1)[:, 0]
+
+    def score_batches(
+        self, batches: Iterable[tuple[Sequence[int], Mapping[str, np.ndarray]]], out: np.ndarray
+    ) -> None:
+        """``out[rows]`` = the logits of each (rows, padded batch) of ``batches``, several at a
+        time where the graph has streams; the batches are read as they are needed, so a long
+        iterator holds only as many padded batches as run at once."""
+        if self._run_parallel is None:
+            for rows, features in batches:
+                out[rows] = self._single(self._inputs(features))
+            return
+        self._run_parallel(((rows, self._inputs(features)) for rows, features in batches), out)
+
+    def _inputs(self, features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {name: np.asarray(features[name], dtype=np.int64) for name in self.input_names}
+
+    def _single(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         logits = np.asarray(self._run(inputs), dtype=np.float32)
         return logits.reshape(len(inputs["input_ids"]), -1)[:, 0]
 
@@ -118,10 +153,58 @@ def _openvino_graph(path: Path, precision: str) -> GraphModel:
     if len(names) != len(ports):
         raise ModelLoadError(f"{path}: graph inputs {ports}; expected some of {MODEL_INPUTS}")
     hint = "bf16" if precision == "bf16" else "f32"
-    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint})
+    # THROUGHPUT: the cores split into streams, each running its own batch; a small model's
+    # matrices keep one or two cores busy better than all of them (benchmarks/results/inference*.md)
+    config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "THROUGHPUT"}
+    compiled = core.compile_model(model, "CPU", config)
     output = compiled.outputs[0]
     run = lambda inputs: compiled(inputs)[output]
-    return GraphModel("openvino", precision, path, names, run, batch_dependent=precision == "bf16")
+    streams = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    return GraphModel(
+        "openvino",
+        precision,
+        path,
+        names,
+        run,
+        batch_dependent=precision == "bf16",
+        _run_parallel=_parallel_runner(ov, compiled, streams) if streams > 1 else None,
+        streams=streams,
+    )
+
+
+def _parallel_runner(ov, compiled, streams: int):
+    """run_parallel(batches, out) over ``streams`` infer requests of ``compiled`` (one per
+    stream), each batch's logits written into ``out[rows]`` as it finishes."""
+    import threading
+
+    lock = threading.Lock()  # one call at a time owns the requests
+    queues = [ov.AsyncInferQueue(compiled, streams)]
+
+    def run_parallel(batches, out: np.ndarray) -> None:
+        failed: list[BaseException] = []
+
+        def done(request, rows) -> None:
+            try:
+                logits = request.get_output_tensor(0).data
+                out[rows] = np.asarray(logits, dtype=np.float32).reshape(len(rows), -1)[:, 0]
+            except BaseException as exc:  # raised in the caller's thread below, not lost in OpenVINO's
+                failed.append(exc)
+
+        with lock:
+            queue = queues[0]
+            queue.set_callback(done)
+            try:
+                for rows, inputs in batches:
+                    queue.start_async(inputs, rows)  # waits for a free stream
+                queue.wait_all()
+            except BaseException:
+                # a request that failed keeps its error: the next call gets fresh ones
+                queues[0] = ov.AsyncInferQueue(compiled, streams)
+                raise
+        if failed:
+            raise failed[0]
+
+    return run_parallel
 
 
 def openvino_bf16_here() -> bool:

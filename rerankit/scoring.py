@@ -113,13 +113,16 @@ def score_pairs(
         instructions=instructions,
     )
     scores = np.empty(len(queries), dtype=np.float32)
+    if isinstance(model, GraphModel) and len(batches) == 1:  # the graph splits its rows over its streams
+        scores[batches[0]] = model(pad_batch(tokenizer, encoded, batches[0], "np"))
+        return scores
     if progress:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc="scoring", unit="batch")
     if isinstance(model, GraphModel):  # OpenVINO / ONNX Runtime: numpy in, fp32 logits out
-        for batch in batches:
-            scores[batch] = model(pad_batch(tokenizer, encoded, batch, "np"))
+        # as many batches at once as the graph has streams
+        model.score_batches(((b, pad_batch(tokenizer, encoded, b, "np")) for b in batches), scores)
         return scores
     device = next(model.parameters()).device
     autocast = (

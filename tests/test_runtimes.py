@@ -55,6 +55,50 @@ def test_graph_backend_scores_match_torch_fp32_and_ignore_neighbours(graph_reran
     assert graph_reranker.neighbour_independent
 
 
+def _openvino_reranker(tiny_bert_run):
+    reranker = Reranker.load(tiny_bert_run[0].output_dir, device="cpu", backend="openvino")
+    if reranker.model.streams < 2:
+        pytest.skip("OpenVINO made one stream on this CPU: nothing runs in parallel")
+    return reranker
+
+
+def test_openvino_streams_score_many_batches_at_once_as_one_at_a_time(tiny_bert_run, fp32_reranker):
+    """fp32: several batches in flight, and one batch split over the streams, score each pair
+    as torch does one pair at a time."""
+    reranker = _openvino_reranker(tiny_bert_run)
+    many = [(f"{QUERY} {i}", DOCS[i % len(DOCS)] + f" number {i}") for i in range(40)]
+    alone = np.array([fp32_reranker.score([p], raw=True)[0] for p in many])
+    reranker.max_tokens = 64  # a few pairs per batch: many batches, run over the streams at once
+    in_flight = []
+    original = reranker.model._run_parallel
+
+    def counting(batches, out):
+        def counted():
+            for rows, inputs in batches:
+                in_flight.append(len(rows))
+                yield rows, inputs
+
+        original(counted(), out)
+
+    object.__setattr__(reranker.model, "_run_parallel", counting)
+    np.testing.assert_allclose(reranker.score(many, raw=True), alone, atol=1e-4)
+    assert len(in_flight) > reranker.model.streams and sum(in_flight) == len(many)
+    reranker.max_tokens = 1 << 20  # one batch: its rows split over the streams
+    in_flight.clear()
+    np.testing.assert_allclose(reranker.score(many, raw=True), alone, atol=1e-4)
+    assert len(in_flight) == reranker.model.streams
+
+
+def test_an_error_in_a_parallel_batch_reaches_the_caller(tiny_bert_run):
+    reranker = _openvino_reranker(tiny_bert_run)
+    bad = {"input_ids": np.zeros((2, 4), dtype=np.int64)}  # no attention_mask: OpenVINO refuses it
+
+    with pytest.raises(Exception):
+        reranker.model._run_parallel(iter([([0, 1], bad)]), np.empty(2, dtype=np.float32))
+    # the requests are free again: the next call scores
+    assert len(reranker.score(pairs(), raw=True)) == len(DOCS)
+
+
 @pytest.mark.parametrize("backend", GRAPH_BACKENDS)
 def test_packaged_backbone_converts_exactly(backend, tmp_path):
     """all-MiniLM-L6-v2 with a seeded one-label head: the graph gives torch's fp32 logits."""
