@@ -93,7 +93,7 @@ def test_an_error_in_a_parallel_batch_reaches_the_caller(tiny_bert_run):
     reranker = _openvino_reranker(tiny_bert_run)
     bad = {"input_ids": np.zeros((2, 4), dtype=np.int64)}  # no attention_mask: OpenVINO refuses it
 
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError):
         reranker.model._run_parallel(iter([([0, 1], bad)]), np.empty(2, dtype=np.float32))
     # the requests are free again: the next call scores
     assert len(reranker.score(pairs(), raw=True)) == len(DOCS)
