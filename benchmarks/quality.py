@@ -164,6 +164,35 @@ def prepare_training_files(
     }
 
 
+def ensemble_teacher(path: str) -> None:
+    """Rewrite the mined lines of ``path`` with the self-ensemble's untrained signals as the
+    teacher of ``loss.distillation``: per line, the sum of BM25's and the backbone's cosine
+    scores, each z-scored over the line's documents (instead of BM25's score alone)."""
+    import dataclasses
+
+    from rerankit.data import read_records, write_records
+    from rerankit.ensemble import CosineSignal
+    from rerankit.fusion import zscore
+    from rerankit.loading import resolve_model_path
+
+    records, _ = read_records(path)
+    cosine = CosineSignal.load(resolve_model_path(BACKBONE))
+    rewritten = []
+    for record in records:
+        docs = (*record.positives, *record.negatives)
+        bm25 = np.array([d.score for d in docs], dtype=np.float64)
+        cos = cosine.scores([record.query] * len(docs), [d.text for d in docs])
+        teacher = iter(zscore(bm25) + zscore(np.asarray(cos, dtype=np.float64)))
+        rewritten.append(
+            dataclasses.replace(
+                record,
+                positives=tuple(dataclasses.replace(d, score=float(next(teacher))) for d in record.positives),
+                negatives=tuple(dataclasses.replace(d, score=float(next(teacher))) for d in record.negatives),
+            )
+        )
+    write_records(rewritten, path)
+
+
 def write_corpus(corpus: dict[str, str], path: Path) -> str:
     """The whole corpus (every article's paragraphs, no question) for corpus adaptation."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -458,6 +487,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument(
+        "--teacher",
+        choices=["bm25", "ensemble"],
+        default="bm25",
+        help="the mined lines' scores, the teacher of loss.distillation: BM25's, or BM25 and the "
+        "backbone's cosine z-scored and summed per line (the untrained self-ensemble)",
+    )
+    parser.add_argument(
         "--reuse-runs",
         action="store_true",
         help="score a run folder the same --work already holds finished instead of training it again",
@@ -488,6 +524,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     files = prepare_training_files(
         sides["train"], args.train_queries, args.mined_negatives, args.seed, work / "data"
     )
+    if args.teacher == "ensemble":
+        ensemble_teacher(files["train"])
     # Retrieved as deep as the depth table reads; every other row reranks the top --top-k.
     deep = first_stage_candidates(sides["all"], args.test_queries, max(args.top_k, *DEPTHS), args.seed)
     test = at_depth(deep, args.top_k)
