@@ -22,7 +22,7 @@ The options are ``config.LongDocumentsConfig`` (config ``model.long_documents``)
 cut on token offsets of the document alone and handed on as text, so every pair
 still goes through the one pair encoding (``encoding.encode_pairs``) and the same token-budget
 batching as any other pair. Documents with more windows than ``max_windows`` are read only that
-far, and a warning counts them.
+far, and a warning says so.
 """
 
 from __future__ import annotations
