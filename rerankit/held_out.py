@@ -166,8 +166,9 @@ def _in_process(reranker, groups: Sequence[Group]) -> Iterator[PairScores]:
     from tqdm.auto import tqdm
 
     for query, texts, first_stage in tqdm(groups, desc="reranking", unit="query"):
-        logits = reranker.logits([query] * len(texts), texts, first_stage=first_stage)
-        final = reranker.final_scores(logits, reranker.signal_scores([query] * len(texts), texts))
+        final, logits = reranker.scores_and_logits(
+            [(query, text) for text in texts], raw=True, first_stage=first_stage
+        )
         yield PairScores(logits, final)
 
 

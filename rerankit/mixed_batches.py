@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rerankit.scoring import pad_batch, token_budget_batches
+from rerankit.scoring import token_budget_batches
 
 # (reranker, queries as its model reads them, documents, instructions or None)
 Part = tuple[object, Sequence[str], Sequence[str], Sequence[str | None] | None]
@@ -34,8 +34,6 @@ def score_together(parts: Sequence[Part]) -> list[tuple[np.ndarray, np.ndarray]]
     """Per part, what ``reranker.input_logits(queries, docs, instructions)`` returns (logits,
     windows scored per document), the pairs of every part scored in shared batches. Every
     reranker must score through one SharedBase (ValueError otherwise)."""
-    import torch
-
     if not parts:
         return []
     bases = {id(shared_base_of(reranker)): shared_base_of(reranker) for reranker, *_ in parts}
@@ -58,14 +56,7 @@ def score_together(parts: Sequence[Part]) -> list[tuple[np.ndarray, np.ndarray]]
         max_tokens=min(r.max_tokens for r in rerankers),
         max_batch=min(r.max_batch for r in rerankers),
     )
-    device = next(shared.model.parameters()).device
-    scores = np.empty(len(adapters), dtype=np.float32)
-    with torch.inference_mode():
-        for batch in batches:
-            # padded by the base's tokenizer: the pad id its model was loaded with
-            features = {k: v.to(device) for k, v in pad_batch(shared.tokenizer, encoded, batch, "pt").items()}
-            logits = shared.forward(features, [adapters[i] for i in batch])
-            scores[batch] = logits.float().view(len(batch), -1)[:, 0].cpu().numpy()
+    scores = shared.score_batches(encoded, batches, adapters)
     results, start = [], 0
     for pairs, _ in prepared:
         end = start + len(pairs.queries)

@@ -283,9 +283,7 @@ class SharedBase:
         """Raw logits of the pairs, pair i by the adapter of run ``adapter_names[i]``, batched
         together whatever their adapters (the pair encoding; a decoder's prompt template is not
         applied here)."""
-        import torch
-
-        from rerankit.scoring import budget_batches, pad_batch
+        from rerankit.scoring import budget_batches
 
         if not len(queries) == len(docs) == len(adapter_names):
             raise ValueError(
@@ -301,8 +299,20 @@ class SharedBase:
         encoded, batches = budget_batches(
             self.tokenizer, queries, docs, max_length=self.max_length, max_tokens=2048, max_batch=128
         )
+        return self.score_batches(encoded, batches, adapters)
+
+    def score_batches(
+        self, encoded: Mapping, batches: Sequence[Sequence[int]], adapters: Sequence[str]
+    ) -> np.ndarray:
+        """Raw logits of tokenized pairs (``encoded``: token ids by input name, unpadded) cut
+        into ``batches``, pair i through the peft adapter ``adapters[i]``; padded by the base's
+        tokenizer, the pad id its model was loaded with."""
+        import torch
+
+        from rerankit.scoring import pad_batch
+
         device = next(self.model.parameters()).device
-        scores = np.empty(len(queries), dtype=np.float32)
+        scores = np.empty(len(adapters), dtype=np.float32)
         with torch.inference_mode():
             for batch in batches:
                 features = {
