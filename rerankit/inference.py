@@ -566,11 +566,18 @@ class Reranker:
         return self.input_logits(self._pair_queries(queries, context), docs, self.model_instructions(context))
 
     def input_logits(
-        self, queries: Sequence[str], docs: Sequence[str], instructions: Sequence[str | None] | None = None
+        self,
+        queries: Sequence[str],
+        docs: Sequence[str],
+        instructions: Sequence[str | None] | None = None,
+        *,
+        groups: Sequence[int] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """``window_logits`` of pairs whose queries are already as the model reads them
         (``model_queries``), each with its instruction (``model_instructions``; None: the
-        template's default): what the server's batching worker and the validation run."""
+        template's default): what the server's batching worker and the validation run.
+        ``groups``: consecutive runs of documents (several requests) each batched as it would
+        be alone, so no run's scores depend on another's (``score_pairs``)."""
         _check_pairs(queries, docs)
         with self._lock:
             return score_documents(
@@ -582,6 +589,7 @@ class Reranker:
                 self.long_documents,
                 self.prompt,
                 instructions,
+                groups,
             )
 
     def model_pairs(
@@ -608,7 +616,9 @@ class Reranker:
             )
         return pairs, dict(encoded)
 
-    def _score(self, queries: Sequence[str], docs: Sequence[str], instructions=None) -> np.ndarray:
+    def _score(
+        self, queries: Sequence[str], docs: Sequence[str], instructions=None, groups=None
+    ) -> np.ndarray:
         return score_pairs(
             self.model,
             self.tokenizer,
@@ -619,6 +629,7 @@ class Reranker:
             max_batch=self.max_batch,
             prompt=self.prompt,
             instructions=instructions,
+            groups=groups,
         )
 
     def render(self, query: str, document: str, instruction: str | None = None) -> str:

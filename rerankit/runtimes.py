@@ -89,10 +89,20 @@ class GraphModel:
         rows = len(inputs["input_ids"])
         if self.streams > 1 and rows > 1:
             out = np.empty(rows, dtype=np.float32)
-            parts = np.array_split(np.arange(rows), min(self.streams, rows))
-            self.score_batches(((part, {k: v[part] for k, v in inputs.items()}) for part in parts), out)
+            self.score_batches(self.stream_parts(np.arange(rows), inputs), out)
             return out
         return np.asarray(self._run(inputs), dtype=np.float32).reshape(rows, -1)[:, 0]
+
+    def stream_parts(
+        self, rows: Sequence[int], features: Mapping[str, np.ndarray]
+    ) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """One padded batch as (rows, features) parts, one per stream. Rows sorted longest
+        first are dealt out in turn, so every part holds long and short ones and the streams
+        finish together."""
+        rows = np.asarray(rows)
+        count = min(self.streams, len(rows))
+        picks = [np.arange(start, len(rows), count) for start in range(count)]
+        return [(rows[pick], {k: np.asarray(v)[pick] for k, v in features.items()}) for pick in picks]
 
     def score_batches(
         self, batches: Iterable[tuple[Sequence[int], Mapping[str, np.ndarray]]], out: np.ndarray

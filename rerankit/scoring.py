@@ -11,6 +11,7 @@ collapse near-equal scores into ties.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,8 +26,22 @@ def sigmoid(logits) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
 
 
-def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_batch: int) -> list[list[int]]:
-    """Indices grouped into batches, longest first, each within the token budget."""
+def token_budget_batches(
+    lengths: Sequence[int], max_tokens: int, max_batch: int, groups: Sequence[int] | None = None
+) -> list[list[int]]:
+    """Indices grouped into batches, longest first, each within the token budget.
+
+    ``groups``: sizes of consecutive runs of indices that never share a batch (the requests of
+    one server round, each batched as it would be alone); None: one run of all."""
+    if groups is not None:
+        if sum(groups) != len(lengths) or min(groups, default=1) < 1:
+            raise ValueError(f"groups {list(groups)} do not cover {len(lengths)} items")
+        starts = np.concatenate([[0], np.cumsum(groups)]).astype(int)
+        return [
+            [start + i for i in batch]
+            for start, end in zip(starts[:-1], starts[1:])
+            for batch in token_budget_batches(lengths[start:end], max_tokens, max_batch)
+        ]
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []
@@ -52,9 +67,11 @@ def budget_batches(
     max_batch: int,
     prompt: PromptTemplate | None = None,
     instructions: Sequence[str | None] | None = None,
+    groups: Sequence[int] | None = None,
 ) -> tuple[dict, list[list[int]]]:
     """The pairs tokenized once without padding, and their indices cut into token-budget
-    batches (``token_budget_batches``); ``pad_batch`` turns one batch into model inputs."""
+    batches (``token_budget_batches``, within each of ``groups``); ``pad_batch`` turns one
+    batch into model inputs."""
     encoded = encode_pairs(
         tokenizer,
         queries,
@@ -66,7 +83,7 @@ def budget_batches(
         instructions=instructions,
     )
     lengths = [len(ids) for ids in encoded["input_ids"]]
-    return encoded, token_budget_batches(lengths, max_tokens, max_batch)
+    return encoded, token_budget_batches(lengths, max_tokens, max_batch, groups)
 
 
 def pad_batch(tokenizer, encoded: dict, batch: Sequence[int], return_tensors: str):
@@ -89,12 +106,16 @@ def score_pairs(
     progress: bool = False,
     prompt: PromptTemplate | None = None,
     instructions: Sequence[str | None] | None = None,
+    groups: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Raw scores (logits) of each (queries[i], docs[i]) pair, fp32, in input order.
 
     ``model``: a torch sequence classifier, or a compiled graph (``rerankit.runtimes``).
     ``prompt``: the template a decoder reads pairs through (None: the pair encoding).
     ``instructions``: each pair's instruction for the template (None: its default).
+    ``groups``: sizes of consecutive runs of pairs batched apart, each exactly as it would be
+    scored alone, though a graph runs their batches together over its streams (a server round
+    of several requests whose scores must not depend on one another).
     """
     import torch
 
@@ -111,18 +132,24 @@ def score_pairs(
         max_batch=max_batch,
         prompt=prompt,
         instructions=instructions,
+        groups=groups,
     )
     scores = np.empty(len(queries), dtype=np.float32)
-    if isinstance(model, GraphModel) and len(batches) == 1:  # the graph splits its rows over its streams
-        scores[batches[0]] = model(pad_batch(tokenizer, encoded, batches[0], "np"))
-        return scores
+    # A group (or all the pairs) that fits one batch has its rows split over a graph's
+    # streams, the same alone or in a round.
+    alone = _alone_in_group(batches, groups or [len(queries)])
     if progress:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc="scoring", unit="batch")
     if isinstance(model, GraphModel):  # OpenVINO / ONNX Runtime: numpy in, fp32 logits out
         # as many batches at once as the graph has streams
-        model.score_batches(((b, pad_batch(tokenizer, encoded, b, "np")) for b in batches), scores)
+        def graph_batches():
+            for i, batch in enumerate(batches):
+                features = pad_batch(tokenizer, encoded, batch, "np")
+                yield from model.stream_parts(batch, features) if i in alone else [(batch, features)]
+
+        model.score_batches(graph_batches(), scores)
         return scores
     device = next(model.parameters()).device
     autocast = (
@@ -142,3 +169,12 @@ def score_pairs(
     finally:
         model.train(was_training)
     return scores
+
+
+def _alone_in_group(batches: Sequence[Sequence[int]], groups: Sequence[int]) -> set[int]:
+    """The positions of the batches that hold a whole group (``token_budget_batches`` keeps
+    each group's batches together, in group order)."""
+    ends = np.cumsum(groups)
+    group_of = [int(np.searchsorted(ends, batch[0], side="right")) for batch in batches]
+    batches_in = Counter(group_of)
+    return {i for i, g in enumerate(group_of) if batches_in[g] == 1}

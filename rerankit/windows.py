@@ -261,6 +261,14 @@ class DocumentPairs:
     aggregate: str
     owner: Sequence[int] | None = None  # None: one pair per document, in order
 
+    def pair_groups(self, doc_groups: Sequence[int]) -> list[int]:
+        """Consecutive runs of documents (their counts) as the runs of pairs they score as."""
+        if self.owner is None:
+            return list(doc_groups)
+        counts = np.bincount(self.owner, minlength=self.num_docs)
+        ends = np.cumsum(doc_groups)
+        return [int(counts[end - size : end].sum()) for size, end in zip(doc_groups, ends)]
+
     def document_scores(self, pair_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per document, its score from its pairs' scores and the number of windows scored."""
         if self.owner is None:
@@ -298,9 +306,16 @@ def score_documents(
     options: LongDocumentsConfig,
     prompt: PromptTemplate | None = None,
     instructions: Sequence[str | None] | None = None,
+    groups: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scores of (query, document) pairs as ``options`` says (truncated, or by windows), and
     per pair the number of windows scored. ``score_pairs(queries, docs, instructions)`` scores
-    plain pairs (``instructions``: one per pair, or None)."""
+    plain pairs (``instructions``: one per pair, or None); with ``groups`` (consecutive runs of
+    documents batched apart), ``groups=`` the runs of pairs they make goes along."""
     pairs = document_pairs(tokenizer, queries, docs, max_length, options, prompt, instructions)
-    return pairs.document_scores(score_pairs(pairs.queries, pairs.docs, pairs.instructions))
+    if groups is None:
+        return pairs.document_scores(score_pairs(pairs.queries, pairs.docs, pairs.instructions))
+    pair_groups = pairs.pair_groups(groups)
+    return pairs.document_scores(
+        score_pairs(pairs.queries, pairs.docs, pairs.instructions, groups=pair_groups)
+    )

@@ -222,7 +222,9 @@ class LoadedModel:
         """The version with an inference worker of its own (started)."""
         worker = InferenceWorker(
             # the pairs' instructions come third, only when a round has any
-            lambda q, d, *instructions: np.column_stack(reranker.input_logits(q, d, *instructions)),
+            lambda q, d, *instructions, groups=None: np.column_stack(
+                reranker.input_logits(q, d, *instructions, groups=groups)
+            ),
             max_queue_pairs=settings.max_queue_pairs,
             cross_batching=cross_batching(settings, reranker),
             batch_wait_ms=settings.batch_wait_ms,

@@ -83,8 +83,23 @@ class SharedGroup:
         instructions: Sequence[str | None] | None = None,
         *,
         models: Sequence,
+        groups: Sequence[int] | None = None,
     ) -> np.ndarray:
-        """One row per pair, (logit, windows scored), the pairs of every model together."""
+        """One row per pair, (logit, windows scored), the pairs of every model together; with
+        ``groups`` (no cross-batching), each run of pairs (a request's chunk) on its own."""
+        if groups is not None:
+            starts = np.concatenate([[0], np.cumsum(groups)]).astype(int)
+            return np.concatenate(
+                [
+                    self._score(
+                        queries[a:b],
+                        docs[a:b],
+                        None if instructions is None else instructions[a:b],
+                        models=models[a:b],
+                    )
+                    for a, b in zip(starts[:-1], starts[1:])
+                ]
+            )
         rows: dict = {}  # reranker -> its pairs' positions in the round
         for i, reranker in enumerate(models):
             rows.setdefault(reranker, []).append(i)

@@ -7,10 +7,14 @@ a fair share of a round (a job that needs less leaves the rest to the others), s
 is scored in chunks with other requests' documents in between, and a small request waits about
 one round, not for the large one. A document's windows stay in one chunk and are aggregated
 together, so where scores do not depend on batch neighbours (fp32) a request scores as it
-would alone. With ``cross_batching`` a round mixes jobs (after waiting up to ``batch_wait_ms``
-for others to join an idle worker); without it a round holds one job's chunk, its cut
-depending on that job alone. Jobs whose client went away are dropped between rounds. Each job
-gets its own scores back, in its own order. The event loop never runs the model.
+would alone. With ``cross_batching`` a round mixes jobs in shared batches (after waiting up to
+``batch_wait_ms`` for others to join an idle worker). Without it (where a score depends on its
+batch neighbours: bf16) each job's chunk is cut by that job alone and batched apart from the
+others (the score function gets ``groups=``, the chunks' sizes), as it would be scored alone;
+a round still holds the chunks of several jobs, so a graph's streams run their batches
+together instead of waiting on one small request at a time. Jobs whose client went away are
+dropped between rounds. Each job gets its own scores back, in its own order. The event loop
+never runs the model.
 
 Several models can share one worker (the adapters of one base: ``server/shared_group.py``),
 each through a ``Lane``: its jobs' pairs reach the score function with the lane's model beside
@@ -108,7 +112,8 @@ class InferenceWorker:
     """Scores jobs on one background thread; see the module docstring.
 
     ``score(queries, docs[, instructions])`` scores a round's pairs (instructions only when a
-    round has any); with lanes of models, ``models=`` (one per pair) comes too."""
+    round has any); with lanes of models, ``models=`` (one per pair) comes too, and without
+    cross-batching ``groups=`` (the documents of each job's chunk, in order)."""
 
     def __init__(
         self,
@@ -269,25 +274,11 @@ class InferenceWorker:
         job.taken = len(job)
 
     def _plan_round(self) -> list[Chunk]:
-        """The next round: a chunk of each job at the front of the round-robin, fair shares of
-        ``max_pairs_per_round`` first, then what is left to those that want more. A round
-        exceeds the budget only by the last document taken (a document is never split)."""
-        budget = self.max_pairs_per_round
-        serving = list(self._active) if self.cross_batching else [self._active[0]]
-        share = max(1, budget // len(serving))
-        ends: dict[Job, int] = {}
-        used = 0
-        for job in serving:
-            if used >= budget:
-                break
-            ends[job] = job.end_within(job.taken, min(share, budget - used), at_least_one=True)
-            used += job.cost(job.taken, ends[job])
-        for job in ends:
-            if used >= budget:
-                break
-            end = job.end_within(ends[job], budget - used, at_least_one=False)
-            used += job.cost(ends[job], end)
-            ends[job] = end
+        """The next round: a chunk of each of the jobs at the front of the round-robin. A
+        round exceeds ``max_pairs_per_round`` only by the last document taken (a document is
+        never split)."""
+        ends = self._shared_cuts() if self.cross_batching else self._own_cuts()
+        used = sum(job.cost(job.taken, end) for job, end in ends.items())
         chunks = [Chunk(job, job.taken, end) for job, end in ends.items()]
         for chunk in chunks:  # the served jobs wait for their next turn, the finished ones leave
             chunk.job.taken = chunk.end
@@ -300,6 +291,40 @@ class InferenceWorker:
                 chunk.job.lane.queued_pairs -= chunk.cost
         return chunks
 
+    def _shared_cuts(self) -> dict[Job, int]:
+        """Each job's chunk end: fair shares of the round first, then what is left to those
+        that want more."""
+        budget = self.max_pairs_per_round
+        share = max(1, budget // len(self._active))
+        ends: dict[Job, int] = {}
+        used = 0
+        for job in self._active:
+            if used >= budget:
+                break
+            ends[job] = job.end_within(job.taken, min(share, budget - used), at_least_one=True)
+            used += job.cost(job.taken, ends[job])
+        for job in ends:
+            if used >= budget:
+                break
+            end = job.end_within(ends[job], budget - used, at_least_one=False)
+            used += job.cost(ends[job], end)
+            ends[job] = end
+        return ends
+
+    def _own_cuts(self) -> dict[Job, int]:
+        """Each job's chunk end, cut by the job alone (a round's worth of its documents), for
+        the jobs in turn while their chunks fit the round together (the first always)."""
+        budget = self.max_pairs_per_round
+        ends: dict[Job, int] = {}
+        used = 0
+        for job in self._active:
+            end = job.end_within(job.taken, budget, at_least_one=True)
+            cost = job.cost(job.taken, end)
+            if ends and used + cost > budget:
+                break
+            ends[job], used = end, used + cost
+        return ends
+
     def _score_round(self, chunks: list[Chunk]) -> None:
         """Score the chunks' pairs together; if that fails, score each chunk alone, so only the
         job that cannot be scored gets the error. No request text goes to the log."""
@@ -307,11 +332,13 @@ class InferenceWorker:
         docs = [d for c in chunks for d in c.job.docs[c.start : c.end]]
         instructed = any(c.job.instructions is not None for c in chunks)
         # jobs of several models (lanes) can share a round: the model of each pair goes along
-        models = (
+        extra = (
             {}
             if all(c.job.lane.model is None for c in chunks)
             else {"models": [c.job.lane.model for c in chunks for _ in range(c.start, c.end)]}
         )
+        if not self.cross_batching:  # each job's chunk batched apart from the others
+            extra["groups"] = [c.end - c.start for c in chunks]
         try:
             if instructed:  # jobs of several instructions can share a round: one per pair
                 instructions = [
@@ -319,9 +346,9 @@ class InferenceWorker:
                     for c in chunks
                     for i in range(c.start, c.end)
                 ]
-                scores = self._score(queries, docs, instructions, **models)
+                scores = self._score(queries, docs, instructions, **extra)
             else:
-                scores = self._score(queries, docs, **models)
+                scores = self._score(queries, docs, **extra)
         except Exception as exc:  # a failed round fails its requests, never the worker
             if len(chunks) > 1:
                 log.warning(

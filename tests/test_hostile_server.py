@@ -137,11 +137,11 @@ def test_waiting_windows_fill_the_queue_and_get_429(windowed):
         def __getattr__(self, name):
             return getattr(windowed, name)
 
-        def input_logits(self, queries, docs):
+        def input_logits(self, queries, docs, **groups):
             if holding.is_set():  # not the warm-up
                 entered.set()
                 release.wait(5)
-            return windowed.input_logits(queries, docs)
+            return windowed.input_logits(queries, docs, **groups)
 
     body = {"query": QUERY, "documents": [LONG_DOC]}
     windows = int(windowed.window_logits([QUERY], [LONG_DOC])[1][0])

@@ -149,10 +149,10 @@ def test_full_queue_answers_429_with_retry_after(reranker):
         def __getattr__(self, name):
             return getattr(reranker, name)
 
-        def input_logits(self, queries, docs):
+        def input_logits(self, queries, docs, **groups):
             if armed.is_set():  # the warm-up at start passes
                 release.wait(30)
-            return reranker.input_logits(queries, docs)
+            return reranker.input_logits(queries, docs, **groups)
 
     held = Held()
     body = {"query": QUERY, "documents": DOCS[:3]}

@@ -16,12 +16,13 @@ class LengthScorer:
     """Scores a pair by the length of its document, and records what it scored."""
 
     def __init__(self, fail_on=None):
-        self.calls, self.fail_on = [], fail_on
+        self.calls, self.groups, self.fail_on = [], [], fail_on
 
-    def __call__(self, queries, docs):
+    def __call__(self, queries, docs, groups=None):
         if self.fail_on is not None and self.fail_on in docs:
             raise RuntimeError("boom")
         self.calls.append(list(docs))
+        self.groups.append(groups)
         return np.array([float(len(d)) for d in docs])
 
 
@@ -43,19 +44,6 @@ def test_concurrent_requests_share_rounds_and_get_their_own_scores():
     for i, scores in enumerate(results):
         assert list(scores) == [i + 1, 10 * i + 1, 2]
     assert max(rounds) > 1 and sum(rounds) == 8
-
-
-def test_without_cross_batching_each_request_is_its_own_round():
-    rounds = []
-    worker = InferenceWorker(LengthScorer(), cross_batching=False, on_batch=lambda p, j: rounds.append(j))
-    worker.start()
-
-    async def main():
-        return await asyncio.gather(*(worker.score(["q"], ["d" * i]) for i in range(1, 6)))
-
-    assert [list(s) for s in run(main())] == [[float(i)] for i in range(1, 6)]
-    worker.stop()
-    assert rounds == [1] * 5
 
 
 def test_job_of_a_gone_client_is_not_scored():
@@ -99,10 +87,44 @@ class HeldScorer(LengthScorer):
         super().__init__()
         self.entered, self.release = threading.Event(), threading.Event()
 
-    def __call__(self, queries, docs):
+    def __call__(self, queries, docs, groups=None):
         self.entered.set()
         assert self.release.wait(10)
-        return super().__call__(queries, docs)
+        return super().__call__(queries, docs, groups)
+
+
+class GroupScorer(HeldScorer):
+    """Scores a pair by its document's length plus the size of the batch it shares: what a
+    batch-dependent (bf16) model does. Its first round waits until ``release`` is set."""
+
+    def __call__(self, queries, docs, groups=None):
+        lengths = super().__call__(queries, docs, groups)
+        sizes = groups or [len(docs)]
+        return lengths + np.repeat(sizes, sizes)
+
+
+def test_without_cross_batching_a_round_scores_requests_apart():
+    """Requests queued while a round runs share the next round, each in its own group: a
+    batch-dependent score of a request is the one it gets alone."""
+    scorer, rounds = GroupScorer(), []
+    worker = InferenceWorker(scorer, cross_batching=False, on_batch=lambda p, j: rounds.append(j))
+    worker.start()
+    requests = [["d" * i] * i for i in range(1, 5)]  # i documents of length i
+
+    async def main():
+        first = asyncio.ensure_future(worker.score(["q"] * 2, ["first", "first"]))
+        await asyncio.to_thread(scorer.entered.wait, 10)
+        rest = [asyncio.ensure_future(worker.score(["q"] * len(docs), docs)) for docs in requests]
+        while worker.queued_pairs < 10:
+            await asyncio.sleep(0.001)
+        scorer.release.set()
+        return await asyncio.gather(first, *rest)
+
+    first, *rest = run(main())
+    worker.stop()
+    assert list(first) == [7.0, 7.0]
+    assert [list(s) for s in rest] == [[2.0 * i] * i for i in range(1, 5)]
+    assert rounds == [1, 4] and scorer.groups == [[2], [1, 2, 3, 4]]
 
 
 async def queue_a_job_while_the_first_round_runs(worker, scorer, big, small):

@@ -301,3 +301,25 @@ def test_a_step_cap_keeps_every_documents_first_window_then_takes_windows_in_tur
     assert capped_windows(owner, 2) == [0, 3, 4]  # every document keeps its first
     model_batch_owner = [owner[i] for i in capped_windows(owner, 6)]
     assert model_batch_owner == [0, 0, 0, 1, 2, 2]
+
+
+def test_groups_of_documents_are_batched_as_the_groups_of_their_windows(tiny_bert_run):
+    """A server round of several requests (groups of documents) hands the scorer the groups of
+    windows those documents make, and each request gets the scores it gets alone."""
+    windowed = Reranker.load(
+        tiny_bert_run[0].output_dir,
+        device="cpu",
+        dtype="float32",
+        long_documents={"mode": "windows", "stride": 8},
+    )
+    opening = " ".join(NOISE[i % len(NOISE)] for i in range(60))
+    requests = [[opening + " apple"], ["short apple", opening * 2, "banana"]]
+    seen = []
+    score = windowed._score
+    windowed._score = lambda *args, groups=None: seen.append(groups) or score(*args, groups=groups)
+    alone = [windowed.input_logits(["apple"] * len(docs), docs) for docs in requests]
+    docs = [d for request in requests for d in request]
+    logits, counts = windowed.input_logits(["apple"] * len(docs), docs, groups=[1, 3])
+    assert seen[-1] == [int(alone[0][1].sum()), int(alone[1][1].sum())] and seen[-1][0] > 1
+    np.testing.assert_allclose(logits, np.concatenate([a[0] for a in alone]), atol=1e-5)
+    np.testing.assert_array_equal(counts, np.concatenate([a[1] for a in alone]))
