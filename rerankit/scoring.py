@@ -11,7 +11,6 @@ collapse near-equal scores into ties.
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,22 +25,8 @@ def sigmoid(logits) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
 
 
-def token_budget_batches(
-    lengths: Sequence[int], max_tokens: int, max_batch: int, groups: Sequence[int] | None = None
-) -> list[list[int]]:
-    """Indices grouped into batches, longest first, each within the token budget.
-
-    ``groups``: sizes of consecutive runs of indices that never share a batch (the requests of
-    one server round, each batched as it would be alone); None: one run of all."""
-    if groups is not None:
-        if sum(groups) != len(lengths) or min(groups, default=1) < 1:
-            raise ValueError(f"groups {list(groups)} do not cover {len(lengths)} items")
-        starts = np.concatenate([[0], np.cumsum(groups)]).astype(int)
-        return [
-            [start + i for i in batch]
-            for start, end in zip(starts[:-1], starts[1:])
-            for batch in token_budget_batches(lengths[start:end], max_tokens, max_batch)
-        ]
+def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_batch: int) -> list[list[int]]:
+    """Indices grouped into batches, longest first, each within the token budget."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []
@@ -67,11 +52,9 @@ def budget_batches(
     max_batch: int,
     prompt: PromptTemplate | None = None,
     instructions: Sequence[str | None] | None = None,
-    groups: Sequence[int] | None = None,
 ) -> tuple[dict, list[list[int]]]:
     """The pairs tokenized once without padding, and their indices cut into token-budget
-    batches (``token_budget_batches``, within each of ``groups``); ``pad_batch`` turns one
-    batch into model inputs."""
+    batches (``token_budget_batches``); ``pad_batch`` turns one batch into model inputs."""
     encoded = encode_pairs(
         tokenizer,
         queries,
@@ -83,7 +66,7 @@ def budget_batches(
         instructions=instructions,
     )
     lengths = [len(ids) for ids in encoded["input_ids"]]
-    return encoded, token_budget_batches(lengths, max_tokens, max_batch, groups)
+    return encoded, token_budget_batches(lengths, max_tokens, max_batch)
 
 
 def pad_batch(tokenizer, encoded: dict, batch: Sequence[int], return_tensors: str):
@@ -113,68 +96,78 @@ def score_pairs(
     ``model``: a torch sequence classifier, or a compiled graph (``rerankit.runtimes``).
     ``prompt``: the template a decoder reads pairs through (None: the pair encoding).
     ``instructions``: each pair's instruction for the template (None: its default).
-    ``groups``: sizes of consecutive runs of pairs batched apart, each exactly as it would be
-    scored alone, though a graph runs their batches together over its streams (a server round
-    of several requests whose scores must not depend on one another).
+    ``groups``: sizes of consecutive runs of pairs (the requests of one server round) each
+    tokenized and batched as it would be alone, so no run's scores depend on another's; a
+    graph runs their batches together over its streams.
     """
     import torch
 
     if len(queries) != len(docs):
         raise ValueError(f"got {len(queries)} queries but {len(docs)} documents")
+    groups = [len(queries)] if groups is None else [int(g) for g in groups]
+    if sum(groups) != len(queries) or min(groups, default=1) < 1:
+        raise ValueError(f"groups {groups} do not cover {len(queries)} pairs")
     if not queries:
         return np.zeros(0, dtype=np.float32)
-    encoded, batches = budget_batches(
-        tokenizer,
-        queries,
-        docs,
-        max_length=max_length,
-        max_tokens=max_tokens,
-        max_batch=max_batch,
-        prompt=prompt,
-        instructions=instructions,
-        groups=groups,
-    )
     scores = np.empty(len(queries), dtype=np.float32)
-    # A group (or all the pairs) that fits one batch has its rows split over a graph's
-    # streams, the same alone or in a round.
-    alone = _alone_in_group(batches, groups or [len(queries)])
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(batches, desc="scoring", unit="batch")
-    if isinstance(model, GraphModel):  # OpenVINO / ONNX Runtime: numpy in, fp32 logits out
-        # as many batches at once as the graph has streams
-        def graph_batches():
-            for i, batch in enumerate(batches):
-                features = pad_batch(tokenizer, encoded, batch, "np")
-                yield from model.stream_parts(batch, features) if i in alone else [(batch, features)]
+        bar = tqdm(total=len(queries), desc="scoring", unit="pair")
 
-        model.score_batches(graph_batches(), scores)
-        return scores
-    device = next(model.parameters()).device
-    autocast = (
-        torch.autocast(device.type, dtype=autocast_dtype)
-        if autocast_dtype is not None
-        else contextlib.nullcontext()
-    )
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), autocast:
+    def padded(return_tensors: str):
+        """(rows, padded batch, whether it holds its whole run), a run at a time."""
+        start = 0
+        for size in groups:
+            end = start + size
+            encoded, batches = budget_batches(
+                tokenizer,
+                queries[start:end],
+                docs[start:end],
+                max_length=max_length,
+                max_tokens=max_tokens,
+                max_batch=max_batch,
+                prompt=prompt,
+                instructions=None if instructions is None else instructions[start:end],
+            )
             for batch in batches:
-                features = pad_batch(tokenizer, encoded, batch, "pt")
-                features = {k: v.to(device) for k, v in features.items()}
-                logits = model(**features).logits
-                scores[batch] = logits.float().view(len(batch), -1)[:, 0].cpu().numpy()
+                features = pad_batch(tokenizer, encoded, batch, return_tensors)
+                yield [start + i for i in batch], features, len(batches) == 1
+                if bar is not None:
+                    bar.update(len(batch))
+            start = end
+
+    try:
+        if isinstance(model, GraphModel):  # OpenVINO / ONNX Runtime: numpy in, fp32 logits out
+            # As many batches at once as the graph has streams. A run that fits one batch has
+            # its rows split over the streams, the same alone or in a round.
+            model.score_batches(
+                (
+                    part
+                    for rows, features, whole in padded("np")
+                    for part in (model.stream_parts(rows, features) if whole else [(rows, features)])
+                ),
+                scores,
+            )
+            return scores
+        device = next(model.parameters()).device
+        autocast = (
+            torch.autocast(device.type, dtype=autocast_dtype)
+            if autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode(), autocast:
+                for rows, features, _ in padded("pt"):
+                    features = {k: v.to(device) for k, v in features.items()}
+                    logits = model(**features).logits
+                    scores[rows] = logits.float().view(len(rows), -1)[:, 0].cpu().numpy()
+        finally:
+            model.train(was_training)
+        return scores
     finally:
-        model.train(was_training)
-    return scores
-
-
-def _alone_in_group(batches: Sequence[Sequence[int]], groups: Sequence[int]) -> set[int]:
-    """The positions of the batches that hold a whole group (``token_budget_batches`` keeps
-    each group's batches together, in group order)."""
-    ends = np.cumsum(groups)
-    group_of = [int(np.searchsorted(ends, batch[0], side="right")) for batch in batches]
-    batches_in = Counter(group_of)
-    return {i for i, g in enumerate(group_of) if batches_in[g] == 1}
+        if bar is not None:
+            bar.close()

@@ -29,21 +29,6 @@ def test_a_pair_longer_than_the_budget_gets_its_own_batch():
     assert token_budget_batches([1000, 10, 10], max_tokens=100, max_batch=8) == [[0], [1, 2]]
 
 
-def test_groups_are_batched_apart_each_as_it_would_be_alone():
-    lengths = [5, 300, 17, 120, 120, 8, 64, 250, 33, 9]
-    groups = [3, 4, 1, 2]
-    batches = token_budget_batches(lengths, max_tokens=256, max_batch=2, groups=groups)
-    start = 0
-    expected = []
-    for size in groups:
-        own = token_budget_batches(lengths[start : start + size], max_tokens=256, max_batch=2)
-        expected += [[start + i for i in batch] for batch in own]
-        start += size
-    assert batches == expected
-    with pytest.raises(ValueError, match="do not cover 10 items"):
-        token_budget_batches(lengths, 256, 2, groups=[3, 3])
-
-
 def batch_dependent_graph(streams: int):
     """A graph whose logit of a row is its token count plus 100 × the rows run beside it
     (a bf16 graph's scores move with their neighbours), over ``streams`` streams, and the
@@ -91,3 +76,5 @@ def test_a_group_scores_in_a_round_as_it_does_alone(streams):
     assert sorted(ran) == ran_alone
     if streams == 2:  # the request of 3 pairs fits one batch: split 2 + 1
         assert {1, 2} <= set(ran_alone)
+    with pytest.raises(ValueError, match="do not cover 17 pairs"):
+        score([d for docs in requests for d in docs], groups=[3, 9])
