@@ -210,6 +210,11 @@ class TrainingConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     # Share of the optimizer steps over which the learning rate rises to its peak.
     warmup_ratio: float = Field(0.1, ge=0, le=1)
+    # Share of the optimizer steps in which only the fully trained modules (score head, pooler)
+    # learn, before the LoRA weights (every other weight without LoRA) start: linear probing,
+    # then fine-tuning, so the first gradients through a random head do not reshape the
+    # backbone's features.
+    head_warmup_ratio: float = Field(0.0, ge=0, lt=1)
     # Learning-rate schedule after the warm-up (transformers' schedulers).
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     # Gradients are clipped to this norm.

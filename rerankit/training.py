@@ -32,7 +32,7 @@ from rerankit.collator import EpochGroupDataset, GroupCollator
 from rerankit.config import TrainConfig, config_hash, load_config
 from rerankit.data import require_scores
 from rerankit.deployed import DeployedCorpus, deployed_validation
-from rerankit.errors import DataError, RerankitError, require
+from rerankit.errors import ConfigError, DataError, RerankitError, require
 from rerankit.files import read_json, write_json
 from rerankit.fusion import LearnedFusion
 from rerankit.losses import build_distillation, build_loss
@@ -135,6 +135,7 @@ class RerankTrainer(Trainer):
         validator: Validator,
         modules_to_save: list[str],
         head_learning_rate: float | None = None,
+        head_warmup_ratio: float = 0.0,
         optimizer_name: str = "adamw",
         distillation=None,
         distillation_weight: float = 1.0,
@@ -147,6 +148,7 @@ class RerankTrainer(Trainer):
         self.loss_fn, self.validator = loss_fn, validator
         self.long_documents = long_documents
         self.modules_to_save, self.head_learning_rate = modules_to_save, head_learning_rate
+        self.head_warmup_ratio = head_warmup_ratio
         self.optimizer_name = optimizer_name
         self.distillation, self.distillation_weight = distillation, distillation_weight
         # Validation scores per evaluated step: the kept model's are reused after training.
@@ -199,12 +201,32 @@ class RerankTrainer(Trainer):
                     "params": params,
                     "lr": head_lr if is_head else self.args.learning_rate,
                     "weight_decay": self.args.weight_decay if decays else 0.0,
+                    "head": is_head,
                 }
                 for (is_head, decays), params in groups.items()
             ],
             lr=self.args.learning_rate,
         )
         return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """The Trainer's schedule; with ``head_warmup_ratio``, the groups other than the head's
+        keep a learning rate of 0 for that share of the steps."""
+        from torch.optim.lr_scheduler import LambdaLR
+
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        held = int(self.head_warmup_ratio * num_training_steps)
+        if held:
+            if not isinstance(scheduler, LambdaLR):
+                raise ConfigError(
+                    f"training.head_warmup_ratio needs a LambdaLR schedule, got {type(scheduler).__name__}"
+                )
+            for i, group in enumerate(scheduler.optimizer.param_groups):
+                if not group.get("head"):
+                    rate = scheduler.lr_lambdas[i]
+                    scheduler.lr_lambdas[i] = lambda step, rate=rate: rate(step) if step >= held else 0.0
+                    group["lr"] = scheduler.base_lrs[i] * scheduler.lr_lambdas[i](scheduler.last_epoch)
+        return scheduler
 
 
 @dataclass
@@ -332,6 +354,7 @@ def _make_trainer(cfg: TrainConfig, out: Path, built, dataset, vset, validator, 
         validator=validator,
         modules_to_save=built.modules_to_save,
         head_learning_rate=cfg.training.head_learning_rate,
+        head_warmup_ratio=cfg.training.head_warmup_ratio,
         optimizer_name=cfg.training.optimizer,
         distillation=build_distillation(cfg.loss.distillation, cfg.loss.teacher_temperature),
         distillation_weight=cfg.loss.distillation_weight,

@@ -222,3 +222,33 @@ def test_what_validation_measured_is_what_load_returns(tiny_bert_run):
     measured = vset.metrics(vset.split_scores(logits))
     assert measured == pytest.approx(result.metrics["shipped"]["signals"]["reranker"], abs=1e-6)
     assert result.metrics["shipped"]["final"] == result.metrics["shipped"]["signals"]["reranker"]
+
+
+def test_head_warmup_trains_the_head_alone_first_then_the_adapters(
+    tiny_bert_dir, toy_data, tmp_path, monkeypatch
+):
+    """``head_warmup_ratio``: for that share of the steps the LoRA weights keep a learning rate
+    of 0 and do not move while the head learns; then both learn."""
+    from rerankit.training import RerankTrainer
+
+    seen = []  # per step: (LoRA learning rates, head learning rates, sum |LoRA B|)
+    step = RerankTrainer.training_step
+
+    def recording(self, model, *args, **kwargs):
+        groups = self.optimizer.param_groups
+        lora_b = sum(float(p.detach().abs().sum()) for n, p in model.named_parameters() if "lora_B" in n)
+        seen.append(
+            ([g["lr"] for g in groups if not g["head"]], [g["lr"] for g in groups if g["head"]], lora_b)
+        )
+        return step(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(RerankTrainer, "training_step", recording)
+    train, valid = toy_data
+    config = tiny_config(tiny_bert_dir, train, valid, tmp_path / "run", training={"head_warmup_ratio": 0.5})
+    rerankit.fit(config)
+    held = len(seen) // 2
+    assert held >= 2
+    assert all(max(lora) == 0.0 for lora, _, _ in seen[:held])
+    assert all(b == 0.0 for _, _, b in seen[: held + 1])  # LoRA B starts at zero and stays there
+    assert max(max(head) for _, head, _ in seen[:held]) > 0
+    assert min(max(lora) for lora, _, _ in seen[held + 1 :]) > 0 and seen[-1][2] > 0
