@@ -177,42 +177,52 @@ def _openvino_graph(path: Path, precision: str) -> GraphModel:
         names,
         run,
         batch_dependent=precision == "bf16",
-        _run_parallel=_parallel_runner(ov, compiled, streams) if streams > 1 else None,
+        _run_parallel=_parallel_runner(compiled, streams) if streams > 1 else None,
         streams=streams,
     )
 
 
-def _parallel_runner(ov, compiled, streams: int):
+def _parallel_runner(compiled, streams: int):
     """run_parallel(batches, out) over ``streams`` infer requests of ``compiled`` (one per
-    stream), each batch's logits written into ``out[rows]`` as it finishes."""
+    stream), each batch's logits written into ``out[rows]``.
+
+    The requests take batches in turn, and a request's logits are read on the caller's thread
+    before it takes its next batch. No Python callback runs on OpenVINO's threads: one that
+    needs the GIL while the interpreter frees a compiled model (joining those threads with the
+    GIL held) would deadlock."""
+    import contextlib
     import threading
 
     lock = threading.Lock()  # one call at a time owns the requests
-    queues = [ov.AsyncInferQueue(compiled, streams)]
+    requests = [[compiled.create_infer_request() for _ in range(streams)]]
 
     def run_parallel(batches, out: np.ndarray) -> None:
-        failed: list[BaseException] = []
-
-        def done(request, rows) -> None:
-            try:
-                logits = request.get_output_tensor(0).data
-                out[rows] = np.asarray(logits, dtype=np.float32).reshape(len(rows), -1)[:, 0]
-            except BaseException as exc:  # raised in the caller's thread below, not lost in OpenVINO's
-                failed.append(exc)
+        def collect(request, rows) -> None:
+            request.wait()  # waits without the GIL; raises the batch's error
+            logits = request.get_output_tensor(0).data
+            out[rows] = np.asarray(logits, dtype=np.float32).reshape(len(rows), -1)[:, 0]
 
         with lock:
-            queue = queues[0]
-            queue.set_callback(done)
+            owned = requests[0]
+            pending: list = [None] * streams  # the rows each request is scoring
             try:
-                for rows, inputs in batches:
-                    queue.start_async(inputs, rows)  # waits for a free stream
-                queue.wait_all()
+                for turn, (rows, inputs) in enumerate(batches):
+                    slot = turn % streams
+                    if pending[slot] is not None:
+                        collect(owned[slot], pending[slot])
+                    owned[slot].start_async(inputs)
+                    pending[slot] = rows
+                for slot, rows in enumerate(pending):
+                    if rows is not None:
+                        collect(owned[slot], rows)
             except BaseException:
-                # a request that failed keeps its error: the next call gets fresh ones
-                queues[0] = ov.AsyncInferQueue(compiled, streams)
+                # a request that failed (or still runs) is not reused: the next call gets fresh ones
+                for slot, rows in enumerate(pending):
+                    if rows is not None:  # the error already on its way is the one that counts
+                        with contextlib.suppress(Exception):
+                            owned[slot].wait()
+                requests[0] = [compiled.create_infer_request() for _ in range(streams)]
                 raise
-        if failed:
-            raise failed[0]
 
     return run_parallel
 

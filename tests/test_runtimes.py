@@ -387,3 +387,44 @@ def test_a_run_folder_carries_gated_graphs_and_serves_the_fastest(tiny_bert_dir,
 
     exported = Reranker.load(export(run, tmp_path / "export"), backend="torch", dtype="float32")
     np.testing.assert_allclose(exported.score(pairs()), torch_fp32.score(pairs()), atol=1e-5)
+
+
+def test_freeing_a_graph_that_ran_over_streams_does_not_hang(tmp_path):
+    """all-MiniLM-L6-v2's graph freed right after scoring over its streams, again and again:
+    freeing joins OpenVINO's threads, so none of them may be waiting for the GIL (no Python
+    callback runs on them). A hang shows as the timeout."""
+    import subprocess
+    import sys
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rerankit.loading import resolve_model_path
+    from rerankit.runtimes import convert, example_batch, load_graph
+
+    base = resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    path = convert(
+        model, example_batch(AutoTokenizer.from_pretrained(base), 64), "openvino", tmp_path / "m.xml"
+    )
+    if load_graph(path, "openvino").streams < 2:
+        pytest.skip("OpenVINO made one stream on this CPU: nothing runs in parallel")
+    script = f"""
+import gc
+import numpy as np
+from rerankit.runtimes import load_graph
+for _ in range(30):
+    graph = load_graph({str(path)!r}, "openvino")
+    ids = np.ones((6, 40), dtype=np.int64)
+    features = {{"input_ids": ids, "attention_mask": ids, "token_type_ids": 0 * ids}}
+    out = np.empty(12, dtype=np.float32)
+    graph.score_batches(iter([(list(range(6)), features), (list(range(6, 12)), features)]), out)
+    graph(features)
+    del graph
+    gc.collect()
+print("done")
+"""
+    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert finished.stdout.strip() == "done"
