@@ -23,8 +23,8 @@ is the fp32 graph compiled with the bf16 hint (OpenVINO's own default on such CP
 rounding moves with a batch's padded width, so ``GraphModel.batch_dependent`` is True for it.
 
 OpenVINO graphs are compiled for throughput: the cores split into streams (two on a 2-core
-CPU), and a call's batches run one per stream at once (``AsyncInferQueue``), a single batch's
-rows split over the streams; a small model's matrices keep one or two cores busier than all of
+CPU), and a call's batches run one per stream at once (one infer request per stream, taking
+batches in turn), a single batch's rows dealt out over the streams; a small model's matrices keep one or two cores busier than all of
 them. Each pair is still scored by itself (an fp32 or static int8 pair's score does not move with
 its neighbours).
 
