@@ -24,9 +24,9 @@ rounding moves with a batch's padded width, so ``GraphModel.batch_dependent`` is
 
 OpenVINO graphs are compiled for throughput: the cores split into streams (two on a 2-core
 CPU), and a call's batches run one per stream at once (one infer request per stream, taking
-batches in turn), a single batch's rows dealt out over the streams; a small model's matrices keep one or two cores busier than all of
-them. Each pair is still scored by itself (an fp32 or static int8 pair's score does not move with
-its neighbours).
+batches in turn), a single batch's rows dealt out over the streams; a small model's matrices
+keep one or two cores busier than all of them. Each pair is still scored by itself (an fp32 or
+static int8 pair's score does not move with its neighbours).
 
 Which graph serves is decided on the machine that loads it (``pick_runtime``): of the graphs
 that passed the export's accuracy gate and whose runtime is installed (bf16 only where the CPU
