@@ -313,9 +313,5 @@ def score_documents(
     plain pairs (``instructions``: one per pair, or None); with ``groups`` (consecutive runs of
     documents batched apart), ``groups=`` the runs of pairs they make goes along."""
     pairs = document_pairs(tokenizer, queries, docs, max_length, options, prompt, instructions)
-    if groups is None:
-        return pairs.document_scores(score_pairs(pairs.queries, pairs.docs, pairs.instructions))
-    pair_groups = pairs.pair_groups(groups)
-    return pairs.document_scores(
-        score_pairs(pairs.queries, pairs.docs, pairs.instructions, groups=pair_groups)
-    )
+    extra = {} if groups is None else {"groups": pairs.pair_groups(groups)}
+    return pairs.document_scores(score_pairs(pairs.queries, pairs.docs, pairs.instructions, **extra))
