@@ -42,6 +42,9 @@ ENCODER_DIR = "encoder"
 # Grid step of the weights tried, and the folds the strategies are compared on.
 WEIGHT_STEP = 0.1
 FOLDS = 5
+# Texts whose embeddings (cosine) or term counts (BM25) are kept once seen: a RAG corpus sends
+# the same passages again and again.
+CACHE_ENTRIES = 50_000
 
 
 def bm25_tokens(texts: Sequence[str]) -> list[list[str]]:
@@ -60,6 +63,12 @@ class BM25Signal:
     doc_freq: Mapping[str, int] = field(repr=False)
     k1: float = 1.5
     b: float = 0.75
+
+    def __post_init__(self) -> None:
+        # Term counts and lengths of recent documents (a RAG corpus sends the same passages
+        # again and again): tokenizing them is most of this signal's cost.
+        object.__setattr__(self, "_doc_terms", OrderedDict())
+        object.__setattr__(self, "_doc_terms_lock", threading.Lock())
 
     @classmethod
     def from_corpus(cls, texts: Sequence[str]) -> BM25Signal:
@@ -84,10 +93,10 @@ class BM25Signal:
         best = {q: sum(self.idf(t) for t in terms) for q, terms in query_terms.items()}
         out = np.zeros(len(docs), dtype=np.float64)
         avg = self.avg_length or 1.0
-        for i, (query, doc) in enumerate(zip(queries, bm25_tokens(docs))):
+        for i, (query, (counts, length)) in enumerate(zip(queries, self._terms(docs))):
             if not best[query]:
                 continue
-            counts, norm = Counter(doc), self.k1 * ((1 - self.b) + self.b * len(doc) / avg)
+            norm = self.k1 * ((1 - self.b) + self.b * length / avg)
             total = 0.0
             for term in query_terms[query]:
                 tf = counts.get(term, 0)
@@ -95,6 +104,23 @@ class BM25Signal:
                     total += self.idf(term) * tf / (norm + tf)
             out[i] = total / best[query]
         return out
+
+    def _terms(self, docs: Sequence[str]) -> list[tuple[Counter, int]]:
+        """(term counts, length) of each document, through the cache of recent documents."""
+        unique = list(dict.fromkeys(docs))
+        with self._doc_terms_lock:
+            known = {d: self._doc_terms[d] for d in unique if d in self._doc_terms}
+            for d in known:
+                self._doc_terms.move_to_end(d)
+        missing = [d for d in unique if d not in known]
+        if missing:
+            fresh = {d: (Counter(toks), len(toks)) for d, toks in zip(missing, bm25_tokens(missing))}
+            known |= fresh
+            with self._doc_terms_lock:
+                self._doc_terms.update(fresh)
+                while len(self._doc_terms) > CACHE_ENTRIES:
+                    self._doc_terms.popitem(last=False)
+        return [known[d] for d in docs]
 
     def save(self, path: Path) -> None:
         from rerankit.files import write_json
@@ -160,8 +186,6 @@ def sentence_pooling(folder: str | Path) -> tuple[str, int] | None:
     return modes[0], max_tokens
 
 
-# Embeddings kept for texts seen before (a RAG corpus sends the same passages again and again).
-CACHE_ENTRIES = 50_000
 # The corpus's embeddings a run keeps (``ensemble/corpus_embeddings.npz``), computed at the end of
 # ``fit`` for a corpus of at most PIN_LIMIT documents: its passages then cost no encoder pass.
 CORPUS_EMBEDDINGS = "corpus_embeddings.npz"

@@ -31,6 +31,23 @@ def test_bm25_signal_is_bm25s_over_its_corpus_divided_by_the_querys_best():
     assert signal.scores(["zzz unknown words"], [corpus[0]])[0] == 0.0
 
 
+def test_bm25_keeps_recent_documents_term_counts_and_scores_them_as_new(monkeypatch):
+    import rerankit.ensemble as ensemble
+
+    monkeypatch.setattr(ensemble, "CACHE_ENTRIES", 2)
+    signal = BM25Signal.from_corpus(DOCS)
+    fresh = BM25Signal.from_corpus(DOCS).scores([QUERY] * 4, DOCS)
+    tokenized = []
+    real = ensemble.bm25_tokens
+    monkeypatch.setattr(ensemble, "bm25_tokens", lambda texts: tokenized.append(list(texts)) or real(texts))
+    # a repeated document is tokenized once; only the last CACHE_ENTRIES documents are kept
+    np.testing.assert_allclose(signal.scores([QUERY] * 5, [*DOCS, DOCS[1]]), [*fresh, fresh[1]])
+    assert tokenized[-1] == DOCS and len(signal._doc_terms) == 2
+    np.testing.assert_allclose(signal.scores([QUERY, "the river"], [DOCS[3], DOCS[3]])[:1], fresh[3:])
+    assert tokenized[-1] == [QUERY, "the river"]  # the queries; the document came from the cache
+    np.testing.assert_allclose(signal.scores([QUERY] * 4, DOCS), fresh)
+
+
 def test_bm25_statistics_round_trip_and_damage_is_refused(tmp_path):
     signal = BM25Signal.from_corpus(DOCS)
     signal.save(tmp_path / "stats.json")
