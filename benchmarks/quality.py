@@ -487,6 +487,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument(
+        "--score-windows",
+        action="store_true",
+        help="score each trained run a second time by windows (long_documents mode windows, MaxP) "
+        "beside its own setting",
+    )
+    parser.add_argument(
         "--teacher",
         choices=["bm25", "ensemble"],
         default="bm25",
@@ -630,6 +636,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else:
             trained = in_fresh_process(train_rerankit, args.config, files, str(folder), overrides)
         add_trained(name, trained, Reranker.load(trained["path"]), overrides=overrides)
+        if args.score_windows:  # the same weights reading every window of a long document
+            windows = Reranker.load(trained["path"], long_documents={"mode": "windows", "aggregate": "max"})
+            add_trained(f"{name}, scored by windows (MaxP)", {}, windows, overrides=overrides)
     for i, lr in enumerate([] if args.no_peer else args.peer_lr or [1e-4]):
         trained = in_fresh_process(
             train_peer,
