@@ -47,6 +47,42 @@ FOLDS = 5
 CACHE_ENTRIES = 50_000
 
 
+class RecentValues:
+    """Values of the keys seen last, at most ``limit`` (least recently used out); safe to use
+    from several threads."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def found(self, keys: Sequence) -> dict:
+        """The values of those ``keys`` that are kept; they become the most recent."""
+        with self._lock:
+            known = {k: self._items[k] for k in keys if k in self._items}
+            for k in known:
+                self._items.move_to_end(k)
+        return known
+
+    def take(self, keys: Sequence) -> dict:
+        """The values of those ``keys`` that are kept, no longer kept here."""
+        with self._lock:
+            return {k: self._items.pop(k) for k in keys if k in self._items}
+
+    def add(self, values: Mapping) -> None:
+        with self._lock:
+            self._items.update(values)
+            while len(self._items) > self.limit:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
 def bm25_tokens(texts: Sequence[str]) -> list[list[str]]:
     """bm25s's tokenization with English stopwords (as ``rerankit.first_stage`` indexes)."""
     import bm25s
@@ -67,8 +103,7 @@ class BM25Signal:
     def __post_init__(self) -> None:
         # Term counts and lengths of recent documents (a RAG corpus sends the same passages
         # again and again): tokenizing them is most of this signal's cost.
-        object.__setattr__(self, "_doc_terms", OrderedDict())
-        object.__setattr__(self, "_doc_terms_lock", threading.Lock())
+        object.__setattr__(self, "_doc_terms", RecentValues(CACHE_ENTRIES))
 
     @classmethod
     def from_corpus(cls, texts: Sequence[str]) -> BM25Signal:
@@ -108,18 +143,12 @@ class BM25Signal:
     def _terms(self, docs: Sequence[str]) -> list[tuple[Counter, int]]:
         """(term counts, length) of each document, through the cache of recent documents."""
         unique = list(dict.fromkeys(docs))
-        with self._doc_terms_lock:
-            known = {d: self._doc_terms[d] for d in unique if d in self._doc_terms}
-            for d in known:
-                self._doc_terms.move_to_end(d)
+        known = self._doc_terms.found(unique)
         missing = [d for d in unique if d not in known]
         if missing:
             fresh = {d: (Counter(toks), len(toks)) for d, toks in zip(missing, bm25_tokens(missing))}
+            self._doc_terms.add(fresh)
             known |= fresh
-            with self._doc_terms_lock:
-                self._doc_terms.update(fresh)
-                while len(self._doc_terms) > CACHE_ENTRIES:
-                    self._doc_terms.popitem(last=False)
         return [known[d] for d in docs]
 
     def save(self, path: Path) -> None:
@@ -211,8 +240,7 @@ class CosineSignal:
         self.max_length, self.max_tokens = max_length, max_tokens
         # a fast tokenizer's truncation settings are shared state: calls take turns
         self._lock = threading.Lock()
-        self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
-        self.cache_entries = cache_entries
+        self._recent = RecentValues(cache_entries)  # embeddings by digest of the text
         self._pinned: dict[bytes, np.ndarray] = {}  # the corpus's embeddings, never evicted
 
     @classmethod
@@ -285,8 +313,7 @@ class CosineSignal:
         (validation embedded many of them) move over, only the others are embedded."""
         texts = list(dict.fromkeys(texts))
         keys = [_digest(t) for t in texts]
-        with self._lock:
-            known = {k: self._cache.pop(k) for k in keys if k in self._cache}
+        known = self._recent.take(keys)
         missing = [(k, t) for k, t in zip(keys, texts) if k not in known]
         fresh = self.embed([t for _, t in missing]) if missing else []
         with self._lock:
@@ -321,17 +348,15 @@ class CosineSignal:
     def forget(self) -> None:
         """Drop every kept embedding, the corpus's too (what a text costs when it is new)."""
         with self._lock:
-            self._pinned, self._cache = {}, OrderedDict()
+            self._pinned = {}
+        self._recent.clear()
 
     def cached_embed(self, texts: Sequence[str]) -> np.ndarray:
         """``embed`` of distinct ``texts``, through the corpus's embeddings and the cache."""
         keys = [_digest(t) for t in texts]
         with self._lock:
-            known = {k: self._pinned.get(k) for k in keys if k in self._pinned}
-            known |= {k: self._cache[k] for k in keys if k in self._cache and k not in known}
-            for k in known:
-                if k in self._cache:
-                    self._cache.move_to_end(k)
+            known = {k: self._pinned[k] for k in keys if k in self._pinned}
+        known |= self._recent.found([k for k in keys if k not in known])
         missing = [i for i, k in enumerate(keys) if k not in known]
         fresh = self.embed([texts[i] for i in missing]) if missing else None
         out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
@@ -340,11 +365,7 @@ class CosineSignal:
                 out[i] = known[k]
         if fresh is not None:
             out[missing] = fresh
-            with self._lock:
-                for i, row in zip(missing, fresh):
-                    self._cache[keys[i]] = row
-                while len(self._cache) > self.cache_entries:
-                    self._cache.popitem(last=False)
+            self._recent.add({keys[i]: row for i, row in zip(missing, fresh)})
         return out
 
     def scores(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
