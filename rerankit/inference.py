@@ -69,6 +69,7 @@ from rerankit.runtimes import (
     NO_INT8_GRAPH,
     GraphModel,
     RuntimeChoice,
+    align_padding,
     load_graph,
     pick_runtime,
 )
@@ -143,6 +144,8 @@ class Reranker:
         ensemble: Ensemble | None = None,
         signals: Mapping | None = None,
     ) -> None:
+        if isinstance(model, GraphModel):  # bf16 graphs pad to a width that keeps scores their own
+            model = align_padding(model, tokenizer, max_length, prompt)
         # a torch module, or a compiled graph (rerankit.runtimes) that has no train/eval modes
         self.model = model.eval() if hasattr(model, "eval") else model
         self.tokenizer, self.prompt = tokenizer, prompt
@@ -416,9 +419,11 @@ class Reranker:
     @property
     def neighbour_independent(self) -> bool:
         """Whether a pair's score is the same whatever else shares its batch: in fp32 torch and
-        in compiled graphs with fixed scales (fp32; OpenVINO's static int8); not under
-        bf16/fp16, where rounding moves with a batch's padded width, nor ONNX's dynamic int8,
-        whose activation ranges are taken per batch."""
+        in compiled graphs with fixed scales (fp32; OpenVINO's static int8), and in OpenVINO
+        bf16 where batches pad to a width multiple that keeps each row's rounding its own
+        (``runtimes.align_padding``); not under torch bf16/fp16, where rounding moves with a
+        batch's padded width, nor ONNX's dynamic int8, whose activation ranges are taken per
+        batch."""
         import torch
 
         if isinstance(self.model, GraphModel):
@@ -731,7 +736,8 @@ def _backend_info(reranker: Reranker, runtime: RuntimeChoice | None) -> dict:
     else:
         dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         info = {"backend": "torch", "precision": dtype, "reason": "no graph that passed an accuracy gate"}
-    return {**info, "neighbour_independent": reranker.neighbour_independent}
+    aligned = {"pad_multiple": model.pad_multiple} if getattr(model, "pad_multiple", None) else {}
+    return {**info, "neighbour_independent": reranker.neighbour_independent, **aligned}
 
 
 def _export_info(folder: str) -> ExportRecord | None:

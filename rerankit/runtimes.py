@@ -20,13 +20,17 @@ A graph runs every batch ``rerankit.scoring`` cuts (the same token budget, the s
 sorting) and returns fp32 logits. fp32 and int8 graphs run with OpenVINO's f32 precision hint:
 on a CPU with bf16 units it would otherwise compute in bf16 without saying so. The bf16 runtime
 is the fp32 graph compiled with the bf16 hint (OpenVINO's own default on such CPUs); its
-rounding moves with a batch's padded width, so ``GraphModel.batch_dependent`` is True for it.
+rounding moves with a batch's padded width. Where the CPU's kernels round the same for every
+width that is a multiple of some block (16 tokens on AMX), batches are padded to that multiple
+and a pair's bf16 score no longer depends on what shares its batch: ``align_padding`` checks
+this on the loading machine; where it does not hold, ``GraphModel.batch_dependent`` stays True.
 
 OpenVINO graphs are compiled for throughput: the cores split into streams (two on a 2-core
-CPU), and a call's batches run one per stream at once (one infer request per stream, taking
-batches in turn), a single batch's rows dealt out over the streams; a small model's matrices
-keep one or two cores busier than all of them. Each pair is still scored by itself (an fp32 or
-static int8 pair's score does not move with its neighbours).
+CPU), and a call's batches run one per stream at once (two infer requests per stream, taking
+batches in turn, so a stream finds its next batch queued), a single batch's rows dealt out over
+the streams; a small model's matrices keep one or two cores busier than all of them. Each pair
+is still scored by itself (an fp32 or static int8 pair's score does not move with its
+neighbours).
 
 Which graph serves is decided on the machine that loads it (``pick_runtime``): of the graphs
 that passed the export's accuracy gate and whose runtime is installed (bf16 only where the CPU
@@ -35,6 +39,7 @@ computes it natively), each is compiled and timed on a short probe batch, and th
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -56,6 +61,10 @@ GRAPH_FILES = {
     ("onnx", "int8"): "onnx/model_int8.onnx",
 }
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# OpenVINO infer requests per stream: a second keeps a batch queued behind the running one.
+REQUESTS_PER_STREAM = 2
+# Padded-width multiples tried, smallest first, for one from which bf16 scores stop moving.
+ALIGNMENTS = (16, 32, 64)
 NO_INT8_GRAPH = (
     "no int8 graph here passed the accuracy gate with its runtime installed (write one with "
     "rerankit export --format openvino|onnx --quantize int8; one that failed loads with a named "
@@ -82,6 +91,8 @@ class GraphModel:
     # (run_parallel(batches, out)); None: one batch at a time on every core
     _run_parallel: object = None
     streams: int = 1
+    # batches are padded to a multiple of this many tokens (``align_padding``); None: to their longest
+    pad_multiple: int | None = None
 
     def __call__(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
         """The logits of one padded batch; its rows split over the streams where there are several."""
@@ -177,24 +188,26 @@ def _openvino_graph(path: Path, precision: str) -> GraphModel:
         names,
         run,
         batch_dependent=precision == "bf16",
-        _run_parallel=_parallel_runner(compiled, streams) if streams > 1 else None,
+        _run_parallel=_parallel_runner(compiled, streams, REQUESTS_PER_STREAM) if streams > 1 else None,
         streams=streams,
     )
 
 
-def _parallel_runner(compiled, streams: int):
-    """run_parallel(batches, out) over ``streams`` infer requests of ``compiled`` (one per
-    stream), each batch's logits written into ``out[rows]``.
+def _parallel_runner(compiled, streams: int, per_stream: int = 1):
+    """run_parallel(batches, out) over ``streams × per_stream`` infer requests of ``compiled``,
+    each batch's logits written into ``out[rows]``.
 
     The requests take batches in turn, and a request's logits are read on the caller's thread
-    before it takes its next batch. No Python callback runs on OpenVINO's threads: one that
-    needs the GIL while the interpreter frees a compiled model (joining those threads with the
-    GIL held) would deadlock."""
+    before it takes its next batch. With more than one request per stream, a stream that
+    finishes a batch starts the next one queued for it without waiting for the caller. No
+    Python callback runs on OpenVINO's threads: one that needs the GIL while the interpreter
+    frees a compiled model (joining those threads with the GIL held) would deadlock."""
     import contextlib
     import threading
 
     lock = threading.Lock()  # one call at a time owns the requests
-    requests = [[compiled.create_infer_request() for _ in range(streams)]]
+    slots = streams * per_stream
+    requests = [[compiled.create_infer_request() for _ in range(slots)]]
 
     def run_parallel(batches, out: np.ndarray) -> None:
         def collect(request, rows) -> None:
@@ -204,10 +217,10 @@ def _parallel_runner(compiled, streams: int):
 
         with lock:
             owned = requests[0]
-            pending: list = [None] * streams  # the rows each request is scoring
+            pending: list = [None] * slots  # the rows each request is scoring
             try:
                 for turn, (rows, inputs) in enumerate(batches):
-                    slot = turn % streams
+                    slot = turn % slots
                     if pending[slot] is not None:
                         collect(owned[slot], pending[slot])
                     owned[slot].start_async(inputs)
@@ -221,10 +234,56 @@ def _parallel_runner(compiled, streams: int):
                     if rows is not None:  # the error already on its way is the one that counts
                         with contextlib.suppress(Exception):
                             owned[slot].wait()
-                requests[0] = [compiled.create_infer_request() for _ in range(streams)]
+                requests[0] = [compiled.create_infer_request() for _ in range(slots)]
                 raise
 
     return run_parallel
+
+
+def align_padding(graph: GraphModel, tokenizer, max_length: int, prompt=None) -> GraphModel:
+    """``graph`` with batches padded to the smallest multiple of ``ALIGNMENTS`` from which its
+    scores stop depending on a batch's width and its other rows, when this machine's kernels
+    have one; ``graph`` unchanged when it is not batch-dependent or none holds here.
+
+    Checked on probe pairs of several lengths: each scored alone, all in one batch, and the
+    batch reversed and padded to ``max_length``; the multiple holds when all agree bit for bit.
+    A multiple that ``max_length`` is not a multiple of is not tried: padding must not reach
+    past the window the model was checked for."""
+    if not graph.batch_dependent or graph.backend != "openvino":
+        return graph
+    from rerankit.encoding import encode_pairs
+
+    docs = [" ".join(["words of a probe passage"] * count) for count in (1, 3, 5, 8, 12, 17)]
+    encoded = encode_pairs(
+        tokenizer,
+        ["a probe question"] * len(docs),
+        docs,
+        max_length,
+        padding=False,
+        return_tensors=None,
+        prompt=prompt,
+    )
+    rows = list(range(len(docs)))
+
+    def logits(picked: list[int], multiple: int, width: int | None = None) -> np.ndarray:
+        padding = {"padding": "max_length", "max_length": width} if width else {}
+        batch = tokenizer.pad(
+            {k: [v[i] for i in picked] for k, v in encoded.items()},
+            pad_to_multiple_of=multiple,
+            return_tensors="np",
+            **padding,
+        )
+        return graph(batch)
+
+    for multiple in ALIGNMENTS:
+        if max_length % multiple:
+            continue
+        alone = np.array([logits([i], multiple)[0] for i in rows])
+        together = logits(rows, multiple)
+        widest = logits(rows[::-1], multiple, max_length)[::-1]
+        if np.array_equal(alone, together) and np.array_equal(alone, widest):
+            return dataclasses.replace(graph, batch_dependent=False, pad_multiple=multiple)
+    return graph
 
 
 def openvino_bf16_here() -> bool:

@@ -69,10 +69,15 @@ def budget_batches(
     return encoded, token_budget_batches(lengths, max_tokens, max_batch)
 
 
-def pad_batch(tokenizer, encoded: dict, batch: Sequence[int], return_tensors: str):
-    """The pairs ``batch`` of ``encoded`` padded to their longest, as ``return_tensors`` arrays."""
+def pad_batch(
+    tokenizer, encoded: dict, batch: Sequence[int], return_tensors: str, multiple: int | None = None
+):
+    """The pairs ``batch`` of ``encoded`` padded to their longest (rounded up to ``multiple``
+    tokens when given), as ``return_tensors`` arrays."""
     return tokenizer.pad(
-        {k: [v[i] for i in batch] for k, v in encoded.items()}, return_tensors=return_tensors
+        {k: [v[i] for i in batch] for k, v in encoded.items()},
+        return_tensors=return_tensors,
+        pad_to_multiple_of=multiple,
     )
 
 
@@ -116,6 +121,9 @@ def score_pairs(
 
         bar = tqdm(total=len(queries), desc="scoring", unit="pair")
 
+    # a graph whose scores stop moving past a width multiple is padded to it (runtimes.align_padding)
+    multiple = model.pad_multiple if isinstance(model, GraphModel) else None
+
     def padded(return_tensors: str):
         """(rows, padded batch, whether it holds its whole run), a run at a time."""
         start = 0
@@ -132,7 +140,7 @@ def score_pairs(
                 instructions=None if instructions is None else instructions[start:end],
             )
             for batch in batches:
-                features = pad_batch(tokenizer, encoded, batch, return_tensors)
+                features = pad_batch(tokenizer, encoded, batch, return_tensors, multiple)
                 yield [start + i for i in batch], features, len(batches) == 1
                 if bar is not None:
                     bar.update(len(batch))

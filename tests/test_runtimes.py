@@ -3,6 +3,7 @@ their accuracy gate, and the server on a graph backend."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -428,3 +429,82 @@ print("done")
     finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert finished.stdout.strip() == "done"
+
+
+def _fake_bf16_graph(offset, widths=None):
+    """A batch-dependent OpenVINO graph whose row logit is the row's token sum plus
+    ``offset(width, rows)``; ``widths`` collects each batch's padded width."""
+    from pathlib import Path
+
+    from rerankit.runtimes import GraphModel
+
+    def run(inputs):
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        if widths is not None:
+            widths.append(ids.shape[1])
+        own = (ids * mask).sum(axis=1).astype(np.float32)
+        return (own + offset(ids.shape[1], len(ids)))[:, None]
+
+    return GraphModel(
+        "openvino", "bf16", Path("fake.xml"), ("input_ids", "attention_mask"), run, batch_dependent=True
+    )
+
+
+def test_padding_alignment_is_adopted_only_where_scores_stop_moving(tiny_bert_dir):
+    from transformers import AutoTokenizer
+
+    from rerankit.runtimes import align_padding
+    from rerankit.scoring import score_pairs
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    rounds_at = lambda block: lambda width, rows: np.float32(0.5 * (width % block != 0))
+    aligned = align_padding(_fake_bf16_graph(rounds_at(16)), tokenizer, 64)
+    assert aligned.pad_multiple == 16 and not aligned.batch_dependent
+    # the smallest multiple that holds, and only one the window is a multiple of
+    assert align_padding(_fake_bf16_graph(rounds_at(32)), tokenizer, 64).pad_multiple == 32
+    assert align_padding(_fake_bf16_graph(rounds_at(16)), tokenizer, 40).pad_multiple is None
+    # scores that move with every width, or with the other rows, stay batch-dependent
+    for offset in (lambda width, rows: 1e-3 * width, lambda width, rows: 1e-3 * rows):
+        kept = align_padding(_fake_bf16_graph(offset), tokenizer, 48)
+        assert kept.batch_dependent and kept.pad_multiple is None
+    # (padding every batch to the whole window is a width that cannot move)
+    assert align_padding(_fake_bf16_graph(lambda width, rows: 1e-3 * width), tokenizer, 64).pad_multiple == 64
+    fp32 = dataclasses.replace(_fake_bf16_graph(rounds_at(16)), batch_dependent=False)
+    assert align_padding(fp32, tokenizer, 64) is fp32
+
+    # scoring pads every batch to the multiple, so a pair scores the same in any company
+    widths: list[int] = []
+    graph = align_padding(_fake_bf16_graph(rounds_at(16), widths), tokenizer, 64)
+    widths.clear()
+    queries, docs = [QUERY] * len(DOCS), DOCS
+    together = score_pairs(graph, tokenizer, queries, docs, max_length=64)
+    alone = [score_pairs(graph, tokenizer, [QUERY], [d], max_length=64)[0] for d in DOCS]
+    np.testing.assert_array_equal(together, alone)
+    assert widths and all(w % 16 == 0 for w in widths)
+
+
+def test_openvino_bf16_scores_do_not_move_with_batch_neighbours(graph_export):
+    """Where the CPU computes bf16 natively and its kernels round alike at every width that is
+    a multiple of a block, a pair's bf16 score is bit for bit its own, alone or in a batch."""
+    from rerankit.runtimes import GRAPH_FILES, openvino_bf16_here
+
+    if not openvino_bf16_here():
+        pytest.skip("this CPU has no native bf16 (AVX512-BF16 or AMX): OpenVINO would not run bf16")
+    reranker = Reranker.load(graph_export, backend="openvino", dtype="bfloat16", allow_failed_gate=True)
+    if reranker.model.pad_multiple is None:
+        from pathlib import Path
+
+        cpuinfo = Path("/proc/cpuinfo")
+        # measured to hold on AMX (16 tokens): there it must be found
+        assert not (cpuinfo.is_file() and "amx_bf16" in cpuinfo.read_text()), "no padding multiple on AMX"
+        pytest.skip(
+            "this CPU's bf16 kernels round differently at every padded width: batches stay as they were"
+        )
+    assert reranker.neighbour_independent and reranker.backend_info["pad_multiple"] in (16, 32, 64)
+    assert str(reranker.model.path).endswith(GRAPH_FILES[("openvino", "bf16")])
+    many = [(f"{QUERY} {i}", DOCS[i % len(DOCS)] + " more" * i) for i in range(24)]
+    together = reranker.score(many, raw=True)
+    alone = [reranker.score([p], raw=True)[0] for p in many]
+    shuffled = reranker.score(many[::-1], raw=True)[::-1]
+    np.testing.assert_array_equal(together, alone)
+    np.testing.assert_array_equal(together, shuffled)
