@@ -245,15 +245,15 @@ def align_padding(graph: GraphModel, tokenizer, max_length: int, prompt=None) ->
     scores stop depending on a batch's width and its other rows, when this machine's kernels
     have one; ``graph`` unchanged when it is not batch-dependent or none holds here.
 
-    Checked on probe pairs of several lengths: each scored alone, all in one batch, and the
-    batch reversed and padded to ``max_length``; the multiple holds when all agree bit for bit.
-    A multiple that ``max_length`` is not a multiple of is not tried: padding must not reach
-    past the window the model was checked for."""
+    Checked on probe pairs of several lengths up to the whole window: each scored alone, all in
+    one batch, and the batch reversed and padded to ``max_length``; the multiple holds when all
+    agree bit for bit. A multiple that ``max_length`` is not a multiple of is not tried: padding
+    must not reach past the window the model was checked for."""
     if not graph.batch_dependent or graph.backend != "openvino":
         return graph
     from rerankit.encoding import encode_pairs
 
-    docs = [" ".join(["words of a probe passage"] * count) for count in (1, 3, 5, 8, 12, 17)]
+    docs = [" ".join(["words of a probe passage"] * count) for count in (1, 3, 5, 8, 12, 17, 60)]
     encoded = encode_pairs(
         tokenizer,
         ["a probe question"] * len(docs),

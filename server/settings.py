@@ -72,10 +72,10 @@ class ServerSettings:
     max_request_pairs: int = 4_000
     # Padded tokens per forward pass (None: the Reranker's default for the device).
     max_batch_tokens: int | None = None
-    # Merge pairs of concurrent requests into shared batches. None (auto): only when the model
-    # scores in fp32, where a pair's score does not depend on its batch neighbours; under
-    # bf16/fp16 it moves with them (benchmarks/results/neighbour_drift*.md), so merging would
-    # let one client's request change another's scores.
+    # Merge pairs of concurrent requests into shared batches. None (auto): only when a pair's
+    # score does not depend on its batch neighbours (Reranker.neighbour_independent); under
+    # torch bf16/fp16 it moves with them (benchmarks/results/neighbour_drift*.md), so merging
+    # would let one client's request change another's scores.
     cross_batching: bool | None = None
     # Longest wait for other requests to join a batch, in milliseconds.
     batch_wait_ms: float = 2.0
