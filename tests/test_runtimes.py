@@ -471,6 +471,12 @@ def test_padding_alignment_is_adopted_only_where_scores_stop_moving(tiny_bert_di
     assert align_padding(_fake_bf16_graph(lambda width, rows: 1e-3 * width), tokenizer, 64).pad_multiple == 64
     fp32 = dataclasses.replace(_fake_bf16_graph(rounds_at(16)), batch_dependent=False)
     assert align_padding(fp32, tokenizer, 64) is fp32
+    # a probe that cannot run leaves the graph as it was: no pad token, a window the question fills
+    unpadded = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    unpadded.pad_token = None
+    for tok, window in ((unpadded, 64), (tokenizer, 4)):
+        graph = _fake_bf16_graph(rounds_at(16))
+        assert align_padding(graph, tok, window) is graph
 
     # scoring pads every batch to the multiple, so a pair scores the same in any company
     widths: list[int] = []
