@@ -231,7 +231,10 @@ class Reranker:
             device = "cpu" if backend in GRAPH_BACKENDS or dtype == "int8" else default_device()
         backend = _backend(backend, device, dtype)
         precision = _graph_precision(dtype, backend)
-        if precision == "int8" and not (Path(path) / EXPORT_INFO).is_file():
+        # int8 graphs come only with an export or a run folder's own graphs
+        if precision == "int8" and not (
+            (Path(path) / EXPORT_INFO).is_file() or run_folder.is_run_folder(Path(path))
+        ):
             raise ModelLoadError(f"{path}: {NO_INT8_GRAPH}")  # before reading any weights
         if precision is not None:  # a graph's precision; any torch model read for it is fp32
             dtype = torch_dtype("float32")
@@ -736,8 +739,16 @@ def _backend_info(reranker: Reranker, runtime: RuntimeChoice | None) -> dict:
     else:
         dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         info = {"backend": "torch", "precision": dtype, "reason": "no graph that passed an accuracy gate"}
-    aligned = {"pad_multiple": model.pad_multiple} if getattr(model, "pad_multiple", None) else {}
-    return {**info, "neighbour_independent": reranker.neighbour_independent, **aligned}
+    return {**info, **batching_facts(reranker)}
+
+
+def batching_facts(reranker: Reranker) -> dict:
+    """What ``backend_info`` says of batching: whether a pair's score is its own whatever shares
+    its batch, and the width multiple batches pad to when a graph needs one for that."""
+    multiple = getattr(reranker.model, "pad_multiple", None)
+    return {"neighbour_independent": reranker.neighbour_independent} | (
+        {"pad_multiple": multiple} if multiple else {}
+    )
 
 
 def _export_info(folder: str) -> ExportRecord | None:

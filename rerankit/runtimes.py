@@ -63,8 +63,10 @@ GRAPH_FILES = {
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # OpenVINO infer requests per stream: a second keeps a batch queued behind the running one.
 REQUESTS_PER_STREAM = 2
-# Padded-width multiples tried, smallest first, for one from which bf16 scores stop moving.
+# Padded-width multiples tried, smallest first, for one from which bf16 scores stop moving,
+# and about how many probe pairs of spread lengths that check scores.
 ALIGNMENTS = (16, 32, 64)
+PROBE_PAIRS = 24
 NO_INT8_GRAPH = (
     "no int8 graph here passed the accuracy gate with its runtime installed (write one with "
     "rerankit export --format openvino|onnx --quantize int8; one that failed loads with a named "
@@ -85,7 +87,8 @@ class GraphModel:
     input_names: tuple[str, ...]
     _run: object
     device_type: str = "cpu"
-    # activation ranges computed per batch (ONNX dynamic int8): scores move with neighbours
+    # scores move with a batch's other rows or its padded width: ONNX's dynamic int8 (activation
+    # ranges per batch) and OpenVINO bf16 where ``align_padding`` found no width multiple
     batch_dependent: bool = False
     # OpenVINO: batches run this many at once, each on its own stream of CPU cores
     # (run_parallel(batches, out)); None: one batch at a time on every core
@@ -245,15 +248,18 @@ def align_padding(graph: GraphModel, tokenizer, max_length: int, prompt=None) ->
     scores stop depending on a batch's width and its other rows, when this machine's kernels
     have one; ``graph`` unchanged when it is not batch-dependent or none holds here.
 
-    Checked on probe pairs of several lengths up to the whole window: each scored alone, all in
-    one batch, and the batch reversed and padded to ``max_length``; the multiple holds when all
-    agree bit for bit. A multiple that ``max_length`` is not a multiple of is not tried: padding
-    must not reach past the window the model was checked for."""
+    Checked on probe pairs whose lengths spread over the whole window: each scored alone, the
+    shorter half in one batch, all in one batch, and a large batch (each pair twice, reversed)
+    padded to ``max_length``; the multiple holds when all agree bit for bit. Only multiples that
+    divide ``max_length`` are tried: padding must not reach past the window the model was
+    checked for. A check that cannot run warns and leaves the graph as it was."""
     if not graph.batch_dependent or graph.backend != "openvino":
         return graph
     from rerankit.encoding import encode_pairs
 
-    docs = [" ".join(["words of a probe passage"] * count) for count in (1, 3, 5, 8, 12, 17, 60)]
+    # documents from one word to past the window: pair lengths spread over every multiple
+    step = max(1, max_length // PROBE_PAIRS)
+    docs = [" ".join(["probe"] * count) for count in range(1, max_length + step, step)]
     try:
         encoded = encode_pairs(
             tokenizer,
@@ -264,9 +270,9 @@ def align_padding(graph: GraphModel, tokenizer, max_length: int, prompt=None) ->
             return_tensors=None,
             prompt=prompt,
         )
-    except ValueError:  # the probe question fills the window: nothing to check with
-        return graph
-    rows = list(range(len(docs)))
+    except ValueError as exc:  # the probe question fills the window
+        return _unaligned(graph, exc)
+    rows = sorted(range(len(docs)), key=lambda i: len(encoded["input_ids"][i]))
 
     def logits(picked: list[int], multiple: int, width: int | None = None) -> np.ndarray:
         padding = {"padding": "max_length", "max_length": width} if width else {}
@@ -283,12 +289,27 @@ def align_padding(graph: GraphModel, tokenizer, max_length: int, prompt=None) ->
             continue
         try:
             alone = np.array([logits([i], multiple)[0] for i in rows])
+            # the shorter half at its own width, all at the longest's, and a large batch (every
+            # pair twice, reversed) at the whole window
+            half = logits(rows[: len(rows) // 2], multiple)
             together = logits(rows, multiple)
-            widest = logits(rows[::-1], multiple, max_length)[::-1]
-        except Exception:  # a probe that cannot run (no pad token, a tiny window): as it was
-            return graph
-        if np.array_equal(alone, together) and np.array_equal(alone, widest):
+            large = logits((rows + rows)[::-1], multiple, max_length)[::-1]
+        except Exception as exc:  # a probe that cannot run (no pad token): as it was
+            return _unaligned(graph, exc)
+        agree = [np.array_equal(alone[: len(half)], half), np.array_equal(alone, together)]
+        agree += [np.array_equal(alone, large[: len(rows)]), np.array_equal(alone, large[len(rows) :])]
+        if all(agree):
             return dataclasses.replace(graph, batch_dependent=False, pad_multiple=multiple)
+    return graph
+
+
+def _unaligned(graph: GraphModel, exc: Exception) -> GraphModel:
+    warnings.warn(
+        f"{graph.path}: the padding check of its {graph.precision} graph could not run "
+        f"({short_reason(exc)}); its scores move with what shares their batch",
+        RuntimeWarning,
+        stacklevel=3,
+    )
     return graph
 
 

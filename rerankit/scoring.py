@@ -52,9 +52,11 @@ def budget_batches(
     max_batch: int,
     prompt: PromptTemplate | None = None,
     instructions: Sequence[str | None] | None = None,
+    multiple: int | None = None,
 ) -> tuple[dict, list[list[int]]]:
     """The pairs tokenized once without padding, and their indices cut into token-budget
-    batches (``token_budget_batches``); ``pad_batch`` turns one batch into model inputs."""
+    batches (``token_budget_batches``; lengths rounded up to ``multiple`` when batches pad to
+    one); ``pad_batch`` turns one batch into model inputs."""
     encoded = encode_pairs(
         tokenizer,
         queries,
@@ -66,6 +68,8 @@ def budget_batches(
         instructions=instructions,
     )
     lengths = [len(ids) for ids in encoded["input_ids"]]
+    if multiple:
+        lengths = [-(-length // multiple) * multiple for length in lengths]
     return encoded, token_budget_batches(lengths, max_tokens, max_batch)
 
 
@@ -138,6 +142,7 @@ def score_pairs(
                 max_batch=max_batch,
                 prompt=prompt,
                 instructions=None if instructions is None else instructions[start:end],
+                multiple=multiple,
             )
             for batch in batches:
                 features = pad_batch(tokenizer, encoded, batch, return_tensors, multiple)

@@ -488,7 +488,7 @@ def _validation_set(cfg: TrainConfig, train: list, valid: list):
 def _as_shipped(cfg: TrainConfig, out: Path, built, gate: dict | None):
     """The saved model as ``Reranker.load`` will return it on this machine (the run's fastest
     graph that passed its gate, else the merged torch model), without the parts fitted after."""
-    from rerankit.inference import Reranker, default_device, default_dtype, trained_weights
+    from rerankit.inference import Reranker, batching_facts, default_device, default_dtype, trained_weights
 
     device = default_device()
     graph = _shipped_graph(cfg, out, gate) if device == "cpu" else None
@@ -517,7 +517,7 @@ def _as_shipped(cfg: TrainConfig, out: Path, built, gate: dict | None):
         score_injection=injection,
     )
     if info is not None:
-        reranker.backend_info = {**info, "neighbour_independent": reranker.neighbour_independent}
+        reranker.backend_info = {**info, **batching_facts(reranker)}
     return reranker
 
 

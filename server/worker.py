@@ -6,15 +6,15 @@ round-robin and scores them in rounds of at most ``max_pairs_per_round`` pairs: 
 a fair share of a round (a job that needs less leaves the rest to the others), so a large job
 is scored in chunks with other requests' documents in between, and a small request waits about
 one round, not for the large one. A document's windows stay in one chunk and are aggregated
-together, so where scores do not depend on batch neighbours (fp32) a request scores as it
-would alone. With ``cross_batching`` a round mixes jobs in shared batches (after waiting up to
-``batch_wait_ms`` for others to join an idle worker). Without it (where a score depends on its
-batch neighbours: torch bf16, ONNX's dynamic int8) each job's chunk is cut by that job alone
-and batched apart from the others (the score function gets ``groups=``, the chunks' sizes), as
-it would be scored alone; a round still holds the chunks of several jobs, so a graph's streams
-run their batches together instead of waiting on one small request at a time. Jobs whose client went away are
-dropped between rounds. Each job gets its own scores back, in its own order. The event loop
-never runs the model.
+together, so where scores do not depend on batch neighbours (fp32, static int8, a bf16 graph
+padded to its width multiple) a request scores as it would alone. With ``cross_batching`` a
+round mixes jobs in shared batches (after waiting up to ``batch_wait_ms`` for others to join an
+idle worker). Without it (where a score depends on its batch neighbours: torch bf16, ONNX's
+dynamic int8) each job's chunk is cut by that job alone and batched apart from the others (the
+score function gets ``groups=``, the chunks' sizes), as it would be scored alone; a round still
+holds the chunks of several jobs, so a graph's streams run their batches together instead of
+waiting on one small request at a time. Jobs whose client went away are dropped between rounds.
+Each job gets its own scores back, in its own order. The event loop never runs the model.
 
 Several models can share one worker (the adapters of one base: ``server/shared_group.py``),
 each through a ``Lane``: its jobs' pairs reach the score function with the lane's model beside

@@ -96,6 +96,11 @@ def test_an_error_in_a_parallel_batch_reaches_the_caller(tiny_bert_run):
 
     with pytest.raises(RuntimeError):
         reranker.model._run_parallel(iter([([0, 1], bad)]), np.empty(2, dtype=np.float32))
+    # a bad batch behind others, on a later request, fails the call too
+    good = {name: np.ones((2, 4), dtype=np.int64) for name in reranker.model.input_names}
+    batches = [([2 * i, 2 * i + 1], bad if i == 3 else good) for i in range(6)]
+    with pytest.raises(RuntimeError):
+        reranker.model._run_parallel(iter(batches), np.empty(12, dtype=np.float32))
     # the requests are free again: the next call scores
     assert len(reranker.score(pairs(), raw=True)) == len(DOCS)
 
@@ -380,6 +385,13 @@ def test_a_run_folder_carries_gated_graphs_and_serves_the_fastest(tiny_bert_dir,
     assert torch_fp32.backend_info["backend"] == "torch"
     graph_fp32 = Reranker.load(run, dtype="float32")
     assert graph_fp32.backend_info["precision"] == "fp32" and graph_fp32.neighbour_independent
+    # the run's int8 graph loads by name, as an export's does (a failed one with allow_failed_gate)
+    int8 = Reranker.load(run, dtype="int8", backend="openvino", allow_failed_gate=True)
+    assert int8.backend_info["precision"] == "int8" and int8.model.path.name.endswith("_int8.xml")
+    int8_gate = next(r["gate"] for r in gate["runtimes"] if r["precision"] == "int8")
+    if int8_gate != "passed":
+        with pytest.raises(ModelLoadError, match="allow_failed_gate"):
+            Reranker.load(run, dtype="int8")
     np.testing.assert_allclose(graph_fp32.score(pairs()), torch_fp32.score(pairs()), atol=1e-4)
     ranked = [r.index for r in graph_fp32.rerank(QUERY, DOCS)]
     assert ranked == [r.index for r in torch_fp32.rerank(QUERY, DOCS)]
@@ -431,17 +443,17 @@ print("done")
     assert finished.stdout.strip() == "done"
 
 
-def _fake_bf16_graph(offset, widths=None):
+def _fake_bf16_graph(offset, shapes=None):
     """A batch-dependent OpenVINO graph whose row logit is the row's token sum plus
-    ``offset(width, rows)``; ``widths`` collects each batch's padded width."""
+    ``offset(width, rows)``; ``shapes`` collects each batch's (rows, padded width)."""
     from pathlib import Path
 
     from rerankit.runtimes import GraphModel
 
     def run(inputs):
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        if widths is not None:
-            widths.append(ids.shape[1])
+        if shapes is not None:
+            shapes.append(ids.shape)
         own = (ids * mask).sum(axis=1).astype(np.float32)
         return (own + offset(ids.shape[1], len(ids)))[:, None]
 
@@ -450,7 +462,7 @@ def _fake_bf16_graph(offset, widths=None):
     )
 
 
-def test_padding_alignment_is_adopted_only_where_scores_stop_moving(tiny_bert_dir):
+def test_padding_alignment_is_adopted_only_where_scores_stop_moving(tiny_bert_dir, monkeypatch):
     from transformers import AutoTokenizer
 
     from rerankit.runtimes import align_padding
@@ -471,22 +483,37 @@ def test_padding_alignment_is_adopted_only_where_scores_stop_moving(tiny_bert_di
     assert align_padding(_fake_bf16_graph(lambda width, rows: 1e-3 * width), tokenizer, 64).pad_multiple == 64
     fp32 = dataclasses.replace(_fake_bf16_graph(rounds_at(16)), batch_dependent=False)
     assert align_padding(fp32, tokenizer, 64) is fp32
-    # a probe that cannot run leaves the graph as it was: no pad token, a window the question fills
+    # a probe that cannot run warns and leaves the graph as it was: no pad token, a prompt whose
+    # question fills the window
     unpadded = AutoTokenizer.from_pretrained(tiny_bert_dir)
     unpadded.pad_token = None
-    for tok, window in ((unpadded, 64), (tokenizer, 4)):
-        graph = _fake_bf16_graph(rounds_at(16))
-        assert align_padding(graph, tok, window) is graph
+    graph = _fake_bf16_graph(rounds_at(16))
+    with pytest.warns(RuntimeWarning, match="padding check .* could not run"):
+        assert align_padding(graph, unpadded, 64) is graph
+    import rerankit.encoding
+    from rerankit.encoding import QueryTooLongError
+
+    def fills_the_window(*args, **kwargs):
+        raise QueryTooLongError("the query fills the window")
+
+    monkeypatch.setattr(rerankit.encoding, "encode_pairs", fills_the_window)
+    with pytest.warns(RuntimeWarning, match="fills the window"):
+        assert align_padding(graph, tokenizer, 64) is graph
+    monkeypatch.undo()
 
     # scoring pads every batch to the multiple, so a pair scores the same in any company
-    widths: list[int] = []
-    graph = align_padding(_fake_bf16_graph(rounds_at(16), widths), tokenizer, 64)
-    widths.clear()
-    queries, docs = [QUERY] * len(DOCS), DOCS
-    together = score_pairs(graph, tokenizer, queries, docs, max_length=64)
-    alone = [score_pairs(graph, tokenizer, [QUERY], [d], max_length=64)[0] for d in DOCS]
+    # scoring pads every batch to the multiple, so a pair scores the same in any company, and
+    # the token budget counts the padded width
+    shapes: list[tuple[int, int]] = []
+    graph = align_padding(_fake_bf16_graph(rounds_at(16), shapes), tokenizer, 64)
+    shapes.clear()
+    docs = [d + " apple" * i for i in range(4) for d in DOCS]
+    together = score_pairs(graph, tokenizer, [QUERY] * len(docs), docs, max_length=64, max_tokens=96)
+    alone = [score_pairs(graph, tokenizer, [QUERY], [d], max_length=64)[0] for d in docs]
     np.testing.assert_array_equal(together, alone)
-    assert widths and all(w % 16 == 0 for w in widths)
+    batched = shapes[: len(shapes) - len(docs)]
+    assert len(batched) > 1 and all(width % 16 == 0 for _, width in shapes)
+    assert all(rows * width <= 96 for rows, width in batched if rows > 1)
 
 
 def test_openvino_bf16_scores_do_not_move_with_batch_neighbours(graph_export):
