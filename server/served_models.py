@@ -195,6 +195,8 @@ def model_facts(reranker) -> dict:
         "max_length": reranker.max_length,
         "calibration": reranker.calibration is not None,
         "ensemble": reranker.ensemble is not None,
+        # whether a pair's score is its own whatever shares its batch (cross-request batching's default)
+        "neighbour_independent": reranker.neighbour_independent,
     }
 
 

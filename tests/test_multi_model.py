@@ -94,6 +94,7 @@ def test_models_are_listed_in_the_openai_shape(two_model_client, two_runs):
     assert entry["max_length"] == 48 and entry["base_model"].endswith("tiny-bert0")
     reranker = load(two_runs[0])
     assert entry["calibration"] is (reranker.calibration is not None) and entry["ensemble"] is False
+    assert entry["neighbour_independent"] is True  # fp32 torch
     assert two_model_client.get("/v1/models", headers={"Authorization": "Bearer no"}).status_code == 401
 
 
