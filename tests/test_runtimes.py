@@ -501,7 +501,6 @@ def test_padding_alignment_is_adopted_only_where_scores_stop_moving(tiny_bert_di
         assert align_padding(graph, tokenizer, 64) is graph
     monkeypatch.undo()
 
-    # scoring pads every batch to the multiple, so a pair scores the same in any company
     # scoring pads every batch to the multiple, so a pair scores the same in any company, and
     # the token budget counts the padded width
     shapes: list[tuple[int, int]] = []
