@@ -256,7 +256,6 @@ def align_padding(graph: GraphModel, tokenizer, max_length: int, prompt=None) ->
     if not graph.batch_dependent or graph.backend != "openvino":
         return graph
     from rerankit.encoding import encode_pairs
-    from rerankit.scoring import pad_batch  # imported here: scoring imports this module
 
     # documents from one word to past the window: pair lengths spread over every multiple
     step = max(1, max_length // PROBE_PAIRS)
@@ -276,7 +275,14 @@ def align_padding(graph: GraphModel, tokenizer, max_length: int, prompt=None) ->
     rows = sorted(range(len(docs)), key=lambda i: len(encoded["input_ids"][i]))
 
     def logits(picked: list[int], multiple: int, width: int | None = None) -> np.ndarray:
-        return graph(pad_batch(tokenizer, encoded, picked, "np", multiple, width))
+        padding = {"padding": "max_length", "max_length": width} if width else {}
+        batch = tokenizer.pad(
+            {k: [v[i] for i in picked] for k, v in encoded.items()},
+            pad_to_multiple_of=multiple,
+            return_tensors="np",
+            **padding,
+        )
+        return graph(batch)
 
     for multiple in ALIGNMENTS:
         if max_length % multiple:

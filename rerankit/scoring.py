@@ -74,21 +74,14 @@ def budget_batches(
 
 
 def pad_batch(
-    tokenizer,
-    encoded: dict,
-    batch: Sequence[int],
-    return_tensors: str,
-    multiple: int | None = None,
-    width: int | None = None,
+    tokenizer, encoded: dict, batch: Sequence[int], return_tensors: str, multiple: int | None = None
 ):
-    """The pairs ``batch`` of ``encoded`` padded to their longest, or to ``width`` tokens when
-    given (rounded up to ``multiple`` tokens when given), as ``return_tensors`` arrays."""
-    padding = {"padding": "max_length", "max_length": width} if width else {}
+    """The pairs ``batch`` of ``encoded`` padded to their longest (rounded up to ``multiple``
+    tokens when given), as ``return_tensors`` arrays."""
     return tokenizer.pad(
         {k: [v[i] for i in batch] for k, v in encoded.items()},
         return_tensors=return_tensors,
         pad_to_multiple_of=multiple,
-        **padding,
     )
 
 
