@@ -9,7 +9,10 @@ Signals (each a number per pair, none depending on the other documents of a call
   query's largest possible score so that long and short queries share one scale;
 - ``cosine``: the cosine of the backbone's own sentence embeddings, with its pooling and the
   base weights (the fine-tuned adapter plays no part), when the backbone is a sentence-embedding
-  model (a sentence-transformers folder with a Pooling module).
+  model (a sentence-transformers folder with a Pooling module);
+- ``bm25_sentence`` and ``cosine_sentence``: the same two scores of the document's best-matching
+  sentence (``rerankit.text_units``): a question is often answered by one sentence of a passage
+  whose other sentences dilute a whole-passage score.
 
 The fused score is ``sum_i w_i (x_i - mean_i) / std_i`` with means and spreads taken over the
 validation pairs: a linear model with one global scale per signal, so a document's score is its
@@ -34,7 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
-SIGNALS = ("reranker", "bm25", "cosine")
+SIGNALS = ("reranker", "bm25", "cosine", "bm25_sentence", "cosine_sentence")
+# Each best-sentence signal and the whole-document signal it reuses (statistics, encoder, caches).
+SENTENCE_SIGNALS = {"bm25_sentence": "bm25", "cosine_sentence": "cosine"}
+# A long document's sentences past this many are not scored: it bounds what one pair costs.
+MAX_SENTENCES = 64
 # Where a run folder or an export keeps the signals: BM25's statistics, and (exports) the encoder.
 ENSEMBLE_DIR = "ensemble"
 BM25_FILE = "bm25_stats.json"
@@ -378,6 +385,47 @@ class CosineSignal:
         return (q * d).sum(axis=1).astype(np.float64)
 
 
+def document_sentences(doc: str) -> list[str]:
+    """The sentences a best-sentence signal scores: the first MAX_SENTENCES (the text itself
+    when it has none)."""
+    from rerankit.text_units import sentences
+
+    return sentences(doc)[:MAX_SENTENCES] or [doc]
+
+
+class BestSentence:
+    """``signal``'s score of each document's best-scoring sentence."""
+
+    def __init__(self, signal) -> None:
+        self.signal = signal
+
+    def scores(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+        parts = {d: document_sentences(d) for d in dict.fromkeys(docs)}
+        values = self.signal.scores(
+            [q for q, d in zip(queries, docs) for _ in parts[d]], [s for d in docs for s in parts[d]]
+        )
+        if not len(docs):
+            return np.zeros(0, dtype=np.float64)
+        starts = np.cumsum([0] + [len(parts[d]) for d in docs[:-1]])
+        return np.maximum.reduceat(np.asarray(values, dtype=np.float64), starts)
+
+
+def base_signals(names: Sequence[str]) -> set[str]:
+    """The whole-document signals that ``names`` need loaded (a best-sentence signal reuses its
+    whole-document one)."""
+    return {SENTENCE_SIGNALS.get(n, n) for n in names} - {"reranker"}
+
+
+def with_sentence_signals(signals: Mapping, names: Sequence[str]) -> dict:
+    """``signals`` (whole-document signals by name) and the best-sentence signals among
+    ``names`` built on them."""
+    out = dict(signals)
+    for name in names:
+        if name in SENTENCE_SIGNALS:
+            out[name] = BestSentence(signals[SENTENCE_SIGNALS[name]])
+    return out
+
+
 def _digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
@@ -399,11 +447,14 @@ def _local_snapshot(name: str | Path, revision: str | None) -> Path:
 
 def load_signals(needs: Sequence[str], folder: Path, encoder, *, dtype=None, device: str = "cpu") -> dict:
     """The signals named in ``needs``: BM25 from ``folder``'s statistics, the cosine of the
-    sentence encoder at ``encoder``. OSError or ValueError saying which is missing or damaged."""
+    sentence encoder at ``encoder``, and their best-sentence forms. The whole-document signal a
+    best-sentence one reuses is there too. OSError or ValueError saying which is missing or
+    damaged."""
     signals: dict = {}
-    if "bm25" in needs:
+    loaded = base_signals(needs)
+    if "bm25" in loaded:
         signals["bm25"] = BM25Signal.load(Path(folder) / BM25_FILE)
-    if "cosine" in needs:
+    if "cosine" in loaded:
         if not Path(encoder).is_dir():
             raise OSError(f"{encoder}: the sentence encoder is missing")
         cosine = CosineSignal.load(encoder, dtype=dtype, device=device)
@@ -412,7 +463,7 @@ def load_signals(needs: Sequence[str], folder: Path, encoder, *, dtype=None, dev
         if (Path(folder) / CORPUS_EMBEDDINGS).is_file():
             cosine.load_pinned(Path(folder) / CORPUS_EMBEDDINGS)
         signals["cosine"] = cosine
-    return signals
+    return with_sentence_signals(signals, needs)
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,8 @@ SIGNAL_NAMES = {
     "reranker": "cross-encoder alone (merged, as shipped)",
     "bm25": "BM25 with the corpus's statistics",
     "cosine": "backbone embedding cosine (untrained)",
+    "bm25_sentence": "BM25 of the best sentence",
+    "cosine_sentence": "backbone cosine of the best sentence",
 }
 
 

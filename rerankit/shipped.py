@@ -27,9 +27,12 @@ from rerankit.ensemble import (
     CORPUS_EMBEDDINGS,
     ENSEMBLE_DIR,
     PIN_LIMIT,
+    BestSentence,
     BM25Signal,
     CosineSignal,
     Ensemble,
+    base_signals,
+    document_sentences,
     fit_ensemble,
 )
 from rerankit.validation import ValidationSet, Validator
@@ -73,10 +76,12 @@ def fit_shipped(
         queries, _ = vset.flat_pairs()  # signals read the query as the user wrote it
         bm25 = BM25Signal.from_corpus(corpus_texts)
         features["bm25"] = bm25.scores(queries, docs)
+        features["bm25_sentence"] = BestSentence(bm25).scores(queries, docs)
         cosine = _cosine(resolve_model_path(base_model), base_revision, reranker)
         if cosine is not None:
-            log.info("embedding the validation pairs with the backbone %s", base_model)
+            log.info("embedding the validation pairs and their sentences with the backbone %s", base_model)
             features["cosine"] = cosine.scores(queries, docs)
+            features["cosine_sentence"] = BestSentence(cosine).scores(queries, docs)
     per_query = [
         dict(zip(features, parts)) for parts in zip(*(vset.split_scores(f) for f in features.values()))
     ]
@@ -92,9 +97,14 @@ def fit_shipped(
         final = fitted.combine(features)
     else:
         final = logits
-    if fitted is not None and "cosine" in fitted.needs and len(corpus_texts) <= PIN_LIMIT:
-        log.info("embedding the %d corpus documents for the ensemble's cosine", len(corpus_texts))
-        cosine.pin(corpus_texts)
+    needs = set(fitted.needs) if fitted is not None else set()
+    if "cosine" in base_signals(needs) and len(corpus_texts) <= PIN_LIMIT:
+        # the texts the cosine signals embed: the documents, their sentences, or both
+        pinned = corpus_texts if "cosine" in needs else []
+        if "cosine_sentence" in needs:
+            pinned = [*pinned, *(s for text in corpus_texts for s in document_sentences(text))]
+        log.info("embedding %d corpus texts for the ensemble's cosine", len(pinned))
+        cosine.pin(pinned)
     report = {
         "signals": own,
         "ensemble": ensemble_report,
@@ -107,8 +117,8 @@ def fit_shipped(
         calibration_report(final, vset.flat_labels()),
         validator.fusion_report(final, key),
         report,
-        bm25 if fitted is not None and "bm25" in fitted.needs else None,
-        cosine if fitted is not None and "cosine" in fitted.needs and cosine.pinned else None,
+        bm25 if "bm25" in base_signals(needs) else None,
+        cosine if "cosine" in base_signals(needs) and cosine.pinned else None,
     )
 
 

@@ -83,6 +83,32 @@ def test_cosine_signal_pools_like_sentence_transformers(tiny_sentence_bert_dir):
     np.testing.assert_allclose(signal.scores([QUERY] * 4, DOCS), (d @ q[0]), atol=1e-5)
 
 
+def test_a_best_sentence_signal_scores_the_documents_best_sentence(tmp_path, monkeypatch):
+    import rerankit.ensemble as ensemble
+    from rerankit.ensemble import BestSentence, load_signals
+
+    answer = "An apple story with apple."
+    filler = " ".join(f"The river {w} is old." for w in ("north", "south", "east", "west", "bend"))
+    buried, diluted = f"{filler} {answer}", "The apple river and the old zinc quartz of the north."
+    bm25 = BM25Signal.from_corpus([buried, diluted, *DOCS])
+    whole = bm25.scores([QUERY] * 2, [buried, diluted])
+    best = BestSentence(bm25).scores([QUERY] * 2, [buried, diluted])
+    # the answering sentence scores as it would alone; the filler around it no longer dilutes it
+    assert best[0] == pytest.approx(bm25.scores([QUERY], [answer])[0]) and best[0] > whole[0]
+    assert whole[0] < whole[1] and best[0] > best[1]
+    assert BestSentence(bm25).scores([], []).shape == (0,)
+    # a run that weighs only BM25's best sentence loads BM25's statistics and no encoder
+    bm25.save(tmp_path / "bm25_stats.json")
+    signals = load_signals(("bm25_sentence",), tmp_path, tmp_path / "no-encoder")
+    assert set(signals) == {"bm25", "bm25_sentence"}
+    np.testing.assert_allclose(signals["bm25_sentence"].scores([QUERY] * 2, [buried, diluted]), best)
+    with pytest.raises(OSError, match="the sentence encoder is missing"):
+        load_signals(("cosine_sentence",), tmp_path, tmp_path / "no-encoder")
+    # a long document's sentences past the cap are not scored
+    monkeypatch.setattr(ensemble, "MAX_SENTENCES", 5)
+    assert BestSentence(bm25).scores([QUERY], [buried])[0] < best[0]
+
+
 def test_no_cosine_signal_for_a_backbone_that_is_no_sentence_embedder(tiny_bert_dir):
     assert CosineSignal.load(tiny_bert_dir) is None
 
@@ -164,12 +190,14 @@ def test_a_run_validates_as_deployed_and_ships_its_ensemble(ensemble_run):
     assert deployed["depth"] == 8 and deployed["queries"] == 16 and 0 < deployed["recall_at_depth"] <= 1
     assert metrics["valid_pairs"] == 16 * 8
     manifest = json.loads((out / "run.json").read_text())
-    assert manifest["ensemble"]["signals"] == ["reranker", "bm25", "cosine"]
+    signals = ["reranker", "bm25", "bm25_sentence", "cosine", "cosine_sentence"]
+    assert manifest["ensemble"]["signals"] == signals
     assert (out / "ensemble" / "bm25_stats.json").is_file()
     needs = Ensemble.from_dict(manifest["ensemble"]).needs
-    # the corpus's embeddings are kept exactly when the cosine carries weight
-    assert (out / "ensemble" / "corpus_embeddings.npz").is_file() == ("cosine" in needs)
-    assert set(metrics["shipped"]["signals"]) == {"reranker", "bm25", "cosine"}
+    # the corpus's embeddings are kept exactly when a cosine carries weight
+    embedded = bool({"cosine", "cosine_sentence"} & set(needs))
+    assert (out / "ensemble" / "corpus_embeddings.npz").is_file() == embedded
+    assert set(metrics["shipped"]["signals"]) == set(signals)
     # validation ranked the top 8: the depth table holds that depth, equal to the main rows
     depths = metrics["shipped"]["depths"]
     assert set(depths) == {"8"} and depths["8"]["final"] == pytest.approx(metrics["shipped"]["final"])
@@ -180,11 +208,17 @@ def test_a_run_validates_as_deployed_and_ships_its_ensemble(ensemble_run):
 
 def by_hand(reranker, out, base_dir, query, docs):
     """The ensemble's calibrated score, computed from its parts without Reranker's own path."""
+    from rerankit.text_units import sentences
+
     fitted = reranker.ensemble
+    bm25 = BM25Signal.load(out / "ensemble" / "bm25_stats.json")
+    cosine = CosineSignal.load(base_dir)
     features = {
         "reranker": reranker.logits([query] * len(docs), docs),
-        "bm25": BM25Signal.load(out / "ensemble" / "bm25_stats.json").scores([query] * len(docs), docs),
-        "cosine": CosineSignal.load(base_dir).scores([query] * len(docs), docs),
+        "bm25": bm25.scores([query] * len(docs), docs),
+        "cosine": cosine.scores([query] * len(docs), docs),
+        "bm25_sentence": [max(bm25.scores([query], [s])[0] for s in sentences(d)) for d in docs],
+        "cosine_sentence": [max(cosine.scores([query], [s])[0] for s in sentences(d)) for d in docs],
     }
     total = sum(
         w * (np.asarray(features[s], dtype=np.float64) - m) / sd
@@ -200,18 +234,20 @@ def test_every_surface_scores_with_the_ensemble(ensemble_run, tiny_sentence_bert
     from rerankit.server import ServerSettings, create_app
 
     out = ensemble_run.output_dir
+    # the last document has two sentences: its best-sentence scores differ from its whole ones
+    docs = [*DOCS[:3], "The river is old. An apple story with apple."]
     reranker = Reranker.load(out, device="cpu", dtype="float32")
-    expected = by_hand(reranker, out, tiny_sentence_bert_dir, QUERY, DOCS)
-    ranked = reranker.rerank(QUERY, DOCS)
+    expected = by_hand(reranker, out, tiny_sentence_bert_dir, QUERY, docs)
+    ranked = reranker.rerank(QUERY, docs)
     np.testing.assert_allclose([r.score for r in sorted(ranked, key=lambda r: r.index)], expected, atol=1e-5)
     # a document's score is its own, whatever else is ranked beside it
-    alone = [reranker.score([(QUERY, d)])[0] for d in DOCS]
+    alone = [reranker.score([(QUERY, d)])[0] for d in docs]
     np.testing.assert_allclose(alone, expected, atol=1e-5)
     plain = Reranker.load(out, device="cpu", dtype="float32", ensemble="none")
     # the calibration and the fusion were fitted on the ensemble's score: they go with it
     assert plain.ensemble is None and plain.calibration is None and plain.fusion is None
     np.testing.assert_allclose(
-        plain.score([(QUERY, d) for d in DOCS], raw=True), reranker.logits([QUERY] * 4, DOCS)
+        plain.score([(QUERY, d) for d in docs], raw=True), reranker.logits([QUERY] * 4, docs)
     )
 
     # every signal carries weight in this copy, so the export must bring each along
@@ -220,16 +256,16 @@ def test_every_surface_scores_with_the_ensemble(ensemble_run, tiny_sentence_bert
     copy = tmp_path / "run"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("checkpoints"))
     manifest = json.loads((copy / "run.json").read_text())
-    manifest["ensemble"]["weights"] = [0.4, 0.3, 0.3]
+    manifest["ensemble"]["weights"] = [0.2] * 5
     (copy / "run.json").write_text(json.dumps(manifest))
     weighted = Reranker.load(copy, device="cpu", dtype="float32")
-    expected_copy = by_hand(weighted, copy, tiny_sentence_bert_dir, QUERY, DOCS)
+    expected_copy = by_hand(weighted, copy, tiny_sentence_bert_dir, QUERY, docs)
     exported = Reranker.load(export(copy, tmp_path / "export"), device="cpu", dtype="float32")
     assert (tmp_path / "export" / "ensemble" / "encoder" / "modules.json").is_file()
     info = json.loads((tmp_path / "export" / "rerankit_export.json").read_text())
     assert info["ensemble"] == manifest["ensemble"]
     assert info["calibration"]["folded"] is False  # fitted on the ensemble's score, not the head's
-    np.testing.assert_allclose(exported.score([(QUERY, d) for d in DOCS]), expected_copy, atol=1e-4)
+    np.testing.assert_allclose(exported.score([(QUERY, d) for d in docs]), expected_copy, atol=1e-4)
     record = tmp_path / "export" / "rerankit_export.json"
     for folded, message in (("no", "expected true or false, got 'no'"), (True, "cannot be in the head")):
         damaged = json.loads(record.read_text())
@@ -240,7 +276,7 @@ def test_every_surface_scores_with_the_ensemble(ensemble_run, tiny_sentence_bert
 
     with TestClient(create_app(ServerSettings(model="in-memory"), reranker=reranker)) as client:
         wait_ready(client)
-        answer = client.post("/v2/rerank", json={"query": QUERY, "documents": DOCS}).json()
+        answer = client.post("/v2/rerank", json={"query": QUERY, "documents": docs}).json()
     served = sorted(answer["results"], key=lambda r: r["index"])
     np.testing.assert_allclose([r["relevance_score"] for r in served], expected, atol=1e-5)
 
