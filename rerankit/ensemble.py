@@ -17,9 +17,10 @@ Signals (each a number per pair, none depending on the other documents of a call
 The fused score is ``sum_i w_i (x_i - mean_i) / std_i`` with means and spreads taken over the
 validation pairs: a linear model with one global scale per signal, so a document's score is its
 own whatever else is ranked beside it. The weights are fitted on validation as deployed (the
-first stage's real top-k, scored by the model as it ships) by the strategy that ranks held-out
-validation folds best: equal weights, weights picked from a grid, or those shrunk halfway to
-equal (``fit_ensemble``). Calibration is fitted on the fused score afterwards.
+first stage's real top-k, scored by the model as it ships): equal weights per family of signals
+(the cross-encoder, BM25's two, the cosine's two), unless weights picked from a grid, or those
+shrunk halfway to equal, rank held-out validation folds clearly better (``fit_ensemble``).
+Calibration is fitted on the fused score afterwards.
 """
 
 from __future__ import annotations
@@ -541,6 +542,22 @@ def weight_grid(n: int, step: float = WEIGHT_STEP) -> list[tuple[float, ...]]:
     return grid
 
 
+def signal_families(signals: Sequence[str]) -> list[list[int]]:
+    """The positions of ``signals`` grouped by family, in order of first appearance: a
+    best-sentence signal is in the family of its whole-document one."""
+    families: dict[str, list[int]] = {}
+    for i, name in enumerate(signals):
+        families.setdefault(SENTENCE_SIGNALS.get(name, name), []).append(i)
+    return list(families.values())
+
+
+def gain_and_error(gains: np.ndarray) -> tuple[float, float]:
+    """The mean of per-query gains and its standard error (0 and 0 for fewer than two)."""
+    if len(gains) < 2:
+        return (float(gains.mean()) if len(gains) else 0.0), 0.0
+    return float(gains.mean()), float(gains.std(ddof=1) / math.sqrt(len(gains)))
+
+
 def fit_ensemble(
     features: Sequence[Mapping[str, np.ndarray]],
     quality: Callable[[list[np.ndarray], Sequence[int]], float],
@@ -553,18 +570,33 @@ def fit_ensemble(
     best, and a report.
 
     ``features``: per validation query, each signal's scores of its candidates. ``quality(scores,
-    queries)``: the metric (NDCG@10, say) of per-query scores of the queries at those indices.
-    Three strategies are compared by cross-validation over ``folds`` folds of queries: equal
-    weights, the grid's best, and the grid's best shrunk halfway to equal; the winner is refitted
-    on every query. The report holds each strategy's cross-validated and full values.
+    queries)``: the metric (NDCG@10, say) of per-query scores of the queries at those indices, a
+    mean over those queries. Weights are given per family (``signal_families``: a best-sentence
+    signal shares its whole-document signal's weight equally), so the fit has one free weight
+    fewer than families, not signals. Three strategies are compared by cross-validation over
+    ``folds`` folds of queries: equal weights, the grid's best, and the grid's best shrunk halfway
+    to equal. A fitted strategy replaces equal weights only when its held-out gain over them is
+    larger than the gain's standard error over the queries (the one-standard-error rule: validation
+    sets are small, and a gain within noise does not carry over). The winner is refitted on every
+    query. The report holds each strategy's cross-validated value, its gain over equal weights with
+    that standard error, and its full fit.
     """
     signals = tuple(signals)
     flat = {s: np.concatenate([np.asarray(f[s], dtype=np.float64) for f in features]) for s in signals}
     means = tuple(float(flat[s].mean()) for s in signals)
     stds = tuple(float(flat[s].std()) or 1.0 for s in signals)
     n = len(features)
-    equal = tuple(1 / len(signals) for _ in signals)
-    grid = weight_grid(len(signals))
+    families = signal_families(signals)
+
+    def per_signal(family_weights):
+        weights = [0.0] * len(signals)
+        for w, members in zip(family_weights, families):
+            for i in members:
+                weights[i] = w / len(members)
+        return tuple(weights)
+
+    equal = per_signal([1 / len(families)] * len(families))
+    grid = [per_signal(w) for w in weight_grid(len(families))]
 
     def fused(weights, queries):
         ens = Ensemble(signals, weights, means, stds)
@@ -586,19 +618,30 @@ def fit_ensemble(
     order = np.random.default_rng(seed).permutation(n)
     parts = [sorted(order[i::folds].tolist()) for i in range(min(folds, n))] if n >= 2 else [list(range(n))]
     report: dict = {"signals": list(signals), "folds": len(parts), "strategies": {}}
+    held_out: dict[str, np.ndarray] = {}
     for name, strategy in strategies.items():
-        held_out = []
+        values = np.zeros(n)
         for part in parts:
             rest = [q for q in range(n) if q not in set(part)] or part
-            held_out.append(quality(fused(strategy(rest), part), part) * len(part))
+            weights = strategy(rest)
+            values[part] = [quality(fused(weights, [q]), [q]) for q in part]
+        held_out[name] = values
+        gain, error = gain_and_error(values - held_out["equal"])
         everyone = list(range(n))
         weights = strategy(everyone)
         report["strategies"][name] = {
-            "cross_validated": sum(held_out) / max(n, 1),
+            "cross_validated": float(values.mean()) if n else 0.0,
+            "gain_over_equal": gain,
+            "standard_error": error,
             "weights": [round(w, 4) for w in weights],
             "fitted_value": quality(fused(weights, everyone), everyone),
         }
-    chosen = max(strategies, key=lambda s: report["strategies"][s]["cross_validated"])
+    clear = [
+        name
+        for name, s in report["strategies"].items()
+        if name == "equal" or s["gain_over_equal"] > s["standard_error"]
+    ]
+    chosen = max(clear, key=lambda s: report["strategies"][s]["cross_validated"])
     report["chosen"] = chosen
     weights = tuple(report["strategies"][chosen]["weights"])
     weights = tuple(w / sum(weights) for w in weights)

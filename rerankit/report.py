@@ -179,9 +179,16 @@ def shipped_lines(metrics: dict[str, Any]) -> list[str]:
         strategies = ensemble["strategies"]
         lines += [
             f"Ensemble weights chosen by {ensemble['folds']}-fold cross-validation over the validation "
-            f"queries: **{ensemble['chosen']}** ("
+            f"queries (fitted weights replace equal ones only for a held-out gain above its standard "
+            f"error): **{ensemble['chosen']}** ("
             + "; ".join(
-                f"{name}: {s['cross_validated']:.4f} held out, weights {s['weights']}"
+                f"{name}: {s['cross_validated']:.4f} held out"
+                + (
+                    f" ({s['gain_over_equal']:+.4f} ± {s['standard_error']:.4f} over equal)"
+                    if name != "equal" and "gain_over_equal" in s
+                    else ""
+                )
+                + f", weights {s['weights']}"
                 for name, s in strategies.items()
             )
             + ").",

@@ -153,8 +153,29 @@ def test_the_fit_finds_the_informative_signal_and_reports_each_strategy():
     ensemble, report = fit_ensemble(features, quality, ("reranker", "bm25"))
     assert set(report["strategies"]) == {"equal", "grid", "shrunk"} and report["folds"] == 5
     assert report["chosen"] in ("grid", "shrunk") and ensemble.weights[1] > 0.5
+    chosen = report["strategies"][report["chosen"]]
+    assert chosen["gain_over_equal"] > chosen["standard_error"] > 0
     assert all(0 <= s["cross_validated"] <= 1 for s in report["strategies"].values())
     assert len(weight_grid(3)) == 55 and all(w[0] > 0 for w in weight_grid(3))
+
+    # a best-sentence signal shares its family's weight equally with the whole-document one
+    for f in features:
+        f["bm25_sentence"] = f["bm25"] + rng.normal(scale=0.3, size=10)
+    ensemble, report = fit_ensemble(features, quality, ("reranker", "bm25", "bm25_sentence"))
+    assert ensemble.weights[1] == pytest.approx(ensemble.weights[2]) and ensemble.weights[1] > 0.25
+    assert all(s["weights"][1] == s["weights"][2] for s in report["strategies"].values())
+
+
+def test_fitted_weights_replace_equal_ones_only_for_a_gain_beyond_noise():
+    from rerankit.ensemble import gain_and_error
+
+    # one query of 40 ranked better, one a little worse: within noise
+    gain, error = gain_and_error(np.array([0.5, -0.2] + [0.0] * 38))
+    assert 0 < gain < error
+    # most queries a little better: beyond it
+    gain, error = gain_and_error(np.array([0.05] * 30 + [-0.05] * 10))
+    assert gain > error > 0
+    assert gain_and_error(np.array([0.3])) == (0.3, 0.0)
 
 
 @pytest.fixture(scope="module")
