@@ -50,6 +50,8 @@ ENCODER_DIR = "encoder"
 # Grid step of the weights tried, and the folds the strategies are compared on.
 WEIGHT_STEP = 0.1
 FOLDS = 5
+# Rounding room when a gain is compared with its standard error.
+GAIN_TOLERANCE = 1e-9
 # Texts whose embeddings (cosine) or term counts (BM25) are kept once seen: a RAG corpus sends
 # the same passages again and again.
 CACHE_ENTRIES = 50_000
@@ -636,10 +638,11 @@ def fit_ensemble(
             "weights": [round(w, 4) for w in weights],
             "fitted_value": quality(fused(weights, everyone), everyone),
         }
+    # strictly above: when a single query moves, the gain equals its standard error
     clear = [
         name
         for name, s in report["strategies"].items()
-        if name == "equal" or s["gain_over_equal"] > s["standard_error"]
+        if name == "equal" or s["gain_over_equal"] > s["standard_error"] + GAIN_TOLERANCE
     ]
     chosen = max(clear, key=lambda s: report["strategies"][s]["cross_validated"])
     report["chosen"] = chosen
