@@ -94,7 +94,7 @@ def main() -> None:
     result = {
         "model": args.model,
         "weights": dict(zip(warm.ensemble.signals, warm.ensemble.weights)),
-        "dtype": str(next(alone.model.parameters()).dtype),
+        "runtime": f"{alone.backend_info['backend']} {alone.backend_info['precision']}",
         "pairs": pairs,
         "distinct_passages": distinct,
         "corpus_embeddings_kept": pinned,
@@ -111,7 +111,7 @@ def main() -> None:
         f"{distinct} distinct passages; one rerank call per question)",
         "",
         f"CPU: {name}; flags: {', '.join(flags) or 'none of ' + ', '.join(FLAGS_OF_INTEREST)}; "
-        f"model dtype {result['dtype']}; median of {args.repeats} alternating passes; "
+        f"model {result['runtime']}; median of {args.repeats} alternating passes; "
         f"{result['date']}, commit {result['commit']}.",
         "",
         "| scoring | pairs/s | time × the cross-encoder alone |",
@@ -120,7 +120,7 @@ def main() -> None:
         "",
         "Ensemble weights: "
         + ", ".join(f"{s} {w:.2f}" for s, w in result["weights"].items())
-        + f"; the run keeps the embeddings of {pinned} corpus documents.",
+        + f"; the run keeps the embeddings of {pinned} corpus texts (its passages, and their sentences where a best-sentence cosine weighs).",
         "",
     ]
     args.results.mkdir(parents=True, exist_ok=True)

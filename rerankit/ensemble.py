@@ -403,12 +403,12 @@ class BestSentence:
         self.signal = signal
 
     def scores(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+        if not len(docs):
+            return np.zeros(0, dtype=np.float64)
         parts = {d: document_sentences(d) for d in dict.fromkeys(docs)}
         values = self.signal.scores(
             [q for q, d in zip(queries, docs) for _ in parts[d]], [s for d in docs for s in parts[d]]
         )
-        if not len(docs):
-            return np.zeros(0, dtype=np.float64)
         starts = np.cumsum([0] + [len(parts[d]) for d in docs[:-1]])
         return np.maximum.reduceat(np.asarray(values, dtype=np.float64), starts)
 
