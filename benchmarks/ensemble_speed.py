@@ -120,7 +120,8 @@ def main() -> None:
         "",
         "Ensemble weights: "
         + ", ".join(f"{s} {w:.2f}" for s, w in result["weights"].items())
-        + f"; the run keeps the embeddings of {pinned} corpus texts (its passages, and their sentences where a best-sentence cosine weighs).",
+        + f"; the run keeps the embeddings of {pinned} corpus texts (its passages, and their "
+        "sentences where a best-sentence cosine weighs).",
         "",
     ]
     args.results.mkdir(parents=True, exist_ok=True)
