@@ -226,7 +226,8 @@ def sentence_pooling(folder: str | Path) -> tuple[str, int] | None:
 
 
 # The corpus's embeddings a run keeps (``ensemble/corpus_embeddings.npz``), computed at the end of
-# ``fit`` for a corpus of at most PIN_LIMIT documents: its passages then cost no encoder pass.
+# ``fit``: its passages, and their sentences, then cost no encoder pass. At most PIN_LIMIT texts:
+# the passages first, their sentences only while the total stays within it.
 CORPUS_EMBEDDINGS = "corpus_embeddings.npz"
 PIN_LIMIT = 50_000
 
@@ -421,11 +422,12 @@ def base_signals(names: Sequence[str]) -> set[str]:
 
 def with_sentence_signals(signals: Mapping, names: Sequence[str]) -> dict:
     """``signals`` (whole-document signals by name) and the best-sentence signals among
-    ``names`` built on them."""
+    ``names`` built on them, where their whole-document signal is there and they are not."""
     out = dict(signals)
     for name in names:
-        if name in SENTENCE_SIGNALS:
-            out[name] = BestSentence(signals[SENTENCE_SIGNALS[name]])
+        base = SENTENCE_SIGNALS.get(name)
+        if base in signals and name not in out:
+            out[name] = BestSentence(signals[base])
     return out
 
 
@@ -554,7 +556,8 @@ def signal_families(signals: Sequence[str]) -> list[list[int]]:
 
 
 def gain_and_error(gains: np.ndarray) -> tuple[float, float]:
-    """The mean of per-query gains and its standard error (0 and 0 for fewer than two)."""
+    """The mean of per-query gains and its standard error (0 with fewer than two queries,
+    where it is unknown)."""
     if len(gains) < 2:
         return (float(gains.mean()) if len(gains) else 0.0), 0.0
     return float(gains.mean()), float(gains.std(ddof=1) / math.sqrt(len(gains)))
@@ -638,11 +641,12 @@ def fit_ensemble(
             "weights": [round(w, 4) for w in weights],
             "fitted_value": quality(fused(weights, everyone), everyone),
         }
-    # strictly above: when a single query moves, the gain equals its standard error
+    # strictly above: when a single query moves, the gain equals its standard error; with
+    # fewer than two queries there is no error to compare with, and equal weights stay
     clear = [
         name
         for name, s in report["strategies"].items()
-        if name == "equal" or s["gain_over_equal"] > s["standard_error"] + GAIN_TOLERANCE
+        if name == "equal" or (n >= 2 and s["gain_over_equal"] > s["standard_error"] + GAIN_TOLERANCE)
     ]
     chosen = max(clear, key=lambda s: report["strategies"][s]["cross_validated"])
     report["chosen"] = chosen

@@ -36,7 +36,7 @@ from rerankit.calibration import Calibration
 from rerankit.config import LongDocumentsConfig
 from rerankit.context import ContextError, RankContext
 from rerankit.encoding import check_template, encode_pairs, render_pair
-from rerankit.ensemble import ENCODER_DIR, ENSEMBLE_DIR, Ensemble, load_signals
+from rerankit.ensemble import ENCODER_DIR, ENSEMBLE_DIR, Ensemble, load_signals, with_sentence_signals
 from rerankit.errors import ConfigError, ModelLoadError, RerankitError, short_reason
 from rerankit.fusion import LearnedFusion, rrf
 from rerankit.loading import (
@@ -152,7 +152,8 @@ class Reranker:
         self.calibration, self.fusion = calibration, fusion
         self.score_injection = score_injection
         # the self-ensemble (rerankit.ensemble) and the signals it weighs beside the cross-encoder
-        self.ensemble, self.signals = ensemble, dict(signals or {})
+        self.ensemble = ensemble
+        self.signals = with_sentence_signals(signals or {}, ensemble.needs if ensemble else ())
         missing = [name for name in (ensemble.needs if ensemble else ()) if name not in self.signals]
         if missing:
             raise ModelLoadError(f"the ensemble weighs {', '.join(missing)}, which this model does not carry")

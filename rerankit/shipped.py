@@ -98,13 +98,21 @@ def fit_shipped(
     else:
         final = logits
     needs = set(fitted.needs) if fitted is not None else set()
-    if "cosine" in base_signals(needs) and len(corpus_texts) <= PIN_LIMIT:
-        # the texts the cosine signals embed: the documents, their sentences, or both
-        pinned = corpus_texts if "cosine" in needs else []
+    if "cosine" in base_signals(needs):
+        pinned = corpus_texts if "cosine" in needs and len(corpus_texts) <= PIN_LIMIT else []
         if "cosine_sentence" in needs:
-            pinned = [*pinned, *(s for text in corpus_texts for s in document_sentences(text))]
-        log.info("embedding %d corpus texts for the ensemble's cosine", len(pinned))
-        cosine.pin(pinned)
+            sentences = [s for text in corpus_texts for s in document_sentences(text)]
+            if len(pinned) + len(sentences) <= PIN_LIMIT:
+                pinned = [*pinned, *sentences]
+            else:
+                log.info(
+                    "the corpus's %d sentences are not kept embedded: over %d texts",
+                    len(sentences),
+                    PIN_LIMIT,
+                )
+        if pinned:
+            log.info("embedding %d corpus texts for the ensemble's cosine", len(pinned))
+            cosine.pin(pinned)
     report = {
         "signals": own,
         "ensemble": ensemble_report,

@@ -85,7 +85,7 @@ def test_cosine_signal_pools_like_sentence_transformers(tiny_sentence_bert_dir):
 
 def test_a_best_sentence_signal_scores_the_documents_best_sentence(tmp_path, monkeypatch):
     import rerankit.ensemble as ensemble
-    from rerankit.ensemble import BestSentence, load_signals
+    from rerankit.ensemble import BestSentence, load_signals, with_sentence_signals
 
     answer = "An apple story with apple."
     filler = " ".join(f"The river {w} is old." for w in ("north", "south", "east", "west", "bend"))
@@ -104,6 +104,9 @@ def test_a_best_sentence_signal_scores_the_documents_best_sentence(tmp_path, mon
     np.testing.assert_allclose(signals["bm25_sentence"].scores([QUERY] * 2, [buried, diluted]), best)
     with pytest.raises(OSError, match="the sentence encoder is missing"):
         load_signals(("cosine_sentence",), tmp_path, tmp_path / "no-encoder")
+    # signals given by hand gain the best-sentence forms their whole-document signal allows
+    built = with_sentence_signals({"bm25": bm25}, ("bm25_sentence", "cosine_sentence"))
+    assert set(built) == {"bm25", "bm25_sentence"} and built["bm25_sentence"].signal is bm25
     # a long document's sentences past the cap are not scored
     monkeypatch.setattr(ensemble, "MAX_SENTENCES", 5)
     assert BestSentence(bm25).scores([QUERY], [buried])[0] < best[0]
