@@ -233,3 +233,23 @@ def _encode_with_template(
             raise ValueError("unpadded pairs cannot be returned as tensors")
         return features
     return tokenizer.pad(features, padding=padding, return_tensors=return_tensors)
+
+
+def pad_batch(
+    tokenizer,
+    encoded: dict,
+    batch: Sequence[int],
+    return_tensors: str,
+    multiple: int | None = None,
+    width: int | None = None,
+):
+    """The pairs ``batch`` of ``encoded`` (unpadded, as ``encode_pairs(padding=False)`` gives
+    them) padded to their longest, or to ``width`` tokens when given, rounded up to ``multiple``
+    tokens when given, as ``return_tensors`` arrays."""
+    padding = {"padding": "max_length", "max_length": width} if width else {}
+    return tokenizer.pad(
+        {k: [v[i] for i in batch] for k, v in encoded.items()},
+        return_tensors=return_tensors,
+        pad_to_multiple_of=multiple,
+        **padding,
+    )

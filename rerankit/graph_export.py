@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rerankit.encoding import pad_batch
 from rerankit.errors import RerankitError
 from rerankit.runtimes import (
     GRAPH_FILES,
@@ -30,7 +31,7 @@ from rerankit.runtimes import (
     passed,
     quantize_int8,
 )
-from rerankit.scoring import budget_batches, pad_batch
+from rerankit.scoring import budget_batches
 from rerankit.validation import ValidationSet
 
 log = logging.getLogger(__name__)

@@ -255,7 +255,7 @@ def align_padding(graph: GraphModel, tokenizer, max_length: int, prompt=None) ->
     checked for. A check that cannot run warns and leaves the graph as it was."""
     if not graph.batch_dependent or graph.backend != "openvino":
         return graph
-    from rerankit.encoding import encode_pairs
+    from rerankit.encoding import encode_pairs, pad_batch
 
     # documents from one word to past the window: pair lengths spread over every multiple
     step = max(1, max_length // PROBE_PAIRS)
@@ -275,14 +275,7 @@ def align_padding(graph: GraphModel, tokenizer, max_length: int, prompt=None) ->
     rows = sorted(range(len(docs)), key=lambda i: len(encoded["input_ids"][i]))
 
     def logits(picked: list[int], multiple: int, width: int | None = None) -> np.ndarray:
-        padding = {"padding": "max_length", "max_length": width} if width else {}
-        batch = tokenizer.pad(
-            {k: [v[i] for i in picked] for k, v in encoded.items()},
-            pad_to_multiple_of=multiple,
-            return_tensors="np",
-            **padding,
-        )
-        return graph(batch)
+        return graph(pad_batch(tokenizer, encoded, picked, "np", multiple, width))
 
     for multiple in ALIGNMENTS:
         if max_length % multiple:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rerankit.encoding import encode_pairs
+from rerankit.encoding import encode_pairs, pad_batch
 from rerankit.prompts import PromptTemplate
 from rerankit.runtimes import GraphModel
 
@@ -71,18 +71,6 @@ def budget_batches(
     if multiple:
         lengths = [-(-length // multiple) * multiple for length in lengths]
     return encoded, token_budget_batches(lengths, max_tokens, max_batch)
-
-
-def pad_batch(
-    tokenizer, encoded: dict, batch: Sequence[int], return_tensors: str, multiple: int | None = None
-):
-    """The pairs ``batch`` of ``encoded`` padded to their longest (rounded up to ``multiple``
-    tokens when given), as ``return_tensors`` arrays."""
-    return tokenizer.pad(
-        {k: [v[i] for i in batch] for k, v in encoded.items()},
-        return_tensors=return_tensors,
-        pad_to_multiple_of=multiple,
-    )
 
 
 def score_pairs(

@@ -309,7 +309,7 @@ class SharedBase:
         tokenizer, the pad id its model was loaded with."""
         import torch
 
-        from rerankit.scoring import pad_batch
+        from rerankit.encoding import pad_batch
 
         device = next(self.model.parameters()).device
         scores = np.empty(len(adapters), dtype=np.float32)
