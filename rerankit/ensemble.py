@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rerankit.selection import FOLDS, beats_noise, gain_and_error, held_out_values, query_folds
+
 SIGNALS = ("reranker", "bm25", "cosine", "bm25_sentence", "cosine_sentence")
 # Each best-sentence signal and the whole-document signal it reuses (statistics, encoder, caches).
 SENTENCE_SIGNALS = {"bm25_sentence": "bm25", "cosine_sentence": "cosine"}
@@ -47,11 +49,8 @@ MAX_SENTENCES = 64
 ENSEMBLE_DIR = "ensemble"
 BM25_FILE = "bm25_stats.json"
 ENCODER_DIR = "encoder"
-# Grid step of the weights tried, and the folds the strategies are compared on.
+# Grid step of the weights tried.
 WEIGHT_STEP = 0.1
-FOLDS = 5
-# Rounding room when a gain is compared with its standard error.
-GAIN_TOLERANCE = 1e-9
 # Texts whose embeddings (cosine) or term counts (BM25) are kept once seen: a RAG corpus sends
 # the same passages again and again.
 CACHE_ENTRIES = 50_000
@@ -555,14 +554,6 @@ def signal_families(signals: Sequence[str]) -> list[list[int]]:
     return list(families.values())
 
 
-def gain_and_error(gains: np.ndarray) -> tuple[float, float]:
-    """The mean of per-query gains and its standard error (0 with fewer than two queries,
-    where it is unknown)."""
-    if len(gains) < 2:
-        return (float(gains.mean()) if len(gains) else 0.0), 0.0
-    return float(gains.mean()), float(gains.std(ddof=1) / math.sqrt(len(gains)))
-
-
 def fit_ensemble(
     features: Sequence[Mapping[str, np.ndarray]],
     quality: Callable[[list[np.ndarray], Sequence[int]], float],
@@ -620,33 +611,25 @@ def fit_ensemble(
         return tuple((a + b) / 2 for a, b in zip(weights, equal))
 
     strategies = {"equal": lambda qs: equal, "grid": best_on, "shrunk": lambda qs: shrunk(best_on(qs))}
-    order = np.random.default_rng(seed).permutation(n)
-    parts = [sorted(order[i::folds].tolist()) for i in range(min(folds, n))] if n >= 2 else [list(range(n))]
+    parts = query_folds(n, folds, seed)
     report: dict = {"signals": list(signals), "folds": len(parts), "strategies": {}}
     held_out: dict[str, np.ndarray] = {}
+    everyone = list(range(n))
     for name, strategy in strategies.items():
-        values = np.zeros(n)
-        for part in parts:
-            rest = [q for q in range(n) if q not in set(part)] or part
-            weights = strategy(rest)
-            values[part] = [quality(fused(weights, [q]), [q]) for q in part]
-        held_out[name] = values
-        gain, error = gain_and_error(values - held_out["equal"])
-        everyone = list(range(n))
+        held_out[name] = held_out_values(n, parts, strategy, lambda w, q: quality(fused(w, [q]), [q]))
+        gain, error = gain_and_error(held_out[name] - held_out["equal"])
         weights = strategy(everyone)
         report["strategies"][name] = {
-            "cross_validated": float(values.mean()) if n else 0.0,
+            "cross_validated": float(held_out[name].mean()) if n else 0.0,
             "gain_over_equal": gain,
             "standard_error": error,
             "weights": [round(w, 4) for w in weights],
             "fitted_value": quality(fused(weights, everyone), everyone),
         }
-    # strictly above: when a single query moves, the gain equals its standard error; with
-    # fewer than two queries there is no error to compare with, and equal weights stay
     clear = [
         name
         for name, s in report["strategies"].items()
-        if name == "equal" or (n >= 2 and s["gain_over_equal"] > s["standard_error"] + GAIN_TOLERANCE)
+        if name == "equal" or beats_noise(s["gain_over_equal"], s["standard_error"], n)
     ]
     chosen = max(clear, key=lambda s: report["strategies"][s]["cross_validated"])
     report["chosen"] = chosen

@@ -6,11 +6,13 @@ validation and stored with the model.
 - ``LearnedFusion``: fitted at the end of ``fit`` on the validation queries only, against the
   first stage's own scores of their candidates (the deployed top-k; BM25 over the given
   candidates otherwise), on the reranker's score as it ships (the self-ensemble's, by
-  default): a weight ``w`` for the reranker (``1 − w`` for the first stage)
-  over per-query z-scored scores (``zscore``) or in a weighted RRF (``rrf``) — whichever ranks
-  the validation queries better, on a grid of weights. Stored in the run folder's manifest and
-  used by ``Reranker.rerank(first_stage=...)``, ``rerankit eval``, the server and the adapters
-  whenever one first-stage score per document is known.
+  default): a weight ``w`` for the reranker (``1 − w`` for the first stage) over per-query
+  z-scored scores (``zscore``) or in a weighted RRF (``rrf``) — whichever ranks the validation
+  queries better, on a grid of weights. It is kept only when its held-out gain over the reranker
+  alone beats noise (``selection``); otherwise the weight is 1 and first-stage scores change
+  nothing. Stored in the run folder's manifest and used by ``Reranker.rerank(first_stage=...)``,
+  ``rerankit eval``, the server and the adapters whenever one first-stage score per document is
+  known.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from rerankit.ordering import ranks
+from rerankit.selection import FOLDS, beats_noise, gain_and_error, held_out_values, query_folds
 
 RRF_K = 60
 # Weights tried for the reranker (the rest goes to the first stage).
@@ -73,22 +76,55 @@ class LearnedFusion:
 def fit_fusion(
     reranker_logits: Sequence[np.ndarray],
     first_stage: Sequence[np.ndarray],
-    quality: Callable[[list[np.ndarray]], float],
+    quality: Callable[[list[np.ndarray], Sequence[int]], float],
+    *,
+    folds: int = FOLDS,
+    seed: int = 0,
 ) -> tuple[LearnedFusion, dict]:
-    """The fusion whose per-query scores ``quality`` (e.g. validation NDCG@10) rates highest.
+    """The fusion of the reranker with the first stage that ranks validation queries best, kept
+    only when it clearly gains over the reranker alone.
 
-    Ties go to ``zscore``, then to the larger reranker weight. Returns it and a summary: the
-    best value, untuned RRF's and each method's value per weight.
+    ``quality(scores, queries)``: the metric (NDCG@10, say) of per-query scores of the queries at
+    those indices, a mean over them. The grid of methods and weights is fitted by cross-validation
+    over ``folds`` folds of queries; the grid's best replaces the reranker alone (``zscore`` with
+    weight 1) only when its held-out gain per query is larger than the gain's standard error
+    (``selection``). Ties go to ``zscore``, then to the larger reranker weight. Returns the fusion
+    and a summary: its value on every query, untuned RRF's, the grid's values, the held-out gain
+    with its standard error, and the grid's best on every query (``fitted``) whether kept or not.
     """
-    grid: dict[str, dict[float, float]] = {}
-    for method in ("zscore", "rrf"):
-        grid[method] = {
-            w: quality([LearnedFusion(method, w).combine(r, f) for r, f in zip(reranker_logits, first_stage)])
-            for w in WEIGHT_GRID
+    n = len(reranker_logits)
+    everyone = list(range(n))
+    alone = LearnedFusion("zscore", 1.0)
+
+    def fused(fusion: LearnedFusion, queries: Sequence[int]) -> list[np.ndarray]:
+        return [fusion.combine(reranker_logits[q], first_stage[q]) for q in queries]
+
+    def grid_on(queries: Sequence[int]) -> dict[str, dict[float, float]]:
+        return {
+            method: {w: quality(fused(LearnedFusion(method, w), queries), queries) for w in WEIGHT_GRID}
+            for method in ("zscore", "rrf")
         }
-    best_value, best = _best(grid)
-    untuned = quality([rrf([f, r]) for r, f in zip(reranker_logits, first_stage)])
-    return best, {"value": best_value, "untuned_rrf": untuned, "grid": grid}
+
+    def value(fusion: LearnedFusion, q: int) -> float:
+        return quality(fused(fusion, [q]), [q])
+
+    parts = query_folds(n, folds, seed)
+    fitted_held_out = held_out_values(n, parts, lambda qs: _best(grid_on(qs))[1], value)
+    alone_held_out = held_out_values(n, parts, lambda qs: alone, value)
+    gain, error = gain_and_error(fitted_held_out - alone_held_out)
+    grid = grid_on(everyone)
+    fitted_value, fitted = _best(grid)
+    chosen = fitted if beats_noise(gain, error, n) else alone
+    return chosen, {
+        "value": quality(fused(chosen, everyone), everyone),
+        "untuned_rrf": quality([rrf([first_stage[q], reranker_logits[q]]) for q in everyone], everyone),
+        "grid": grid,
+        "folds": len(parts),
+        "gain_over_reranker": gain,
+        "standard_error": error,
+        "fitted": {**fitted.to_dict(), "value": fitted_value},
+        "kept": "fitted" if chosen is fitted else "reranker alone",
+    }
 
 
 def _best(grid: dict[str, dict[float, float]]) -> tuple[float, LearnedFusion]:

@@ -230,9 +230,13 @@ def fusion_lines(metrics: dict[str, Any]) -> list[str]:
             ((metrics.get("shipped") or {}).get("final") or metrics["best"]).get(key, float("nan")),
         ),
         ("RRF(first stage, reranker), untuned", fusion["untuned_rrf"]),
-        (f"learned: {fusion['method']}, reranker weight {fusion['weight']:.2f}", fusion["value"]),
     ]
-    return [
+    fitted = fusion.get("fitted")
+    if fitted and fusion.get("kept") != "fitted":
+        grid_best = f"grid's best: {fitted['method']}, reranker weight {fitted['weight']:.2f}"
+        rows.append((grid_best, fitted["value"]))
+    rows.append((f"kept: {fusion['method']}, reranker weight {fusion['weight']:.2f}", fusion["value"]))
+    lines = [
         "## Fusion with the first stage",
         "",
         "Fitted on these validation queries, against the first stage's scores of their "
@@ -244,6 +248,18 @@ def fusion_lines(metrics: dict[str, Any]) -> list[str]:
         *(f"| {name} | {value:.4f} |" for name, value in rows),
         "",
     ]
+    if "gain_over_reranker" in fusion:
+        verdict = (
+            "so it is kept"
+            if fusion.get("kept") == "fitted"
+            else "within noise, so the reranker alone is kept and first-stage scores change nothing"
+        )
+        lines += [
+            f"The grid's best gains {fusion['gain_over_reranker']:+.4f} ± {fusion['standard_error']:.4f} "
+            f"over the reranker alone on held-out queries ({fusion['folds']} folds), {verdict}.",
+            "",
+        ]
+    return lines
 
 
 def calibration_lines(report: dict[str, Any] | None) -> list[str]:

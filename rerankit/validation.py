@@ -227,11 +227,11 @@ class Validator:
 
     def fusion_report(self, logits: np.ndarray, key: str) -> dict:
         """The fusion of the model's ``logits`` (every candidate) with the first stage that
-        ranks these validation queries best by ``key`` (``fusion.fit_fusion``), and what it
-        measured."""
+        ranks these validation queries best by ``key`` and clearly beats the model alone
+        (``fusion.fit_fusion``), and what it measured."""
         fusion, summary = fit_fusion(
             self.vset.split_scores(logits),
             self.first_stage_scores(),
-            lambda scores: self.vset.metrics(scores, self.recall_at)[key],
+            lambda scores, queries: self.vset.subset(queries).metrics(scores, self.recall_at)[key],
         )
         return {**fusion.to_dict(), "metric": key, "value": summary["value"], **summary}

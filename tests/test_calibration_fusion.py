@@ -45,20 +45,48 @@ def test_ece_counts_each_bin_by_its_size():
     assert expected_calibration_error([0.25] * 4, [1, 0, 0, 0]) == pytest.approx(0.0)
 
 
-def test_fit_fusion_picks_the_grid_best_and_never_loses_to_either_side():
+def _fusion_case(first_stage_noise: float | None, queries: int = 60):
+    """Relevance labels, a noisy reranker, and a first stage with its own independent noise (or
+    scores unrelated to relevance), over 10 candidates per query."""
     rng = np.random.default_rng(1)
-    relevant = [rng.random(10) < 0.3 for _ in range(40)]
+    relevant = [rng.random(10) < 0.3 for _ in range(queries)]
     reranker = [r + rng.normal(0, 0.8, 10) for r in relevant]
-    first = [r + rng.normal(0, 0.8, 10) for r in relevant]
+    if first_stage_noise is None:
+        first = [rng.normal(0, 1, 10) for _ in relevant]
+    else:
+        first = [r + rng.normal(0, first_stage_noise, 10) for r in relevant]
 
-    def quality(scores):  # precision of the top document
-        return float(np.mean([r[np.argmax(s)] for r, s in zip(relevant, scores)]))
+    def quality(scores, queries):  # precision of the top document
+        return float(np.mean([relevant[q][np.argmax(s)] for q, s in zip(queries, scores)]))
 
+    return reranker, first, quality
+
+
+def test_fit_fusion_keeps_the_grid_best_when_the_first_stage_clearly_adds():
+    reranker, first, quality = _fusion_case(first_stage_noise=0.8)
+    everyone = range(len(reranker))
     fusion, summary = fit_fusion(reranker, first, quality)
-    assert summary["value"] == max(max(v.values()) for v in summary["grid"].values())
-    assert summary["value"] >= max(quality(reranker), quality(first))
-    assert summary["value"] == quality([fusion.combine(r, f) for r, f in zip(reranker, first)])
-    assert summary["untuned_rrf"] == quality([rrf([f, r]) for r, f in zip(reranker, first)])
+    assert summary["kept"] == "fitted" and summary["gain_over_reranker"] > summary["standard_error"] > 0
+    assert summary["fitted"]["value"] == max(max(v.values()) for v in summary["grid"].values())
+    assert fusion == LearnedFusion(summary["fitted"]["method"], summary["fitted"]["weight"])
+    assert fusion.weight < 1
+    assert summary["value"] == quality([fusion.combine(r, f) for r, f in zip(reranker, first)], everyone)
+    assert summary["value"] > max(quality(reranker, everyone), quality(first, everyone))
+    assert summary["untuned_rrf"] == quality([rrf([f, r]) for r, f in zip(reranker, first)], everyone)
+
+
+def test_fit_fusion_keeps_the_reranker_alone_when_the_grid_gains_only_in_sample():
+    reranker, first, quality = _fusion_case(first_stage_noise=None)  # a first stage that knows nothing
+    everyone = range(len(reranker))
+    fusion, summary = fit_fusion(reranker, first, quality)
+    # some weight below 1 still happens to rank these queries at least as well in sample...
+    assert summary["fitted"]["value"] >= quality(reranker, everyone)
+    # ...but not held out: the reranker alone is kept, and fusing changes no ranking
+    assert summary["kept"] == "reranker alone" and summary["gain_over_reranker"] <= summary["standard_error"]
+    assert fusion == LearnedFusion("zscore", 1.0)
+    for r, f in zip(reranker, first):
+        np.testing.assert_array_equal(np.argsort(-fusion.combine(r, f)), np.argsort(-r))
+    assert summary["value"] == quality(reranker, everyone)
 
 
 def test_the_run_carries_calibration_and_fusion_fitted_on_validation(tiny_bert_run):
