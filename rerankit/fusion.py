@@ -110,8 +110,8 @@ def fit_fusion(
 
     parts = query_folds(n, folds, seed)
     fitted_held_out = held_out_values(n, parts, lambda qs: _best(grid_on(qs))[1], value)
-    alone_held_out = held_out_values(n, parts, lambda qs: alone, value)
-    gain, error = gain_and_error(fitted_held_out - alone_held_out)
+    alone_values = np.array([value(alone, q) for q in everyone])  # nothing fitted: no folds
+    gain, error = gain_and_error(fitted_held_out - alone_values)
     grid = grid_on(everyone)
     fitted_value, fitted = _best(grid)
     chosen = fitted if beats_noise(gain, error, n) else alone
@@ -120,6 +120,7 @@ def fit_fusion(
         "untuned_rrf": quality([rrf([first_stage[q], reranker_logits[q]]) for q in everyone], everyone),
         "grid": grid,
         "folds": len(parts),
+        "queries": n,
         "gain_over_reranker": gain,
         "standard_error": error,
         "fitted": {**fitted.to_dict(), "value": fitted_value},

@@ -56,9 +56,14 @@ def verdict(metrics: dict[str, Any]) -> str:
     fusion = metrics.get("fusion")
     if fusion:
         fused = fusion["value"]
+        how = (
+            "no fusion clearly gains on the reranker alone, which is kept"
+            if fusion.get("kept") == "reranker alone"
+            else f"{fusion['method']}, reranker weight {fusion['weight']:.2f}"
+        )
         parts.append(
-            f"Fused with the first stage ({fusion['method']}, reranker weight {fusion['weight']:.2f}): "
-            f"{key} {fused:.4f} ({fused - first:+.4f} over the first stage)."
+            f"Fused with the first stage ({how}): {key} {fused:.4f} "
+            f"({fused - first:+.4f} over the first stage)."
         )
         if fused < first:
             parts.append("WARNING: even fused with it, the reranker ranks WORSE than the first stage here.")
@@ -217,6 +222,23 @@ def shipped_lines(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
+def fusion_verdict(fusion: dict[str, Any]) -> str:
+    """Why the fusion kept is the grid's best or the reranker alone, in one sentence."""
+    if fusion.get("queries", 2) < 2:
+        return (
+            "With fewer than two validation queries no gain can be told from noise: "
+            "the reranker alone is kept."
+        )
+    measured = (
+        f"Refitted on each of {fusion['folds']} folds without the fold's queries, the grid's best gains "
+        f"{fusion['gain_over_reranker']:+.4f} ± {fusion['standard_error']:.4f} (standard error) over the "
+        "reranker alone on them"
+    )
+    if fusion.get("kept") == "fitted":
+        return f"{measured}: beyond noise, so the grid's best is kept."
+    return f"{measured}: within noise, so the reranker alone is kept and first-stage scores leave its order."
+
+
 def fusion_lines(metrics: dict[str, Any]) -> list[str]:
     """The fusion section: BM25, the reranker, untuned RRF and the learned fusion."""
     fusion = metrics.get("fusion")
@@ -249,16 +271,7 @@ def fusion_lines(metrics: dict[str, Any]) -> list[str]:
         "",
     ]
     if "gain_over_reranker" in fusion:
-        verdict = (
-            "so it is kept"
-            if fusion.get("kept") == "fitted"
-            else "within noise, so the reranker alone is kept and first-stage scores change nothing"
-        )
-        lines += [
-            f"The grid's best gains {fusion['gain_over_reranker']:+.4f} ± {fusion['standard_error']:.4f} "
-            f"over the reranker alone on held-out queries ({fusion['folds']} folds), {verdict}.",
-            "",
-        ]
+        lines += [fusion_verdict(fusion), ""]
     return lines
 
 

@@ -26,6 +26,8 @@ Setting = TypeVar("Setting")
 def query_folds(n: int, folds: int, seed: int) -> list[list[int]]:
     """``n`` query indices dealt into at most ``folds`` folds, shuffled by ``seed`` (one fold of
     every query when there are fewer than two)."""
+    if folds < 2:  # one fold would fit on the very queries it is judged on
+        raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
     if n < 2:
         return [list(range(n))]
     order = np.random.default_rng(seed).permutation(n)

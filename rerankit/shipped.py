@@ -123,7 +123,7 @@ def fit_shipped(
     return Shipped(
         fitted,
         calibration_report(final, vset.flat_labels()),
-        validator.fusion_report(final, key),
+        validator.fusion_report(final, key, seed),
         report,
         bm25 if "bm25" in base_signals(needs) else None,
         cosine if "cosine" in base_signals(needs) and cosine.pinned else None,

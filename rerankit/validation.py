@@ -225,13 +225,14 @@ class Validator:
         """The first stage's metrics over the same candidates: what the model must beat."""
         return self.vset.metrics(self.first_stage_scores(), self.recall_at)
 
-    def fusion_report(self, logits: np.ndarray, key: str) -> dict:
+    def fusion_report(self, logits: np.ndarray, key: str, seed: int = 0) -> dict:
         """The fusion of the model's ``logits`` (every candidate) with the first stage that
         ranks these validation queries best by ``key`` and clearly beats the model alone
-        (``fusion.fit_fusion``), and what it measured."""
+        (``fusion.fit_fusion``, its folds dealt by ``seed``), and what it measured."""
         fusion, summary = fit_fusion(
             self.vset.split_scores(logits),
             self.first_stage_scores(),
             lambda scores, queries: self.vset.subset(queries).metrics(scores, self.recall_at)[key],
+            seed=seed,
         )
         return {**fusion.to_dict(), "metric": key, "value": summary["value"], **summary}

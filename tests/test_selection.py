@@ -33,6 +33,8 @@ def test_query_folds_partition_the_queries_reproducibly():
     assert parts == query_folds(23, 5, seed=7) != query_folds(23, 5, seed=8)
     assert sorted(query_folds(3, 5, seed=0)) == [[0], [1], [2]]  # fewer queries than folds
     assert query_folds(1, 5, seed=0) == [[0]] and query_folds(0, 5, seed=0) == [[]]
+    with pytest.raises(ValueError, match="at least 2 folds"):  # one fold would judge its own fit
+        query_folds(23, 1, seed=0)
 
 
 def test_held_out_values_fit_each_fold_without_its_own_queries():
