@@ -317,11 +317,12 @@ class CosineSignal:
 
         with self._lock:
             encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
-        lengths = [len(ids) for ids in encoded["input_ids"]]
+        run, names, multiple = self._graph or (None, (), None)
+        # the budget counts the tokens a batch pads to
+        lengths = [-(-len(ids) // (multiple or 1)) * (multiple or 1) for ids in encoded["input_ids"]]
         out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
         batches = token_budget_batches(lengths, self.max_tokens, 256)
-        if self._graph is not None:
-            run, names, multiple = self._graph
+        if run is not None:
 
             def padded():
                 for batch in batches:
