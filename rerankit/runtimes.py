@@ -32,6 +32,10 @@ the streams; a small model's matrices keep one or two cores busier than all of t
 is still scored by itself (an fp32 or static int8 pair's score does not move with its
 neighbours).
 
+Beside a cross-encoder served by an OpenVINO graph, the self-ensemble's sentence encoder is
+converted in memory too (``openvino_module``), compiled the same way, its output whole
+embeddings instead of one logit per row.
+
 Which graph serves is decided on the machine that loads it (``pick_runtime``): of the graphs
 that passed the export's accuracy gate and whose runtime is installed (bf16 only where the CPU
 computes it natively), each is compiled and timed on a short probe batch, and the fastest runs.
