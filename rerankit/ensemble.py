@@ -231,38 +231,6 @@ CORPUS_EMBEDDINGS = "corpus_embeddings.npz"
 PIN_LIMIT = 50_000
 
 
-def _pooled(hidden, mask, pooling: str):
-    """Normalized fp32 sentence embeddings of a batch's token states (torch tensors)."""
-    import torch
-
-    hidden = hidden.float()
-    mask = mask.unsqueeze(-1).float()
-    if pooling == "cls":
-        pooled = hidden[:, 0]
-    elif pooling == "max":
-        pooled = hidden.masked_fill(mask == 0, -1e9).max(dim=1).values
-    else:
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-    return torch.nn.functional.normalize(pooled, dim=-1)
-
-
-def _pooling_module(model, pooling: str, names: Sequence[str]):
-    """The encoder and its pooling as one torch module of keyword inputs, for tracing."""
-    import torch
-
-    class Pooled(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids, attention_mask, token_type_ids=None):
-            extra = {"token_type_ids": token_type_ids} if "token_type_ids" in names else {}
-            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
-            return _pooled(hidden, attention_mask, pooling)
-
-    return Pooled().eval()
-
-
 class CosineSignal:
     """Cosine of a sentence-embedding backbone's pooled embeddings of query and document.
 
@@ -280,11 +248,6 @@ class CosineSignal:
     ) -> None:
         self.model, self.tokenizer, self.pooling = model.eval(), tokenizer, pooling
         self.max_length, self.max_tokens = max_length, max_tokens
-        # set by use_openvino: run(batches, out), the graph's input names, the width multiple
-        self._graph: tuple | None = None
-        self.runtime = "torch " + str(next(model.parameters()).dtype).removeprefix("torch.")
-        # whether a text's embedding is the same whatever shares its batch: fp32 only, in torch
-        self.neighbour_independent = self.runtime == "torch float32"
         # a fast tokenizer's truncation settings are shared state: calls take turns
         self._lock = threading.Lock()
         self._recent = RecentValues(cache_entries)  # embeddings by digest of the text
@@ -312,61 +275,30 @@ class CosineSignal:
         """Normalized embeddings, fp32, in input order (token-budget batches, longest first)."""
         import torch
 
-        from rerankit.encoding import pad_batch
         from rerankit.scoring import token_budget_batches
 
         with self._lock:
             encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
-        run, names, multiple = self._graph or (None, (), None)
-        # the budget counts the tokens a batch pads to
-        lengths = [-(-len(ids) // (multiple or 1)) * (multiple or 1) for ids in encoded["input_ids"]]
+        lengths = [len(ids) for ids in encoded["input_ids"]]
         out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
-        batches = token_budget_batches(lengths, self.max_tokens, 256)
-        if run is not None:
-
-            def padded():
-                for batch in batches:
-                    features = pad_batch(self.tokenizer, encoded, batch, "np", multiple)
-                    yield np.asarray(batch), {n: np.asarray(features[n], dtype=np.int64) for n in names}
-
-            run(padded(), out)
-            return out
         device = next(self.model.parameters()).device
         with torch.inference_mode():
-            for batch in batches:
-                features = pad_batch(self.tokenizer, encoded, batch, "pt")
+            for batch in token_budget_batches(lengths, self.max_tokens, 256):
+                features = self.tokenizer.pad(
+                    {k: [v[i] for i in batch] for k, v in encoded.items()}, return_tensors="pt"
+                )
                 features = {k: v.to(device) for k, v in features.items()}
-                hidden = self.model(**features).last_hidden_state
-                out[batch] = _pooled(hidden, features["attention_mask"], self.pooling).cpu().numpy()
+                hidden = self.model(**features).last_hidden_state.float()
+                mask = features["attention_mask"].unsqueeze(-1).float()
+                if self.pooling == "cls":
+                    pooled = hidden[:, 0]
+                elif self.pooling == "max":
+                    pooled = hidden.masked_fill(mask == 0, -1e9).max(dim=1).values
+                else:
+                    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+                pooled = torch.nn.functional.normalize(pooled, dim=-1)
+                out[batch] = pooled.cpu().numpy()
         return out
-
-    def use_openvino(self, precision: str, pad_multiple: int | None = None) -> None:
-        """Embed from now on with the encoder converted in memory to an OpenVINO graph, compiled
-        for ``precision`` (fp32 or bf16), its batches padded to a multiple of ``pad_multiple``
-        tokens when given: beside a cross-encoder served by an OpenVINO graph, torch would be
-        the slowest part of a new passage's score. ``neighbour_independent`` says whether an
-        embedding stays the same whatever shares its batch (checked here for bf16).
-        Raises what OpenVINO raises when the encoder cannot be converted."""
-        import copy
-
-        from rerankit.runtimes import openvino_module
-
-        example = self.tokenizer(
-            ["a probe", "a longer probe of the encoder"], padding=True, return_tensors="pt"
-        )
-        names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in example]
-        module = _pooling_module(copy.deepcopy(self.model).float().eval(), self.pooling, names)
-        run = openvino_module(module, {n: example[n] for n in names}, precision)
-        with self._lock:
-            self._graph = (run, names, pad_multiple)
-            self.runtime = f"openvino {precision}"
-        self.neighbour_independent = precision == "fp32" or self._rows_are_their_own()
-
-    def _rows_are_their_own(self) -> bool:
-        """Whether probe texts of spread lengths embed bit for bit the same alone as together."""
-        texts = [" ".join(["probe"] * count) for count in (1, 5, 17, 40, 90, 200)]
-        alone = np.concatenate([self.embed([t]) for t in texts])
-        return bool(np.array_equal(alone, self.embed(texts)))
 
     def save(self, folder: Path) -> None:
         """A sentence-transformers folder (safetensors) that ``load`` reads back."""

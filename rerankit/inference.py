@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -72,14 +71,11 @@ from rerankit.runtimes import (
     RuntimeChoice,
     align_padding,
     load_graph,
-    openvino_bf16_here,
     pick_runtime,
 )
 from rerankit.score_injection import ScoreInjection
 from rerankit.scoring import score_pairs, sigmoid
 from rerankit.windows import DocumentPairs, document_pairs, score_documents
-
-log = logging.getLogger(__name__)
 
 # The file peft reads an adapter from (it falls back to a pickle, adapter_model.bin, without it).
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -344,8 +340,6 @@ class Reranker:
             # plain sigmoid and reciprocal-rank fusion
             fitted = calibration = fusion = None
         signals = _signals(fitted, *signal_files, dtype=dtype, device=device) if fitted else {}
-        if isinstance(model, GraphModel) and model.backend == "openvino" and "cosine" in signals:
-            _encoder_beside(signals["cosine"], model)
         reranker = cls(
             model if isinstance(model, GraphModel) else model.to(device),
             tokenizer,
@@ -736,18 +730,6 @@ def _converted(model, tokenizer, max_length: int, prompt, backend: str) -> Graph
         return load_graph(path, backend, "fp32")
 
 
-def _encoder_beside(cosine, graph: GraphModel) -> None:
-    """Run the ensemble's sentence encoder as an OpenVINO graph too, in the cross-encoder
-    graph's precision (bf16 where the CPU has it, beside an int8 one) and padding multiple;
-    where it cannot be converted, it stays in torch and the log says why."""
-    precision = graph.precision if graph.precision in ("fp32", "bf16") else None
-    precision = precision or ("bf16" if openvino_bf16_here() else "fp32")
-    try:
-        cosine.use_openvino(precision, graph.pad_multiple)
-    except Exception as exc:  # the converter raises many error types; torch still works
-        log.warning("the ensemble's sentence encoder stays in torch: %s", short_reason(exc))
-
-
 def _backend_info(reranker: Reranker, runtime: RuntimeChoice | None) -> dict:
     """What ``reranker`` runs and why, as ``Reranker.backend_info`` reports it."""
     model = reranker.model
@@ -758,12 +740,6 @@ def _backend_info(reranker: Reranker, runtime: RuntimeChoice | None) -> dict:
     else:
         dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         info = {"backend": "torch", "precision": dtype, "reason": "no graph that passed an accuracy gate"}
-    cosine = reranker.signals.get("cosine")
-    if cosine is not None:  # the self-ensemble's encoder: its own runtime
-        info["ensemble_encoder"] = {
-            "runtime": cosine.runtime,
-            "neighbour_independent": cosine.neighbour_independent,
-        }
     return {**info, **batching_facts(reranker)}
 
 

@@ -32,10 +32,6 @@ the streams; a small model's matrices keep one or two cores busier than all of t
 is still scored by itself (an fp32 or static int8 pair's score does not move with its
 neighbours).
 
-Beside a cross-encoder served by an OpenVINO graph, the self-ensemble's sentence encoder is
-converted in memory too (``openvino_module``), compiled the same way, its output whole
-embeddings instead of one logit per row.
-
 Which graph serves is decided on the machine that loads it (``pick_runtime``): of the graphs
 that passed the export's accuracy gate and whose runtime is installed (bf16 only where the CPU
 computes it natively), each is compiled and timed on a short probe batch, and the fastest runs.
@@ -180,9 +176,14 @@ def _openvino_graph(path: Path, precision: str) -> GraphModel:
     names = tuple(n for n in MODEL_INPUTS if any(n in port for port in ports))
     if len(names) != len(ports):
         raise ModelLoadError(f"{path}: graph inputs {ports}; expected some of {MODEL_INPUTS}")
-    compiled, streams = _compiled_for_cpu(core, model, precision)
+    hint = "bf16" if precision == "bf16" else "f32"
+    # THROUGHPUT: the cores split into streams, each running its own batch; a small model's
+    # matrices keep one or two cores busy better than all of them (benchmarks/results/inference*.md)
+    config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "THROUGHPUT"}
+    compiled = core.compile_model(model, "CPU", config)
     output = compiled.outputs[0]
     run = lambda inputs: compiled(inputs)[output]
+    streams = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     return GraphModel(
         "openvino",
         precision,
@@ -195,43 +196,9 @@ def _openvino_graph(path: Path, precision: str) -> GraphModel:
     )
 
 
-def _compiled_for_cpu(core, model, precision: str):
-    """``model`` (an OpenVINO model) compiled for the CPU in ``precision`` (bf16, else f32), and
-    its number of streams."""
-    hint = "bf16" if precision == "bf16" else "f32"
-    # THROUGHPUT: the cores split into streams, each running its own batch; a small model's
-    # matrices keep one or two cores busy better than all of them (benchmarks/results/inference*.md)
-    config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "THROUGHPUT"}
-    compiled = core.compile_model(model, "CPU", config)
-    return compiled, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-
-
-def openvino_module(module, example: Mapping[str, object], precision: str):
-    """A torch module called with padded batches by keyword (``example``: one such batch, its
-    inputs in the graph's order) that returns one row of floats per input row, converted in
-    memory by OpenVINO and compiled for the CPU in ``precision`` (fp32 or bf16).
-
-    Returns ``run(batches, out)``: for each ``(rows, inputs)`` of ``batches`` (numpy int64 arrays
-    by input name), ``out[rows]`` = the module's rows, several batches at once over the CPU's
-    streams. The self-ensemble's sentence encoder runs this way beside a cross-encoder graph."""
-    import torch
-
-    ov = require("openvino", EXTRAS["openvino"])
-    names = list(example)
-    # tracing warns about Python branches on the example's shapes; the embeddings are checked
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = ov.convert_model(module, example_input=dict(example))
-    for port, name in zip(model.inputs, names):
-        port.get_tensor().set_names({name})
-    compiled, streams = _compiled_for_cpu(ov.Core(), model, precision)
-    return _parallel_runner(compiled, max(streams, 1), REQUESTS_PER_STREAM, column=None)
-
-
-def _parallel_runner(compiled, streams: int, per_stream: int = 1, column: int | None = 0):
+def _parallel_runner(compiled, streams: int, per_stream: int = 1):
     """run_parallel(batches, out) over ``streams × per_stream`` infer requests of ``compiled``,
-    each batch's output written into ``out[rows]``: its ``column`` (a cross-encoder's logit), or
-    whole rows (an embedding) when ``column`` is None.
+    each batch's logits written into ``out[rows]``.
 
     The requests take batches in turn, and a request's logits are read on the caller's thread
     before it takes its next batch. With more than one request per stream, a stream that
@@ -248,8 +215,8 @@ def _parallel_runner(compiled, streams: int, per_stream: int = 1, column: int | 
     def run_parallel(batches, out: np.ndarray) -> None:
         def collect(request, rows) -> None:
             request.wait()  # waits without the GIL; raises the batch's error
-            values = np.asarray(request.get_output_tensor(0).data, dtype=np.float32).reshape(len(rows), -1)
-            out[rows] = values if column is None else values[:, column]
+            logits = request.get_output_tensor(0).data
+            out[rows] = np.asarray(logits, dtype=np.float32).reshape(len(rows), -1)[:, 0]
 
         with lock:
             owned = requests[0]

@@ -293,64 +293,6 @@ def test_every_surface_scores_with_the_ensemble(ensemble_run, tiny_sentence_bert
     np.testing.assert_allclose([r["relevance_score"] for r in served], expected, atol=1e-5)
 
 
-def test_beside_an_openvino_cross_encoder_the_sentence_encoder_runs_openvino_too(
-    ensemble_run, tiny_sentence_bert_dir, monkeypatch, caplog, tmp_path
-):
-    import shutil
-
-    pytest.importorskip("openvino")
-    out = tmp_path / "run"  # the run with every signal weighed, whatever its fit chose
-    shutil.copytree(ensemble_run.output_dir, out)
-    manifest = json.loads((out / "run.json").read_text())
-    manifest["ensemble"]["weights"] = [0.2] * 5
-    (out / "run.json").write_text(json.dumps(manifest))
-    docs = [*DOCS[:3], "The river is old. An apple story with apple."]
-    in_torch = Reranker.load(out, device="cpu", dtype="float32")
-    assert in_torch.backend_info["ensemble_encoder"] == {
-        "runtime": "torch float32",
-        "neighbour_independent": True,
-    }
-    graph = Reranker.load(out, backend="openvino")  # the cross-encoder converted to an fp32 graph
-    assert graph.backend_info["backend"] == "openvino"
-    assert graph.backend_info["ensemble_encoder"] == {
-        "runtime": "openvino fp32",
-        "neighbour_independent": True,
-    }
-    # the same embeddings as torch's, so the same ensemble scores
-    cosine = graph.signals["cosine"]
-    cosine.forget()
-    reference = CosineSignal.load(tiny_sentence_bert_dir).embed(docs)
-    np.testing.assert_allclose(cosine.embed(docs), reference, atol=1e-5)
-    expected = by_hand(graph, out, tiny_sentence_bert_dir, QUERY, docs)
-    np.testing.assert_allclose(graph.score([(QUERY, d) for d in docs]), expected, atol=1e-5)
-    # an encoder the converter refuses stays in torch, and the log says why
-    import rerankit.runtimes
-
-    def refuse(*args, **kwargs):
-        raise RuntimeError("no frontend for this module")
-
-    monkeypatch.setattr(rerankit.runtimes, "openvino_module", refuse)
-    with caplog.at_level("WARNING", logger="rerankit.inference"):
-        kept = Reranker.load(out, backend="openvino")
-    assert kept.backend_info["ensemble_encoder"]["runtime"].startswith("torch")
-    assert "sentence encoder stays in torch: RuntimeError: no frontend for this module" in caplog.text
-    np.testing.assert_allclose(kept.score([(QUERY, d) for d in docs]), expected, atol=1e-4)
-
-
-def test_an_openvino_bf16_sentence_encoder_embeds_as_fp32_does(tiny_sentence_bert_dir):
-    pytest.importorskip("openvino")
-    from rerankit.runtimes import openvino_bf16_here
-
-    if not openvino_bf16_here():
-        pytest.skip("this CPU has no bf16 units (AVX512-BF16 or AMX) for OpenVINO to compute bf16 on")
-    texts = ["apple pie", "a river runs through the old town", " ".join(["long"] * 120)]
-    reference = CosineSignal.load(tiny_sentence_bert_dir).embed(texts)
-    cosine = CosineSignal.load(tiny_sentence_bert_dir)
-    cosine.use_openvino("bf16", pad_multiple=16)
-    assert cosine.runtime == "openvino bf16" and isinstance(cosine.neighbour_independent, bool)
-    assert ((cosine.embed(texts) * reference).sum(axis=1) > 0.999).all()
-
-
 def test_a_run_whose_ensemble_signals_are_gone_says_so(ensemble_run, tmp_path):
     import shutil
 
