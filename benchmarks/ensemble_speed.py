@@ -95,6 +95,7 @@ def main() -> None:
         "model": args.model,
         "weights": dict(zip(warm.ensemble.signals, warm.ensemble.weights)),
         "runtime": f"{alone.backend_info['backend']} {alone.backend_info['precision']}",
+        "encoder_runtime": warm.backend_info.get("ensemble_encoder", {}).get("runtime"),
         "pairs": pairs,
         "distinct_passages": distinct,
         "corpus_embeddings_kept": pinned,
@@ -111,7 +112,8 @@ def main() -> None:
         f"{distinct} distinct passages; one rerank call per question)",
         "",
         f"CPU: {name}; flags: {', '.join(flags) or 'none of ' + ', '.join(FLAGS_OF_INTEREST)}; "
-        f"model {result['runtime']}; median of {args.repeats} alternating passes; "
+        f"model {result['runtime']}, sentence encoder {result['encoder_runtime'] or 'none'}; "
+        f"median of {args.repeats} alternating passes; "
         f"{result['date']}, commit {result['commit']}.",
         "",
         "| scoring | pairs/s | time × the cross-encoder alone |",

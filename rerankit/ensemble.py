@@ -28,6 +28,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import shutil
 import threading
 import zipfile
 from collections import Counter, OrderedDict
@@ -229,6 +231,44 @@ def sentence_pooling(folder: str | Path) -> tuple[str, int] | None:
 # the passages first, their sentences only while the total stays within it.
 CORPUS_EMBEDDINGS = "corpus_embeddings.npz"
 PIN_LIMIT = 50_000
+# Where a run or an export keeps its sentence encoder converted to OpenVINO (fp32), inside its
+# ensemble folder: the conversion costs seconds at every load otherwise.
+ENCODER_GRAPH = "encoder_openvino/openvino_model.xml"
+# The least cosine between a kept encoder graph's embedding of a probe text and the encoder's own
+# (bf16 against fp32 stays far above it; another model's graph falls far below).
+GRAPH_AGREEMENT = 0.99
+
+
+def _pooled(hidden, mask, pooling: str):
+    """Normalized fp32 sentence embeddings of a batch's token states (torch tensors)."""
+    import torch
+
+    hidden = hidden.float()
+    mask = mask.unsqueeze(-1).float()
+    if pooling == "cls":
+        pooled = hidden[:, 0]
+    elif pooling == "max":
+        pooled = hidden.masked_fill(mask == 0, -1e9).max(dim=1).values
+    else:
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+def _pooling_module(model, pooling: str, names: Sequence[str]):
+    """The encoder and its pooling as one torch module of keyword inputs, for tracing."""
+    import torch
+
+    class Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            extra = {"token_type_ids": token_type_ids} if "token_type_ids" in names else {}
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+            return _pooled(hidden, attention_mask, pooling)
+
+    return Pooled().eval()
 
 
 class CosineSignal:
@@ -248,6 +288,11 @@ class CosineSignal:
     ) -> None:
         self.model, self.tokenizer, self.pooling = model.eval(), tokenizer, pooling
         self.max_length, self.max_tokens = max_length, max_tokens
+        # set by use_openvino: run(batches, out), the graph's input names, the width multiple
+        self._graph: tuple | None = None
+        self.runtime = "torch " + str(next(model.parameters()).dtype).removeprefix("torch.")
+        # whether a text's embedding is the same whatever shares its batch: fp32 only, in torch
+        self.neighbour_independent = self.runtime == "torch float32"
         # a fast tokenizer's truncation settings are shared state: calls take turns
         self._lock = threading.Lock()
         self._recent = RecentValues(cache_entries)  # embeddings by digest of the text
@@ -273,32 +318,106 @@ class CosineSignal:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Normalized embeddings, fp32, in input order (token-budget batches, longest first)."""
+        return self._embed_with(self._graph, texts)
+
+    def _embed_with(self, graph: tuple | None, texts: Sequence[str]) -> np.ndarray:
+        """``embed`` by ``graph`` (run, input names, width multiple), or by torch when None."""
         import torch
 
+        from rerankit.encoding import pad_batch
         from rerankit.scoring import token_budget_batches
 
         with self._lock:
             encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
-        lengths = [len(ids) for ids in encoded["input_ids"]]
+        run, names, multiple = graph or (None, (), None)
+        # the budget counts the tokens a batch pads to
+        lengths = [-(-len(ids) // (multiple or 1)) * (multiple or 1) for ids in encoded["input_ids"]]
         out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
+        batches = token_budget_batches(lengths, self.max_tokens, 256)
+        if run is not None:
+
+            def padded():
+                for batch in batches:
+                    features = pad_batch(self.tokenizer, encoded, batch, "np", multiple)
+                    yield np.asarray(batch), {n: np.asarray(features[n], dtype=np.int64) for n in names}
+
+            run(padded(), out)
+            return out
         device = next(self.model.parameters()).device
         with torch.inference_mode():
-            for batch in token_budget_batches(lengths, self.max_tokens, 256):
-                features = self.tokenizer.pad(
-                    {k: [v[i] for i in batch] for k, v in encoded.items()}, return_tensors="pt"
-                )
+            for batch in batches:
+                features = pad_batch(self.tokenizer, encoded, batch, "pt")
                 features = {k: v.to(device) for k, v in features.items()}
-                hidden = self.model(**features).last_hidden_state.float()
-                mask = features["attention_mask"].unsqueeze(-1).float()
-                if self.pooling == "cls":
-                    pooled = hidden[:, 0]
-                elif self.pooling == "max":
-                    pooled = hidden.masked_fill(mask == 0, -1e9).max(dim=1).values
-                else:
-                    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-                pooled = torch.nn.functional.normalize(pooled, dim=-1)
-                out[batch] = pooled.cpu().numpy()
+                hidden = self.model(**features).last_hidden_state
+                out[batch] = _pooled(hidden, features["attention_mask"], self.pooling).cpu().numpy()
         return out
+
+    def openvino_model(self):
+        """The encoder and its pooling converted to an fp32 OpenVINO model (what ``use_openvino``
+        runs; a run keeps it as ``ENCODER_GRAPH``). Raises what OpenVINO raises when the encoder
+        cannot be converted."""
+        import copy
+
+        from rerankit.runtimes import openvino_module
+
+        probes = ["a probe", "a longer probe of the encoder"]
+        example = self.tokenizer(probes, padding=True, return_tensors="pt")
+        names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in example]
+        module = _pooling_module(copy.deepcopy(self.model).float().eval(), self.pooling, names)
+        return openvino_module(module, {n: example[n] for n in names})
+
+    def write_openvino(self, path: Path) -> None:
+        """``openvino_model`` written at ``path`` (.xml, beside its .bin), in a folder of its own
+        that is replaced whole."""
+        from rerankit.runtimes import save_openvino
+
+        path = Path(path)
+        staging = path.parent.with_name(path.parent.name + ".staging")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        save_openvino(self.openvino_model(), staging / path.name)
+        shutil.rmtree(path.parent, ignore_errors=True)
+        os.replace(staging, path.parent)
+
+    def use_openvino(self, precision: str, graph_file: Path | None = None) -> None:
+        """Embed from now on with an OpenVINO graph of the encoder compiled for ``precision``
+        (fp32 or bf16): ``graph_file`` where given (ValueError when its embeddings of probe texts
+        are not the encoder's), else the encoder converted in memory.
+
+        Batches pad to the smallest width multiple from which an embedding is the same whatever
+        shares its batch, where one holds on this CPU (bf16 rounding moves with a batch's width
+        otherwise); ``neighbour_independent`` says whether one did. A cached embedding then does
+        not depend on which request first embedded its text. Raises what OpenVINO raises when the
+        encoder cannot be converted."""
+        from rerankit.runtimes import ALIGNMENTS, read_openvino, rows_runner
+
+        if graph_file is not None:
+            model, names = read_openvino(graph_file)
+        else:
+            model = self.openvino_model()
+            names = [port.get_any_name() for port in model.inputs]
+        run = rows_runner(model, precision)
+        probe = [" ".join(["probe"] * count) for count in (1, 5, 17, 40, 90, 200)]
+        if graph_file is not None:
+            mine = self._embed_with(None, probe)  # the encoder's own, in torch
+            agreement = (mine * self._embed_with((run, names, None), probe)).sum(axis=1)
+            if agreement.min() < GRAPH_AGREEMENT:
+                least = f"{agreement.min():.3f}"
+                raise ValueError(f"{graph_file}: not this encoder's graph (cosine {least} with its own)")
+        found = None
+        for multiple in (None, *(m for m in ALIGNMENTS if self.max_length % m == 0)):
+            graph = (run, names, multiple)
+            alone = np.concatenate([self._embed_with(graph, [t]) for t in probe])
+            # every probe twice, the second time in reverse: other neighbours, other batches
+            twice = self._embed_with(graph, probe + probe[::-1])
+            first, second = twice[: len(probe)], twice[len(probe) :][::-1]
+            if np.array_equal(alone, first) and np.array_equal(alone, second):
+                found = graph
+                break
+        with self._lock:
+            self._graph = found or (run, names, None)
+            self.runtime = f"openvino {precision}"
+        self.neighbour_independent = found is not None
 
     def save(self, folder: Path) -> None:
         """A sentence-transformers folder (safetensors) that ``load`` reads back."""

@@ -220,7 +220,7 @@ def _export(
             )
 
     def extras(staging: Path) -> None:
-        _write_signals(staging, reranker)
+        _write_signals(staging, reranker, encoder_graph="openvino" in formats)
         if formats:
             graphs(staging)
 
@@ -308,10 +308,11 @@ def _write(out: Path, model, tokenizer, info: dict, extra: Callable[[Path], None
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _write_signals(staging: Path, reranker) -> None:
+def _write_signals(staging: Path, reranker, encoder_graph: bool = False) -> None:
     """The ensemble's signals beside the export: BM25's statistics and the sentence encoder
-    whose cosine it weighs, so that the folder serves without the run or the base model."""
-    from rerankit.ensemble import BM25_FILE, CORPUS_EMBEDDINGS, ENCODER_DIR, ENSEMBLE_DIR
+    whose cosine it weighs, so that the folder serves without the run or the base model; with
+    ``encoder_graph``, that encoder's OpenVINO graph too."""
+    from rerankit.ensemble import BM25_FILE, CORPUS_EMBEDDINGS, ENCODER_DIR, ENCODER_GRAPH, ENSEMBLE_DIR
 
     if reranker.ensemble is None:
         return
@@ -323,6 +324,8 @@ def _write_signals(staging: Path, reranker) -> None:
         reranker.signals["cosine"].save(folder / ENCODER_DIR)
         if reranker.signals["cosine"].pinned:
             reranker.signals["cosine"].save_pinned(folder / CORPUS_EMBEDDINGS)
+        if encoder_graph:
+            reranker.signals["cosine"].write_openvino(folder / ENCODER_GRAPH)
 
 
 def _remove_stale_staging(out: Path) -> None:

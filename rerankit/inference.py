@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,7 +37,14 @@ from rerankit.calibration import Calibration
 from rerankit.config import LongDocumentsConfig
 from rerankit.context import ContextError, RankContext
 from rerankit.encoding import check_template, encode_pairs, render_pair
-from rerankit.ensemble import ENCODER_DIR, ENSEMBLE_DIR, Ensemble, load_signals, with_sentence_signals
+from rerankit.ensemble import (
+    ENCODER_DIR,
+    ENCODER_GRAPH,
+    ENSEMBLE_DIR,
+    Ensemble,
+    load_signals,
+    with_sentence_signals,
+)
 from rerankit.errors import ConfigError, ModelLoadError, RerankitError, short_reason
 from rerankit.fusion import LearnedFusion, rrf
 from rerankit.loading import (
@@ -71,11 +79,14 @@ from rerankit.runtimes import (
     RuntimeChoice,
     align_padding,
     load_graph,
+    openvino_bf16_here,
     pick_runtime,
 )
 from rerankit.score_injection import ScoreInjection
 from rerankit.scoring import score_pairs, sigmoid
 from rerankit.windows import DocumentPairs, document_pairs, score_documents
+
+log = logging.getLogger(__name__)
 
 # The file peft reads an adapter from (it falls back to a pickle, adapter_model.bin, without it).
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -340,6 +351,8 @@ class Reranker:
             # plain sigmoid and reciprocal-rank fusion
             fitted = calibration = fusion = None
         signals = _signals(fitted, *signal_files, dtype=dtype, device=device) if fitted else {}
+        if "cosine" in signals:
+            encoder_beside(signals["cosine"], model, signal_files[1] / ENCODER_GRAPH)
         reranker = cls(
             model if isinstance(model, GraphModel) else model.to(device),
             tokenizer,
@@ -730,6 +743,27 @@ def _converted(model, tokenizer, max_length: int, prompt, backend: str) -> Graph
         return load_graph(path, backend, "fp32")
 
 
+def encoder_beside(cosine, model, graph_file: Path | None = None) -> None:
+    """Beside a cross-encoder served by an OpenVINO graph, run the ensemble's sentence encoder
+    (``cosine``) as an OpenVINO graph too, in the cross-encoder graph's precision (bf16 where the
+    CPU has it, beside an int8 one): ``graph_file`` where there is one (a run keeps it), else
+    the encoder converted in memory. Where neither works it stays in torch, and the log says why."""
+    if not (isinstance(model, GraphModel) and model.backend == "openvino"):
+        return
+    precision = model.precision if model.precision in ("fp32", "bf16") else None
+    precision = precision or ("bf16" if openvino_bf16_here() else "fp32")
+    if graph_file is not None and Path(graph_file).is_file():
+        try:
+            cosine.use_openvino(precision, Path(graph_file))
+            return
+        except Exception as exc:  # damaged, stale or from another OpenVINO: convert instead
+            log.warning("%s cannot serve, converting the sentence encoder: %s", graph_file, short_reason(exc))
+    try:
+        cosine.use_openvino(precision)
+    except Exception as exc:  # the converter raises many error types; torch still works
+        log.warning("the ensemble's sentence encoder stays in torch: %s", short_reason(exc))
+
+
 def _backend_info(reranker: Reranker, runtime: RuntimeChoice | None) -> dict:
     """What ``reranker`` runs and why, as ``Reranker.backend_info`` reports it."""
     model = reranker.model
@@ -740,6 +774,12 @@ def _backend_info(reranker: Reranker, runtime: RuntimeChoice | None) -> dict:
     else:
         dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         info = {"backend": "torch", "precision": dtype, "reason": "no graph that passed an accuracy gate"}
+    cosine = reranker.signals.get("cosine")
+    if cosine is not None:  # the self-ensemble's encoder: its own runtime
+        info["ensemble_encoder"] = {
+            "runtime": cosine.runtime,
+            "neighbour_independent": cosine.neighbour_independent,
+        }
     return {**info, **batching_facts(reranker)}
 
 

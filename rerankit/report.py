@@ -175,9 +175,10 @@ def shipped_lines(metrics: dict[str, Any]) -> list[str]:
     ]
     runtime = shipped.get("runtime")
     if runtime:
+        model = f"{runtime['backend']} {runtime['precision']} model ({runtime['reason']})"
+        encoder = f", its sentence encoder in {shipped['encoder']}" if shipped.get("encoder") else ""
         lines += [
-            f"Scored by the {runtime['backend']} {runtime['precision']} model ({runtime['reason']}); "
-            "a CPU that serves the run picks its runtime again at load.",
+            f"Scored by the {model}{encoder}; a CPU that serves the run picks its runtime again at load.",
             "",
         ]
     if ensemble:

@@ -32,6 +32,10 @@ the streams; a small model's matrices keep one or two cores busier than all of t
 is still scored by itself (an fp32 or static int8 pair's score does not move with its
 neighbours).
 
+Beside a cross-encoder served by an OpenVINO graph, the self-ensemble's sentence encoder runs
+as an OpenVINO graph too (``openvino_module``, ``rows_runner``; a run keeps it converted),
+compiled the same way, its output whole embeddings instead of one logit per row.
+
 Which graph serves is decided on the machine that loads it (``pick_runtime``): of the graphs
 that passed the export's accuracy gate and whose runtime is installed (bf16 only where the CPU
 computes it natively), each is compiled and timed on a short probe batch, and the fastest runs.
@@ -176,14 +180,9 @@ def _openvino_graph(path: Path, precision: str) -> GraphModel:
     names = tuple(n for n in MODEL_INPUTS if any(n in port for port in ports))
     if len(names) != len(ports):
         raise ModelLoadError(f"{path}: graph inputs {ports}; expected some of {MODEL_INPUTS}")
-    hint = "bf16" if precision == "bf16" else "f32"
-    # THROUGHPUT: the cores split into streams, each running its own batch; a small model's
-    # matrices keep one or two cores busy better than all of them (benchmarks/results/inference*.md)
-    config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "THROUGHPUT"}
-    compiled = core.compile_model(model, "CPU", config)
+    compiled, streams = _compiled_for_cpu(core, model, precision)
     output = compiled.outputs[0]
     run = lambda inputs: compiled(inputs)[output]
-    streams = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     return GraphModel(
         "openvino",
         precision,
@@ -196,9 +195,65 @@ def _openvino_graph(path: Path, precision: str) -> GraphModel:
     )
 
 
-def _parallel_runner(compiled, streams: int, per_stream: int = 1):
+def _compiled_for_cpu(core, model, precision: str):
+    """``model`` (an OpenVINO model) compiled for the CPU in ``precision`` (bf16, else f32), and
+    its number of streams."""
+    hint = "bf16" if precision == "bf16" else "f32"
+    # THROUGHPUT: the cores split into streams, each running its own batch; a small model's
+    # matrices keep one or two cores busy better than all of them (benchmarks/results/inference*.md)
+    config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "THROUGHPUT"}
+    compiled = core.compile_model(model, "CPU", config)
+    return compiled, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+
+
+def openvino_module(module, example: Mapping[str, object]):
+    """A torch module called with padded batches by keyword (``example``: one such batch, its
+    inputs in the graph's order), converted by OpenVINO into an fp32 model whose inputs carry
+    those names. The self-ensemble's sentence encoder is converted this way."""
+    import torch
+
+    ov = require("openvino", EXTRAS["openvino"])
+    names = list(example)
+    # tracing warns about Python branches on the example's shapes; the embeddings are checked
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = ov.convert_model(module, example_input=dict(example))
+    for port, name in zip(model.inputs, names):
+        port.get_tensor().set_names({name})
+    return model
+
+
+def save_openvino(model, path: Path) -> None:
+    """``model`` (an OpenVINO model) written to ``path`` (.xml, and its .bin) in fp32."""
+    ov = require("openvino", EXTRAS["openvino"])
+    ov.save_model(model, str(path), compress_to_fp16=False)
+
+
+def read_openvino(path: Path):
+    """The OpenVINO model at ``path`` and its input names, in order; ValueError when an input
+    is none of a BERT-like encoder's (``MODEL_INPUTS``)."""
+    ov = require("openvino", EXTRAS["openvino"])
+    model = ov.Core().read_model(str(path))
+    names = [next((n for n in MODEL_INPUTS if n in port.get_names()), None) for port in model.inputs]
+    if None in names:
+        raise ValueError(f"{path}: inputs {[p.get_names() for p in model.inputs]}; expected {MODEL_INPUTS}")
+    return model, names
+
+
+def rows_runner(model, precision: str):
+    """``run(batches, out)`` of ``model`` (an OpenVINO model returning one row of floats per
+    input row) compiled for the CPU in ``precision`` (fp32 or bf16): for each ``(rows, inputs)``
+    of ``batches`` (numpy int64 arrays by input name), ``out[rows]`` = the model's rows, several
+    batches at once over the CPU's streams."""
+    ov = require("openvino", EXTRAS["openvino"])
+    compiled, streams = _compiled_for_cpu(ov.Core(), model, precision)
+    return _parallel_runner(compiled, max(streams, 1), REQUESTS_PER_STREAM, column=None)
+
+
+def _parallel_runner(compiled, streams: int, per_stream: int = 1, column: int | None = 0):
     """run_parallel(batches, out) over ``streams × per_stream`` infer requests of ``compiled``,
-    each batch's logits written into ``out[rows]``.
+    each batch's output written into ``out[rows]``: its ``column`` (a cross-encoder's logit), or
+    whole rows (an embedding) when ``column`` is None.
 
     The requests take batches in turn, and a request's logits are read on the caller's thread
     before it takes its next batch. With more than one request per stream, a stream that
@@ -215,8 +270,8 @@ def _parallel_runner(compiled, streams: int, per_stream: int = 1):
     def run_parallel(batches, out: np.ndarray) -> None:
         def collect(request, rows) -> None:
             request.wait()  # waits without the GIL; raises the batch's error
-            logits = request.get_output_tensor(0).data
-            out[rows] = np.asarray(logits, dtype=np.float32).reshape(len(rows), -1)[:, 0]
+            values = np.asarray(request.get_output_tensor(0).data, dtype=np.float32).reshape(len(rows), -1)
+            out[rows] = values if column is None else values[:, column]
 
         with lock:
             owned = requests[0]

@@ -25,6 +25,7 @@ from rerankit.calibration import calibration_report
 from rerankit.ensemble import (
     BM25_FILE,
     CORPUS_EMBEDDINGS,
+    ENCODER_GRAPH,
     ENSEMBLE_DIR,
     PIN_LIMIT,
     BestSentence,
@@ -35,6 +36,7 @@ from rerankit.ensemble import (
     document_sentences,
     fit_ensemble,
 )
+from rerankit.errors import short_reason
 from rerankit.validation import ValidationSet, Validator
 
 log = logging.getLogger(__name__)
@@ -119,6 +121,8 @@ def fit_shipped(
         "final": vset.metrics(vset.split_scores(final), recall_at),
         "first_stage": validator.first_stage_metrics(),
         "depths": _depth_table(vset, validator.first_stage_scores(), logits, final, recall_at),
+        # the sentence encoder's runtime: the one Reranker.load gives it beside this model
+        "encoder": cosine.runtime if cosine is not None else None,
     }
     return Shipped(
         fitted,
@@ -151,18 +155,26 @@ def _depth_table(vset: ValidationSet, first_stage, logits, final, recall_at: int
     return table
 
 
-def save_signals(out: Path, shipped: Shipped) -> None:
-    """The signals' files a run folder keeps (BM25's term statistics)."""
+def save_signals(out: Path, shipped: Shipped, encoder_graph: bool = False) -> None:
+    """The signals' files a run folder keeps: BM25's term statistics, the corpus's embeddings
+    and, with ``encoder_graph``, the sentence encoder converted to OpenVINO (where it cannot be,
+    the log says why and a load converts it)."""
     if shipped.bm25 is not None:
         shipped.bm25.save(out / ENSEMBLE_DIR / BM25_FILE)
     if shipped.cosine is not None:
         shipped.cosine.save_pinned(out / ENSEMBLE_DIR / CORPUS_EMBEDDINGS)
+        if encoder_graph:
+            try:
+                shipped.cosine.write_openvino(out / ENSEMBLE_DIR / ENCODER_GRAPH)
+            except Exception as exc:  # the converter raises many error types; a load converts
+                log.warning("the sentence encoder's OpenVINO graph was not written: %s", short_reason(exc))
 
 
 def _cosine(base_model: str, revision: str | None, reranker) -> CosineSignal | None:
-    """The backbone's sentence encoder on the reranker's device and precision; None, said in the
-    log, when the backbone is no sentence-embedding model or cannot be read as one."""
-    from rerankit.inference import device_type
+    """The backbone's sentence encoder on the reranker's device and precision, in the runtime
+    ``Reranker.load`` gives it beside this reranker (``encoder_beside``); None, said in the log,
+    when the backbone is no sentence-embedding model or cannot be read as one."""
+    from rerankit.inference import device_type, encoder_beside
 
     try:
         cosine = CosineSignal.load(
@@ -177,6 +189,8 @@ def _cosine(base_model: str, revision: str | None, reranker) -> CosineSignal | N
         return None
     if cosine is None:
         log.info("ensemble: no cosine signal, the backbone %s is no sentence-embedding model", base_model)
+    else:
+        encoder_beside(cosine, reranker.model)
     return cosine
 
 

@@ -38,7 +38,7 @@ from rerankit.fusion import LearnedFusion
 from rerankit.losses import build_distillation, build_loss
 from rerankit.model_builder import build_model, training_device, training_precision
 from rerankit.report import write_curve, write_report
-from rerankit.run_graphs import write_run_graphs
+from rerankit.run_graphs import graph_backend, write_run_graphs
 from rerankit.sampling import NegativeSampler
 from rerankit.score_injection import ScoreInjection
 from rerankit.shipped import fit_shipped, save_signals
@@ -658,7 +658,7 @@ def _train(
         "wall_time_s": round(time.perf_counter() - started, 1),
         "data": {name: r.__dict__ for name, r in reports.items()},
     }
-    save_signals(out, shipped)
+    save_signals(out, shipped, encoder_graph=cfg.graphs != "none" and graph_backend() == "openvino")
     if gate is not None:
         metrics["graphs"] = gate
     write_json(out / run_folder.METRICS_FILE, metrics)

@@ -293,6 +293,213 @@ def test_every_surface_scores_with_the_ensemble(ensemble_run, tiny_sentence_bert
     np.testing.assert_allclose([r["relevance_score"] for r in served], expected, atol=1e-5)
 
 
+def test_beside_an_openvino_cross_encoder_the_sentence_encoder_runs_openvino_too(
+    ensemble_run, tiny_sentence_bert_dir, monkeypatch, caplog, tmp_path
+):
+    import shutil
+
+    pytest.importorskip("openvino")
+    out = tmp_path / "run"  # the run with every signal weighed, whatever its fit chose
+    shutil.copytree(ensemble_run.output_dir, out)
+    manifest = json.loads((out / "run.json").read_text())
+    manifest["ensemble"]["weights"] = [0.2] * 5
+    (out / "run.json").write_text(json.dumps(manifest))
+    docs = [*DOCS[:3], "The river is old. An apple story with apple."]
+    in_torch = Reranker.load(out, device="cpu", dtype="float32")
+    assert in_torch.backend_info["ensemble_encoder"] == {
+        "runtime": "torch float32",
+        "neighbour_independent": True,
+    }
+    graph = Reranker.load(out, backend="openvino")  # the cross-encoder converted to an fp32 graph
+    assert graph.backend_info["backend"] == "openvino"
+    assert graph.backend_info["ensemble_encoder"] == {
+        "runtime": "openvino fp32",
+        "neighbour_independent": True,
+    }
+    # the same embeddings as torch's, so the same ensemble scores
+    cosine = graph.signals["cosine"]
+    cosine.forget()
+    reference = CosineSignal.load(tiny_sentence_bert_dir).embed(docs)
+    np.testing.assert_allclose(cosine.embed(docs), reference, atol=1e-5)
+    expected = by_hand(graph, out, tiny_sentence_bert_dir, QUERY, docs)
+    np.testing.assert_allclose(graph.score([(QUERY, d) for d in docs]), expected, atol=1e-5)
+    # an encoder the converter refuses stays in torch, and the log says why
+    import rerankit.runtimes
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("no frontend for this module")
+
+    monkeypatch.setattr(rerankit.runtimes, "openvino_module", refuse)
+    with caplog.at_level("WARNING", logger="rerankit.inference"):
+        kept = Reranker.load(out, backend="openvino")
+    assert kept.backend_info["ensemble_encoder"]["runtime"].startswith("torch")
+    assert "sentence encoder stays in torch: RuntimeError: no frontend for this module" in caplog.text
+    np.testing.assert_allclose(kept.score([(QUERY, d) for d in docs]), expected, atol=1e-4)
+
+
+def test_an_openvino_bf16_sentence_encoder_embeds_as_fp32_does(tiny_sentence_bert_dir):
+    """bf16 embeddings close to fp32's; where a padding multiple keeps each text's rows its own
+    on this CPU, a text's cached embedding is bit for bit the one it has alone, whichever
+    request embedded it first."""
+    pytest.importorskip("openvino")
+    from rerankit.runtimes import openvino_bf16_here
+
+    if not openvino_bf16_here():
+        pytest.skip("this CPU has no bf16 units (AVX512-BF16 or AMX) for OpenVINO to compute bf16 on")
+    texts = ["apple pie", "a river runs through the old town", " ".join(["long"] * 120)]
+    reference = CosineSignal.load(tiny_sentence_bert_dir).embed(texts)
+    cosine = CosineSignal.load(tiny_sentence_bert_dir)
+    cosine.use_openvino("bf16")
+    assert cosine.runtime == "openvino bf16" and isinstance(cosine.neighbour_independent, bool)
+    assert ((cosine.embed(texts) * reference).sum(axis=1) > 0.999).all()
+    if not cosine.neighbour_independent:
+        pytest.skip("no padding multiple keeps a bf16 row its own on this CPU")
+    alone = cosine.scores([QUERY], [texts[0]])
+    cosine.forget()
+    first_in_company = cosine.scores([QUERY] * 3, [texts[0], texts[2], texts[1]])[0]
+    assert cosine.scores([QUERY], [texts[0]])[0] == alone[0] == first_in_company
+
+
+def test_the_encoder_graph_pads_to_the_first_multiple_that_keeps_rows_their_own(
+    tiny_sentence_bert_dir, monkeypatch
+):
+    """The search over padding multiples, on a fake runtime whose rows move with the batch's
+    padded width unless it is a multiple of ``block`` (or, block None, with its row count)."""
+    import rerankit.runtimes
+
+    cosine = CosineSignal.load(tiny_sentence_bert_dir)
+    reference = cosine.embed(["a text"])
+    block = {"value": 16}
+    widths: list[int] = []
+
+    def fake_runner(model, precision):
+        def run(batches, out):
+            for rows, inputs in batches:
+                width = inputs["input_ids"].shape[1]
+                widths.append(width)
+                if block["value"] is None:
+                    moved = 1e-3 * len(rows)
+                else:
+                    moved = 1e-3 * width * (width % block["value"] != 0)
+                out[rows] = reference[0] + moved
+
+        return run
+
+    monkeypatch.setattr(rerankit.runtimes, "rows_runner", fake_runner)
+    from types import SimpleNamespace
+
+    ports = [SimpleNamespace(get_any_name=lambda n=n: n) for n in ("input_ids", "attention_mask")]
+    monkeypatch.setattr(CosineSignal, "openvino_model", lambda self: SimpleNamespace(inputs=ports))
+    for value, expected in ((16, 16), (32, 32)):
+        block["value"] = value
+        cosine.use_openvino("bf16")
+        assert cosine.neighbour_independent and cosine._graph[2] == expected
+        widths.clear()
+        cosine.embed(["a", "a longer text of some words", "a"])
+        assert widths and all(width % expected == 0 for width in widths)
+    # padding every batch to the whole window (64 tokens) is a width that cannot move
+    block["value"] = 10_000
+    cosine.use_openvino("bf16")
+    assert cosine.neighbour_independent and cosine._graph[2] == 64
+    block["value"] = None  # rows that move with the batch's other rows: no padding helps
+    cosine.use_openvino("bf16")
+    assert not cosine.neighbour_independent and cosine._graph[2] is None
+
+
+def test_a_run_with_graphs_keeps_its_sentence_encoder_converted(
+    tiny_sentence_bert_dir, tmp_path, monkeypatch
+):
+    """graphs: auto and OpenVINO installed, an ensemble that weighs the cosine (the tiny random
+    encoder's cosine carries nothing, so the fit's weights are replaced by equal ones): the run
+    keeps the encoder's graph, fitted the ensemble with the encoder in the runtime that serves
+    it, and says so in its report."""
+    import dataclasses
+
+    pytest.importorskip("openvino")
+    import rerankit.shipped
+    from rerankit.ensemble import ENCODER_GRAPH
+
+    fit = rerankit.shipped.fit_ensemble
+
+    def every_signal_weighs(*args, **kwargs):
+        fitted, report = fit(*args, **kwargs)
+        return dataclasses.replace(fitted, weights=(1 / len(fitted.signals),) * len(fitted.signals)), report
+
+    monkeypatch.setattr(rerankit.shipped, "fit_ensemble", every_signal_weighs)
+    train = write_jsonl(tmp_path / "train.jsonl", toy_lines(32, seed=1))
+    valid_lines = [dict(row, query_text="valid " + row["query_text"]) for row in toy_lines(16, seed=2)]
+    valid = write_jsonl(tmp_path / "valid.jsonl", valid_lines)
+    config = tiny_config(
+        tiny_sentence_bert_dir, train, valid, tmp_path / "run", ensemble="auto", graphs="auto"
+    )
+    fitted = rerankit.fit(config)
+    run = fitted.output_dir
+    assert (run / "ensemble" / ENCODER_GRAPH).is_file()
+    encoder = fitted.metrics["shipped"]["encoder"]
+    assert encoder.startswith("openvino")
+    assert f"its sentence encoder in {encoder}" in (run / "report.md").read_text()
+    served = Reranker.load(run)
+    assert served.backend_info["backend"] == "openvino"
+    # the load picks its graph again by speed: the encoder's precision follows the one it picks
+    assert served.backend_info["ensemble_encoder"]["runtime"].startswith("openvino")
+
+
+def test_a_kept_encoder_graph_serves_and_a_foreign_one_is_converted_again(
+    ensemble_run, tiny_sentence_bert_dir, monkeypatch, caplog, tmp_path
+):
+    """A run's ensemble folder keeps the encoder's OpenVINO graph (``save_signals``): a load
+    reads it instead of converting; a graph of another encoder is refused, said in the log, and
+    the encoder converted instead."""
+    import shutil
+
+    import torch
+
+    pytest.importorskip("openvino")
+    from rerankit.ensemble import ENCODER_GRAPH
+    from rerankit.shipped import Shipped, save_signals
+
+    out = tmp_path / "run"
+    shutil.copytree(ensemble_run.output_dir, out)
+    manifest = json.loads((out / "run.json").read_text())
+    manifest["ensemble"]["weights"] = [0.2] * 5
+    (out / "run.json").write_text(json.dumps(manifest))
+    encoder = CosineSignal.load(tiny_sentence_bert_dir)
+    save_signals(out, Shipped(None, {}, {}, {}, None, encoder), encoder_graph=True)
+    graph_file = out / "ensemble" / ENCODER_GRAPH
+    assert graph_file.is_file() and graph_file.with_suffix(".bin").is_file()
+    assert not graph_file.parent.with_name(graph_file.parent.name + ".staging").exists()
+    docs = [*DOCS[:3], "The river is old. An apple story with apple."]
+    expected = by_hand(Reranker.load(out, backend="openvino"), out, tiny_sentence_bert_dir, QUERY, docs)
+
+    import rerankit.runtimes
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("no conversion wanted")
+
+    from rerankit.export import export
+
+    exported = export(out, tmp_path / "export", formats=["openvino"])  # converts: not refused yet
+    assert (exported / "ensemble" / ENCODER_GRAPH).is_file()
+    with monkeypatch.context() as patch:
+        patch.setattr(rerankit.runtimes, "openvino_module", refuse)
+        kept = Reranker.load(out, backend="openvino")
+        kept_export = Reranker.load(exported, backend="openvino", dtype="float32")
+    for served in (kept, kept_export):
+        assert served.backend_info["ensemble_encoder"]["runtime"] == "openvino fp32"
+        np.testing.assert_allclose(served.score([(QUERY, d) for d in docs]), expected, atol=1e-5)
+
+    other = CosineSignal.load(tiny_sentence_bert_dir)
+    with torch.no_grad():
+        for weight in other.model.parameters():
+            weight.copy_(torch.randn_like(weight))
+    other.write_openvino(graph_file)
+    with caplog.at_level("WARNING", logger="rerankit.inference"):
+        converted = Reranker.load(out, backend="openvino")
+    assert "not this encoder's graph" in caplog.text and "converting the sentence encoder" in caplog.text
+    assert converted.backend_info["ensemble_encoder"]["runtime"] == "openvino fp32"
+    np.testing.assert_allclose(converted.score([(QUERY, d) for d in docs]), expected, atol=1e-5)
+
+
 def test_a_run_whose_ensemble_signals_are_gone_says_so(ensemble_run, tmp_path):
     import shutil
 
