@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -40,7 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
+from rerankit.errors import short_reason
 from rerankit.selection import FOLDS, beats_noise, gain_and_error, held_out_values, query_folds
+
+log = logging.getLogger(__name__)
 
 SIGNALS = ("reranker", "bm25", "cosine", "bm25_sentence", "cosine_sentence")
 # Each best-sentence signal and the whole-document signal it reuses (statistics, encoder, caches).
@@ -237,6 +241,8 @@ ENCODER_GRAPH = "encoder_openvino/openvino_model.xml"
 # The least cosine between a kept encoder graph's embedding of a probe text and the encoder's own
 # (bf16 against fp32 stays far above it; another model's graph falls far below).
 GRAPH_AGREEMENT = 0.99
+# About how many probe texts, of lengths spread over the window, the encoder graph is checked on.
+PROBE_TEXTS = 12
 
 
 def _pooled(hidden, mask, pooling: str):
@@ -291,8 +297,10 @@ class CosineSignal:
         # set by use_openvino: run(batches, out), the graph's input names, the width multiple
         self._graph: tuple | None = None
         self.runtime = "torch " + str(next(model.parameters()).dtype).removeprefix("torch.")
-        # whether a text's embedding is the same whatever shares its batch: fp32 only, in torch
-        self.neighbour_independent = self.runtime == "torch float32"
+        # whether a text's embedding is the same whatever shares its batch: in torch, fp32 on the
+        # CPU (a GPU's kernels are picked by shape)
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        self.neighbour_independent = self.runtime == "torch float32" and on_cpu
         # a fast tokenizer's truncation settings are shared state: calls take turns
         self._lock = threading.Lock()
         self._recent = RecentValues(cache_entries)  # embeddings by digest of the text
@@ -320,8 +328,9 @@ class CosineSignal:
         """Normalized embeddings, fp32, in input order (token-budget batches, longest first)."""
         return self._embed_with(self._graph, texts)
 
-    def _embed_with(self, graph: tuple | None, texts: Sequence[str]) -> np.ndarray:
-        """``embed`` by ``graph`` (run, input names, width multiple), or by torch when None."""
+    def _embed_with(self, graph: tuple | None, texts: Sequence[str], width: int | None = None) -> np.ndarray:
+        """``embed`` by ``graph`` (run, input names, width multiple), or by torch when None;
+        every batch padded to ``width`` tokens when given."""
         import torch
 
         from rerankit.encoding import pad_batch
@@ -338,7 +347,7 @@ class CosineSignal:
 
             def padded():
                 for batch in batches:
-                    features = pad_batch(self.tokenizer, encoded, batch, "np", multiple)
+                    features = pad_batch(self.tokenizer, encoded, batch, "np", multiple, width)
                     yield np.asarray(batch), {n: np.asarray(features[n], dtype=np.int64) for n in names}
 
             run(padded(), out)
@@ -346,7 +355,7 @@ class CosineSignal:
         device = next(self.model.parameters()).device
         with torch.inference_mode():
             for batch in batches:
-                features = pad_batch(self.tokenizer, encoded, batch, "pt")
+                features = pad_batch(self.tokenizer, encoded, batch, "pt", None, width)
                 features = {k: v.to(device) for k, v in features.items()}
                 hidden = self.model(**features).last_hidden_state
                 out[batch] = _pooled(hidden, features["attention_mask"], self.pooling).cpu().numpy()
@@ -363,7 +372,11 @@ class CosineSignal:
         probes = ["a probe", "a longer probe of the encoder"]
         example = self.tokenizer(probes, padding=True, return_tensors="pt")
         names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in example]
-        module = _pooling_module(copy.deepcopy(self.model).float().eval(), self.pooling, names)
+        import torch
+
+        # traced on the CPU, where the graph runs, whatever device the encoder serves on
+        cpu_copy = copy.deepcopy(self.model).to("cpu", torch.float32).eval()
+        module = _pooling_module(cpu_copy, self.pooling, names)
         return openvino_module(module, {n: example[n] for n in names})
 
     def write_openvino(self, path: Path) -> None:
@@ -371,22 +384,31 @@ class CosineSignal:
         that is replaced whole."""
         from rerankit.runtimes import save_openvino
 
-        path = Path(path)
-        staging = path.parent.with_name(path.parent.name + ".staging")
-        shutil.rmtree(staging, ignore_errors=True)
+        folder = Path(path).parent
+        staging, previous = (folder.with_name(f"{folder.name}.{part}") for part in ("staging", "previous"))
+        for stale in (staging, previous):
+            shutil.rmtree(stale, ignore_errors=True)
         staging.mkdir(parents=True)
-        save_openvino(self.openvino_model(), staging / path.name)
-        shutil.rmtree(path.parent, ignore_errors=True)
-        os.replace(staging, path.parent)
+        save_openvino(self.openvino_model(), staging / Path(path).name)
+        if folder.exists():
+            os.replace(folder, previous)  # moved aside, so a failed swap leaves one in place
+        try:
+            os.replace(staging, folder)
+        except OSError:
+            if previous.exists():
+                os.replace(previous, folder)
+            raise
+        shutil.rmtree(previous, ignore_errors=True)
 
     def use_openvino(self, precision: str, graph_file: Path | None = None) -> None:
         """Embed from now on with an OpenVINO graph of the encoder compiled for ``precision``
-        (fp32 or bf16): ``graph_file`` where given (ValueError when its embeddings of probe texts
-        are not the encoder's), else the encoder converted in memory.
+        (fp32 or bf16): ``graph_file`` where given, else the encoder converted in memory;
+        ValueError when the graph's embeddings of probe texts are not the encoder's.
 
         Batches pad to the smallest width multiple from which an embedding is the same whatever
-        shares its batch, where one holds on this CPU (bf16 rounding moves with a batch's width
-        otherwise); ``neighbour_independent`` says whether one did. A cached embedding then does
+        shares its batch, where one holds on this CPU (a graph's rounding moves with a batch's
+        padded width otherwise: in bf16, and in fp32's last bits); ``neighbour_independent``
+        says whether one did. A cached embedding then does
         not depend on which request first embedded its text. Raises what OpenVINO raises when the
         encoder cannot be converted."""
         from rerankit.runtimes import ALIGNMENTS, read_openvino, rows_runner
@@ -397,21 +419,25 @@ class CosineSignal:
             model = self.openvino_model()
             names = [port.get_any_name() for port in model.inputs]
         run = rows_runner(model, precision)
-        probe = [" ".join(["probe"] * count) for count in (1, 5, 17, 40, 90, 200)]
-        if graph_file is not None:
-            mine = self._embed_with(None, probe)  # the encoder's own, in torch
-            agreement = (mine * self._embed_with((run, names, None), probe)).sum(axis=1)
-            if agreement.min() < GRAPH_AGREEMENT:
-                least = f"{agreement.min():.3f}"
-                raise ValueError(f"{graph_file}: not this encoder's graph (cosine {least} with its own)")
+        # texts from one word to past the window: widths spread over every multiple
+        step = max(1, self.max_length // PROBE_TEXTS)
+        probe = [" ".join(["probe"] * count) for count in range(1, self.max_length + step, step)]
+        mine = self._embed_with(None, probe)  # the encoder's own, in torch
+        agreement = (mine * self._embed_with((run, names, None), probe)).sum(axis=1)
+        if agreement.min() < GRAPH_AGREEMENT:
+            where = graph_file or "the converted graph"
+            raise ValueError(f"{where}: not this encoder's graph (cosine {agreement.min():.3f} with its own)")
         found = None
-        for multiple in (None, *(m for m in ALIGNMENTS if self.max_length % m == 0)):
+        # a multiple costs a few padded tokens per text; unpadded only where none fits the window
+        multiples = [m for m in ALIGNMENTS if self.max_length % m == 0] or [None]
+        for multiple in multiples:
             graph = (run, names, multiple)
             alone = np.concatenate([self._embed_with(graph, [t]) for t in probe])
-            # every probe twice, the second time in reverse: other neighbours, other batches
-            twice = self._embed_with(graph, probe + probe[::-1])
-            first, second = twice[: len(probe)], twice[len(probe) :][::-1]
-            if np.array_equal(alone, first) and np.array_equal(alone, second):
+            # every probe in batches of its own length, and twice, reversed, padded to the window
+            together = self._embed_with(graph, probe)
+            twice = self._embed_with(graph, probe + probe[::-1], width=self.max_length)
+            others = (together, twice[: len(probe)], twice[len(probe) :][::-1])
+            if all(np.array_equal(alone, other) for other in others):
                 found = graph
                 break
         with self._lock:
@@ -505,6 +531,17 @@ class CosineSignal:
         q = emb[[where[t] for t in queries]]
         d = emb[[where[t] for t in docs]]
         return (q * d).sum(axis=1).astype(np.float64)
+
+
+def write_encoder_graph(cosine: CosineSignal, path: Path) -> bool:
+    """``cosine.write_openvino(path)``; where the encoder cannot be converted, False and the log
+    says why (a load then converts it, or serves it in torch)."""
+    try:
+        cosine.write_openvino(path)
+    except Exception as exc:  # the converter raises many error types
+        log.warning("the sentence encoder's OpenVINO graph was not written: %s", short_reason(exc))
+        return False
+    return True
 
 
 def document_sentences(doc: str) -> list[str]:

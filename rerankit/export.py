@@ -312,7 +312,14 @@ def _write_signals(staging: Path, reranker, encoder_graph: bool = False) -> None
     """The ensemble's signals beside the export: BM25's statistics and the sentence encoder
     whose cosine it weighs, so that the folder serves without the run or the base model; with
     ``encoder_graph``, that encoder's OpenVINO graph too."""
-    from rerankit.ensemble import BM25_FILE, CORPUS_EMBEDDINGS, ENCODER_DIR, ENCODER_GRAPH, ENSEMBLE_DIR
+    from rerankit.ensemble import (
+        BM25_FILE,
+        CORPUS_EMBEDDINGS,
+        ENCODER_DIR,
+        ENCODER_GRAPH,
+        ENSEMBLE_DIR,
+        write_encoder_graph,
+    )
 
     if reranker.ensemble is None:
         return
@@ -325,7 +332,7 @@ def _write_signals(staging: Path, reranker, encoder_graph: bool = False) -> None
         if reranker.signals["cosine"].pinned:
             reranker.signals["cosine"].save_pinned(folder / CORPUS_EMBEDDINGS)
         if encoder_graph:
-            reranker.signals["cosine"].write_openvino(folder / ENCODER_GRAPH)
+            write_encoder_graph(reranker.signals["cosine"], folder / ENCODER_GRAPH)
 
 
 def _remove_stale_staging(out: Path) -> None:

@@ -758,6 +758,7 @@ def encoder_beside(cosine, model, graph_file: Path | None = None) -> None:
             return
         except Exception as exc:  # damaged, stale or from another OpenVINO: convert instead
             log.warning("%s cannot serve, converting the sentence encoder: %s", graph_file, short_reason(exc))
+    log.info("converting the ensemble's sentence encoder to an OpenVINO %s graph", precision)
     try:
         cosine.use_openvino(precision)
     except Exception as exc:  # the converter raises many error types; torch still works

@@ -35,8 +35,8 @@ from rerankit.ensemble import (
     base_signals,
     document_sentences,
     fit_ensemble,
+    write_encoder_graph,
 )
-from rerankit.errors import short_reason
 from rerankit.validation import ValidationSet, Validator
 
 log = logging.getLogger(__name__)
@@ -164,10 +164,7 @@ def save_signals(out: Path, shipped: Shipped, encoder_graph: bool = False) -> No
     if shipped.cosine is not None:
         shipped.cosine.save_pinned(out / ENSEMBLE_DIR / CORPUS_EMBEDDINGS)
         if encoder_graph:
-            try:
-                shipped.cosine.write_openvino(out / ENSEMBLE_DIR / ENCODER_GRAPH)
-            except Exception as exc:  # the converter raises many error types; a load converts
-                log.warning("the sentence encoder's OpenVINO graph was not written: %s", short_reason(exc))
+            write_encoder_graph(shipped.cosine, out / ENSEMBLE_DIR / ENCODER_GRAPH)
 
 
 def _cosine(base_model: str, revision: str | None, reranker) -> CosineSignal | None:

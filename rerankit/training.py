@@ -658,7 +658,8 @@ def _train(
         "wall_time_s": round(time.perf_counter() - started, 1),
         "data": {name: r.__dict__ for name, r in reports.items()},
     }
-    save_signals(out, shipped, encoder_graph=cfg.graphs != "none" and graph_backend() == "openvino")
+    # the encoder's graph beside the run's OpenVINO graphs, the ones it runs beside
+    save_signals(out, shipped, encoder_graph=gate is not None and graph_backend() == "openvino")
     if gate is not None:
         metrics["graphs"] = gate
     write_json(out / run_folder.METRICS_FILE, metrics)

@@ -363,14 +363,25 @@ def test_an_openvino_bf16_sentence_encoder_embeds_as_fp32_does(tiny_sentence_ber
 def test_the_encoder_graph_pads_to_the_first_multiple_that_keeps_rows_their_own(
     tiny_sentence_bert_dir, monkeypatch
 ):
-    """The search over padding multiples, on a fake runtime whose rows move with the batch's
-    padded width unless it is a multiple of ``block`` (or, block None, with its row count)."""
+    """The search over padding multiples, on a fake runtime: each row is the encoder's own
+    embedding of its text, moved with the batch's padded width unless it is a multiple of
+    ``block`` (or, block None, with its row count); a runtime that embeds every text alike is no
+    graph of this encoder."""
     import rerankit.runtimes
 
     cosine = CosineSignal.load(tiny_sentence_bert_dir)
-    reference = cosine.embed(["a text"])
-    block = {"value": 16}
+    own: dict[tuple, np.ndarray] = {}  # each text's embedding, computed once: bit for bit its own
+    block: dict = {"value": 16}
     widths: list[int] = []
+
+    def embedding(ids: np.ndarray) -> np.ndarray:
+        import torch
+
+        if tuple(ids) not in own:
+            with torch.inference_mode():
+                hidden = cosine.model(input_ids=torch.from_numpy(ids)[None]).last_hidden_state[0]
+            own[tuple(ids)] = torch.nn.functional.normalize(hidden.mean(0), dim=-1).numpy()
+        return own[tuple(ids)]
 
     def fake_runner(model, precision):
         def run(batches, out):
@@ -378,10 +389,14 @@ def test_the_encoder_graph_pads_to_the_first_multiple_that_keeps_rows_their_own(
                 width = inputs["input_ids"].shape[1]
                 widths.append(width)
                 if block["value"] is None:
-                    moved = 1e-3 * len(rows)
+                    moved = 1e-6 * len(rows)
+                elif block["value"] == "foreign":
+                    out[rows] = own.setdefault(("foreign",), cosine._embed_with(None, ["foreign"])[0])
+                    continue
                 else:
-                    moved = 1e-3 * width * (width % block["value"] != 0)
-                out[rows] = reference[0] + moved
+                    moved = 1e-6 * width * (width % block["value"] != 0)
+                for row, ids, mask in zip(rows, inputs["input_ids"], inputs["attention_mask"]):
+                    out[row] = embedding(ids[mask.astype(bool)]) + moved
 
         return run
 
@@ -404,6 +419,10 @@ def test_the_encoder_graph_pads_to_the_first_multiple_that_keeps_rows_their_own(
     block["value"] = None  # rows that move with the batch's other rows: no padding helps
     cosine.use_openvino("bf16")
     assert not cosine.neighbour_independent and cosine._graph[2] is None
+    block["value"] = "foreign"
+    with pytest.raises(ValueError, match="the converted graph: not this encoder's graph"):
+        cosine.use_openvino("bf16")
+    assert cosine._graph[2] is None  # the graph it had stays
 
 
 def test_a_run_with_graphs_keeps_its_sentence_encoder_converted(
@@ -484,6 +503,11 @@ def test_a_kept_encoder_graph_serves_and_a_foreign_one_is_converted_again(
         patch.setattr(rerankit.runtimes, "openvino_module", refuse)
         kept = Reranker.load(out, backend="openvino")
         kept_export = Reranker.load(exported, backend="openvino", dtype="float32")
+        # an encoder the converter refuses costs the export its encoder graph, said in the log
+        with caplog.at_level("WARNING", logger="rerankit.ensemble"):
+            without = export(out, tmp_path / "export-without", formats=["openvino"])
+    assert "graph was not written: RuntimeError: no conversion wanted" in caplog.text
+    assert (without / "openvino").is_dir() and not (without / "ensemble" / ENCODER_GRAPH).parent.exists()
     for served in (kept, kept_export):
         assert served.backend_info["ensemble_encoder"]["runtime"] == "openvino fp32"
         np.testing.assert_allclose(served.score([(QUERY, d) for d in docs]), expected, atol=1e-5)
