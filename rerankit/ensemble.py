@@ -367,13 +367,13 @@ class CosineSignal:
         cannot be converted."""
         import copy
 
+        import torch
+
         from rerankit.runtimes import openvino_module
 
         probes = ["a probe", "a longer probe of the encoder"]
         example = self.tokenizer(probes, padding=True, return_tensors="pt")
         names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in example]
-        import torch
-
         # traced on the CPU, where the graph runs, whatever device the encoder serves on
         cpu_copy = copy.deepcopy(self.model).to("cpu", torch.float32).eval()
         module = _pooling_module(cpu_copy, self.pooling, names)
@@ -408,9 +408,8 @@ class CosineSignal:
         Batches pad to the smallest width multiple from which an embedding is the same whatever
         shares its batch, where one holds on this CPU (a graph's rounding moves with a batch's
         padded width otherwise: in bf16, and in fp32's last bits); ``neighbour_independent``
-        says whether one did. A cached embedding then does
-        not depend on which request first embedded its text. Raises what OpenVINO raises when the
-        encoder cannot be converted."""
+        says whether one did. A cached embedding then does not depend on which request first
+        embedded its text. Raises what OpenVINO raises when the encoder cannot be converted."""
         from rerankit.runtimes import ALIGNMENTS, read_openvino, rows_runner
 
         if graph_file is not None:
