@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import threading
 import zipfile
@@ -42,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from rerankit.errors import short_reason
+from rerankit.files import swap_in
 from rerankit.selection import FOLDS, beats_noise, gain_and_error, held_out_values, query_folds
 
 log = logging.getLogger(__name__)
@@ -390,14 +390,7 @@ class CosineSignal:
             shutil.rmtree(stale, ignore_errors=True)
         staging.mkdir(parents=True)
         save_openvino(self.openvino_model(), staging / Path(path).name)
-        if folder.exists():
-            os.replace(folder, previous)  # moved aside, so a failed swap leaves one in place
-        try:
-            os.replace(staging, folder)
-        except OSError:
-            if previous.exists():
-                os.replace(previous, folder)
-            raise
+        swap_in(staging, folder, previous)
         shutil.rmtree(previous, ignore_errors=True)
 
     def use_openvino(self, precision: str, graph_file: Path | None = None) -> None:

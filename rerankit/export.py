@@ -41,6 +41,7 @@ from pathlib import Path
 from rerankit import run_folder
 from rerankit.encoding import special_tokens_around
 from rerankit.errors import RerankitError
+from rerankit.files import swap_in
 from rerankit.graph_export import DEFAULT_TOLERANCE, failures, gate_record, run_validation_set, write_graphs
 from rerankit.prompts import EXPORT_INFO, reserved_strings
 from rerankit.runtimes import describe
@@ -293,17 +294,8 @@ def _write(out: Path, model, tokenizer, info: dict, extra: Callable[[Path], None
         from rerankit.model_card import write_export_card
 
         write_export_card(staging, info, *run_folder.records(Path(info["exported_from"])), name=out.name)
-        # The old export goes only once the new one is complete on disk, and by renames:
-        # ``out`` is missing only between two renames, never while files are deleted.
-        previous = work / "previous"
-        if out.exists():
-            os.replace(out, previous)
-        try:
-            os.replace(staging, out)
-        except OSError:
-            if previous.exists():
-                os.replace(previous, out)
-            raise
+        # The old export goes only once the new one is complete on disk, and by renames.
+        swap_in(staging, out, work / "previous")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

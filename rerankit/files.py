@@ -22,6 +22,20 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def swap_in(staging: Path, target: Path, previous: Path) -> None:
+    """Rename the complete folder ``staging`` to ``target``. An old ``target`` is first renamed
+    to ``previous`` (the caller deletes it), and put back when the swap fails: ``target`` is
+    missing only between two renames, never while files are deleted."""
+    if target.exists():
+        os.replace(target, previous)
+    try:
+        os.replace(staging, target)
+    except OSError:
+        if previous.exists():
+            os.replace(previous, target)
+        raise
+
+
 def write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
