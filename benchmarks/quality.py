@@ -135,9 +135,10 @@ def sample(ids, n: int | None, seed: int) -> list[str]:
 
 
 def prepare_training_files(
-    train_side, n_queries: int | None, num_negatives: int, seed: int, work: Path
+    train_side, n_queries: int | None, num_negatives: int, seed: int, work: Path, mining: str = "bm25"
 ) -> dict[str, Any]:
-    """Mine BM25 negatives on the train side and split by query into train/valid JSONL."""
+    """Mine negatives on the train side (BM25 unless ``mining`` says otherwise) and split by query
+    into train/valid JSONL."""
     from rerankit.data import write_records
     from rerankit.mining import MiningInput, mine
     from rerankit.split import split_records
@@ -146,9 +147,9 @@ def prepare_training_files(
     qids = sample(queries, n_queries, seed)
     records = mine(
         MiningInput(docs, {q: queries[q] for q in qids}, {q: positives[q] for q in qids}),
-        method="bm25",
+        method=mining,
         num_negatives=num_negatives,
-        teacher_scores=True,  # BM25's scores: distillation targets, and what score injection reads
+        teacher_scores=True,  # the miner's scores: distillation targets, and what score injection reads
     )
     train, valid = split_records(records, 0.1, seed=seed, group_by="query")
     work.mkdir(parents=True, exist_ok=True)
@@ -160,6 +161,7 @@ def prepare_training_files(
         "train_queries": len(train),
         "valid_queries": len(valid),
         "mined_negatives": num_negatives,
+        "mined_by": mining,
         "corpus": len(docs),
     }
 
@@ -450,6 +452,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--train-queries", type=int, help="default 600 (--quick: 400)")
     parser.add_argument("--test-queries", type=int, help="default 200 (--quick: 150)")
     parser.add_argument("--mined-negatives", type=int, default=15)
+    parser.add_argument(
+        "--mining",
+        choices=["bm25", "dense", "hybrid"],
+        default="bm25",
+        help="the first stage that mines the training negatives (validation and test keep BM25's top-k)",
+    )
     parser.add_argument("--top-k", type=int, default=30)
     parser.add_argument(
         "--peer-lr",
@@ -528,7 +536,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else split_by_debate(args.data, args.max_query_words)
     )
     files = prepare_training_files(
-        sides["train"], args.train_queries, args.mined_negatives, args.seed, work / "data"
+        sides["train"], args.train_queries, args.mined_negatives, args.seed, work / "data", args.mining
     )
     if args.teacher == "ensemble":
         ensemble_teacher(files["train"])
@@ -710,6 +718,9 @@ def _shown(path) -> str:
         return str(Path("..") / path.relative_to(ROOT.parent)) if ROOT.parent in path.parents else str(path)
 
 
+MINERS = {"bm25": "BM25", "dense": "the backbone's cosine", "hybrid": "BM25 and the backbone's cosine"}
+
+
 def markdown(result: dict[str, Any]) -> str:
     p = result["protocol"]
     bm25 = result["rows"][0]["ndcg@10"]
@@ -721,7 +732,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         (
             f"Training: {p['train_queries']} questions (+{p['valid_queries']} validation) from "
-            f"the train side, {p['mined_negatives']} BM25-mined negatives each, "
+            f"the train side, {p['mined_negatives']} negatives each mined by "
+            f"{MINERS[p.get('mined_by', 'bm25')]}, "
             f"{p['epochs']:g} epoch(s), seed {p['seed']}; {result['machine']['cores']} CPU cores"
             + (f"; queries cut to {p['max_query_words']} words." if p.get("max_query_words") else ".")
         ),
