@@ -399,11 +399,12 @@ class CosineSignal:
         ValueError when the graph's embeddings of probe texts are not the encoder's.
 
         Batches pad to the smallest width multiple from which an embedding is the same whatever
-        shares its batch, where one holds on this CPU (a graph's rounding moves with a batch's
-        padded width otherwise: in bf16, and in fp32's last bits); ``neighbour_independent``
-        says whether one did. A cached embedding then does not depend on which request first
-        embedded its text. Raises what OpenVINO raises when the encoder cannot be converted."""
-        from rerankit.runtimes import ALIGNMENTS, read_openvino, rows_runner
+        shares its batch (``runtimes.steady_multiple``), where one holds on this CPU (a graph's
+        rounding moves with a batch's padded width otherwise: in bf16, and in fp32's last
+        bits); ``neighbour_independent`` says whether one did. A cached embedding then does not
+        depend on which request first embedded its text. Raises what OpenVINO raises when the
+        encoder cannot be converted."""
+        from rerankit.runtimes import read_openvino, rows_runner, steady_multiple
 
         if graph_file is not None:
             model, names = read_openvino(graph_file)
@@ -419,23 +420,15 @@ class CosineSignal:
         if agreement.min() < GRAPH_AGREEMENT:
             where = graph_file or "the converted graph"
             raise ValueError(f"{where}: not this encoder's graph (cosine {agreement.min():.3f} with its own)")
-        found = None
-        # a multiple costs a few padded tokens per text; unpadded only where none fits the window
-        multiples = [m for m in ALIGNMENTS if self.max_length % m == 0] or [None]
-        for multiple in multiples:
-            graph = (run, names, multiple)
-            alone = np.concatenate([self._embed_with(graph, [t]) for t in probe])
-            # every probe in batches of its own length, and twice, reversed, padded to the window
-            together = self._embed_with(graph, probe)
-            twice = self._embed_with(graph, probe + probe[::-1], width=self.max_length)
-            others = (together, twice[: len(probe)], twice[len(probe) :][::-1])
-            if all(np.array_equal(alone, other) for other in others):
-                found = graph
-                break
+
+        def embed(picked: list[int], multiple: int, width: int | None) -> np.ndarray:
+            return self._embed_with((run, names, multiple), [probe[i] for i in picked], width)
+
+        multiple = steady_multiple(embed, len(probe), self.max_length)
         with self._lock:
-            self._graph = found or (run, names, None)
+            self._graph = (run, names, multiple)
             self.runtime = f"openvino {precision}"
-        self.neighbour_independent = found is not None
+        self.neighbour_independent = multiple is not None
 
     def save(self, folder: Path) -> None:
         """A sentence-transformers folder (safetensors) that ``load`` reads back."""

@@ -299,15 +299,11 @@ def _parallel_runner(compiled, streams: int, per_stream: int = 1, column: int | 
 
 
 def align_padding(graph: GraphModel, tokenizer, max_length: int, prompt=None) -> GraphModel:
-    """``graph`` with batches padded to the smallest multiple of ``ALIGNMENTS`` from which its
-    scores stop depending on a batch's width and its other rows, when this machine's kernels
-    have one; ``graph`` unchanged when it is not batch-dependent or none holds here.
-
-    Checked on probe pairs whose lengths spread over the whole window: each scored alone, the
-    shorter half in one batch, all in one batch, and a large batch (each pair twice, reversed)
-    padded to ``max_length``; the multiple holds when all agree bit for bit. Only multiples that
-    divide ``max_length`` are tried: padding must not reach past the window the model was
-    checked for. A check that cannot run warns and leaves the graph as it was."""
+    """``graph`` with batches padded to the smallest width multiple from which its scores stop
+    depending on a batch's width and its other rows (``steady_multiple``, on probe pairs whose
+    lengths spread over the whole window), when this machine's kernels have one; ``graph``
+    unchanged when it is not batch-dependent or none holds here. A check that cannot run warns
+    and leaves the graph as it was."""
     if not graph.batch_dependent or graph.backend != "openvino":
         return graph
     from rerankit.encoding import encode_pairs, pad_batch
@@ -329,26 +325,40 @@ def align_padding(graph: GraphModel, tokenizer, max_length: int, prompt=None) ->
         return _unaligned(graph, exc)
     rows = sorted(range(len(docs)), key=lambda i: len(encoded["input_ids"][i]))
 
-    def logits(picked: list[int], multiple: int, width: int | None = None) -> np.ndarray:
-        return graph(pad_batch(tokenizer, encoded, picked, "np", multiple, width))
+    def logits(picked: list[int], multiple: int, width: int | None) -> np.ndarray:
+        return graph(pad_batch(tokenizer, encoded, [rows[i] for i in picked], "np", multiple, width))
 
-    for multiple in ALIGNMENTS:
-        if max_length % multiple:
-            continue
-        try:
-            alone = np.array([logits([i], multiple)[0] for i in rows])
-            # the shorter half at its own width, all at the longest's, and a large batch (every
-            # pair twice, reversed) at the whole window
-            half = logits(rows[: len(rows) // 2], multiple)
-            together = logits(rows, multiple)
-            large = logits((rows + rows)[::-1], multiple, max_length)[::-1]
-        except Exception as exc:  # a probe that cannot run (no pad token): as it was
-            return _unaligned(graph, exc)
-        agree = [np.array_equal(alone[: len(half)], half), np.array_equal(alone, together)]
-        agree += [np.array_equal(alone, large[: len(rows)]), np.array_equal(alone, large[len(rows) :])]
-        if all(agree):
-            return dataclasses.replace(graph, batch_dependent=False, pad_multiple=multiple)
-    return graph
+    try:
+        multiple = steady_multiple(logits, len(rows), max_length)
+    except Exception as exc:  # a probe that cannot run (no pad token): as it was
+        return _unaligned(graph, exc)
+    if multiple is None:
+        return graph
+    return dataclasses.replace(graph, batch_dependent=False, pad_multiple=multiple)
+
+
+def steady_multiple(
+    score: Callable[[list[int], int, int | None], np.ndarray], count: int, max_length: int
+) -> int | None:
+    """The smallest padded-width multiple from which ``score``'s rows are bit for bit the same
+    whatever shares their batch; None when none is, on this machine.
+
+    ``score(probes, multiple, width)`` scores the probes ``probes`` (indices into ``count``
+    probes, shortest first) in batches padded to ``multiple`` tokens, or to ``width`` when given.
+    Multiples of ``ALIGNMENTS`` that divide ``max_length`` are tried (padding must not reach past
+    the window the model was checked for), or unpadded (1) where none does. A multiple holds when
+    each probe scored alone, the shorter half together, all together, and every probe twice,
+    reversed, at the whole window, all agree."""
+    probes = list(range(count))
+    for multiple in [m for m in ALIGNMENTS if max_length % m == 0] or [1]:
+        alone = np.concatenate([score([i], multiple, None) for i in probes])
+        half = score(probes[: count // 2], multiple, None)
+        together = score(probes, multiple, None)
+        large = score((probes + probes)[::-1], multiple, max_length)[::-1]
+        others = (half, together, large[:count], large[count:])
+        if all(np.array_equal(alone[: len(other)], other) for other in others):
+            return multiple
+    return None
 
 
 def _unaligned(graph: GraphModel, exc: Exception) -> GraphModel:
