@@ -155,8 +155,11 @@ class Validator:
         long_documents: LongDocumentsConfig | None = None,
         prompt: PromptTemplate | None = None,
         score_injection: ScoreInjection | None = None,
+        progress: bool = True,
     ) -> None:
         self.vset, self.tokenizer, self.prompt = vset, tokenizer, prompt
+        # a bar per evaluation: on a CPU without bf16 units one takes minutes
+        self.progress = progress
         self.score_injection = score_injection
         self.max_length, self.recall_at, self.batch_size = max_length, recall_at, batch_size
         self.long_documents = long_documents or LongDocumentsConfig()
@@ -178,6 +181,7 @@ class Validator:
                 max_batch=self.batch_size,
                 prompt=self.prompt,
                 instructions=instructions,
+                progress=self.progress,
             )
 
         queries, docs = self.vset.flat_pairs(self.score_injection)

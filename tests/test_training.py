@@ -93,6 +93,17 @@ def test_reloaded_adapter_scores_like_the_trained_model(tiny_bert_run, tiny_bert
     np.testing.assert_allclose(reloaded, trained, atol=1e-5)
 
 
+def test_validation_shows_its_progress_unless_told_not_to(tiny_bert_run, capsys):
+    result, valid = tiny_bert_run
+    validator = _validator(result, valid)
+    validator.scores(result.model)
+    bar = capsys.readouterr().err
+    assert "scoring" in bar and f"{validator.vset.num_pairs}/{validator.vset.num_pairs}" in bar
+    validator.progress = False
+    validator.scores(result.model)
+    assert "scoring" not in capsys.readouterr().err
+
+
 def test_merged_full_precision_model_ranks_like_the_trained_one(tiny_bert_run):
     result, valid = tiny_bert_run
     validator = _validator(result, valid)
