@@ -3,18 +3,20 @@
     python benchmarks/int8_variants.py [--model outputs/demo] [--depth 10] [--timed-pairs 400]
 
 The run is exported (merged, fp32) and converted into an ONNX and an OpenVINO fp32 graph. Each
-int8 variant below scores the run's validation queries (each query's first ``--depth``
-candidates, as the run's accuracy gate reads them) and is judged as the gate judges it
+int8 variant below scores the records of the run's validation split (each query's first
+``--depth`` candidates: what ``rerankit export`` gates on) and is judged as the gate judges it
 (``rerankit.graph_export``): NDCG@10 change against the torch fp32 model, the one-sided 95 %
 upper bound of its loss (paired bootstrap over the queries), the share of queries whose top 10
 kept its order. Every variant is then timed on the same validation pairs, the variants taking
 turns, and the median of ``--repeats`` passes is reported. The variants:
 
 - rerankit's own int8 graphs (``runtimes.quantize_int8``): OpenVINO static (NNCF, calibrated on
-  validation pairs) and ONNX Runtime dynamic (u8 activations, s8 weights per channel);
+  256 validation pairs drawn with ``--seed``: not the run's own draw, so its figures can differ
+  from the run's gate) and ONNX Runtime dynamic (u8 activations, s8 weights per channel);
 - ONNX Runtime dynamic with 7-bit weights (``reduce_range``, ONNX Runtime's advice for CPUs
-  without VNNI) and with u8 weights (optimum's ``avx2`` config, what sentence-transformers'
-  ONNX int8 export writes);
+  without VNNI) and with u8 weights (the weight type of optimum's ``avx2`` config; optimum also
+  quantizes the attention's activation-by-activation MatMuls and the embeddings, which these
+  variants leave in fp32: every ONNX variant here quantizes the weight MatMuls only);
 - the ONNX graph with ONNX Runtime's BERT fusions (``onnxruntime.transformers.optimizer``), in
   fp32 and quantized both ways;
 - OpenVINO with int8 weights and fp32 activations (``nncf.compress_weights``).
@@ -136,7 +138,7 @@ def build_variants(reranker, vset, folder: Path, seed: int) -> dict[str, tuple[P
             "onnx",
             "int8",
         ),
-        "ONNX int8 dynamic u8u8 (optimum's avx2)": (
+        "ONNX int8 dynamic u8u8": (
             onnx_dynamic(onnx_fp32, onnx_dir / "u8u8.onnx", weight_type=QuantType.QUInt8),
             "onnx",
             "int8",
@@ -175,7 +177,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="rerankit-int8-"))
     vset = run_validation_set(Path(args.model))[0].at_depth(args.depth)
-    reference = Reranker.load(str(export(args.model, work / "merged")), backend="torch")
+    reference = Reranker.load(str(export(args.model, work / "merged")), backend="torch", dtype="float32")
     queries, docs = vset.flat_pairs(reference.score_injection)
     print(f"torch fp32: scoring {len(vset)} validation queries, {len(queries)} pairs", file=sys.stderr)
     reference_logits = reference.input_logits(queries, docs)[0]
@@ -186,7 +188,11 @@ def main() -> None:
     for name, (path, backend, precision) in variants.items():
         print(f"{name}: scoring", file=sys.stderr, flush=True)
         scorer = Reranker(
-            load_graph(path, backend, precision), reference.tokenizer, max_length=reference.max_length
+            load_graph(path, backend, precision),
+            reference.tokenizer,
+            max_length=reference.max_length,
+            long_documents=reference.long_documents,
+            prompt=reference.prompt,
         )
         figures = _agreement(vset, reference_logits, scorer.input_logits(queries, docs)[0], reference_ndcg)
         scorers[name] = scorer

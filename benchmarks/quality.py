@@ -28,8 +28,9 @@ Protocol (all fixed by seeds, so a rerun gives the same table):
   swings with the training seed (results/quality_ablations.md).
 - Corpus adaptation: a run whose config enables ``adaptation`` (e.g. ``--ablation "ICT:
   adaptation.corpus=yes"``) adapts to this benchmark's corpus, every paragraph of all 48
-  articles and no question: what a user has. The mined training lines carry BM25's scores,
-  the teacher of ``loss.distillation`` runs.
+  articles and no question: what a user has. The mined training lines carry the miner's
+  scores (BM25's unless ``--mining`` says otherwise), the teacher of ``loss.distillation`` runs
+  and what score injection reads.
 - Test side: ``--test-queries`` questions sampled from the test articles; BM25 retrieves the
   top 30 of the whole corpus (all 48 articles, as a deployed retriever would search) and
   each model reorders those 30. NDCG@10 and MRR@10 (``ir_measures``) count a positive BM25
@@ -456,7 +457,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--mining",
         choices=["bm25", "dense", "hybrid"],
         default="bm25",
-        help="the first stage that mines the training negatives (validation and test keep BM25's top-k)",
+        help="the first stage that mines the training negatives and the validation file's candidates "
+        "(the test questions, and rerankit's validation as deployed, keep BM25's top-k)",
     )
     parser.add_argument("--top-k", type=int, default=30)
     parser.add_argument(
@@ -521,6 +523,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.domain == "arguana" and args.max_query_words is None:
         args.max_query_words = 60
     base = dict(parse_ablation("main: " + " ".join(args.overrides))[1])
+    # the mined scores are what distillation, score injection and the ensemble teacher read as
+    # BM25's; another miner's would train on one score and test on another
+    reads_scores = ("loss.distillation", "model.score_injection")
+    overridden = [base, *(parse_ablation(a)[1] for a in args.ablation)]
+    uses_scores = any(o.get(k) not in (None, False, "none") for o in overridden for k in reads_scores)
+    if args.mining != "bm25" and (args.teacher != "bm25" or uses_scores):
+        parser.error("--mining other than bm25 excludes --teacher ensemble, distillation and score injection")
     args.train_queries = args.train_queries or (400 if args.quick else 600)
     args.test_queries = args.test_queries or (150 if args.quick else 200)
     # One pass over many questions beats several over few, and keeps the run near 30 minutes.

@@ -424,7 +424,9 @@ class CosineSignal:
         def embed(picked: list[int], multiple: int, width: int | None) -> np.ndarray:
             return self._embed_with((run, names, multiple), [probe[i] for i in picked], width)
 
-        multiple = steady_multiple(embed, len(probe), self.max_length)
+        # unpadded where no multiple fits the window: a cached embedding's last bits are the most
+        # a wrong verdict could move, not which pairs a server batches together
+        multiple = steady_multiple(embed, len(probe), self.max_length, unpadded=True)
         with self._lock:
             self._graph = (run, names, multiple)
             self.runtime = f"openvino {precision}"

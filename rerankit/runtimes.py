@@ -338,7 +338,10 @@ def align_padding(graph: GraphModel, tokenizer, max_length: int, prompt=None) ->
 
 
 def steady_multiple(
-    score: Callable[[list[int], int, int | None], np.ndarray], count: int, max_length: int
+    score: Callable[[list[int], int, int | None], np.ndarray],
+    count: int,
+    max_length: int,
+    unpadded: bool = False,
 ) -> int | None:
     """The smallest padded-width multiple from which ``score``'s rows are bit for bit the same
     whatever shares their batch; None when none is, on this machine.
@@ -346,11 +349,12 @@ def steady_multiple(
     ``score(probes, multiple, width)`` scores the probes ``probes`` (indices into ``count``
     probes, shortest first) in batches padded to ``multiple`` tokens, or to ``width`` when given.
     Multiples of ``ALIGNMENTS`` that divide ``max_length`` are tried (padding must not reach past
-    the window the model was checked for), or unpadded (1) where none does. A multiple holds when
-    each probe scored alone, the shorter half together, all together, and every probe twice,
-    reversed, at the whole window, all agree."""
+    the window the model was checked for); with ``unpadded``, where none does, unpadded batches
+    (multiple 1), whose few probe widths say less about the others. A multiple holds when each
+    probe scored alone, the shorter half together, all together, and every probe twice, reversed,
+    at the whole window, all agree."""
     probes = list(range(count))
-    for multiple in [m for m in ALIGNMENTS if max_length % m == 0] or [1]:
+    for multiple in [m for m in ALIGNMENTS if max_length % m == 0] or ([1] if unpadded else []):
         alone = np.concatenate([score([i], multiple, None) for i in probes])
         half = score(probes[: count // 2], multiple, None)
         together = score(probes, multiple, None)

@@ -567,6 +567,7 @@ def _train(
         cfg.model.long_documents,
         built.prompt,
         injection,
+        progress=main_process,  # under torchrun, one bar, as the Trainer's own
     )
     sampler = NegativeSampler(
         train, cfg.sampling.num_negatives, cfg.sampling.hard_ratio, cfg.sampling.max_positives, cfg.seed
