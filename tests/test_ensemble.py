@@ -416,6 +416,16 @@ def test_the_encoder_graph_pads_to_the_first_multiple_that_keeps_rows_their_own(
     block["value"] = 10_000
     cosine.use_openvino("bf16")
     assert cosine.neighbour_independent and cosine._graph[2] == 64
+    # a window no multiple divides: unpadded batches, kept where the probes agree
+    window = cosine.max_length
+    cosine.max_length = 40
+    block["value"] = 1  # rows that never move
+    cosine.use_openvino("bf16")
+    assert cosine.neighbour_independent and cosine._graph[2] == 1
+    block["value"] = 16
+    cosine.use_openvino("bf16")
+    assert not cosine.neighbour_independent and cosine._graph[2] is None
+    cosine.max_length = window
     block["value"] = None  # rows that move with the batch's other rows: no padding helps
     cosine.use_openvino("bf16")
     assert not cosine.neighbour_independent and cosine._graph[2] is None
