@@ -42,9 +42,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from machine import cpu_line  # noqa: E402
 
-# BERT fusions that ONNX Runtime's quantizer can read (optimum's defaults turn this one off too)
-NO_EMBED_FUSION = {"enable_embed_layer_norm": False}
-
 
 def onnx_dynamic(source: Path, out: Path, *, fused: bool = False, **options) -> Path:
     """ONNX Runtime's dynamic int8 of ``source``'s weighted MatMuls (``options``: weight type,
@@ -67,7 +64,7 @@ def onnx_dynamic(source: Path, out: Path, *, fused: bool = False, **options) -> 
         extra_options=extra,
         **options,
     )
-    if prepared != source:
+    if not fused:
         prepared.unlink()
     return out
 
@@ -77,8 +74,8 @@ def bert_fused(source: Path, out: Path, config) -> Path:
     from onnxruntime.transformers.optimizer import optimize_model
 
     options = FusionOptions("bert")
-    for key, value in NO_EMBED_FUSION.items():
-        setattr(options, key, value)
+    # the embeddings' fusion is one ONNX Runtime's quantizer cannot read (optimum turns it off too)
+    options.enable_embed_layer_norm = False
     fused = optimize_model(
         str(source),
         model_type="bert",
