@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import platform
 import random
 import resource
 import sys
@@ -59,6 +58,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from machine import cpu_line  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data" / "squad-v1.1-dev"
 # The second domain (argument retrieval), built by benchmarks/domains/build_arguana.py.
 DOMAINS = {"squad": DATA, "arguana": ROOT.parent / "shared" / "data" / "arguana-counterargs"}
@@ -690,7 +691,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "epochs": cfg.training.epochs,
             "seed": args.seed,
         },
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": multiprocessing.cpu_count()},
+        "machine": {
+            "cpu": cpu_line(),
+            "cores": multiprocessing.cpu_count(),
+            # bf16 autocast where the CPU runs it natively, fp32 elsewhere: rows trained in
+            # different precisions are not strictly comparable.
+            "training_precision": training_precision(cfg),
+        },
         "rows": rows,
         "depth_rows": depth_rows,
         "commit": _commit(),
@@ -727,6 +734,14 @@ def _shown(path) -> str:
         return str(Path("..") / path.relative_to(ROOT.parent)) if ROOT.parent in path.parents else str(path)
 
 
+def machine_text(machine: dict[str, Any]) -> str:
+    """Cores, CPU and training precision; results from before they were recorded show cores alone."""
+    text = f"{machine['cores']} CPU cores"
+    if "training_precision" in machine:
+        text += f" ({machine['cpu']}), training in {machine['training_precision']}"
+    return text
+
+
 MINERS = {"bm25": "BM25", "dense": "the backbone's cosine", "hybrid": "BM25 and the backbone's cosine"}
 
 
@@ -743,7 +758,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"Training: {p['train_queries']} questions (+{p['valid_queries']} validation) from "
             f"the train side, {p['mined_negatives']} negatives each mined by "
             f"{MINERS[p.get('mined_by', 'bm25')]}, "
-            f"{p['epochs']:g} epoch(s), seed {p['seed']}; {result['machine']['cores']} CPU cores"
+            f"{p['epochs']:g} epoch(s), seed {p['seed']}; {machine_text(result['machine'])}"
             + (f"; queries cut to {p['max_query_words']} words." if p.get("max_query_words") else ".")
         ),
         "",
