@@ -16,6 +16,7 @@ part stands.
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,6 @@ from rerankit.calibration import calibration_report
 from rerankit.ensemble import (
     BM25_FILE,
     CORPUS_EMBEDDINGS,
-    ENCODER_GRAPH,
     ENSEMBLE_DIR,
     PIN_LIMIT,
     BestSentence,
@@ -63,9 +63,13 @@ def fit_shipped(
     key: str,
     seed: int,
     base_revision: str | None = None,
+    encoder_graph: Path | None = None,
 ) -> Shipped:
     """Score ``vset`` with ``reranker`` (the model as it ships) and fit the ensemble (when
-    ``ensemble`` is ``auto``), the calibration and the fusion on it."""
+    ``ensemble`` is ``auto``), the calibration and the fusion on it.
+
+    With ``encoder_graph``, the sentence encoder is converted to OpenVINO once, written there
+    and served from that file; it is removed again when the ensemble does not weigh the cosine."""
     from rerankit.loading import resolve_model_path
 
     recall_at = validator.recall_at
@@ -79,7 +83,7 @@ def fit_shipped(
         bm25 = BM25Signal.from_corpus(corpus_texts)
         features["bm25"] = bm25.scores(queries, docs)
         features["bm25_sentence"] = BestSentence(bm25).scores(queries, docs)
-        cosine = _cosine(resolve_model_path(base_model), base_revision, reranker)
+        cosine = _cosine(resolve_model_path(base_model), base_revision, reranker, encoder_graph)
         if cosine is not None:
             log.info("embedding the validation pairs and their sentences with the backbone %s", base_model)
             features["cosine"] = cosine.scores(queries, docs)
@@ -124,13 +128,16 @@ def fit_shipped(
         # the sentence encoder's runtime: the one Reranker.load gives it beside this model
         "encoder": cosine.runtime if cosine is not None else None,
     }
+    kept = cosine if "cosine" in base_signals(needs) and cosine.pinned else None
+    if encoder_graph is not None and kept is None:
+        shutil.rmtree(Path(encoder_graph).parent, ignore_errors=True)
     return Shipped(
         fitted,
         calibration_report(final, vset.flat_labels()),
         validator.fusion_report(final, key, seed),
         report,
         bm25 if "bm25" in base_signals(needs) else None,
-        cosine if "cosine" in base_signals(needs) and cosine.pinned else None,
+        kept,
     )
 
 
@@ -155,22 +162,22 @@ def _depth_table(vset: ValidationSet, first_stage, logits, final, recall_at: int
     return table
 
 
-def save_signals(out: Path, shipped: Shipped, encoder_graph: bool = False) -> None:
-    """The signals' files a run folder keeps: BM25's term statistics, the corpus's embeddings
-    and, with ``encoder_graph``, the sentence encoder converted to OpenVINO (where it cannot be,
-    the log says why and a load converts it)."""
+def save_signals(out: Path, shipped: Shipped) -> None:
+    """The signals' files a run folder keeps beside the encoder's graph (``fit_shipped`` wrote
+    it): BM25's term statistics and the corpus's embeddings."""
     if shipped.bm25 is not None:
         shipped.bm25.save(out / ENSEMBLE_DIR / BM25_FILE)
     if shipped.cosine is not None:
         shipped.cosine.save_pinned(out / ENSEMBLE_DIR / CORPUS_EMBEDDINGS)
-        if encoder_graph:
-            write_encoder_graph(shipped.cosine, out / ENSEMBLE_DIR / ENCODER_GRAPH)
 
 
-def _cosine(base_model: str, revision: str | None, reranker) -> CosineSignal | None:
+def _cosine(
+    base_model: str, revision: str | None, reranker, encoder_graph: Path | None
+) -> CosineSignal | None:
     """The backbone's sentence encoder on the reranker's device and precision, in the runtime
-    ``Reranker.load`` gives it beside this reranker (``encoder_beside``); None, said in the log,
-    when the backbone is no sentence-embedding model or cannot be read as one."""
+    ``Reranker.load`` gives it beside this reranker (``encoder_beside``), read from
+    ``encoder_graph`` once written there; None, said in the log, when the backbone is no
+    sentence-embedding model or cannot be read as one."""
     from rerankit.inference import device_type, encoder_beside
 
     try:
@@ -187,7 +194,9 @@ def _cosine(base_model: str, revision: str | None, reranker) -> CosineSignal | N
     if cosine is None:
         log.info("ensemble: no cosine signal, the backbone %s is no sentence-embedding model", base_model)
     else:
-        encoder_beside(cosine, reranker.model)
+        # where it cannot be converted, the log says why and a load converts it, or serves it in torch
+        written = encoder_graph is not None and write_encoder_graph(cosine, encoder_graph)
+        encoder_beside(cosine, reranker.model, encoder_graph if written else None)
     return cosine
 
 

@@ -32,6 +32,7 @@ from rerankit.collator import EpochGroupDataset, GroupCollator
 from rerankit.config import TrainConfig, config_hash, load_config
 from rerankit.data import require_scores
 from rerankit.deployed import DeployedCorpus, deployed_validation
+from rerankit.ensemble import ENCODER_GRAPH, ENSEMBLE_DIR
 from rerankit.errors import ConfigError, DataError, RerankitError, require
 from rerankit.files import read_json, write_json
 from rerankit.fusion import LearnedFusion
@@ -636,6 +637,10 @@ def _train(
         key=key,
         seed=cfg.seed,
         base_revision=cfg.model.revision,
+        # the encoder's graph beside the run's OpenVINO graphs, the ones it runs beside
+        encoder_graph=(
+            out / ENSEMBLE_DIR / ENCODER_GRAPH if gate is not None and graph_backend() == "openvino" else None
+        ),
     )
     first_stage_name = (
         f"{cfg.evaluation.first_stage} top-{cfg.evaluation.depth} of the corpus"
@@ -659,8 +664,7 @@ def _train(
         "wall_time_s": round(time.perf_counter() - started, 1),
         "data": {name: r.__dict__ for name, r in reports.items()},
     }
-    # the encoder's graph beside the run's OpenVINO graphs, the ones it runs beside
-    save_signals(out, shipped, encoder_graph=gate is not None and graph_backend() == "openvino")
+    save_signals(out, shipped)
     if gate is not None:
         metrics["graphs"] = gate
     write_json(out / run_folder.METRICS_FILE, metrics)

@@ -435,13 +435,15 @@ def test_the_encoder_graph_pads_to_the_first_multiple_that_keeps_rows_their_own(
     assert cosine._graph[2] is None  # the graph it had stays
 
 
+@pytest.mark.parametrize("cosine_weighs", [True, False])
 def test_a_run_with_graphs_keeps_its_sentence_encoder_converted(
-    tiny_sentence_bert_dir, tmp_path, monkeypatch
+    tiny_sentence_bert_dir, tmp_path, monkeypatch, cosine_weighs
 ):
     """graphs: auto and OpenVINO installed, an ensemble that weighs the cosine (the tiny random
     encoder's cosine carries nothing, so the fit's weights are replaced by equal ones): the run
-    keeps the encoder's graph, fitted the ensemble with the encoder in the runtime that serves
-    it, and says so in its report."""
+    keeps the encoder's graph, converted once, fitted the ensemble with the encoder in the
+    runtime that serves it, and says so in its report. An ensemble that does not weigh the
+    cosine keeps no encoder graph."""
     import dataclasses
 
     pytest.importorskip("openvino")
@@ -450,11 +452,23 @@ def test_a_run_with_graphs_keeps_its_sentence_encoder_converted(
 
     fit = rerankit.shipped.fit_ensemble
 
-    def every_signal_weighs(*args, **kwargs):
+    def weighed(*args, **kwargs):
         fitted, report = fit(*args, **kwargs)
-        return dataclasses.replace(fitted, weights=(1 / len(fitted.signals),) * len(fitted.signals)), report
+        if cosine_weighs:
+            weights = (1 / len(fitted.signals),) * len(fitted.signals)
+        else:
+            weights = tuple(0.0 if s.startswith("cosine") else 1 / 3 for s in fitted.signals)
+        return dataclasses.replace(fitted, weights=weights), report
 
-    monkeypatch.setattr(rerankit.shipped, "fit_ensemble", every_signal_weighs)
+    monkeypatch.setattr(rerankit.shipped, "fit_ensemble", weighed)
+    convert = CosineSignal.openvino_model
+    conversions = []
+
+    def counted(self):
+        conversions.append(self)
+        return convert(self)
+
+    monkeypatch.setattr(CosineSignal, "openvino_model", counted)
     train = write_jsonl(tmp_path / "train.jsonl", toy_lines(32, seed=1))
     valid_lines = [dict(row, query_text="valid " + row["query_text"]) for row in toy_lines(16, seed=2)]
     valid = write_jsonl(tmp_path / "valid.jsonl", valid_lines)
@@ -463,6 +477,12 @@ def test_a_run_with_graphs_keeps_its_sentence_encoder_converted(
     )
     fitted = rerankit.fit(config)
     run = fitted.output_dir
+    assert len(conversions) == 1  # written once, then served from the file
+    if not cosine_weighs:
+        shipped = json.loads((run / "run.json").read_text())["ensemble"]
+        assert {w for s, w in zip(shipped["signals"], shipped["weights"]) if s.startswith("cosine")} == {0.0}
+        assert (run / "ensemble").is_dir() and not (run / "ensemble" / ENCODER_GRAPH).parent.exists()
+        return
     assert (run / "ensemble" / ENCODER_GRAPH).is_file()
     encoder = fitted.metrics["shipped"]["encoder"]
     assert encoder.startswith("openvino")
@@ -476,7 +496,7 @@ def test_a_run_with_graphs_keeps_its_sentence_encoder_converted(
 def test_a_kept_encoder_graph_serves_and_a_foreign_one_is_converted_again(
     ensemble_run, tiny_sentence_bert_dir, monkeypatch, caplog, tmp_path
 ):
-    """A run's ensemble folder keeps the encoder's OpenVINO graph (``save_signals``): a load
+    """A run's ensemble folder keeps the encoder's OpenVINO graph (``fit_shipped``): a load
     reads it instead of converting; a graph of another encoder is refused, said in the log, and
     the encoder converted instead."""
     import shutil
@@ -484,8 +504,7 @@ def test_a_kept_encoder_graph_serves_and_a_foreign_one_is_converted_again(
     import torch
 
     pytest.importorskip("openvino")
-    from rerankit.ensemble import ENCODER_GRAPH
-    from rerankit.shipped import Shipped, save_signals
+    from rerankit.ensemble import ENCODER_GRAPH, write_encoder_graph
 
     out = tmp_path / "run"
     shutil.copytree(ensemble_run.output_dir, out)
@@ -493,8 +512,8 @@ def test_a_kept_encoder_graph_serves_and_a_foreign_one_is_converted_again(
     manifest["ensemble"]["weights"] = [0.2] * 5
     (out / "run.json").write_text(json.dumps(manifest))
     encoder = CosineSignal.load(tiny_sentence_bert_dir)
-    save_signals(out, Shipped(None, {}, {}, {}, None, encoder), encoder_graph=True)
     graph_file = out / "ensemble" / ENCODER_GRAPH
+    assert write_encoder_graph(encoder, graph_file)
     assert graph_file.is_file() and graph_file.with_suffix(".bin").is_file()
     assert not graph_file.parent.with_name(graph_file.parent.name + ".staging").exists()
     docs = [*DOCS[:3], "The river is old. An apple story with apple."]
