@@ -440,9 +440,13 @@ class Reranker:
         bf16 where batches pad to a width multiple that keeps each row's rounding its own
         (``runtimes.align_padding``); not under torch bf16/fp16, where rounding moves with a
         batch's padded width, nor ONNX's dynamic int8, whose activation ranges are taken per
-        batch."""
+        batch. With the self-ensemble's cosine, its sentence encoder must hold it too
+        (``CosineSignal.neighbour_independent``)."""
         import torch
 
+        cosine = self.signals.get("cosine")
+        if cosine is not None and not cosine.neighbour_independent:
+            return False
         if isinstance(self.model, GraphModel):
             return not self.model.batch_dependent
         return next(self.model.parameters()).dtype == torch.float32

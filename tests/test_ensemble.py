@@ -310,6 +310,11 @@ def test_beside_an_openvino_cross_encoder_the_sentence_encoder_runs_openvino_too
         "runtime": "torch float32",
         "neighbour_independent": True,
     }
+    assert in_torch.neighbour_independent
+    # an encoder whose embeddings move with their batch makes the whole score move with it, so
+    # a server does not merge requests by default
+    in_torch.signals["cosine"].neighbour_independent = False
+    assert not in_torch.neighbour_independent
     graph = Reranker.load(out, backend="openvino")  # the cross-encoder converted to an fp32 graph
     assert graph.backend_info["backend"] == "openvino"
     assert graph.backend_info["ensemble_encoder"] == {
