@@ -758,10 +758,11 @@ def fit_ensemble(
     report: dict = {"signals": list(signals), "folds": len(parts), "strategies": {}}
     held_out: dict[str, np.ndarray] = {}
     everyone = list(range(n))
+    full_fit = {}  # each strategy's weights on every query, unrounded: the report rounds them
     for name, strategy in strategies.items():
         held_out[name] = held_out_values(n, parts, strategy, lambda w, q: quality(fused(w, [q]), [q]))
         gain, error = gain_and_error(held_out[name] - held_out["equal"])
-        weights = strategy(everyone)
+        weights = full_fit[name] = strategy(everyone)
         report["strategies"][name] = {
             "cross_validated": float(held_out[name].mean()) if n else 0.0,
             "gain_over_equal": gain,
@@ -776,6 +777,4 @@ def fit_ensemble(
     ]
     chosen = max(clear, key=lambda s: report["strategies"][s]["cross_validated"])
     report["chosen"] = chosen
-    weights = tuple(report["strategies"][chosen]["weights"])
-    weights = tuple(w / sum(weights) for w in weights)
-    return Ensemble(signals, weights, means, stds, chosen), report
+    return Ensemble(signals, full_fit[chosen], means, stds, chosen), report

@@ -10,7 +10,7 @@ from conftest import tiny_config, toy_lines, wait_ready, write_jsonl
 
 import rerankit
 from rerankit import ModelLoadError, Reranker
-from rerankit.ensemble import BM25Signal, CosineSignal, Ensemble, fit_ensemble, weight_grid
+from rerankit.ensemble import SIGNALS, BM25Signal, CosineSignal, Ensemble, fit_ensemble, weight_grid
 
 pytestmark = pytest.mark.smoke
 
@@ -167,6 +167,13 @@ def test_the_fit_finds_the_informative_signal_and_reports_each_strategy():
     ensemble, report = fit_ensemble(features, quality, ("reranker", "bm25", "bm25_sentence"))
     assert ensemble.weights[1] == pytest.approx(ensemble.weights[2]) and ensemble.weights[1] > 0.25
     assert all(s["weights"][1] == s["weights"][2] for s in report["strategies"].values())
+
+    # signals that carry nothing keep equal weights, exactly: the report rounds the weights it
+    # shows (0.1667), the ensemble keeps the fit's own
+    noise = [{s: rng.normal(size=10) for s in SIGNALS} for _ in features]
+    ensemble, report = fit_ensemble(noise, quality, SIGNALS)
+    assert report["chosen"] == "equal" and report["strategies"]["equal"]["weights"][1] == 0.1667
+    assert ensemble.weights == pytest.approx((1 / 3, 1 / 6, 1 / 6, 1 / 6, 1 / 6), abs=1e-12)
 
 
 @pytest.fixture(scope="module")
