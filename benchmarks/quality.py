@@ -58,6 +58,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # also when loaded as a module, as the tests do
 from machine import cpu_line  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "squad-v1.1-dev"

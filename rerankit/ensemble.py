@@ -389,7 +389,11 @@ class CosineSignal:
         for stale in (staging, previous):
             shutil.rmtree(stale, ignore_errors=True)
         staging.mkdir(parents=True)
-        save_openvino(self.openvino_model(), staging / Path(path).name)
+        try:
+            save_openvino(self.openvino_model(), staging / Path(path).name)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)  # nothing half-written stays behind
+            raise
         swap_in(staging, folder, previous)
         shutil.rmtree(previous, ignore_errors=True)
 

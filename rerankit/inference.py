@@ -747,12 +747,17 @@ def _converted(model, tokenizer, max_length: int, prompt, backend: str) -> Graph
         return load_graph(path, backend, "fp32")
 
 
+def serves_openvino(model) -> bool:
+    """Whether ``model`` (what a Reranker scores with) is an OpenVINO graph."""
+    return isinstance(model, GraphModel) and model.backend == "openvino"
+
+
 def encoder_beside(cosine, model, graph_file: Path | None = None) -> None:
     """Beside a cross-encoder served by an OpenVINO graph, run the ensemble's sentence encoder
     (``cosine``) as an OpenVINO graph too, in the cross-encoder graph's precision (bf16 where the
     CPU has it, beside an int8 one): ``graph_file`` where there is one (a run keeps it), else
     the encoder converted in memory. Where neither works it stays in torch, and the log says why."""
-    if not (isinstance(model, GraphModel) and model.backend == "openvino"):
+    if not serves_openvino(model):
         return
     precision = model.precision if model.precision in ("fp32", "bf16") else None
     precision = precision or ("bf16" if openvino_bf16_here() else "fp32")

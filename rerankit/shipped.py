@@ -68,8 +68,11 @@ def fit_shipped(
     """Score ``vset`` with ``reranker`` (the model as it ships) and fit the ensemble (when
     ``ensemble`` is ``auto``), the calibration and the fusion on it.
 
-    With ``encoder_graph``, the sentence encoder is converted to OpenVINO once, written there
-    and served from that file; it is removed again when the ensemble does not weigh the cosine."""
+    With ``encoder_graph``, a run keeps the sentence encoder converted to OpenVINO there, once:
+    where the reranker runs an OpenVINO graph, the encoder is written first and served from that
+    file while the ensemble is fitted; elsewhere it is written after the fit, only if the ensemble
+    weighs the cosine. A graph the ensemble does not need is removed again."""
+    from rerankit.inference import encoder_beside, serves_openvino
     from rerankit.loading import resolve_model_path
 
     recall_at = validator.recall_at
@@ -78,13 +81,18 @@ def fit_shipped(
     logits = reranker.input_logits(model_queries, docs, vset.flat_instructions())[0].astype(np.float64)
     features = {"reranker": logits}
     bm25 = cosine = None
+    graph_first = False  # whether the encoder's graph was written before the fit
     if ensemble == "auto":
         queries, _ = vset.flat_pairs()  # signals read the query as the user wrote it
         bm25 = BM25Signal.from_corpus(corpus_texts)
         features["bm25"] = bm25.scores(queries, docs)
         features["bm25_sentence"] = BestSentence(bm25).scores(queries, docs)
-        cosine = _cosine(resolve_model_path(base_model), base_revision, reranker, encoder_graph)
+        cosine = _cosine(resolve_model_path(base_model), base_revision, reranker)
         if cosine is not None:
+            # in the runtime Reranker.load gives the encoder beside this reranker
+            graph_first = encoder_graph is not None and serves_openvino(reranker.model)
+            written = graph_first and write_encoder_graph(cosine, encoder_graph)
+            encoder_beside(cosine, reranker.model, encoder_graph if written else None)
             log.info("embedding the validation pairs and their sentences with the backbone %s", base_model)
             features["cosine"] = cosine.scores(queries, docs)
             features["cosine_sentence"] = BestSentence(cosine).scores(queries, docs)
@@ -128,16 +136,19 @@ def fit_shipped(
         # the sentence encoder's runtime: the one Reranker.load gives it beside this model
         "encoder": cosine.runtime if cosine is not None else None,
     }
-    kept = cosine if "cosine" in base_signals(needs) and cosine.pinned else None
-    if encoder_graph is not None and kept is None:
-        shutil.rmtree(Path(encoder_graph).parent, ignore_errors=True)
+    weighs = cosine is not None and "cosine" in base_signals(needs)
+    if encoder_graph is not None and cosine is not None:
+        if not weighs:
+            shutil.rmtree(Path(encoder_graph).parent, ignore_errors=True)
+        elif not graph_first:  # where it cannot be converted, the log says why and a load converts it
+            write_encoder_graph(cosine, encoder_graph)
     return Shipped(
         fitted,
         calibration_report(final, vset.flat_labels()),
         validator.fusion_report(final, key, seed),
         report,
         bm25 if "bm25" in base_signals(needs) else None,
-        kept,
+        cosine if weighs and cosine.pinned else None,
     )
 
 
@@ -165,20 +176,17 @@ def _depth_table(vset: ValidationSet, first_stage, logits, final, recall_at: int
 def save_signals(out: Path, shipped: Shipped) -> None:
     """The signals' files a run folder keeps beside the encoder's graph (``fit_shipped`` wrote
     it): BM25's term statistics and the corpus's embeddings."""
+    (out / ENSEMBLE_DIR).mkdir(parents=True, exist_ok=True)
     if shipped.bm25 is not None:
         shipped.bm25.save(out / ENSEMBLE_DIR / BM25_FILE)
     if shipped.cosine is not None:
         shipped.cosine.save_pinned(out / ENSEMBLE_DIR / CORPUS_EMBEDDINGS)
 
 
-def _cosine(
-    base_model: str, revision: str | None, reranker, encoder_graph: Path | None
-) -> CosineSignal | None:
-    """The backbone's sentence encoder on the reranker's device and precision, in the runtime
-    ``Reranker.load`` gives it beside this reranker (``encoder_beside``), read from
-    ``encoder_graph`` once written there; None, said in the log, when the backbone is no
-    sentence-embedding model or cannot be read as one."""
-    from rerankit.inference import device_type, encoder_beside
+def _cosine(base_model: str, revision: str | None, reranker) -> CosineSignal | None:
+    """The backbone's sentence encoder on the reranker's device and precision; None, said in
+    the log, when the backbone is no sentence-embedding model or cannot be read as one."""
+    from rerankit.inference import device_type
 
     try:
         cosine = CosineSignal.load(
@@ -193,10 +201,6 @@ def _cosine(
         return None
     if cosine is None:
         log.info("ensemble: no cosine signal, the backbone %s is no sentence-embedding model", base_model)
-    else:
-        # where it cannot be converted, the log says why and a load converts it, or serves it in torch
-        written = encoder_graph is not None and write_encoder_graph(cosine, encoder_graph)
-        encoder_beside(cosine, reranker.model, encoder_graph if written else None)
     return cosine
 
 

@@ -447,18 +447,19 @@ def test_the_encoder_graph_pads_to_the_first_multiple_that_keeps_rows_their_own(
     assert cosine._graph[2] is None  # the graph it had stays
 
 
-@pytest.mark.parametrize("cosine_weighs", [True, False])
-def test_a_run_with_graphs_keeps_its_sentence_encoder_converted(
-    tiny_sentence_bert_dir, tmp_path, monkeypatch, cosine_weighs
+@pytest.mark.parametrize("case", ["beside its graph", "cosine not weighed", "reranker in torch"])
+def test_a_run_with_graphs_keeps_its_sentence_encoder_converted_once(
+    tiny_sentence_bert_dir, tmp_path, monkeypatch, case
 ):
     """graphs: auto and OpenVINO installed, an ensemble that weighs the cosine (the tiny random
     encoder's cosine carries nothing, so the fit's weights are replaced by equal ones): the run
     keeps the encoder's graph, converted once, fitted the ensemble with the encoder in the
-    runtime that serves it, and says so in its report. An ensemble that does not weigh the
-    cosine keeps no encoder graph."""
+    runtime that serves it, and says so in its report. Beside a reranker fitted in torch the
+    graph is written after the fit; an ensemble that does not weigh the cosine keeps none."""
     import dataclasses
 
     pytest.importorskip("openvino")
+    import rerankit.inference
     import rerankit.shipped
     from rerankit.ensemble import ENCODER_GRAPH
 
@@ -466,13 +467,15 @@ def test_a_run_with_graphs_keeps_its_sentence_encoder_converted(
 
     def weighed(*args, **kwargs):
         fitted, report = fit(*args, **kwargs)
-        if cosine_weighs:
-            weights = (1 / len(fitted.signals),) * len(fitted.signals)
-        else:
+        if case == "cosine not weighed":
             weights = tuple(0.0 if s.startswith("cosine") else 1 / 3 for s in fitted.signals)
+        else:
+            weights = (1 / len(fitted.signals),) * len(fitted.signals)
         return dataclasses.replace(fitted, weights=weights), report
 
     monkeypatch.setattr(rerankit.shipped, "fit_ensemble", weighed)
+    if case == "reranker in torch":  # as on a GPU, where the shipped reranker is no graph
+        monkeypatch.setattr(rerankit.inference, "serves_openvino", lambda model: False)
     convert = CosineSignal.openvino_model
     conversions = []
 
@@ -488,21 +491,33 @@ def test_a_run_with_graphs_keeps_its_sentence_encoder_converted(
         tiny_sentence_bert_dir, train, valid, tmp_path / "run", ensemble="auto", graphs="auto"
     )
     fitted = rerankit.fit(config)
+    monkeypatch.undo()
     run = fitted.output_dir
-    assert len(conversions) == 1  # written once, then served from the file
-    if not cosine_weighs:
+    assert len(conversions) == 1
+    encoder = fitted.metrics["shipped"]["encoder"]
+    if case == "cosine not weighed":
         shipped = json.loads((run / "run.json").read_text())["ensemble"]
         assert {w for s, w in zip(shipped["signals"], shipped["weights"]) if s.startswith("cosine")} == {0.0}
-        assert (run / "ensemble").is_dir() and not (run / "ensemble" / ENCODER_GRAPH).parent.exists()
+        assert (run / "ensemble").is_dir() and not any((run / "ensemble").glob("encoder_openvino*"))
         return
     assert (run / "ensemble" / ENCODER_GRAPH).is_file()
-    encoder = fitted.metrics["shipped"]["encoder"]
-    assert encoder.startswith("openvino")
+    assert encoder == "torch float32" if case == "reranker in torch" else encoder.startswith("openvino")
     assert f"its sentence encoder in {encoder}" in (run / "report.md").read_text()
     served = Reranker.load(run)
     assert served.backend_info["backend"] == "openvino"
     # the load picks its graph again by speed: the encoder's precision follows the one it picks
     assert served.backend_info["ensemble_encoder"]["runtime"].startswith("openvino")
+
+
+def test_signals_are_saved_into_a_run_folder_without_an_ensemble_folder_yet(tiny_sentence_bert_dir, tmp_path):
+    """A fit whose ensemble weighs the cosine and not BM25 saves the corpus's embeddings alone."""
+    from rerankit.ensemble import CORPUS_EMBEDDINGS
+    from rerankit.shipped import Shipped, save_signals
+
+    encoder = CosineSignal.load(tiny_sentence_bert_dir)
+    encoder.pin(["An apple story.", "The river is old."])
+    save_signals(tmp_path, Shipped(None, {}, {}, {}, None, encoder))
+    assert (tmp_path / "ensemble" / CORPUS_EMBEDDINGS).is_file()
 
 
 def test_a_kept_encoder_graph_serves_and_a_foreign_one_is_converted_again(
@@ -548,7 +563,7 @@ def test_a_kept_encoder_graph_serves_and_a_foreign_one_is_converted_again(
         with caplog.at_level("WARNING", logger="rerankit.ensemble"):
             without = export(out, tmp_path / "export-without", formats=["openvino"])
     assert "graph was not written: RuntimeError: no conversion wanted" in caplog.text
-    assert (without / "openvino").is_dir() and not (without / "ensemble" / ENCODER_GRAPH).parent.exists()
+    assert (without / "openvino").is_dir() and not any((without / "ensemble").glob("encoder_openvino*"))
     for served in (kept, kept_export):
         assert served.backend_info["ensemble_encoder"]["runtime"] == "openvino fp32"
         np.testing.assert_allclose(served.score([(QUERY, d) for d in docs]), expected, atol=1e-5)

@@ -115,6 +115,10 @@ def test_markdown_shows_every_row_against_bm25():
     # the peer's fused row is not the peer; the unfused rows are what the targets compare
     assert "above the sentence-transformers peer: -0.0100 against its best run, NOT met" in table
     assert "a fused pipeline ≥ 0.90 NDCG@10: best 0.9300 (rerankit (QLoRA) ⊕ BM25 (RRF)), met." in table
+    assert "seed 42; 2 CPU cores." in table  # a result from before the CPU was recorded
+    # the CPU's flags and the training precision, which decide how comparable two runs are
+    result["machine"] |= {"cpu": "EPYC; flags: avx2", "training_precision": "fp32"}
+    assert "seed 42; 2 CPU cores (EPYC; flags: avx2), training in fp32." in bench.markdown(result)
 
 
 def test_ablation_overrides_are_parsed_as_yaml_values():
