@@ -176,7 +176,8 @@ def _depth_table(vset: ValidationSet, first_stage, logits, final, recall_at: int
 def save_signals(out: Path, shipped: Shipped) -> None:
     """The signals' files a run folder keeps beside the encoder's graph (``fit_shipped`` wrote
     it): BM25's term statistics and the corpus's embeddings."""
-    (out / ENSEMBLE_DIR).mkdir(parents=True, exist_ok=True)
+    if shipped.bm25 is not None or shipped.cosine is not None:
+        (out / ENSEMBLE_DIR).mkdir(parents=True, exist_ok=True)
     if shipped.bm25 is not None:
         shipped.bm25.save(out / ENSEMBLE_DIR / BM25_FILE)
     if shipped.cosine is not None:

@@ -516,8 +516,10 @@ def test_signals_are_saved_into_a_run_folder_without_an_ensemble_folder_yet(tiny
 
     encoder = CosineSignal.load(tiny_sentence_bert_dir)
     encoder.pin(["An apple story.", "The river is old."])
-    save_signals(tmp_path, Shipped(None, {}, {}, {}, None, encoder))
-    assert (tmp_path / "ensemble" / CORPUS_EMBEDDINGS).is_file()
+    save_signals(tmp_path / "run", Shipped(None, {}, {}, {}, None, encoder))
+    assert (tmp_path / "run" / "ensemble" / CORPUS_EMBEDDINGS).is_file()
+    save_signals(tmp_path / "without", Shipped(None, {}, {}, {}, None, None))  # ensemble: none
+    assert not (tmp_path / "without").exists()
 
 
 def test_a_kept_encoder_graph_serves_and_a_foreign_one_is_converted_again(
