@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rerankit.config import LongDocumentsConfig
 from rerankit.encoding import encode_pairs
@@ -10,6 +12,9 @@ from rerankit.prompts import PromptTemplate
 from rerankit.sampling import Group, NegativeSampler
 from rerankit.score_injection import ScoreInjection
 from rerankit.windows import split_documents
+
+if TYPE_CHECKING:
+    from rerankit.complement import SignalPrior
 
 
 class EpochGroupDataset:
@@ -20,8 +25,8 @@ class EpochGroupDataset:
     (seed, epoch, query).
     """
 
-    def __init__(self, sampler: NegativeSampler) -> None:
-        self.sampler = sampler
+    def __init__(self, sampler: NegativeSampler, prior: SignalPrior | None = None) -> None:
+        self.sampler, self.prior = sampler, prior
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -31,7 +36,10 @@ class EpochGroupDataset:
         return len(self.sampler)
 
     def __getitem__(self, index: int) -> Group:
-        return self.sampler.group(index, self.epoch)
+        group = self.sampler.group(index, self.epoch)
+        if self.prior is None:
+            return group
+        return dataclasses.replace(group, prior=self.prior(group.query, group.docs))
 
 
 class GroupCollator:
@@ -43,7 +51,8 @@ class GroupCollator:
     tokenized rows are the documents' windows and ``window_owner`` says which pair each belongs
     to (the loss then scores a document by the aggregate of its windows: MaxP). When any group
     carries teacher scores, ``group_teacher`` holds them on the same grid and
-    ``group_teacher_mask`` says where one is known. With ``score_injection`` each pair's query
+    ``group_teacher_mask`` says where one is known; groups with a ``prior`` (``loss.complement``)
+    give ``group_prior`` on the grid. With ``score_injection`` each pair's query
     carries its document's first-stage level (``rerankit.score_injection``). A group's
     ``instruction`` is written into the template of each of its pairs.
     """
@@ -69,6 +78,7 @@ class GroupCollator:
         mask = torch.zeros(len(groups), width, dtype=torch.bool)
         teacher = torch.zeros(len(groups), width)
         known = torch.zeros(len(groups), width, dtype=torch.bool)
+        prior = torch.zeros(len(groups), width)
         for row, group in enumerate(groups):
             for col, (doc, label) in enumerate(zip(group.docs, group.labels)):
                 queries.append(self._query(group, col))
@@ -80,6 +90,7 @@ class GroupCollator:
             for col, score in enumerate(group.teacher):
                 if score is not None:
                     teacher[row, col], known[row, col] = score, True
+            prior[row, : len(group.prior)] = torch.tensor(group.prior, dtype=prior.dtype)
         given = instructions if any(i is not None for i in instructions) else None
         if self.long_documents.mode == "windows":
             queries, docs, owner = split_documents(
@@ -102,6 +113,8 @@ class GroupCollator:
             batch["window_owner"] = torch.tensor(owner, dtype=torch.long)
         if known.any():
             batch.update(group_teacher=teacher, group_teacher_mask=known)
+        if any(group.prior for group in groups):
+            batch["group_prior"] = prior
         return batch
 
     def _query(self, group: Group, col: int) -> str:

@@ -193,6 +193,10 @@ class LossConfig(_Section):
     distillation_weight: float = Field(1.0, ge=0.0)
     # kl: the standardized teacher scores are divided by it (< 1 sharpens, > 1 flattens).
     teacher_temperature: float = Field(1.0, gt=0.0)
+    # ensemble: the ranking loss reads each pair's logit fused with the self-ensemble's untrained
+    # signals at equal weights (rerankit.complement), so the cross-encoder learns what they miss;
+    # it then ranks best inside the ensemble and worse alone. none: the logit alone.
+    complement: Literal["none", "ensemble"] = "none"
 
 
 class TrainingConfig(_Section):
@@ -330,6 +334,15 @@ class TrainConfig(_Section):
             raise ValueError(
                 f"training.{sharded} shards a full-precision base, but quantization.mode is "
                 f"'{self.quantization.mode}'; set quantization.mode: none"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _complement_needs_the_ensemble(self) -> TrainConfig:
+        if self.loss.complement != "none" and self.ensemble == "none":
+            raise ValueError(
+                "loss.complement trains the cross-encoder to be fused with the self-ensemble's signals, "
+                "but ensemble is 'none': the model would ship without them; set ensemble: auto"
             )
         return self
 

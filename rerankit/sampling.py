@@ -39,6 +39,9 @@ class Group:
     levels: tuple[int, ...] = ()
     # The query's task instruction for a decoder's template (None: the template's default).
     instruction: str | None = None
+    # Each document's weighed, standardized untrained signals (``rerankit.complement``); empty
+    # unless ``loss.complement`` asks for them.
+    prior: tuple[float, ...] = ()
 
 
 def _query_seed(key: str) -> int:

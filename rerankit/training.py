@@ -162,6 +162,7 @@ class RerankTrainer(Trainer):
         owner = inputs.pop("window_owner", None)  # [W] pair of each window (long documents)
         teacher = inputs.pop("group_teacher", None)  # [Q, G] teacher scores, where the data has them
         known = inputs.pop("group_teacher_mask", None)
+        prior = inputs.pop("group_prior", None)  # [Q, G] the untrained signals (loss.complement)
         if owner is not None and self.long_documents.train_windows == "best":
             inputs, owner = scored_windows(model, inputs, owner, len(slots), self.long_documents.aggregate)
         outputs = model(**inputs)
@@ -169,6 +170,9 @@ class RerankTrainer(Trainer):
         if owner is not None:  # a document's score is the aggregate of its windows' (MaxP)
             logits = aggregate_tensor(logits, owner, len(slots), self.long_documents.aggregate)
         scores = logits.new_zeros(mask.numel()).index_put((slots,), logits).view(mask.shape)
+        if prior is not None:  # the ensemble's fused score, the signals at the logits' own spread
+            spread = logits.detach().std() if logits.numel() > 1 else logits.new_ones(())
+            scores = scores + spread.clamp_min(1e-6) * prior.to(scores)
         loss = self.loss_fn(scores, labels, mask)
         if self.distillation is not None and teacher is not None:
             loss = loss + self.distillation_weight * self.distillation(scores, teacher, known & mask, labels)
@@ -486,6 +490,15 @@ def _validation_set(cfg: TrainConfig, train: list, valid: list):
     return vset, corpus, summary
 
 
+def _complement_prior(cfg: TrainConfig, train: list, corpus):
+    """``loss.complement``'s prior of the untrained signals, or None."""
+    if cfg.loss.complement == "none":
+        return None
+    from rerankit.complement import build_prior
+
+    return build_prior(train, list(corpus.texts), cfg.model.name_or_path, cfg.model.revision)
+
+
 def _as_shipped(cfg: TrainConfig, out: Path, built, gate: dict | None):
     """The saved model as ``Reranker.load`` will return it on this machine (the run's fastest
     graph that passed its gate, else the merged torch model), without the parts fitted after."""
@@ -573,7 +586,7 @@ def _train(
     sampler = NegativeSampler(
         train, cfg.sampling.num_negatives, cfg.sampling.hard_ratio, cfg.sampling.max_positives, cfg.seed
     )
-    dataset = EpochGroupDataset(sampler)
+    dataset = EpochGroupDataset(sampler, _complement_prior(cfg, train, corpus))
     divergence = DivergenceCallback()
     callbacks: list[TrainerCallback] = [EpochCallback(dataset), divergence]
     if cfg.training.early_stopping_patience:

@@ -1,0 +1,96 @@
+"""Training the cross-encoder as the complement of the self-ensemble's other signals.
+
+The shipped score is a fusion: the cross-encoder's logit and the untrained signals (BM25 with
+the corpus's statistics, the backbone's cosine, and their best-sentence forms), each
+standardized and weighed equally per family (``rerankit.ensemble``). Trained alone, the
+cross-encoder spends its capacity on what those signals already rank. With ``loss.complement:
+ensemble`` the ranking loss reads each training pair the way the ensemble fuses it:
+
+    fused = logit + spread(logits) · Σ_s (w_s / w_reranker) · (s − mean_s) / std_s
+
+where ``spread(logits)`` is the standard deviation of the batch's logits (held constant, so
+the ratio between the cross-encoder and the signals stays the one of equal weights however the
+cross-encoder scales its logits), and each signal's mean and standard deviation are taken over
+the training lines' documents. The cross-encoder then learns what the signals miss, the residual
+of boosting; served alone (``ensemble: none``) it ranks worse than one trained alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from rerankit.data import QueryRecord
+from rerankit.ensemble import (
+    BestSentence,
+    BM25Signal,
+    CosineSignal,
+    document_sentences,
+    signal_families,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SignalPrior:
+    """Each pair's standardized, weighed signals (see the module docstring): the fixed part of
+    the fused training score."""
+
+    signals: Mapping[str, object]  # name -> object with scores(queries, docs)
+    means: Mapping[str, float]
+    stds: Mapping[str, float]
+    ratios: Mapping[str, float]  # each signal's equal weight over the cross-encoder's
+
+    def __call__(self, query: str, docs: Sequence[str]) -> tuple[float, ...]:
+        total = np.zeros(len(docs), dtype=np.float64)
+        for name, signal in self.signals.items():
+            values = np.asarray(signal.scores([query] * len(docs), list(docs)), dtype=np.float64)
+            total += self.ratios[name] * (values - self.means[name]) / self.stds[name]
+        return tuple(float(v) for v in total)
+
+
+def equal_ratios(names: Sequence[str]) -> dict[str, float]:
+    """Each signal's weight over the cross-encoder's when every family weighs the same and a
+    family's weight is split equally among its signals (the ensemble's ``equal`` strategy)."""
+    names = ("reranker", *names)
+    weights = {}
+    for members in signal_families(names):
+        for i in members:
+            weights[names[i]] = 1 / len(members)
+    return {name: weights[name] / weights["reranker"] for name in names[1:]}
+
+
+def build_prior(
+    records: Sequence[QueryRecord],
+    corpus_texts: Sequence[str],
+    base_model: str,
+    revision: str | None = None,
+) -> SignalPrior:
+    """The prior of the signals the ensemble would fit for this backbone: BM25 over
+    ``corpus_texts`` and, when the backbone is a sentence encoder, its cosine (fp32, its pooling,
+    base weights), each with its best-sentence form. Every training document, query and sentence
+    is embedded once and kept for the run."""
+    from rerankit.loading import resolve_model_path
+
+    bm25 = BM25Signal.from_corpus(list(corpus_texts))
+    signals: dict[str, object] = {"bm25": bm25, "bm25_sentence": BestSentence(bm25)}
+    cosine = CosineSignal.load(resolve_model_path(base_model), revision=revision)
+    if cosine is None:
+        log.info("loss.complement: the backbone %s is no sentence encoder, BM25 alone", base_model)
+    else:
+        docs = list(dict.fromkeys(d.text for r in records for d in r.positives + r.negatives))
+        texts = [r.query for r in records] + docs + [s for d in docs for s in document_sentences(d)]
+        log.info("loss.complement: embedding %d training texts with the backbone", len(texts))
+        cosine.pin(texts)
+        signals |= {"cosine": cosine, "cosine_sentence": BestSentence(cosine)}
+    queries = [r.query for r in records for _ in r.positives + r.negatives]
+    docs = [d.text for r in records for d in r.positives + r.negatives]
+    means, stds = {}, {}
+    for name, signal in signals.items():
+        values = np.asarray(signal.scores(queries, docs), dtype=np.float64)
+        means[name], stds[name] = float(values.mean()), float(values.std()) or 1.0
+    return SignalPrior(signals, means, stds, equal_ratios(list(signals)))
