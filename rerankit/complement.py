@@ -2,17 +2,20 @@
 
 The shipped score is a fusion: the cross-encoder's logit and the untrained signals (BM25 with
 the corpus's statistics, the backbone's cosine, and their best-sentence forms), each
-standardized and weighed equally per family (``rerankit.ensemble``). Trained alone, the
-cross-encoder spends its capacity on what those signals already rank. With ``loss.complement:
-ensemble`` the ranking loss reads each training pair the way the ensemble fuses it:
+standardized and weighed per family (``rerankit.ensemble``). Trained alone, the cross-encoder
+spends its capacity on what those signals already rank. With ``loss.complement: ensemble`` the
+ranking loss reads each training pair the way the ensemble's equal weights fuse it:
 
     fused = logit + spread(logits) · Σ_s (w_s / w_reranker) · (s − mean_s) / std_s
 
-where ``spread(logits)`` is the standard deviation of the batch's logits (held constant, so
-the ratio between the cross-encoder and the signals stays the one of equal weights however the
-cross-encoder scales its logits), and each signal's mean and standard deviation are taken over
-the training lines' documents. The cross-encoder then learns what the signals miss, the residual
-of boosting; served alone (``ensemble: none``) it ranks worse than one trained alone.
+``spread(logits)`` is the standard deviation of the batch's logits, held constant, so the ratio
+between the cross-encoder and the signals stays the one of equal weights however the
+cross-encoder scales its logits. Two approximations: each signal's mean and standard deviation
+are taken over the training lines' documents (the ensemble takes them over the validation
+candidates as deployed), and the ensemble's fit at the end of the run may still move the weights
+away from equal. The cross-encoder then learns what the signals miss, the residual of boosting;
+served alone (``ensemble: none``) it ranks worse than one trained alone. Checkpoints are still
+chosen on the cross-encoder's own validation score.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 
 from rerankit.data import QueryRecord
 from rerankit.ensemble import (
+    PIN_LIMIT,
     BestSentence,
     BM25Signal,
     CosineSignal,
@@ -73,19 +77,27 @@ def build_prior(
     """The prior of the signals the ensemble would fit for this backbone: BM25 over
     ``corpus_texts`` and, when the backbone is a sentence encoder, its cosine (fp32, its pooling,
     base weights), each with its best-sentence form. Every training document, query and sentence
-    is embedded once and kept for the run."""
+    is embedded once and, up to ``PIN_LIMIT`` texts, kept for the run (under ``torchrun`` each
+    process builds its own)."""
     from rerankit.loading import resolve_model_path
 
     bm25 = BM25Signal.from_corpus(list(corpus_texts))
     signals: dict[str, object] = {"bm25": bm25, "bm25_sentence": BestSentence(bm25)}
-    cosine = CosineSignal.load(resolve_model_path(base_model), revision=revision)
+    try:
+        cosine = CosineSignal.load(resolve_model_path(base_model), revision=revision)
+    except (OSError, ValueError) as exc:  # as the ensemble at the end of the run: BM25 alone
+        log.warning(
+            "loss.complement: the backbone %s cannot be read as a sentence encoder (%s)", base_model, exc
+        )
+        cosine = None
     if cosine is None:
-        log.info("loss.complement: the backbone %s is no sentence encoder, BM25 alone", base_model)
+        log.info("loss.complement: no cosine signal for the backbone %s, BM25 alone", base_model)
     else:
         docs = list(dict.fromkeys(d.text for r in records for d in r.positives + r.negatives))
         texts = [r.query for r in records] + docs + [s for d in docs for s in document_sentences(d)]
-        log.info("loss.complement: embedding %d training texts with the backbone", len(texts))
-        cosine.pin(texts)
+        # kept for the run (random negatives come back every epoch); past the cap, the cache
+        log.info("loss.complement: embedding %d training texts with the backbone", min(len(texts), PIN_LIMIT))
+        cosine.pin(texts[:PIN_LIMIT])
         signals |= {"cosine": cosine, "cosine_sentence": BestSentence(cosine)}
     queries = [r.query for r in records for _ in r.positives + r.negatives]
     docs = [d.text for r in records for d in r.positives + r.negatives]

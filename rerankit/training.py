@@ -170,10 +170,11 @@ class RerankTrainer(Trainer):
         if owner is not None:  # a document's score is the aggregate of its windows' (MaxP)
             logits = aggregate_tensor(logits, owner, len(slots), self.long_documents.aggregate)
         scores = logits.new_zeros(mask.numel()).index_put((slots,), logits).view(mask.shape)
+        ranked = scores
         if prior is not None:  # the ensemble's fused score, the signals at the logits' own spread
-            spread = logits.detach().std() if logits.numel() > 1 else logits.new_ones(())
-            scores = scores + spread.clamp_min(1e-6) * prior.to(scores)
-        loss = self.loss_fn(scores, labels, mask)
+            spread = logits.detach().std(unbiased=False) if logits.numel() > 1 else logits.new_ones(())
+            ranked = scores + spread.clamp_min(1e-6) * prior.to(scores)
+        loss = self.loss_fn(ranked, labels, mask)  # distillation below reads the logits alone
         if self.distillation is not None and teacher is not None:
             loss = loss + self.distillation_weight * self.distillation(scores, teacher, known & mask, labels)
         return (loss, outputs) if return_outputs else loss

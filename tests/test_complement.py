@@ -16,16 +16,25 @@ from rerankit.data import read_records
 from rerankit.ensemble import BestSentence, BM25Signal, CosineSignal
 from rerankit.errors import ConfigError
 from rerankit.sampling import NegativeSampler
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, toy_lines, write_jsonl
 
 pytestmark = pytest.mark.smoke
 
 
-def test_each_signal_weighs_as_equal_family_weights_weigh_it_against_the_cross_encoder():
-    both = equal_ratios(["bm25", "bm25_sentence", "cosine", "cosine_sentence"])
-    assert both == pytest.approx({"bm25": 0.5, "bm25_sentence": 0.5, "cosine": 0.5, "cosine_sentence": 0.5})
-    assert equal_ratios(["bm25"]) == pytest.approx({"bm25": 1.0})
-    assert equal_ratios(["bm25", "cosine"]) == pytest.approx({"bm25": 1.0, "cosine": 1.0})
+@pytest.mark.parametrize(
+    "names", [["bm25", "bm25_sentence", "cosine", "cosine_sentence"], ["bm25", "bm25_sentence"]]
+)
+def test_each_signal_weighs_against_the_cross_encoder_as_the_ensembles_equal_weights_do(names):
+    from rerankit.ensemble import fit_ensemble
+
+    rng = np.random.default_rng(0)
+    signals = ("reranker", *names)
+    features = [{s: rng.normal(size=6) for s in signals} for _ in range(10)]
+    equal, report = fit_ensemble(features, lambda scores, queries: 0.0, signals)
+    assert report["chosen"] == "equal"
+    weights = dict(zip(signals, equal.weights))
+    assert equal_ratios(names) == pytest.approx({s: weights[s] / weights["reranker"] for s in names})
+    assert equal_ratios(names) == pytest.approx(dict.fromkeys(names, 0.5))
 
 
 def test_the_prior_is_the_standardized_signals_of_the_training_documents(toy_data, tiny_sentence_bert_dir):
@@ -56,24 +65,27 @@ def test_the_prior_is_the_standardized_signals_of_the_training_documents(toy_dat
     assert prior(record.query, group) == pytest.approx(expected, abs=1e-5)
 
 
-def test_groups_carry_the_prior_into_the_batch(toy_data, tiny_sentence_bert_dir, tiny_bert_dir):
+def test_groups_carry_the_prior_into_the_batch(tmp_path, tiny_sentence_bert_dir, tiny_bert_dir):
     from transformers import AutoTokenizer
 
-    train, _ = toy_data
-    records = read_records(train)[0]
+    # one positive or two: groups of 4 and 5 documents, padded to 5 in the batch
+    lines = toy_lines(6, seed=1, positives=1) + [
+        dict(row, query_text="two " + row["query_text"]) for row in toy_lines(6, seed=2, positives=2)
+    ]
+    records = read_records(write_jsonl(tmp_path / "train.jsonl", lines))[0]
     corpus = [d.text for r in records for d in r.positives + r.negatives]
     prior = build_prior(records, corpus, str(tiny_sentence_bert_dir))
     dataset = EpochGroupDataset(NegativeSampler(records, num_negatives=3, hard_ratio=0.5), prior)
-    groups = [dataset[0], dataset[1]]
+    groups = [dataset[0], dataset[len(records) - 1]]
+    assert [len(g.docs) for g in groups] == [4, 5]
     assert all(len(g.prior) == len(g.docs) for g in groups)
     assert groups[0].prior == pytest.approx(prior(groups[0].query, groups[0].docs))
-    batch = GroupCollator(AutoTokenizer.from_pretrained(tiny_bert_dir), 48)(groups)
-    width = batch["group_mask"].shape[1]
-    assert batch["group_prior"][1, : len(groups[1].prior)].tolist() == pytest.approx(groups[1].prior)
-    assert batch["group_prior"][batch["group_mask"] == 0].abs().sum() == 0 and width >= len(groups[0].docs)
-    assert "group_prior" not in GroupCollator(AutoTokenizer.from_pretrained(tiny_bert_dir), 48)(
-        [EpochGroupDataset(dataset.sampler)[0]]
-    )
+    collate = GroupCollator(AutoTokenizer.from_pretrained(tiny_bert_dir), 48)
+    batch = collate(groups)
+    for row, group in enumerate(groups):
+        assert batch["group_prior"][row, : len(group.docs)].tolist() == pytest.approx(group.prior)
+    assert not batch["group_mask"][0, 4] and batch["group_prior"][0, 4] == 0
+    assert "group_prior" not in collate([EpochGroupDataset(dataset.sampler)[0]])
 
 
 class _Logits:
@@ -106,10 +118,11 @@ def test_the_loss_reads_the_logits_fused_with_the_prior_at_the_logits_own_spread
     logits = [0.0, 1.0, -1.0]  # the positive (first) in the middle
     alone = _loss(logits)
     assert _loss(logits, [2.0, -1.0, -1.0]) < alone < _loss(logits, [-2.0, 1.0, 1.0])
-    # the prior weighs at the logits' spread: scaled logits keep the same fused order
+    # the prior weighs at the logits' spread (the population standard deviation, as the
+    # ensemble's): scaled logits keep the same fused order
     for scale in (1.0, 10.0):
-        scaled = torch.tensor(logits) * scale
-        fused = scaled + scaled.std() * torch.tensor([2.0, -1.0, -1.0])
+        scaled = np.array(logits) * scale
+        fused = scaled + scaled.std() * np.array([2.0, -1.0, -1.0])
         assert _loss(scaled.tolist(), [2.0, -1.0, -1.0]) == pytest.approx(_loss(fused.tolist()), rel=1e-5)
 
 
@@ -120,7 +133,9 @@ def test_a_complement_without_the_ensemble_is_refused(toy_data, tiny_bert_dir, t
         validate_config(config)
 
 
-def test_a_run_trained_as_the_complement_ships_its_ensemble(toy_data, tiny_sentence_bert_dir, tmp_path):
+def test_a_run_trained_as_the_complement_ships_its_ensemble(
+    toy_data, tiny_sentence_bert_dir, tmp_path, monkeypatch
+):
     train, valid = toy_data
     config = tiny_config(
         tiny_sentence_bert_dir,
@@ -132,12 +147,25 @@ def test_a_run_trained_as_the_complement_ships_its_ensemble(toy_data, tiny_sente
         evaluation={"candidates": "deployed", "depth": 8},
         training={"epochs": 1},
     )
+    from rerankit.training import RerankTrainer
+
+    read = []
+    compute_loss = RerankTrainer.compute_loss
+
+    def recorded(self, model, inputs, *args, **kwargs):
+        read.append("group_prior" in inputs)
+        return compute_loss(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(RerankTrainer, "compute_loss", recorded)
     result = rerankit.fit(config)
+    assert read and all(read)  # every training step read the signals
     manifest = json.loads((result.output_dir / "run.json").read_text())
-    assert manifest["ensemble"]["signals"][0] == "reranker"
+    assert manifest["ensemble"]["signals"] == [
+        "reranker",
+        "bm25",
+        "bm25_sentence",
+        "cosine",
+        "cosine_sentence",
+    ]
     losses = [entry["loss"] for entry in result.metrics["train_loss"]]
     assert losses and all(np.isfinite(losses))
-    # the same run without the prior: the same draws, other losses once the logits spread
-    config["loss"]["complement"], config["output"]["dir"] = "none", str(tmp_path / "alone")
-    alone = [entry["loss"] for entry in rerankit.fit(config).metrics["train_loss"]]
-    assert alone[-1] != pytest.approx(losses[-1], rel=1e-3)
