@@ -3,8 +3,8 @@
 The shipped score is a fusion: the cross-encoder's logit and the untrained signals (BM25 with
 the corpus's statistics, the backbone's cosine, and their best-sentence forms), each
 standardized and weighed per family (``rerankit.ensemble``). Trained alone, the cross-encoder
-spends its capacity on what those signals already rank. With ``loss.complement: ensemble`` the
-ranking loss reads each training pair the way the ensemble's equal weights fuse it:
+may spend its capacity on what those signals already rank. With ``loss.complement: ensemble``
+the ranking loss reads each training pair the way the ensemble's equal weights fuse it:
 
     fused = logit + spread(logits) · Σ_s (w_s / w_reranker) · (s − mean_s) / std_s
 
@@ -13,9 +13,10 @@ between the cross-encoder and the signals stays the one of equal weights however
 cross-encoder scales its logits. Two approximations: each signal's mean and standard deviation
 are taken over the training lines' documents (the ensemble takes them over the validation
 candidates as deployed), and the ensemble's fit at the end of the run may still move the weights
-away from equal. The cross-encoder then learns what the signals miss, the residual of boosting;
-served alone (``ensemble: none``) it ranks worse than one trained alone. Checkpoints are still
-chosen on the cross-encoder's own validation score.
+away from equal. The cross-encoder is to learn what the signals miss, the residual of boosting.
+Checkpoints are still chosen on the cross-encoder's own validation score. On the quality
+benchmark (``benchmarks/results/quality_ablations.md``, row 29) the cross-encoder trained this way
+ranked far worse alone and the shipped ensemble lost on both domains: it is not the default.
 """
 
 from __future__ import annotations
