@@ -33,8 +33,9 @@ from rerankit.ensemble import (
     BestSentence,
     BM25Signal,
     CosineSignal,
+    Ensemble,
     document_sentences,
-    signal_families,
+    equal_weights,
 )
 
 log = logging.getLogger(__name__)
@@ -46,27 +47,13 @@ class SignalPrior:
     the fused training score."""
 
     signals: Mapping[str, object]  # name -> object with scores(queries, docs)
-    means: Mapping[str, float]
-    stds: Mapping[str, float]
-    ratios: Mapping[str, float]  # each signal's equal weight over the cross-encoder's
+    # equal weights; the reranker's mean 0 and std 1, so a zero logit adds nothing to the fusion
+    fusion: Ensemble
 
     def __call__(self, query: str, docs: Sequence[str]) -> tuple[float, ...]:
-        total = np.zeros(len(docs), dtype=np.float64)
-        for name, signal in self.signals.items():
-            values = np.asarray(signal.scores([query] * len(docs), list(docs)), dtype=np.float64)
-            total += self.ratios[name] * (values - self.means[name]) / self.stds[name]
-        return tuple(float(v) for v in total)
-
-
-def equal_ratios(names: Sequence[str]) -> dict[str, float]:
-    """Each signal's weight over the cross-encoder's when every family weighs the same and a
-    family's weight is split equally among its signals (the ensemble's ``equal`` strategy)."""
-    names = ("reranker", *names)
-    weights = {}
-    for members in signal_families(names):
-        for i in members:
-            weights[names[i]] = 1 / len(members)
-    return {name: weights[name] / weights["reranker"] for name in names[1:]}
+        features = {name: s.scores([query] * len(docs), list(docs)) for name, s in self.signals.items()}
+        shares = self.fusion.combine({"reranker": np.zeros(len(docs)), **features})
+        return tuple(float(v) for v in shares / self.fusion.weights[0])  # over the reranker's weight
 
 
 def build_prior(
@@ -94,16 +81,18 @@ def build_prior(
     if cosine is None:
         log.info("loss.complement: no cosine signal for the backbone %s, BM25 alone", base_model)
     else:
-        docs = list(dict.fromkeys(d.text for r in records for d in r.positives + r.negatives))
-        texts = [r.query for r in records] + docs + [s for d in docs for s in document_sentences(d)]
+        unique = list(dict.fromkeys(d.text for r in records for d in r.positives + r.negatives))
+        texts = [r.query for r in records] + unique + [s for d in unique for s in document_sentences(d)]
         # kept for the run (random negatives come back every epoch); past the cap, the cache
         log.info("loss.complement: embedding %d training texts with the backbone", min(len(texts), PIN_LIMIT))
         cosine.pin(texts[:PIN_LIMIT])
         signals |= {"cosine": cosine, "cosine_sentence": BestSentence(cosine)}
     queries = [r.query for r in records for _ in r.positives + r.negatives]
     docs = [d.text for r in records for d in r.positives + r.negatives]
-    means, stds = {}, {}
-    for name, signal in signals.items():
+    means, stds = [], []
+    for signal in signals.values():
         values = np.asarray(signal.scores(queries, docs), dtype=np.float64)
-        means[name], stds[name] = float(values.mean()), float(values.std()) or 1.0
-    return SignalPrior(signals, means, stds, equal_ratios(list(signals)))
+        means.append(float(values.mean()))
+        stds.append(float(values.std()) or 1.0)
+    names = ("reranker", *signals)
+    return SignalPrior(signals, Ensemble(names, equal_weights(names), (0.0, *means), (1.0, *stds)))

@@ -701,6 +701,22 @@ def signal_families(signals: Sequence[str]) -> list[list[int]]:
     return list(families.values())
 
 
+def per_signal_weights(signals: Sequence[str], family_weights: Sequence[float]) -> tuple[float, ...]:
+    """Each signal's weight from its family's (``signal_families`` order), split equally within
+    the family."""
+    weights = [0.0] * len(signals)
+    for w, members in zip(family_weights, signal_families(signals)):
+        for i in members:
+            weights[i] = w / len(members)
+    return tuple(weights)
+
+
+def equal_weights(signals: Sequence[str]) -> tuple[float, ...]:
+    """The ``equal`` strategy: every family the same weight, split equally within it."""
+    count = len(signal_families(signals))
+    return per_signal_weights(signals, [1 / count] * count)
+
+
 def fit_ensemble(
     features: Sequence[Mapping[str, np.ndarray]],
     quality: Callable[[list[np.ndarray], Sequence[int]], float],
@@ -729,17 +745,9 @@ def fit_ensemble(
     means = tuple(float(flat[s].mean()) for s in signals)
     stds = tuple(float(flat[s].std()) or 1.0 for s in signals)
     n = len(features)
-    families = signal_families(signals)
 
-    def per_signal(family_weights):
-        weights = [0.0] * len(signals)
-        for w, members in zip(family_weights, families):
-            for i in members:
-                weights[i] = w / len(members)
-        return tuple(weights)
-
-    equal = per_signal([1 / len(families)] * len(families))
-    grid = [per_signal(w) for w in weight_grid(len(families))]
+    equal = equal_weights(signals)
+    grid = [per_signal_weights(signals, w) for w in weight_grid(len(signal_families(signals)))]
 
     def fused(weights, queries):
         ens = Ensemble(signals, weights, means, stds)

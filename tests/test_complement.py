@@ -10,7 +10,7 @@ import torch
 
 import rerankit
 from rerankit.collator import EpochGroupDataset, GroupCollator
-from rerankit.complement import build_prior, equal_ratios
+from rerankit.complement import build_prior
 from rerankit.config import validate_config
 from rerankit.data import read_records
 from rerankit.ensemble import BestSentence, BM25Signal, CosineSignal
@@ -25,16 +25,17 @@ pytestmark = pytest.mark.smoke
     "names", [["bm25", "bm25_sentence", "cosine", "cosine_sentence"], ["bm25", "bm25_sentence"]]
 )
 def test_each_signal_weighs_against_the_cross_encoder_as_the_ensembles_equal_weights_do(names):
-    from rerankit.ensemble import fit_ensemble
+    from rerankit.ensemble import equal_weights, fit_ensemble
 
     rng = np.random.default_rng(0)
     signals = ("reranker", *names)
     features = [{s: rng.normal(size=6) for s in signals} for _ in range(10)]
     equal, report = fit_ensemble(features, lambda scores, queries: 0.0, signals)
     assert report["chosen"] == "equal"
-    weights = dict(zip(signals, equal.weights))
-    assert equal_ratios(names) == pytest.approx({s: weights[s] / weights["reranker"] for s in names})
-    assert equal_ratios(names) == pytest.approx(dict.fromkeys(names, 0.5))
+    assert equal.weights == pytest.approx(equal_weights(signals))
+    weights = dict(zip(signals, equal_weights(signals)))
+    ratios = {s: weights[s] / weights["reranker"] for s in names}
+    assert ratios == pytest.approx(dict.fromkeys(names, 0.5))
 
 
 def test_the_prior_is_the_standardized_signals_of_the_training_documents(toy_data, tiny_sentence_bert_dir):
