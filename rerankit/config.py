@@ -321,6 +321,11 @@ class TrainConfig(_Section):
     # auto: fit the self-ensemble (rerankit.ensemble) of the cross-encoder with BM25 and the
     # backbone's embedding cosine on deployed validation, and ship it; none: the cross-encoder alone.
     ensemble: Literal["auto", "none"] = "auto"
+    # How the self-ensemble puts its signals on one scale: zscore (each signal's mean and spread over
+    # the validation pairs) or rank_gauss (normal scores of its validation quantiles, which keeps a
+    # skewed signal such as BM25 from outweighing the others at the top of a list;
+    # benchmarks/results/quality_ablations.md, row 30).
+    ensemble_normalization: Literal["zscore", "rank_gauss"] = "zscore"
     # auto: at the end of training, where OpenVINO or ONNX Runtime is installed, write the merged
     # encoder's CPU graphs (fp32, bf16 where the CPU has it, int8) into the run folder, each gated
     # on validation (rerankit.run_graphs), so Reranker.load(run) serves the fastest; none: torch.

@@ -16,7 +16,10 @@ Signals (each a number per pair, none depending on the other documents of a call
 
 The fused score is ``sum_i w_i (x_i - mean_i) / std_i`` with means and spreads taken over the
 validation pairs: a linear model with one global scale per signal, so a document's score is its
-own whatever else is ranked beside it. The weights are fitted on validation as deployed (the
+own whatever else is ranked beside it. ``normalization: rank_gauss`` maps each signal to normal
+scores through its quantiles over the validation pairs instead (a fixed monotone map, so a
+document's score is its own there too): a skewed signal such as BM25 then no longer counts for
+more than its weight at the top of a list. The weights are fitted on validation as deployed (the
 first stage's real top-k, scored by the model as it ships): equal weights per family of signals
 (the cross-encoder, BM25's two, the cosine's two), unless weights picked from a grid, or those
 shrunk halfway to equal, rank held-out validation folds clearly better (``fit_ensemble``).
@@ -57,6 +60,10 @@ BM25_FILE = "bm25_stats.json"
 ENCODER_DIR = "encoder"
 # Grid step of the weights tried.
 WEIGHT_STEP = 0.1
+# How each signal is put on one scale before weighing: z-scores, or normal scores (rank-Gauss).
+NORMALIZATIONS = ("zscore", "rank_gauss")
+# At most this many quantiles of a signal are kept for its rank-Gauss map (run.json holds them).
+MAX_KNOTS = 201
 # Texts whose embeddings (cosine) or term counts (BM25) are kept once seen: a RAG corpus sends
 # the same passages again and again.
 CACHE_ENTRIES = 50_000
@@ -626,6 +633,11 @@ class Ensemble:
     means: tuple[float, ...]
     stds: tuple[float, ...]
     strategy: str = "equal"
+    normalization: str = "zscore"
+    # rank_gauss: per signal, increasing values (``knots``) and the normal score of each
+    # (``normal_at``); a score between two knots is interpolated, one outside them clamped
+    knots: tuple[tuple[float, ...], ...] = ()
+    normal_at: tuple[tuple[float, ...], ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.signals)
@@ -645,13 +657,42 @@ class Ensemble:
             raise ValueError(f"weights must be non-negative and sum to 1, got {self.weights}")
         if any(s <= 0 for s in self.stds):
             raise ValueError(f"stds must be above 0, got {self.stds}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+        if self.normalization == "rank_gauss":
+            self._check_maps()
+        elif self.knots or self.normal_at:
+            raise ValueError("knots and normal_at belong to the rank_gauss normalization only")
+
+    def _check_maps(self) -> None:
+        if not (len(self.knots) == len(self.normal_at) == len(self.signals)):
+            raise ValueError("rank_gauss needs knots and normal_at for every signal")
+        for name, knots, normal in zip(self.signals, self.knots, self.normal_at):
+            if len(knots) != len(normal) or len(knots) < 2:
+                raise ValueError(
+                    f"{name}: knots and normal_at must be two lists of the same length, 2 or more"
+                )
+            if not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for v in (*knots, *normal)
+            ):
+                raise ValueError(f"{name}: knots and normal_at must be finite numbers")
+            k, v = np.asarray(knots, dtype=np.float64), np.asarray(normal, dtype=np.float64)
+            if np.any(np.diff(k) <= 0) or np.any(np.diff(v) < 0):
+                raise ValueError(f"{name}: knots must increase and normal_at must not decrease")
 
     def combine(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
         total = np.zeros(len(features["reranker"]), dtype=np.float64)
-        for name, w, mean, std in zip(self.signals, self.weights, self.means, self.stds):
+        for i, (name, w) in enumerate(zip(self.signals, self.weights)):
             if w:
-                total += w * (np.asarray(features[name], dtype=np.float64) - mean) / std
+                total += w * self.scaled(i, np.asarray(features[name], dtype=np.float64))
         return total
+
+    def scaled(self, i: int, values: np.ndarray) -> np.ndarray:
+        """Signal ``i``'s values on the common scale."""
+        if self.normalization == "rank_gauss":
+            return np.interp(values, self.knots[i], self.normal_at[i])
+        return (values - self.means[i]) / self.stds[i]
 
     @property
     def needs(self) -> tuple[str, ...]:
@@ -665,7 +706,12 @@ class Ensemble:
             "means": list(self.means),
             "stds": list(self.stds),
             "strategy": self.strategy,
-        }
+            "normalization": self.normalization,
+        } | (
+            {"knots": [list(k) for k in self.knots], "normal_at": [list(v) for v in self.normal_at]}
+            if self.knots
+            else {}
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Ensemble:
@@ -676,6 +722,9 @@ class Ensemble:
                 tuple(data["means"]),
                 tuple(data["stds"]),
                 str(data.get("strategy", "")),
+                str(data.get("normalization", "zscore")),
+                tuple(map(tuple, data.get("knots", ()))),
+                tuple(map(tuple, data.get("normal_at", ()))),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"expected signals, weights, means and stds: {exc}") from None
@@ -717,11 +766,31 @@ def equal_weights(signals: Sequence[str]) -> tuple[float, ...]:
     return per_signal_weights(signals, [1 / count] * count)
 
 
+def rank_gauss_map(values: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Knots and normal scores of ``values``' quantiles: value ``x`` maps to the normal score of
+    its plotting position ``(rank - 0.5) / n``, so the map is bounded by the outermost pairs.
+    Tied quantiles share one knot at their mean position; a constant signal maps to 0."""
+    from statistics import NormalDist
+
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    if n == 0 or values.min() == values.max():
+        low = float(values[0]) if n else 0.0
+        return (low, low + 1.0), (0.0, 0.0)
+    levels = np.linspace(0.5 / n, 1 - 0.5 / n, min(MAX_KNOTS, n))
+    cuts = np.quantile(values, levels)
+    knots, inverse = np.unique(cuts, return_inverse=True)
+    positions = np.bincount(inverse, weights=levels) / np.bincount(inverse)
+    normal = NormalDist()
+    return tuple(map(float, knots)), tuple(normal.inv_cdf(float(p)) for p in positions)
+
+
 def fit_ensemble(
     features: Sequence[Mapping[str, np.ndarray]],
     quality: Callable[[list[np.ndarray], Sequence[int]], float],
     signals: Sequence[str],
     *,
+    normalization: str = "zscore",
     folds: int = FOLDS,
     seed: int = 0,
 ) -> tuple[Ensemble, dict]:
@@ -738,19 +807,26 @@ def fit_ensemble(
     larger than the gain's standard error over the queries (the one-standard-error rule: validation
     sets are small, and a gain within noise does not carry over). The winner is refitted on every
     query. The report holds each strategy's cross-validated value, its gain over equal weights with
-    that standard error, and its full fit.
+    that standard error, and its full fit. ``normalization`` puts each signal on one scale before
+    the weights: z-scores over the validation pairs, or their normal scores (``rank_gauss_map``).
     """
     signals = tuple(signals)
     flat = {s: np.concatenate([np.asarray(f[s], dtype=np.float64) for f in features]) for s in signals}
     means = tuple(float(flat[s].mean()) for s in signals)
     stds = tuple(float(flat[s].std()) or 1.0 for s in signals)
+    maps = [rank_gauss_map(flat[s]) for s in signals] if normalization == "rank_gauss" else []
+    scale = {
+        "normalization": normalization,
+        "knots": tuple(k for k, _ in maps),
+        "normal_at": tuple(v for _, v in maps),
+    }
     n = len(features)
 
     equal = equal_weights(signals)
     grid = [per_signal_weights(signals, w) for w in weight_grid(len(signal_families(signals)))]
 
     def fused(weights, queries):
-        ens = Ensemble(signals, weights, means, stds)
+        ens = Ensemble(signals, weights, means, stds, **scale)
         return [ens.combine(features[q]) for q in queries]
 
     seen: dict[tuple[int, ...], tuple[float, ...]] = {}
@@ -789,4 +865,5 @@ def fit_ensemble(
     ]
     chosen = max(clear, key=lambda s: report["strategies"][s]["cross_validated"])
     report["chosen"] = chosen
-    return Ensemble(signals, full_fit[chosen], means, stds, chosen), report
+    report["normalization"] = normalization
+    return Ensemble(signals, full_fit[chosen], means, stds, chosen, **scale), report

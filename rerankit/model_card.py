@@ -251,7 +251,8 @@ def _scores_section(record: Mapping[str, Any], export: bool) -> str:
             f"{s} {w:.2f}" for s, w in zip(ensemble.get("signals", []), ensemble.get("weights", []))
         )
         lines.append(
-            f"- self-ensemble ({ensemble.get('strategy') or 'fitted'} weights: {weights}): the "
+            f"- self-ensemble ({ensemble.get('strategy') or 'fitted'} weights: {weights}; signals "
+            f"scaled by {'rank-Gauss' if ensemble.get('normalization') == 'rank_gauss' else 'z-score'}): the "
             "cross-encoder's logit fused with BM25 over the validation corpus's statistics and the "
             "backbone's embedding cosine (`ensemble/`); rerankit ranks by it, other tools see the "
             "cross-encoder alone"

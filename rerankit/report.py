@@ -10,6 +10,12 @@ from rerankit.files import atomic_write_text
 
 COLUMNS = ("ndcg@10", "mrr@10", "map", "pairwise_accuracy")
 
+# How the ensemble's fit put its signals on one scale (Ensemble.normalization), in words.
+NORMALIZATION_WORDS = {
+    "zscore": "its z-score over the validation pairs",
+    "rank_gauss": "the normal scores of its validation quantiles (rank-Gauss)",
+}
+
 
 def adaptation_lines(adaptation: dict | None) -> list[str]:
     if not adaptation:
@@ -183,10 +189,12 @@ def shipped_lines(metrics: dict[str, Any]) -> list[str]:
         ]
     if ensemble:
         strategies = ensemble["strategies"]
+        scale = NORMALIZATION_WORDS[ensemble.get("normalization", "zscore")]
         lines += [
             f"Ensemble weights chosen by {ensemble['folds']}-fold cross-validation over the validation "
             f"queries (fitted weights replace equal ones only for a held-out gain above its standard "
-            f"error): **{ensemble['chosen']}** ("
+            f"error), each signal on one scale by {scale}: "
+            f"**{ensemble['chosen']}** ("
             + "; ".join(
                 f"{name}: {s['cross_validated']:.4f} held out"
                 + (

@@ -60,13 +60,15 @@ def fit_shipped(
     *,
     ensemble: str,
     base_model: str,
+    normalization: str = "zscore",
     key: str,
     seed: int,
     base_revision: str | None = None,
     encoder_graph: Path | None = None,
 ) -> Shipped:
     """Score ``vset`` with ``reranker`` (the model as it ships) and fit the ensemble (when
-    ``ensemble`` is ``auto``), the calibration and the fusion on it.
+    ``ensemble`` is ``auto``, its signals put on one scale by ``normalization``), the calibration
+    and the fusion on it.
 
     With ``encoder_graph``, a run keeps the sentence encoder converted to OpenVINO there, once:
     where the reranker runs an OpenVINO graph, the encoder is written first and served from that
@@ -106,6 +108,7 @@ def fit_shipped(
             per_query,
             lambda scores, queries: vset.subset(queries).metrics(scores, recall_at)[key],
             tuple(features),
+            normalization=normalization,
             seed=seed,
         )
         final = fitted.combine(features)

@@ -648,6 +648,7 @@ def _train(
         list(corpus.texts),
         ensemble=cfg.ensemble,
         base_model=cfg.model.name_or_path,
+        normalization=cfg.ensemble_normalization,
         key=key,
         seed=cfg.seed,
         base_revision=cfg.model.revision,

@@ -10,7 +10,15 @@ from conftest import tiny_config, toy_lines, wait_ready, write_jsonl
 
 import rerankit
 from rerankit import ModelLoadError, Reranker
-from rerankit.ensemble import SIGNALS, BM25Signal, CosineSignal, Ensemble, fit_ensemble, weight_grid
+from rerankit.ensemble import (
+    SIGNALS,
+    BM25Signal,
+    CosineSignal,
+    Ensemble,
+    fit_ensemble,
+    rank_gauss_map,
+    weight_grid,
+)
 
 pytestmark = pytest.mark.smoke
 
@@ -116,6 +124,9 @@ def test_no_cosine_signal_for_a_backbone_that_is_no_sentence_embedder(tiny_bert_
     assert CosineSignal.load(tiny_bert_dir) is None
 
 
+ONE_SIGNAL = {"signals": ["reranker"], "weights": [1.0], "means": [0.0], "stds": [1.0]}
+
+
 @pytest.mark.parametrize(
     ("record", "message"),
     [
@@ -130,6 +141,19 @@ def test_no_cosine_signal_for_a_backbone_that_is_no_sentence_embedder(tiny_bert_
         ),
         ({"signals": ["reranker"], "weights": [1.0], "means": [float("nan")], "stds": [1.0]}, "finite"),
         ({"signals": ["reranker"], "weights": [1.0]}, "expected signals, weights, means and stds"),
+        (ONE_SIGNAL | {"normalization": "minmax"}, "normalization must be one of"),
+        (ONE_SIGNAL | {"normalization": "rank_gauss"}, "needs knots and normal_at for every signal"),
+        (ONE_SIGNAL | {"normalization": "rank_gauss", "knots": [[0, 1]], "normal_at": [[0]]}, "same length"),
+        (
+            ONE_SIGNAL | {"normalization": "rank_gauss", "knots": [[1, 0]], "normal_at": [[0, 1]]},
+            "must increase",
+        ),
+        (
+            ONE_SIGNAL | {"normalization": "rank_gauss", "knots": [[0, 1]], "normal_at": [[1, 0]]},
+            "not decrease",
+        ),
+        (ONE_SIGNAL | {"normalization": "rank_gauss", "knots": [[0, 1]], "normal_at": [[0, "x"]]}, "finite"),
+        (ONE_SIGNAL | {"knots": [[0, 1]], "normal_at": [[0, 1]]}, "rank_gauss normalization only"),
     ],
 )
 def test_a_damaged_ensemble_record_is_refused(record, message):
@@ -174,6 +198,56 @@ def test_the_fit_finds_the_informative_signal_and_reports_each_strategy():
     ensemble, report = fit_ensemble(noise, quality, SIGNALS)
     assert report["chosen"] == "equal" and report["strategies"]["equal"]["weights"][1] == 0.1667
     assert ensemble.weights == pytest.approx((1 / 3, 1 / 6, 1 / 6, 1 / 6, 1 / 6), abs=1e-12)
+
+
+def test_rank_gauss_maps_each_signal_to_normal_scores_of_its_validation_quantiles():
+    rng = np.random.default_rng(1)
+    skewed = rng.exponential(size=3000)  # BM25-like: a long upper tail
+    knots, normal = rank_gauss_map(skewed)
+    assert len(knots) == 201 and np.all(np.diff(knots) > 0) and np.all(np.diff(normal) >= 0)
+    mapped = np.interp(skewed, knots, normal)
+    assert abs(mapped.mean()) < 0.02 and mapped.std() == pytest.approx(1.0, abs=0.05)
+    # bounded by the outermost validation pair: the tail no longer counts without limit
+    assert normal[-1] == pytest.approx(3.59, abs=0.01) and np.interp(1e6, knots, normal) == normal[-1]
+    # tied quantiles share one knot at their mean position; a constant signal maps to 0
+    tied_knots, tied_normal = rank_gauss_map(np.r_[np.zeros(500), rng.random(500) + 1])
+    assert (
+        tied_knots[0] == 0 and len(tied_knots) == 102 and tied_normal[0] == pytest.approx(-0.682, abs=0.002)
+    )
+    assert rank_gauss_map(np.full(10, 2.0)) == ((2.0, 3.0), (0.0, 0.0))
+
+
+def test_a_rank_gauss_fit_ranks_with_its_maps_and_round_trips():
+    from rerankit.ranking_metrics import ranking_metrics
+
+    rng = np.random.default_rng(0)
+    features, qrels = [], []
+    for _ in range(40):
+        labels = np.zeros(10)
+        labels[rng.integers(10)] = 1
+        # the informative signal is skewed: one huge value in a few lists drowns a z-score
+        bm25 = labels + rng.normal(scale=0.3, size=10) + (rng.random(10) < 0.02) * 50
+        features.append({"reranker": rng.normal(size=10), "bm25": bm25})
+        qrels.append(labels)
+
+    def quality(scores, queries):
+        qrel = {str(q): {str(i): int(qrels[q][i]) for i in range(10)} for q in queries}
+        run = {str(q): {str(i): float(s[i]) for i in range(10)} for q, s in zip(queries, scores)}
+        return ranking_metrics(qrel, run)["ndcg@10"]
+
+    ensemble, report = fit_ensemble(features, quality, ("reranker", "bm25"), normalization="rank_gauss")
+    assert report["normalization"] == "rank_gauss" and ensemble.normalization == "rank_gauss"
+    assert ensemble.weights[1] > 0.5
+    doc = {"reranker": np.array([0.3, -1.0]), "bm25": np.array([1e9, 0.9])}
+    both = ensemble.combine(doc)
+    # each document's score is its own, and a far-out value is bounded by the top knot
+    assert ensemble.combine({k: v[:1] for k, v in doc.items()})[0] == both[0]
+    assert both[0] <= ensemble.weights[0] * ensemble.scaled(0, np.array([0.3]))[0] + ensemble.weights[1] * 3.5
+    again = Ensemble.from_dict(json.loads(json.dumps(ensemble.to_dict())))
+    assert again == ensemble and np.array_equal(again.combine(doc), both)
+    # a record written before the option reads as z-scores
+    old = {k: v for k, v in ensemble.to_dict().items() if k not in ("normalization", "knots", "normal_at")}
+    assert Ensemble.from_dict(old).normalization == "zscore"
 
 
 @pytest.fixture(scope="module")
@@ -223,6 +297,7 @@ def test_a_run_validates_as_deployed_and_ships_its_ensemble(ensemble_run):
     report = (out / "report.md").read_text()
     assert "Validation as deployed: each query is ranked over the bm25 top 8" in report
     assert "## The model as it ships" in report and "held out, weights" in report
+    assert "each signal on one scale by its z-score over the validation pairs" in report
 
 
 def by_hand(reranker, out, base_dir, query, docs):
@@ -239,10 +314,18 @@ def by_hand(reranker, out, base_dir, query, docs):
         "bm25_sentence": [max(bm25.scores([query], [s])[0] for s in sentences(d)) for d in docs],
         "cosine_sentence": [max(cosine.scores([query], [s])[0] for s in sentences(d)) for d in docs],
     }
-    total = sum(
-        w * (np.asarray(features[s], dtype=np.float64) - m) / sd
-        for s, w, m, sd in zip(fitted.signals, fitted.weights, fitted.means, fitted.stds)
-    )
+    record = json.loads((out / "run.json").read_text())["ensemble"]
+    if record.get("normalization") == "rank_gauss":
+        scaled = [
+            np.interp(features[s], k, v)
+            for s, k, v in zip(fitted.signals, record["knots"], record["normal_at"])
+        ]
+    else:
+        scaled = [
+            (np.asarray(features[s], dtype=np.float64) - m) / sd
+            for s, m, sd in zip(fitted.signals, fitted.means, fitted.stds)
+        ]
+    total = sum(w * x for w, x in zip(record["weights"], scaled))
     return reranker.calibration.probabilities(total)
 
 
@@ -580,6 +663,37 @@ def test_a_kept_encoder_graph_serves_and_a_foreign_one_is_converted_again(
     assert "not this encoder's graph" in caplog.text and "converting the sentence encoder" in caplog.text
     assert converted.backend_info["ensemble_encoder"]["runtime"] == "openvino fp32"
     np.testing.assert_allclose(converted.score([(QUERY, d) for d in docs]), expected, atol=1e-5)
+
+
+def test_a_rank_gauss_run_ships_its_maps_and_serves_with_them(tiny_sentence_bert_dir, tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", toy_lines(32, seed=3))
+    valid_lines = [dict(row, query_text="valid " + row["query_text"]) for row in toy_lines(12, seed=4)]
+    valid = write_jsonl(tmp_path / "valid.jsonl", valid_lines)
+    config = tiny_config(
+        tiny_sentence_bert_dir,
+        train,
+        valid,
+        tmp_path / "run",
+        evaluation={"candidates": "deployed", "depth": 8},
+        ensemble="auto",
+        ensemble_normalization="rank_gauss",
+    )
+    out = rerankit.fit(config).output_dir
+    record = json.loads((out / "run.json").read_text())["ensemble"]
+    assert record["normalization"] == "rank_gauss"
+    assert len(record["knots"]) == len(record["normal_at"]) == len(record["signals"]) == 5
+    # the maps were fitted on the 12 x 8 validation pairs: normal scores of their positions
+    assert all(
+        2 <= len(k) <= 96 and all(abs(v) < 2.7 for v in n)
+        for k, n in zip(record["knots"], record["normal_at"])
+    )
+    docs = [*DOCS[:3], "The river is old. An apple story with apple."]
+    reranker = Reranker.load(out, device="cpu", dtype="float32")
+    assert reranker.ensemble.normalization == "rank_gauss"
+    assert "on one scale by the normal scores of its validation quantiles" in (out / "report.md").read_text()
+    expected = by_hand(reranker, out, tiny_sentence_bert_dir, QUERY, docs)
+    np.testing.assert_allclose(reranker.score([(QUERY, d) for d in docs]), expected, atol=1e-5)
+    np.testing.assert_allclose([reranker.score([(QUERY, d)])[0] for d in docs], expected, atol=1e-5)
 
 
 def test_a_run_whose_ensemble_signals_are_gone_says_so(ensemble_run, tmp_path):
