@@ -161,9 +161,19 @@ def test_a_damaged_ensemble_record_is_refused(record, message):
         Ensemble.from_dict(record)
 
 
-def test_the_fit_finds_the_informative_signal_and_reports_each_strategy():
+def ndcg_of(qrels):
+    """``fit_ensemble``'s quality: NDCG@10 of per-query scores against 0/1 label arrays."""
     from rerankit.ranking_metrics import ranking_metrics
 
+    def quality(scores, queries):
+        qrel = {str(q): {str(i): int(qrels[q][i]) for i in range(10)} for q in queries}
+        run = {str(q): {str(i): float(s[i]) for i in range(10)} for q, s in zip(queries, scores)}
+        return ranking_metrics(qrel, run)["ndcg@10"]
+
+    return quality
+
+
+def test_the_fit_finds_the_informative_signal_and_reports_each_strategy():
     rng = np.random.default_rng(0)
     features, qrels = [], []
     for _ in range(40):
@@ -172,10 +182,7 @@ def test_the_fit_finds_the_informative_signal_and_reports_each_strategy():
         features.append({"reranker": rng.normal(size=10), "bm25": labels + rng.normal(scale=0.3, size=10)})
         qrels.append(labels)
 
-    def quality(scores, queries):
-        qrel = {str(q): {str(i): int(qrels[q][i]) for i in range(10)} for q in queries}
-        run = {str(q): {str(i): float(s[i]) for i in range(10)} for q, s in zip(queries, scores)}
-        return ranking_metrics(qrel, run)["ndcg@10"]
+    quality = ndcg_of(qrels)
 
     ensemble, report = fit_ensemble(features, quality, ("reranker", "bm25"))
     assert set(report["strategies"]) == {"equal", "grid", "shrunk"} and report["folds"] == 5
@@ -218,8 +225,6 @@ def test_rank_gauss_maps_each_signal_to_normal_scores_of_its_validation_quantile
 
 
 def test_a_rank_gauss_fit_ranks_with_its_maps_and_round_trips():
-    from rerankit.ranking_metrics import ranking_metrics
-
     rng = np.random.default_rng(0)
     features, qrels = [], []
     for _ in range(40):
@@ -230,10 +235,7 @@ def test_a_rank_gauss_fit_ranks_with_its_maps_and_round_trips():
         features.append({"reranker": rng.normal(size=10), "bm25": bm25})
         qrels.append(labels)
 
-    def quality(scores, queries):
-        qrel = {str(q): {str(i): int(qrels[q][i]) for i in range(10)} for q in queries}
-        run = {str(q): {str(i): float(s[i]) for i in range(10)} for q, s in zip(queries, scores)}
-        return ranking_metrics(qrel, run)["ndcg@10"]
+    quality = ndcg_of(qrels)
 
     ensemble, report = fit_ensemble(features, quality, ("reranker", "bm25"), normalization="rank_gauss")
     assert report["normalization"] == "rank_gauss" and ensemble.normalization == "rank_gauss"
